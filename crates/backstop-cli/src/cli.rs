@@ -1,0 +1,380 @@
+//! The command line as clap sees it: global options, subcommands and their arguments.
+//!
+//! These structs only describe the syntax; `commands/` turns them into engine options.
+
+use std::path::PathBuf;
+
+use backstop::{BackupId, BackupSelector};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// The `--help` footer; the same table is in the crate's README.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    failure (anything not listed below)
+  2    usage error (bad arguments, no repository given)
+  3    corruption found (a stored object fails its checksum, or `verify` reported problems)
+  4    the repository is locked by another process
+  5    wrong password (no key of the repository opens with it)
+  6    not found (no repository at the location, or no such backup)
+  130  interrupted (Ctrl-C); the repository stays valid, `backstop gc` removes leftovers
+
+Environment: BACKSTOP_REPO, BACKSTOP_PASSWORD, BACKSTOP_PASSWORD_FILE, BACKSTOP_PASSWORD_COMMAND,
+BACKSTOP_CONFIG, BACKSTOP_COMPRESSION, BACKSTOP_THREADS, NO_COLOR, RUST_LOG";
+
+/// Hot, consistent, incremental, verified backups of live databases.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, after_help = EXIT_CODES, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Repository location (a directory)
+    #[arg(
+        short = 'r',
+        long,
+        env = "BACKSTOP_REPO",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub(crate) repo: Option<String>,
+
+    /// Read the repository password from the first line of FILE
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "password_command"
+    )]
+    pub(crate) password_file: Option<PathBuf>,
+
+    /// Run COMMAND with `sh -c` and use its output as the repository password
+    #[arg(long, global = true, value_name = "COMMAND")]
+    pub(crate) password_command: Option<String>,
+
+    /// Configuration file [default: $XDG_CONFIG_HOME/backstop/config.toml]
+    #[arg(long, env = "BACKSTOP_CONFIG", global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// zstd level for new data (0 stores uncompressed) [default: 3]
+    #[arg(
+        long,
+        env = "BACKSTOP_COMPRESSION",
+        global = true,
+        value_name = "LEVEL"
+    )]
+    pub(crate) compression: Option<i32>,
+
+    /// Worker threads for chunking, hashing, compressing and encrypting [default: one per core]
+    #[arg(long, env = "BACKSTOP_THREADS", global = true, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+
+    /// Print results as JSON on stdout: {"command": NAME, "result": ...}
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Print only results and errors: no progress bars, no summaries
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    /// Log more on stderr (-v: what is done, -vv: every file, -vvv: everything)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+}
+
+/// The subcommands. Source-specific commands (`demo`, `standby`, `bench`) join this enum as
+/// their sources land; `Command::name` and `commands::run` are the two places to extend.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up a directory or a live database
+    Backup(BackupArgs),
+    /// List the backups in the repository
+    #[command(visible_alias = "snapshots")]
+    List,
+    /// Show one backup
+    Info(InfoArgs),
+    /// Check that backups are complete and intact
+    Verify(VerifyArgs),
+    /// Restore a backup into a directory
+    Restore(RestoreArgs),
+    /// Keep the newest N backups and delete the others
+    Purge(PurgeArgs),
+    /// Delete one backup (its data is freed by `gc`)
+    Delete(DeleteArgs),
+    /// Remove data no backup references, and leftovers of interrupted backups
+    Gc(GcArgs),
+    /// Manage the passwords of an encrypted repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Archive a WAL segment (PostgreSQL `archive_command = 'backstop wal-push %p'`)
+    WalPush(WalPushArgs),
+    /// Fetch an archived WAL segment (PostgreSQL `restore_command`)
+    WalFetch(WalFetchArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+    /// Print the man page
+    Man(ManArgs),
+}
+
+impl Command {
+    /// The name used in `--json` output and messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Init(_) => "init",
+            Self::Backup(_) => "backup",
+            Self::List => "list",
+            Self::Info(_) => "info",
+            Self::Verify(_) => "verify",
+            Self::Restore(_) => "restore",
+            Self::Purge(_) => "purge",
+            Self::Delete(_) => "delete",
+            Self::Gc(_) => "gc",
+            Self::Key(KeyCommand::Add(_)) => "key add",
+            Self::Key(KeyCommand::List) => "key list",
+            Self::Key(KeyCommand::Remove(_)) => "key remove",
+            Self::Key(KeyCommand::Passwd(_)) => "key passwd",
+            Self::WalPush(_) => "wal-push",
+            Self::WalFetch(_) => "wal-fetch",
+            Self::Completions(_) => "completions",
+            Self::Man(_) => "man",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Store data unencrypted (no password)
+    #[arg(long)]
+    pub(crate) no_encryption: bool,
+}
+
+/// What `backup` reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SourceKind {
+    /// A directory tree
+    Dir,
+    /// An SQLite database file (WAL mode recommended)
+    Sqlite,
+    /// A PostgreSQL server, given as a connection string or URL
+    Postgres,
+    /// A Berkeley DB environment directory
+    Bdb,
+    /// A RocksDB database directory
+    Rocksdb,
+    /// An EventStore database directory
+    Eventstore,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// What to back up
+    #[arg(long = "source", value_enum, default_value_t = SourceKind::Dir, value_name = "KIND")]
+    pub(crate) kind: SourceKind,
+
+    /// A path, or for `--source postgres` a connection string
+    #[arg(value_name = "PATH_OR_URL")]
+    pub(crate) location: String,
+
+    /// Tag the backup (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub(crate) tag: Vec<String>,
+
+    /// Record KEY=VALUE metadata with the backup (repeatable)
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) meta: Vec<(String, String)>,
+
+    /// A free-text message stored with the backup
+    #[arg(long, short = 'm')]
+    pub(crate) message: Option<String>,
+
+    /// Read every file, even those unchanged since the previous backup
+    #[arg(long)]
+    pub(crate) full_read: bool,
+
+    /// Leave out paths matching GLOB (repeatable; `--source dir` only)
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// Backup number, or `latest`
+    #[arg(value_name = "ID")]
+    pub(crate) backup: BackupSelector,
+
+    /// Also list the backup's files
+    #[arg(long)]
+    pub(crate) files: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Backup number, or `latest` [default: all backups]
+    #[arg(value_name = "ID", conflicts_with = "all")]
+    pub(crate) backup: Option<BackupSelector>,
+
+    /// Verify every backup (the default without ID)
+    #[arg(long)]
+    pub(crate) all: bool,
+
+    /// Read, decrypt and hash every byte (default: check that every object exists)
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub(crate) full: bool,
+
+    /// Read, decrypt and hash PERCENT of the packs
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub(crate) read_data_subset: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// Backup number, or `latest`
+    #[arg(value_name = "ID")]
+    pub(crate) backup: BackupSelector,
+
+    /// Directory to restore into; must be empty unless --force
+    #[arg(value_name = "TARGET")]
+    pub(crate) target: PathBuf,
+
+    /// Write into a non-empty target, replacing files the backup has
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Restore the files only, without the source's fix-ups (recovery settings, …)
+    #[arg(long)]
+    pub(crate) raw: bool,
+
+    /// Point-in-time recovery: replay up to this time (PostgreSQL `recovery_target_time`)
+    #[arg(long, value_name = "TIME")]
+    pub(crate) target_time: Option<String>,
+
+    /// Point-in-time recovery: replay up to this LSN
+    #[arg(long, value_name = "LSN")]
+    pub(crate) target_lsn: Option<String>,
+
+    /// Point-in-time recovery: replay up to this transaction id
+    #[arg(long, value_name = "XID")]
+    pub(crate) target_xid: Option<String>,
+
+    /// Point-in-time recovery: replay up to this named restore point
+    #[arg(long, value_name = "NAME")]
+    pub(crate) target_name: Option<String>,
+
+    /// What the database does once the recovery target is reached
+    #[arg(long, value_name = "ACTION", value_parser = ["pause", "promote", "shutdown"])]
+    pub(crate) target_action: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// How many of the newest backups to keep
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_last: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// Backup number
+    #[arg(value_name = "ID")]
+    pub(crate) backup: BackupId,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Report what would be removed, remove nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Add a password that opens the repository
+    Add(NewPasswordArgs),
+    /// List the repository's keys
+    List,
+    /// Remove a key (not the one in use, not the last one)
+    Remove(KeyRemoveArgs),
+    /// Change the password in use
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NewPasswordArgs {
+    /// Read the new password from FILE (else BACKSTOP_NEW_PASSWORD, else a prompt)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) new_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyRemoveArgs {
+    /// Key id, as `key list` shows it
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalPushArgs {
+    /// The WAL segment file (PostgreSQL's `%p`)
+    #[arg(value_name = "PATH")]
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WalFetchArgs {
+    /// The segment's name (PostgreSQL's `%f`)
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+
+    /// Where to write it (PostgreSQL's `%p`)
+    #[arg(value_name = "DEST")]
+    pub(crate) dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to generate completions for
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write one page per subcommand into DIR instead of printing the main page
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn key_value_needs_a_key_and_an_equals_sign() {
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_key_value("a="), Ok(("a".into(), String::new())));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
+    }
+}

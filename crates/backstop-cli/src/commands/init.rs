@@ -1,0 +1,26 @@
+//! `init`: create a repository.
+
+use anyhow::Result;
+
+use crate::cli::InitArgs;
+use crate::output::quoted;
+use crate::repo::Settings;
+
+pub(super) fn run(settings: &Settings, args: &InitArgs) -> Result<()> {
+    let engine = settings.init(!args.no_encryption)?;
+    let info = engine.repository_info();
+    let printer = settings.printer;
+    if printer.json {
+        return printer.json("init", &info);
+    }
+    let encryption = if info.encrypted {
+        "encrypted"
+    } else {
+        "unencrypted"
+    };
+    printer.status(format!(
+        "created {encryption} repository {} (id {})",
+        quoted(settings.repo()?),
+        quoted(&info.id)
+    ))
+}

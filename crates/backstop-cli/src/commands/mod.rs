@@ -1,0 +1,43 @@
+//! One module per group of subcommands; each turns its arguments into engine calls and renders
+//! the result. No backup logic lives here: whatever a command does, the engine API does.
+
+mod backup;
+mod docs;
+mod init;
+mod inspect;
+mod key;
+mod restore;
+mod retention;
+mod verify;
+mod wal;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::repo::Settings;
+
+/// Runs the parsed command line.
+pub(crate) fn run(cli: &Cli) -> Result<()> {
+    // Generated documentation needs no settings, so a broken config file cannot block it.
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
+    let settings = &Settings::resolve(&cli.global)?;
+    match &cli.command {
+        Command::Init(args) => init::run(settings, args),
+        Command::Backup(args) => backup::run(settings, args),
+        Command::List => inspect::list(settings),
+        Command::Info(args) => inspect::info(settings, args),
+        Command::Verify(args) => verify::run(settings, args),
+        Command::Restore(args) => restore::run(settings, args),
+        Command::Purge(args) => retention::purge(settings, args),
+        Command::Delete(args) => retention::delete(settings, args),
+        Command::Gc(args) => retention::gc(settings, args),
+        Command::Key(command) => key::run(settings, command),
+        Command::WalPush(args) => wal::push(settings, args),
+        Command::WalFetch(args) => wal::fetch(settings, args),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
+    }
+}

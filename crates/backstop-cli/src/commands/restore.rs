@@ -1,0 +1,136 @@
+//! `restore`: write a backup back into a directory and apply its restore procedure.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use backstop::{ErrorKind, ExistingTarget, RestoreOptions};
+
+use crate::cli::RestoreArgs;
+use crate::exit;
+use crate::interrupt;
+use crate::output::{self, quoted};
+use crate::password::PasswordSource;
+use crate::progress::CliProgress;
+use crate::repo::Settings;
+
+pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
+    let engine = settings.open_read_only()?;
+    let backup = engine.backup_info(args.backup)?;
+
+    let progress = Arc::new(CliProgress::new(settings.show_progress, "restoring"));
+    progress.set_totals(backup.files, backup.size);
+    let existing = if args.force {
+        ExistingTarget::Overwrite
+    } else {
+        ExistingTarget::Refuse
+    };
+    let mut options = RestoreOptions::default()
+        .with_progress(progress.clone())
+        .with_cancel(interrupt::cancel_token())
+        .with_existing(existing)
+        .with_raw(args.raw);
+    let targets = [
+        ("target-time", &args.target_time),
+        ("target-lsn", &args.target_lsn),
+        ("target-xid", &args.target_xid),
+        ("target-name", &args.target_name),
+        ("target-action", &args.target_action),
+    ];
+    for (key, value) in targets {
+        if let Some(value) = value {
+            options = options.with_fixup_option(key, value.clone());
+        }
+    }
+    options = options.with_fixup_option("restore-command", restore_command(settings)?);
+    if backup.source_kind == "postgres"
+        && engine.repository_info().encrypted
+        && settings
+            .password_source()
+            .is_none_or(|source| *source == PasswordSource::Env)
+    {
+        tracing::warn!(
+            "PostgreSQL's restore_command runs `backstop wal-fetch`, which needs the repository \
+             password: put BACKSTOP_PASSWORD in the server's environment, or restore with \
+             --password-file"
+        );
+    }
+
+    let target = &args.target;
+    let result = engine.restore(backup.id, target, &options);
+    progress.finish();
+    let info = result.map_err(anyhow::Error::new).map_err(|err| {
+        let context = if exit::engine_kind(&err) == Some(ErrorKind::Cancelled) {
+            format!(
+                "restore into {} interrupted; the target holds a partial restore",
+                quoted(target.display())
+            )
+        } else {
+            format!("restoring backup {} into {}", quoted(backup.id), quoted(target.display()))
+        };
+        err.context(context)
+    })?;
+
+    let printer = settings.printer;
+    if printer.json {
+        return printer.json("restore", &info);
+    }
+    printer.status(format!(
+        "restored backup {} into {}: {} files, {} dirs, {} symlinks, {} in {} ({})",
+        printer.good(&quoted(info.id)),
+        quoted(target.display()),
+        info.files,
+        info.dirs,
+        info.symlinks,
+        output::size(info.bytes),
+        output::duration_ms(info.duration_ms),
+        output::rate(info.bytes, info.duration_ms)
+    ))?;
+    for fixup in &info.fixups {
+        printer.status(format!("  fix-up: {fixup}"))?;
+    }
+    Ok(())
+}
+
+/// The shell command PostgreSQL runs to fetch archived WAL during recovery: this same program
+/// as `wal-fetch %f %p`, with the repository and a re-readable password source spelled out,
+/// because the server runs it in its data directory with its own environment.
+fn restore_command(settings: &Settings) -> Result<String> {
+    let exe = std::env::current_exe()
+        .context("finding this program's path for PostgreSQL's restore_command")?;
+    let repo = settings.repo()?;
+    let repo = if repo.contains("://") {
+        repo.to_owned()
+    } else {
+        absolute(repo.as_ref())?
+    };
+    let mut words = vec![
+        exe.to_string_lossy().into_owned(),
+        "--repo".to_owned(),
+        repo,
+    ];
+    match settings.password_source() {
+        Some(PasswordSource::File(path)) => {
+            words.push("--password-file".to_owned());
+            words.push(absolute(path)?);
+        }
+        Some(PasswordSource::Command(command)) => {
+            words.push("--password-command".to_owned());
+            words.push(command.clone());
+        }
+        Some(PasswordSource::Env | PasswordSource::NewEnv) | None => {}
+    }
+    let mut line = Vec::with_capacity(words.len() + 3);
+    for word in &words {
+        let quoted = shlex::try_quote(word)
+            .with_context(|| format!("`{word}` cannot be quoted for a shell command line"))?;
+        line.push(quoted.into_owned());
+    }
+    line.extend(["wal-fetch", "%f", "%p"].map(str::to_owned));
+    Ok(line.join(" "))
+}
+
+fn absolute(path: &std::path::Path) -> Result<String> {
+    let path = std::path::absolute(path)
+        .with_context(|| format!("making `{}` an absolute path", path.display()))?;
+    Ok(path.to_string_lossy().into_owned())
+}

@@ -1,0 +1,67 @@
+//! `purge`, `delete` and `gc`: removing backups and the data only they used.
+
+use anyhow::{Context as _, Result};
+use backstop::BackupId;
+use serde::Serialize;
+
+use crate::cli::{DeleteArgs, GcArgs, PurgeArgs};
+use crate::output::{self, quoted};
+use crate::repo::Settings;
+
+/// The `--json` result of `purge` and `delete`.
+#[derive(Serialize)]
+struct Deleted {
+    deleted: Vec<BackupId>,
+}
+
+pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
+    let engine = settings.open()?;
+    let deleted = engine
+        .purge_old(args.keep_last)
+        .with_context(|| format!("keeping the newest {} backups", args.keep_last))?;
+    report_deleted(settings, "purge", deleted)
+}
+
+pub(super) fn delete(settings: &Settings, args: &DeleteArgs) -> Result<()> {
+    let engine = settings.open()?;
+    engine
+        .delete_backup(args.backup)
+        .with_context(|| format!("deleting backup {}", quoted(args.backup)))?;
+    report_deleted(settings, "delete", vec![args.backup])
+}
+
+fn report_deleted(settings: &Settings, command: &str, deleted: Vec<BackupId>) -> Result<()> {
+    let printer = settings.printer;
+    if printer.json {
+        return printer.json(command, &Deleted { deleted });
+    }
+    if deleted.is_empty() {
+        return printer.status("no backups deleted");
+    }
+    let ids: Vec<String> = deleted.iter().map(quoted).collect();
+    printer.status(format!(
+        "deleted backups {}; run `backstop gc` to free their space",
+        ids.join(", ")
+    ))
+}
+
+pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
+    let engine = settings.open()?;
+    let report = engine.gc(args.dry_run).context("collecting garbage")?;
+    let printer = settings.printer;
+    if printer.json {
+        return printer.json("gc", &report);
+    }
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    printer.status(format!(
+        "{verb} {} packs ({}), kept {} packs, {} indexes rewritten",
+        report.packs_deleted,
+        output::size(report.bytes_freed),
+        report.packs_kept,
+        report.indexes_rewritten
+    ))
+}

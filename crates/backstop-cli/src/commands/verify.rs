@@ -1,0 +1,65 @@
+//! `verify`: check backups at a chosen depth; problems found exit with code 3.
+
+use anyhow::Result;
+use backstop::{VerifyLevel, VerifyReport};
+
+use crate::cli::VerifyArgs;
+use crate::exit::{Code, Exit};
+use crate::output::{self, quoted};
+use crate::repo::Settings;
+
+pub(super) fn run(settings: &Settings, args: &VerifyArgs) -> Result<()> {
+    let level = match (args.full, args.read_data_subset) {
+        (true, _) => VerifyLevel::Full,
+        (false, Some(percent)) => VerifyLevel::Subset(percent),
+        (false, None) => VerifyLevel::Quick,
+    };
+    let engine = settings.open_read_only()?;
+    let report = match args.backup {
+        Some(which) if !args.all => engine.verify(which, level)?,
+        _ => engine.verify_all(level)?,
+    };
+
+    let printer = settings.printer;
+    if printer.json {
+        printer.json("verify", &report)?;
+    } else {
+        print_report(settings, &report, level)?;
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        let count = report.problems.len();
+        let noun = if count == 1 { "problem" } else { "problems" };
+        Err(Exit::new(Code::Corrupt, format!("verify found {count} {noun}")).into())
+    }
+}
+
+fn print_report(settings: &Settings, report: &VerifyReport, level: VerifyLevel) -> Result<()> {
+    let printer = settings.printer;
+    let level = match level {
+        VerifyLevel::Quick => "quick".to_owned(),
+        VerifyLevel::Subset(percent) => format!("{percent}% of the data"),
+        VerifyLevel::Full => "full".to_owned(),
+    };
+    let backups: Vec<String> = report.backups.iter().map(quoted).collect();
+    let backups = if backups.is_empty() {
+        "none".to_owned()
+    } else {
+        backups.join(", ")
+    };
+    printer.status(format!(
+        "verified ({level}) backups {backups}: {} blobs in {} packs, {} packs read ({})",
+        report.blobs,
+        report.packs,
+        report.packs_read,
+        output::size(report.bytes_read)
+    ))?;
+    if report.is_ok() {
+        return printer.status(printer.good("no problems found"));
+    }
+    for problem in &report.problems {
+        printer.line(format!("{} {problem}", printer.bad("problem:")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Settings from flags, environment and config file, and opening the repository with them.
+
+use std::io::IsTerminal as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use backstop::{BackupEngine, EngineOptions, ErrorKind, InitOptions, ReadOnlyEngine, Store};
+
+use crate::cli::GlobalArgs;
+use crate::config::{self, ConfigFile};
+use crate::exit::{Code, Exit};
+use crate::output::Printer;
+use crate::password::{self, PasswordSource};
+
+/// Testing knob: `BACKSTOP_TEST_FAST_KDF=1` makes `init` use very low Argon2 costs so tests
+/// run fast. Never set it for a real repository: it makes the password cheap to guess.
+const FAST_KDF_VAR: &str = "BACKSTOP_TEST_FAST_KDF";
+
+/// Everything a command needs besides its own arguments, resolved once: a flag wins over its
+/// environment variable, which wins over the config file.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    repo: Option<String>,
+    password: Option<PasswordSource>,
+    engine: EngineOptions,
+    /// Excludes from the config file, added to `--exclude` for directory backups.
+    pub(crate) config_excludes: Vec<String>,
+    pub(crate) printer: Printer,
+    /// Progress bars on stderr: only when a person watches and asked for no JSON or quiet.
+    pub(crate) show_progress: bool,
+}
+
+impl Settings {
+    pub(crate) fn resolve(global: &GlobalArgs) -> Result<Self> {
+        let config = config::load(global.config.as_deref())?;
+        Ok(Self::from_parts(global, config))
+    }
+
+    fn from_parts(global: &GlobalArgs, config: ConfigFile) -> Self {
+        let password = password::choose_source(
+            global.password_file.as_deref(),
+            global.password_command.as_deref(),
+            config.password_file.as_deref(),
+            config.password_command.as_deref(),
+        );
+        let mut engine = EngineOptions::default();
+        if let Some(level) = global.compression.or(config.compression_level) {
+            engine = engine.with_compression_level(level);
+        }
+        if let Some(threads) = global.threads.or(config.threads) {
+            engine = engine.with_threads(threads);
+        }
+        if let Some(dir) = config.cache_dir {
+            engine = engine.with_cache_dir(dir);
+        }
+        let printer = Printer::new(global.json, global.quiet);
+        let show_progress = !global.json && !global.quiet && std::io::stderr().is_terminal();
+        Self {
+            repo: global.repo.clone().or(config.repo),
+            password,
+            engine,
+            config_excludes: config.excludes,
+            printer,
+            show_progress,
+        }
+    }
+
+    /// The repository location, or a usage error naming the ways to give one.
+    pub(crate) fn repo(&self) -> Result<&str> {
+        self.repo.as_deref().ok_or_else(|| {
+            Exit::new(
+                Code::Usage,
+                "no repository given: pass --repo, set BACKSTOP_REPO, or set `repo` in the \
+                 config file",
+            )
+            .into()
+        })
+    }
+
+    /// How child processes (PostgreSQL's `restore_command`) can get the password, if the
+    /// password came from somewhere they can read again.
+    pub(crate) fn password_source(&self) -> Option<&PasswordSource> {
+        self.password.as_ref()
+    }
+
+    fn store(&self, must_exist: bool) -> Result<Arc<dyn Store>> {
+        let repo = self.repo()?;
+        // A plain path that does not exist is no repository; saying so here gives a clearer
+        // message than the engine's missing config object. URLs are left to the engine.
+        if must_exist && !repo.contains("://") && !Path::new(repo).exists() {
+            return Err(Exit::new(
+                Code::NotFound,
+                format!(
+                    "no repository at `{repo}`: the directory does not exist (create a \
+                     repository with `backstop init`)"
+                ),
+            )
+            .into());
+        }
+        backstop::store::open_url(repo).with_context(|| format!("opening repository `{repo}`"))
+    }
+
+    /// Opens the repository for writing.
+    pub(crate) fn open(&self) -> Result<BackupEngine> {
+        self.open_with(BackupEngine::open)
+    }
+
+    /// Opens the repository for reading only.
+    pub(crate) fn open_read_only(&self) -> Result<ReadOnlyEngine> {
+        self.open_with(ReadOnlyEngine::open)
+    }
+
+    /// Opens with the password from its source; without one, tries without a password (an
+    /// unencrypted repository needs none) and asks on a terminal if the repository wants one.
+    fn open_with<E>(
+        &self,
+        open: impl Fn(Arc<dyn Store>, EngineOptions) -> backstop::Result<E>,
+    ) -> Result<E> {
+        let repo = self.repo()?;
+        let given = self
+            .password
+            .as_ref()
+            .map(PasswordSource::read)
+            .transpose()?;
+        let mut options = self.engine.clone();
+        if let Some(password) = &given {
+            options = options.with_password(password.clone());
+        }
+        let context = || format!("opening repository `{repo}`");
+        match open(self.store(true)?, options) {
+            Ok(engine) => Ok(engine),
+            Err(err) if given.is_none() && wants_password(&err) => {
+                if !password::can_prompt() {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "repository `{repo}` is encrypted and no password was given: set \
+                         BACKSTOP_PASSWORD, or pass --password-file or --password-command"
+                    )));
+                }
+                let password = password::prompt_existing(repo)?;
+                let options = self.engine.clone().with_password(password);
+                open(self.store(true)?, options).with_context(context)
+            }
+            Err(err) => Err(err).with_context(context),
+        }
+    }
+
+    /// Creates a repository; `encrypted` asks for a password (twice on a terminal).
+    pub(crate) fn init(&self, encrypted: bool) -> Result<BackupEngine> {
+        let repo = self.repo()?;
+        let mut init = InitOptions::default();
+        if encrypted {
+            let password = password::new_password(
+                self.password.as_ref(),
+                "new repository password",
+                "set BACKSTOP_PASSWORD, pass --password-file, or pass --no-encryption",
+            )?;
+            init = init.with_password(password);
+        }
+        if std::env::var_os(FAST_KDF_VAR).is_some_and(|value| value == "1") {
+            tracing::warn!("{FAST_KDF_VAR}=1: weak key derivation, for tests only");
+            init = init.with_kdf(8 * 1024, 1);
+        }
+        if !repo.contains("://") {
+            std::fs::create_dir_all(repo)
+                .with_context(|| format!("creating repository directory `{repo}`"))?;
+        }
+        BackupEngine::init(self.store(false)?, init, self.engine.clone())
+            .with_context(|| format!("creating repository `{repo}`"))
+    }
+}
+
+/// Whether opening failed because the repository needs a password we did not give.
+fn wants_password(err: &backstop::Error) -> bool {
+    matches!(err.kind(), ErrorKind::WrongKey | ErrorKind::InvalidInput)
+}

@@ -1,0 +1,866 @@
+//! End-to-end tests of the `backstop` binary: every command's normal path on a temporary
+//! repository, the `--json` shapes scripts rely on, the documented exit codes and messages for
+//! the failures users meet (wrong password, missing repository, corrupted pack, non-empty restore
+//! target), and Ctrl-C in the middle of a large backup, which must leave a valid repository
+//! without the interrupted backup.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test on any unexpected error")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Environment variables the binary reads; tests clear them so the host's cannot leak in.
+const BACKSTOP_VARS: &[&str] = &[
+    "BACKSTOP_REPO",
+    "BACKSTOP_PASSWORD",
+    "BACKSTOP_PASSWORD_FILE",
+    "BACKSTOP_PASSWORD_COMMAND",
+    "BACKSTOP_NEW_PASSWORD",
+    "BACKSTOP_CONFIG",
+    "BACKSTOP_COMPRESSION",
+    "BACKSTOP_THREADS",
+    "RUST_LOG",
+];
+
+/// One test's world: a temporary directory with a repository path, a data tree and a config
+/// home of its own.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Self {
+        let world = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(world.config_home()).unwrap();
+        write_small_tree(&world.data());
+        world
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    fn config_home(&self) -> PathBuf {
+        self.path("config-home")
+    }
+
+    /// The binary with a clean environment: this world's repository and password, cheap key
+    /// derivation, no colour, no config file unless a test writes one.
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+        for var in BACKSTOP_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.env("BACKSTOP_REPO", self.repo())
+            .env("BACKSTOP_PASSWORD", PASSWORD)
+            .env("BACKSTOP_TEST_FAST_KDF", "1")
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path())
+            .timeout(Duration::from_secs(120));
+        cmd
+    }
+
+    /// Runs `args` with `--json`, checks success and the envelope, and returns `result`.
+    fn json(&self, args: &[&str]) -> Value {
+        self.json_with(&mut self.cmd(), args)
+    }
+
+    fn json_with(&self, cmd: &mut Command, args: &[&str]) -> Value {
+        let output = cmd.arg("--json").args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "`backstop {}` failed: {}\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "stdout is not JSON ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        let expected = match args {
+            ["key", sub, ..] => format!("key {sub}"),
+            [first, ..] => (*first).to_owned(),
+            [] => unreachable!(),
+        };
+        assert_eq!(
+            value["command"],
+            expected.as_str(),
+            "envelope names the command"
+        );
+        value["result"].clone()
+    }
+
+    fn init(&self) {
+        self.cmd().arg("init").assert().success();
+    }
+
+    /// Backs up the data tree and returns the new backup's id.
+    fn backup(&self) -> u64 {
+        let data = self.data();
+        let result = self.json(&["backup", data.to_str().unwrap()]);
+        result["id"]
+            .as_u64()
+            .expect("backup result has a numeric id")
+    }
+
+    fn list_ids(&self) -> Vec<u64> {
+        let result = self.json(&["list"]);
+        result
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// A small tree: text files, a nested directory, a binary file of a few hundred KiB.
+fn write_small_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("hello.txt"), b"hello, backup\n").unwrap();
+    std::fs::write(root.join("sub/notes.md"), b"# notes\nsome text\n").unwrap();
+    std::fs::write(root.join("sub/deeper/empty"), b"").unwrap();
+    std::fs::write(root.join("skip.tmp"), b"temporary").unwrap();
+    std::fs::write(root.join("blob.bin"), pseudo_random(300 * 1024, 7)).unwrap();
+}
+
+/// Incompressible bytes, fast, different per seed (xorshift64*).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Every file under `root` (relative path -> bytes), and every directory (-> None).
+fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                out.insert(rel, None);
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, Some(std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn backup_list_info_and_restore_round_trip() {
+    let world = World::new();
+    let init = world.json(&["init"]);
+    assert_eq!(init["encrypted"], true);
+    assert!(init["id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    let data = world.data();
+    let backup = world.json(&[
+        "backup",
+        data.to_str().unwrap(),
+        "--tag",
+        "nightly",
+        "--meta",
+        "app=orders",
+        "--message",
+        "first one",
+    ]);
+    let id = backup["id"].as_u64().unwrap();
+    assert_eq!(backup["tags"], serde_json::json!(["nightly"]));
+    assert_eq!(backup["metadata"]["app"], "orders");
+    assert_eq!(backup["message"], "first one");
+    assert_eq!(backup["source_kind"], "dir");
+    assert_eq!(backup["files"], 5);
+    assert!(backup["bytes_read"].as_u64().unwrap() >= 300 * 1024);
+
+    let list = world.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id);
+    let alias = world.json(&["snapshots"]);
+    assert_eq!(alias, list, "`snapshots` is `list`");
+
+    world
+        .cmd()
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ID").and(predicate::str::contains("nightly")));
+
+    let info = world.json(&["info", &id.to_string(), "--files"]);
+    assert_eq!(info["backup"]["id"], id);
+    let paths: Vec<&str> = info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with("sub/notes.md")),
+        "{paths:?}"
+    );
+    let without_files = world.json(&["info", "latest"]);
+    assert!(
+        without_files.get("files").is_none(),
+        "`files` only with --files"
+    );
+    world
+        .cmd()
+        .args(["info", "latest"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("`{}`", data.display())));
+
+    let target = world.path("restored");
+    let restored = world.json(&["restore", &id.to_string(), target.to_str().unwrap()]);
+    assert_eq!(restored["id"], id);
+    assert_eq!(restored["files"], 5);
+    assert_eq!(
+        tree(&target),
+        tree(&data),
+        "restored tree equals the original"
+    );
+
+    let latest = world.path("restored-latest");
+    world
+        .cmd()
+        .args(["restore", "latest", latest.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(tree(&latest), tree(&data));
+}
+
+#[test]
+fn verify_quick_subset_and_full() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+
+    let quick = world.json(&["verify"]);
+    assert_eq!(quick["backups"], serde_json::json!([id]));
+    assert_eq!(quick["problems"], serde_json::json!([]));
+    let full = world.json(&["verify", "--all", "--full"]);
+    assert_eq!(full["problems"], serde_json::json!([]));
+    assert!(
+        full["packs_read"].as_u64().unwrap() >= 1,
+        "full verify reads packs: {full}"
+    );
+    assert!(full["bytes_read"].as_u64().unwrap() > 0);
+    world.json(&["verify", &id.to_string(), "--read-data-subset", "50"]);
+
+    world
+        .cmd()
+        .args(["verify", "latest", "--full"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no problems found"));
+    world
+        .cmd()
+        .args(["verify", "--full", "--read-data-subset", "5"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn restore_refuses_a_non_empty_target_unless_forced() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+    let target = world.path("busy");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("precious.txt"), b"keep me").unwrap();
+    std::fs::write(target.join("hello.txt"), b"stale").unwrap();
+
+    world
+        .cmd()
+        .args(["restore", &id.to_string(), target.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not empty").and(predicate::str::contains("--force")));
+    assert_eq!(
+        std::fs::read(target.join("hello.txt")).unwrap(),
+        b"stale",
+        "nothing written"
+    );
+
+    world
+        .cmd()
+        .args([
+            "restore",
+            &id.to_string(),
+            target.to_str().unwrap(),
+            "--force",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(target.join("hello.txt")).unwrap(),
+        b"hello, backup\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("precious.txt")).unwrap(),
+        b"keep me"
+    );
+}
+
+#[test]
+fn purge_delete_and_gc() {
+    let world = World::new();
+    world.init();
+    let mut ids = Vec::new();
+    for round in 0..3u64 {
+        std::fs::write(
+            world.data().join("round.bin"),
+            pseudo_random(200 * 1024, 100 + round),
+        )
+        .unwrap();
+        ids.push(world.backup());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    let purged = world.json(&["purge", "--keep-last", "2"]);
+    assert_eq!(purged["deleted"], serde_json::json!([ids[0]]));
+    assert_eq!(world.list_ids(), ids[1..]);
+
+    let deleted = world.json(&["delete", &ids[1].to_string()]);
+    assert_eq!(deleted["deleted"], serde_json::json!([ids[1]]));
+    assert_eq!(world.list_ids(), [ids[2]]);
+
+    let dry = world.json(&["gc", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let gc = world.json(&["gc"]);
+    assert_eq!(gc["dry_run"], false);
+    for field in [
+        "packs_deleted",
+        "bytes_freed",
+        "indexes_rewritten",
+        "packs_kept",
+    ] {
+        assert!(gc[field].is_u64(), "gc report has {field}: {gc}");
+    }
+
+    world.json(&["verify", "--all", "--full"]);
+    let target = world.path("after-gc");
+    world
+        .cmd()
+        .args(["restore", "latest", target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(tree(&target), tree(&world.data()));
+
+    world.cmd().args(["delete", "999"]).assert().code(6);
+}
+
+#[test]
+fn key_add_list_passwd_remove() {
+    let world = World::new();
+    world.init();
+    world.backup();
+
+    let keys = world.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["current"], true);
+    let first_key = keys[0]["id"].as_str().unwrap().to_owned();
+
+    let added = world.json_with(
+        world.cmd().env("BACKSTOP_NEW_PASSWORD", "second"),
+        &["key", "add"],
+    );
+    let second_key = added["id"].as_str().unwrap().to_owned();
+    assert_ne!(first_key, second_key);
+
+    // The new password opens the repository, and sees both keys, its own as current.
+    let mut as_second = world.cmd();
+    as_second.env("BACKSTOP_PASSWORD", "second");
+    let keys = world.json_with(&mut as_second, &["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let current: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["current"] == true)
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, [second_key.as_str()]);
+
+    let removed = world.json_with(
+        world.cmd().env("BACKSTOP_PASSWORD", "second"),
+        &["key", "remove", &first_key],
+    );
+    assert_eq!(removed["removed"], first_key.as_str());
+    world.cmd().arg("list").assert().code(5);
+
+    // Change the password from a file.
+    let new_password_file = world.path("third.txt");
+    std::fs::write(&new_password_file, "third\n").unwrap();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "second")
+        .args(["key", "passwd", "--new-password-file"])
+        .arg(&new_password_file)
+        .assert()
+        .success();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "second")
+        .arg("list")
+        .assert()
+        .code(5);
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "third")
+        .arg("list")
+        .assert()
+        .success();
+
+    // Without a new password and without a terminal, `key add` says how to give one.
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "third")
+        .args(["key", "add"])
+        .write_stdin("")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("BACKSTOP_NEW_PASSWORD"));
+}
+
+#[test]
+fn wal_push_and_fetch_round_trip() {
+    let world = World::new();
+    world.init();
+    let segment = world.path("000000010000000000000001");
+    let bytes = pseudo_random(64 * 1024, 42);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    world
+        .cmd()
+        .args(["wal-push"])
+        .arg(&segment)
+        .assert()
+        .success()
+        .stdout(predicate::str::is_empty());
+    // PostgreSQL retries archiving after a crash: the same bytes again are fine.
+    let again = world.json(&["wal-push", segment.to_str().unwrap()]);
+    assert_eq!(again["outcome"], "AlreadyPresent");
+    assert_eq!(again["bytes"], 64 * 1024);
+
+    let dest_dir = world.path("pg_wal");
+    std::fs::create_dir_all(&dest_dir).unwrap();
+    world
+        .cmd()
+        .args([
+            "wal-fetch",
+            "000000010000000000000001",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_empty());
+    assert_eq!(std::fs::read(dest_dir.join("RECOVERYXLOG")).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read_dir(&dest_dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    world
+        .cmd()
+        .args([
+            "wal-fetch",
+            "000000010000000000000002",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("000000010000000000000002")
+                .and(predicate::str::contains("not in the archive")),
+        );
+
+    // Different bytes under an archived name are refused, so PostgreSQL sees the failure.
+    std::fs::write(&segment, pseudo_random(64 * 1024, 43)).unwrap();
+    world.cmd().arg("wal-push").arg(&segment).assert().failure();
+}
+
+#[test]
+fn wrong_password_exits_5() {
+    let world = World::new();
+    world.init();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "not the password")
+        .arg("list")
+        .assert()
+        .code(5)
+        .stderr(predicate::str::starts_with("error:"));
+
+    // With --json the failure is also a document on stdout.
+    let output = world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "not the password")
+        .args(["--json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5));
+    let value: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["command"], "list");
+    assert_eq!(value["error"]["exit_code"], 5);
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
+#[test]
+fn missing_repository_exits_6() {
+    let world = World::new();
+    world.cmd().arg("list").assert().code(6).stderr(
+        predicate::str::contains("no repository at")
+            .and(predicate::str::contains(world.repo().to_str().unwrap())),
+    );
+    // A directory that exists but holds no repository is missing too.
+    std::fs::create_dir_all(world.repo()).unwrap();
+    world.cmd().arg("list").assert().code(6);
+}
+
+#[test]
+fn no_repository_given_is_a_usage_error() {
+    let world = World::new();
+    world
+        .cmd()
+        .env_remove("BACKSTOP_REPO")
+        .arg("list")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("BACKSTOP_REPO"));
+    world.cmd().args(["restore"]).assert().code(2);
+    world.cmd().args(["frobnicate"]).assert().code(2);
+}
+
+#[test]
+fn corrupted_pack_is_found_by_verify_and_refused_by_restore() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+
+    let packs = files_under(&world.repo().join("packs"));
+    let pack = packs
+        .iter()
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .expect("the repository has a pack");
+    let mut bytes = std::fs::read(pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(pack, &bytes).unwrap();
+
+    let output = world
+        .cmd()
+        .args(["--json", "verify", "--full"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(!value["result"]["problems"].as_array().unwrap().is_empty());
+
+    world
+        .cmd()
+        .args(["verify", "--all", "--full"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("problem:"))
+        .stderr(predicate::str::contains("verify found"));
+
+    let target = world.path("restored");
+    world
+        .cmd()
+        .args(["restore", &id.to_string(), target.to_str().unwrap()])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::starts_with("error:"));
+}
+
+#[test]
+fn unencrypted_repository_needs_no_password() {
+    let world = World::new();
+    let init = world.json_with(
+        world.cmd().env_remove("BACKSTOP_PASSWORD"),
+        &["init", "--no-encryption"],
+    );
+    assert_eq!(init["encrypted"], false);
+    let data = world.data();
+    let mut cmd = world.cmd();
+    cmd.env_remove("BACKSTOP_PASSWORD").write_stdin("");
+    world.json_with(&mut cmd, &["backup", data.to_str().unwrap()]);
+    let mut cmd = world.cmd();
+    cmd.env_remove("BACKSTOP_PASSWORD").write_stdin("");
+    let list = world.json_with(&mut cmd, &["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn init_without_a_password_or_terminal_says_how_to_give_one() {
+    let world = World::new();
+    world
+        .cmd()
+        .env_remove("BACKSTOP_PASSWORD")
+        .arg("init")
+        .write_stdin("")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("BACKSTOP_PASSWORD"));
+    assert!(
+        !world.repo().exists(),
+        "nothing is created without a password"
+    );
+}
+
+#[test]
+fn config_file_supplies_defaults_and_flags_override_it() {
+    let world = World::new();
+    let password_file = world.path("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let config_dir = world.config_home().join("backstop");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "repo = {:?}\npassword_file = {:?}\ncompression_level = 1\nexcludes = [\"*.tmp\"]\n",
+            world.repo().to_str().unwrap(),
+            password_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    let bare = || {
+        let mut cmd = world.cmd();
+        cmd.env_remove("BACKSTOP_REPO")
+            .env_remove("BACKSTOP_PASSWORD");
+        cmd
+    };
+    world.json_with(&mut bare(), &["init"]);
+    let data = world.data();
+    world.json_with(&mut bare(), &["backup", data.to_str().unwrap()]);
+    let info = world.json_with(&mut bare(), &["info", "latest", "--files"]);
+    let paths: Vec<&str> = info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p.ends_with("skip.tmp")),
+        "excluded by config: {paths:?}"
+    );
+    assert!(paths.iter().any(|p| p.ends_with("hello.txt")), "{paths:?}");
+
+    // --repo beats the config file.
+    let other = world.path("other-repo");
+    bare()
+        .arg("--repo")
+        .arg(&other)
+        .arg("list")
+        .assert()
+        .code(6);
+
+    // An explicit config file must exist and must not have unknown keys.
+    bare()
+        .args(["--config", "nope.toml", "list"])
+        .assert()
+        .code(1);
+    let bad = world.path("bad.toml");
+    std::fs::write(&bad, "repository = \"x\"\n").unwrap();
+    bare()
+        .env("BACKSTOP_CONFIG", &bad)
+        .arg("list")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown field"));
+}
+
+#[test]
+fn completions_and_man_page() {
+    let world = World::new();
+    world
+        .cmd()
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("backstop"));
+    world
+        .cmd()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(".TH"));
+    world
+        .cmd()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exit codes:").and(predicate::str::contains("130")));
+}
+
+/// Ctrl-C in the middle of a 300 MiB backup: the command exits 130, the interrupted backup
+/// is not listed, the repository verifies in full, and gc plus a new backup work afterwards.
+#[test]
+fn sigint_during_a_large_backup_leaves_a_valid_repository() {
+    let world = World::new();
+    world.init();
+    let first = world.backup();
+
+    let large = world.path("large");
+    std::fs::create_dir_all(&large).unwrap();
+    for index in 0..75u64 {
+        let bytes = pseudo_random(4 * 1024 * 1024, 1000 + index);
+        std::fs::write(large.join(format!("file-{index:03}.bin")), bytes).unwrap();
+    }
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"));
+    for var in BACKSTOP_VARS {
+        child.env_remove(var);
+    }
+    let mut child = child
+        .env("BACKSTOP_REPO", world.repo())
+        .env("BACKSTOP_PASSWORD", PASSWORD)
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", world.config_home())
+        .args(["-vv", "backup"])
+        .arg(&large)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Follow stderr on a thread (so the pipe never fills) and wait until the backup says it is
+    // storing files.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(remaining) {
+            Ok(line) => {
+                let storing = line.contains("storing `");
+                seen.push(line);
+                if storing {
+                    break;
+                }
+            }
+            Err(err) => {
+                let _ = child.kill();
+                panic!("no progress from the backup ({err}); stderr so far: {seen:#?}");
+            }
+        }
+    }
+
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("backup did not stop within 60 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    seen.extend(lines_rx.try_iter());
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit code after SIGINT; stderr: {seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|line| line.contains("interrupted")),
+        "{seen:#?}"
+    );
+
+    assert_eq!(
+        world.list_ids(),
+        [first],
+        "the interrupted backup is not listed"
+    );
+    let verify = world.json(&["verify", "--all", "--full"]);
+    assert_eq!(verify["problems"], serde_json::json!([]));
+
+    // The next run cleans up and works.
+    world.json(&["gc"]);
+    world.json(&["verify", "--all", "--full"]);
+    let second = world.backup();
+    assert!(second > first);
+}

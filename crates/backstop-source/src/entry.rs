@@ -1,0 +1,206 @@
+//! The items a session asks the engine to store, and how each may change while it is read.
+
+use std::path::PathBuf;
+
+/// A group of entries stored completely before the next phase begins.
+#[derive(Clone, Debug, Default)]
+pub struct Phase {
+    /// A short name shown in progress and logs ("checkpoints", "data files", "logs").
+    pub name: String,
+    /// The entries, stored in this order.
+    pub entries: Vec<Entry>,
+}
+
+impl Phase {
+    /// A named phase with entries.
+    pub fn new(name: impl Into<String>, entries: Vec<Entry>) -> Self {
+        Self {
+            name: name.into(),
+            entries,
+        }
+    }
+}
+
+/// What kind of tree node an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target, stored as is (never followed).
+    Symlink {
+        /// The link's target.
+        target: String,
+    },
+}
+
+/// How a file may change while the engine reads it; the engine picks chunking and re-read rules
+/// from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeModel {
+    /// Never changes once it exists (RocksDB SSTs, sealed EventStore chunks, archived WAL). With
+    /// an `identity` (name + size + the database's own checksum or id), a file stored before under
+    /// the same identity is never read again. Stored in large fixed blocks.
+    Immutable {
+        /// The database's identity for the file, if it has one.
+        identity: Option<String>,
+    },
+    /// Only appended to: the engine stores exactly `Entry::size` bytes, the length seen at a
+    /// consistent moment, and ignores anything written after it.
+    AppendOnly,
+    /// Updated in place in pages of `page_size` bytes: stored in page-aligned fixed blocks so an
+    /// incremental backup stores about the pages that changed.
+    Pages {
+        /// The database's page size in bytes.
+        page_size: u32,
+    },
+    /// Anything may happen: content-defined chunking.
+    Any,
+}
+
+/// Filesystem identity of a file, used to skip reading a file unchanged since the parent backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsIdentity {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+}
+
+/// Where an entry's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// No content (directories, symlinks).
+    None,
+    /// Read from this file on disk, at most `Entry::size` bytes for append-only files.
+    File(PathBuf),
+    /// Bytes the source supplies (a backup label, a position file).
+    Bytes(Vec<u8>),
+    /// Read through [`crate::Session::open`] with this handle (pages read inside a database
+    /// transaction, say).
+    Session(u64),
+}
+
+/// One item to store.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path inside the backup: relative, `/`-separated, no `.` or `..` segments.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Unix permission bits (and file type bits are ignored).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// For files: the size to store (the exact length for append-only files, the size seen when
+    /// listed otherwise; the stored size is what was actually read).
+    pub size: u64,
+    /// How the file may change while it is read.
+    pub change: ChangeModel,
+    /// Where the bytes come from.
+    pub content: Content,
+    /// Filesystem identity when the content is a file on disk, for the unchanged-file shortcut.
+    pub fs_identity: Option<FsIdentity>,
+}
+
+impl Entry {
+    /// An entry for a directory.
+    pub fn dir(path: impl Into<String>, mode: u32, mtime_ns: i64) -> Self {
+        Self {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode,
+            mtime_ns,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            change: ChangeModel::Any,
+            content: Content::None,
+            fs_identity: None,
+        }
+    }
+
+    /// An entry for a file whose bytes the source supplies.
+    pub fn bytes(path: impl Into<String>, bytes: Vec<u8>, mode: u32, mtime_ns: i64) -> Self {
+        Self {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode,
+            mtime_ns,
+            uid: 0,
+            gid: 0,
+            size: bytes.len() as u64,
+            change: ChangeModel::Any,
+            content: Content::Bytes(bytes),
+            fs_identity: None,
+        }
+    }
+
+    /// Builds an entry from a file on disk as `lstat` sees it now. Directories and symlinks get
+    /// their kind; other file types (sockets, fifos, devices) give `Ok(None)`.
+    pub fn from_path(
+        path_in_backup: impl Into<String>,
+        disk_path: &std::path::Path,
+        change: ChangeModel,
+    ) -> Result<Option<Self>, crate::SourceError> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(disk_path)
+            .map_err(|e| crate::SourceError::io("reading metadata of", disk_path, e))?;
+        let ft = md.file_type();
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(disk_path)
+                .map_err(|e| crate::SourceError::io("reading symlink", disk_path, e))?;
+            EntryKind::Symlink {
+                target: target.to_string_lossy().into_owned(),
+            }
+        } else {
+            return Ok(None);
+        };
+        let mtime_ns = md
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(md.mtime_nsec());
+        let ctime_ns = md
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(md.ctime_nsec());
+        let is_file = kind == EntryKind::File;
+        Ok(Some(Self {
+            path: path_in_backup.into(),
+            kind,
+            mode: md.mode() & 0o7777,
+            mtime_ns,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: if is_file { md.len() } else { 0 },
+            change,
+            content: if is_file {
+                Content::File(disk_path.to_path_buf())
+            } else {
+                Content::None
+            },
+            fs_identity: is_file.then_some(FsIdentity {
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.len(),
+                mtime_ns,
+                ctime_ns,
+            }),
+        }))
+    }
+}

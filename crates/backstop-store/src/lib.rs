@@ -1,0 +1,192 @@
+//! Where a Backstop repository keeps its bytes: a minimal contract for immutable objects.
+//!
+//! A [`Store`] holds objects under slash-separated keys (`packs/ab/ab12…`, `snapshots/0000000001-…`).
+//! Objects are written once and never modified; the repository layer on top relies on nothing
+//! else, so the same code runs on a local directory, in memory, or on an object store that has
+//! no appends, no renames, slow listings and no read-after-list consistency.
+//!
+//! Implementations here: [`MemoryStore`] (tests, examples), [`LocalStore`] (a directory) and,
+//! with the `s3` feature, `S3Store` (any S3-compatible object store). [`open_url`] picks one from
+//! a URL such as `/srv/backups`, `file:///srv/backups` or `s3://bucket/prefix`.
+//! Wrappers compose: [`FaultStore`] injects failures for crash-safety tests, [`CountingStore`]
+//! counts requests and bytes.
+
+mod counting;
+mod error;
+mod fault;
+mod local;
+mod memory;
+#[cfg(feature = "s3")]
+mod s3;
+mod url;
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+pub use counting::{CountingStore, RequestCounts};
+pub use error::{StoreError, StoreErrorKind};
+pub use fault::{FaultPlan, FaultStore};
+pub use local::{LocalStore, LocalStoreOptions};
+pub use memory::MemoryStore;
+#[cfg(feature = "s3")]
+pub use s3::{S3Credentials, S3Store, S3StoreOptions};
+pub use url::{SUPPORTED_SCHEMES, open_url};
+
+use std::ops::Range;
+
+/// How a put treats an object that already exists under the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there (for content-addressed keys the bytes are the same anyway).
+    Overwrite,
+    /// Fail with [`StoreErrorKind::AlreadyExists`] if the key exists. Best effort on stores that
+    /// do not honour conditional writes; the repository never relies on it for safety alone.
+    Create,
+}
+
+/// One object as a listing reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The full key, including the listed prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, seconds since the Unix epoch, when the store knows it.
+    pub modified_unix: Option<i64>,
+}
+
+/// Storage for immutable objects.
+///
+/// # Contract
+/// - `put` is atomic: a reader sees either no object or the whole object, never a prefix, and a
+///   crash during `put` leaves no object (at most an invisible temporary). When `put` returns `Ok`, the object is durable to the degree the store promises
+///   (`LocalStore` with `sync` on: fsynced, directory entry included).
+/// - Read-after-write: a `get` after a successful `put` of the same key returns the new bytes.
+/// - `get_range` returns exactly the requested bytes or an error; a range past the end is
+///   [`StoreErrorKind::InvalidRange`]; a missing key is [`StoreErrorKind::NotFound`].
+/// - `list` returns every object whose key starts with `prefix`, in no particular order; it may
+///   miss objects written concurrently.
+/// - `delete` of a missing key succeeds (deletes are idempotent).
+/// - Keys are ASCII, `/`-separated, without `..`, leading `/` or empty segments; a store may
+///   reject others with [`StoreErrorKind::InvalidKey`].
+///
+/// # Clone
+/// Stores are used from several threads at once through `&self`; wrap one in an `Arc` to share it.
+///
+/// # Wrappers
+/// A wrapper implements `Store` over an inner store and forwards what it does not change:
+/// [`FaultStore`], [`CountingStore`].
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores `bytes` under `key`.
+    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError>;
+
+    /// Reads the whole object.
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// Reads `range` of the object.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError>;
+
+    /// Lists objects whose key starts with `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Size of one object, or `NotFound`.
+    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// Removes an object; missing objects are not an error.
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// A short human description, such as `local:/srv/backups` or `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+        (**self).put(key, bytes, mode)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        (**self).get(key)
+    }
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        (**self).get_range(key, range)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        (**self).list(prefix)
+    }
+    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        (**self).head(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+        (**self).put(key, bytes, mode)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        (**self).get(key)
+    }
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        (**self).get_range(key, range)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        (**self).list(prefix)
+    }
+    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        (**self).head(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+/// Checks a key against the contract's rules; stores call it before touching anything.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.ends_with('/')
+        || !key.is_ascii()
+        || key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || key.bytes().any(|b| b.is_ascii_control() || b == b'\\');
+    if bad {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidKey,
+            key,
+            "key breaks the key rules",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a listing prefix and splits it into its complete segments (`packs/ab/`) and the
+/// possibly partial last one (`ab12`), which only filters names. The complete segments follow
+/// the key rules, so a prefix cannot climb out of a store's root.
+pub(crate) fn split_prefix(prefix: &str) -> Result<(&str, &str), StoreError> {
+    let (dir_part, name_part) = match prefix.rfind('/') {
+        Some(at) => prefix.split_at(at + 1),
+        None => ("", prefix),
+    };
+    let bad = prefix.starts_with('/')
+        || !prefix.is_ascii()
+        || prefix.bytes().any(|b| b.is_ascii_control() || b == b'\\')
+        || dir_part
+            .strip_suffix('/')
+            .is_some_and(|d| d.split('/').any(|s| s.is_empty() || s == "." || s == ".."));
+    if bad {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidKey,
+            prefix,
+            "listing prefix breaks the key rules",
+        ));
+    }
+    Ok((dir_part, name_part))
+}

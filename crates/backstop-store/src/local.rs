@@ -1,0 +1,528 @@
+//! A store in a local directory: one file per object, written atomically with temp file + rename.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use std::ops::Range;
+
+use crate::memory::check_range;
+use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
+
+/// Names of files being written start with this; they are never listed and never keys.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// How a [`LocalStore`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalStoreOptions {
+    /// fsync every object and the directory entries that lead to it before `put` returns.
+    /// Off only for tests and scratch repositories: a power loss may then lose acknowledged
+    /// objects.
+    pub sync: bool,
+}
+
+impl Default for LocalStoreOptions {
+    fn default() -> Self {
+        Self { sync: true }
+    }
+}
+
+/// Objects as files under a root directory; the key `packs/ab/ab12…` is the file
+/// `<root>/packs/ab/ab12…`.
+///
+/// A put writes `.tmp-<random>` in the object's directory, fsyncs it, then renames it into place
+/// (`Overwrite`) or hard-links it (`Create`, which fails atomically if the name exists), and
+/// fsyncs the directory. A crash leaves at most a temp file, which [`Store::list`] never shows;
+/// [`LocalStore::remove_temp_files`] cleans them up.
+///
+/// The root and the directories under it are created on demand. Key segments that start with
+/// `.tmp-` are rejected, and a key cannot be both an object and a directory of other objects
+/// (`a` and `a/b`), which object stores allow but a file system does not.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    options: LocalStoreOptions,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, fsyncing every put.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_options(root, LocalStoreOptions::default())
+    }
+
+    /// A store rooted at `root` with explicit options.
+    pub fn with_options(root: impl Into<PathBuf>, options: LocalStoreOptions) -> Self {
+        Self {
+            root: root.into(),
+            options,
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> LocalStoreOptions {
+        self.options
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        validate_key(key)?;
+        if key
+            .split('/')
+            .any(|segment| segment.starts_with(TEMP_PREFIX))
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidKey,
+                key,
+                format!("key segments starting with `{TEMP_PREFIX}` are reserved for temp files"),
+            ));
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Creates `dir` and any missing parents, fsyncing each parent that gained an entry so the
+    /// new directory survives a crash.
+    fn ensure_dir(&self, key: &str, dir: &Path) -> Result<(), StoreError> {
+        match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    key,
+                    format!(
+                        "`{}` is a file, so it cannot hold objects; a key cannot be both an \
+                         object and a prefix of other objects in a local store",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(StoreError::from_io(
+                    key,
+                    format!("cannot inspect directory `{}`", dir.display()),
+                    err,
+                ));
+            }
+        }
+        let parent = dir.parent();
+        if let Some(parent) = parent {
+            if !parent.as_os_str().is_empty() {
+                self.ensure_dir(key, parent)?;
+            }
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            // Another writer created it in between: fine, and it syncs its own entry.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(err) => {
+                return Err(StoreError::from_io(
+                    key,
+                    format!("cannot create directory `{}`", dir.display()),
+                    err,
+                ));
+            }
+        }
+        if let Some(parent) = parent {
+            self.sync_dir(key, parent)?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, key: &str, dir: &Path) -> Result<(), StoreError> {
+        if !self.options.sync {
+            return Ok(());
+        }
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|err| {
+            StoreError::from_io(
+                key,
+                format!("cannot fsync directory `{}`", dir.display()),
+                err,
+            )
+        })
+    }
+
+    /// Writes a new temp file next to `path` and returns its path.
+    fn write_temp(&self, key: &str, dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        loop {
+            let temp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
+            let mut file = match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => {
+                    return Err(StoreError::from_io(
+                        key,
+                        format!("cannot create temp file `{}`", temp.display()),
+                        err,
+                    ));
+                }
+            };
+            let written = file.write_all(bytes).and_then(|()| {
+                if self.options.sync {
+                    file.sync_all()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(err) = written {
+                remove_quietly(&temp);
+                return Err(StoreError::from_io(
+                    key,
+                    format!("cannot write temp file `{}`", temp.display()),
+                    err,
+                ));
+            }
+            return Ok(temp);
+        }
+    }
+
+    /// Removes temp files left by interrupted puts that are older than `min_age`; returns how
+    /// many were removed. Call it when no other process writes to the store, or with a `min_age`
+    /// longer than any put can take.
+    pub fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(StoreError::from_io(
+                        "",
+                        format!("cannot read directory `{}`", dir.display()),
+                        err,
+                    ));
+                }
+            };
+            for entry in entries.flatten() {
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
+                let name = entry.file_name();
+                if file_type.is_dir() {
+                    stack.push(entry.path());
+                } else if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let old_enough = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age >= min_age);
+                    if old_enough && fs::remove_file(entry.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn meta_of(&self, key: &str, path: &Path) -> Result<ObjectMeta, StoreError> {
+        let meta = fs::metadata(path).map_err(|err| {
+            StoreError::from_io(key, format!("cannot read `{}`", path.display()), err)
+        })?;
+        if !meta.is_file() {
+            return Err(not_a_file(key, path));
+        }
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: meta.len(),
+            modified_unix: modified_unix(&meta),
+        })
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        key_prefix: &str,
+        name_filter: &str,
+        out: &mut Vec<ObjectMeta>,
+    ) -> Result<(), StoreError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // A missing directory is an empty listing; one that vanished mid-walk too.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A prefix whose directory part names a file (`a/b/` where `a/b` is an object).
+            Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+            Err(err) => {
+                return Err(StoreError::from_io(
+                    key_prefix,
+                    format!("cannot list directory `{}`", dir.display()),
+                    err,
+                ));
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(|err| {
+                StoreError::from_io(
+                    key_prefix,
+                    format!("cannot list directory `{}`", dir.display()),
+                    err,
+                )
+            })?;
+            let name = entry.file_name();
+            // Keys are ASCII, so a name that is not UTF-8 is not an object of this store.
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TEMP_PREFIX) || !name.starts_with(name_filter) {
+                continue;
+            }
+            let key = format!("{key_prefix}{name}");
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(StoreError::from_io(
+                        &key,
+                        format!("cannot stat `{}`", entry.path().display()),
+                        err,
+                    ));
+                }
+            };
+            let meta = if meta.file_type().is_symlink() {
+                match fs::metadata(entry.path()) {
+                    Ok(meta) => meta,
+                    Err(_) => continue,
+                }
+            } else {
+                meta
+            };
+            if meta.is_dir() {
+                self.walk(&entry.path(), &format!("{key}/"), "", out)?;
+            } else if meta.is_file() {
+                out.push(ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    modified_unix: modified_unix(&meta),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn modified_unix(meta: &fs::Metadata) -> Option<i64> {
+    let since_epoch = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    i64::try_from(since_epoch.as_secs()).ok()
+}
+
+fn not_a_file(key: &str, path: &Path) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::NotFound,
+        key,
+        format!(
+            "no such object: `{}` is a directory of other objects",
+            path.display()
+        ),
+    )
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(err) = fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot remove temp file");
+    }
+}
+
+impl Store for LocalStore {
+    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.ensure_dir(key, &dir)?;
+        let temp = self.write_temp(key, &dir, bytes)?;
+        let placed = match mode {
+            PutMode::Overwrite => fs::rename(&temp, &path),
+            // link() fails with EEXIST if the name exists, which makes create-if-absent atomic;
+            // the temp name is removed either way.
+            PutMode::Create => {
+                let linked = fs::hard_link(&temp, &path);
+                remove_quietly(&temp);
+                linked
+            }
+        };
+        if let Err(err) = placed {
+            if mode == PutMode::Overwrite {
+                remove_quietly(&temp);
+            }
+            if err.kind() == io::ErrorKind::AlreadyExists {
+                return Err(StoreError::with_source(
+                    StoreErrorKind::AlreadyExists,
+                    key,
+                    "object already exists and the put asked to create it",
+                    err,
+                ));
+            }
+            if err.kind() == io::ErrorKind::IsADirectory {
+                return Err(StoreError::with_source(
+                    StoreErrorKind::Other,
+                    key,
+                    format!(
+                        "`{}` is a directory of other objects; a key cannot be both an object \
+                         and a prefix of other objects in a local store",
+                        path.display()
+                    ),
+                    err,
+                ));
+            }
+            return Err(StoreError::from_io(
+                key,
+                format!("cannot move temp file into place at `{}`", path.display()),
+                err,
+            ));
+        }
+        self.sync_dir(key, &dir)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key)?;
+        match fs::read(&path) {
+            Ok(bytes) => Ok(bytes),
+            Err(err) if err.kind() == io::ErrorKind::IsADirectory => Err(not_a_file(key, &path)),
+            Err(err) => Err(StoreError::from_io(
+                key,
+                format!("cannot read `{}`", path.display()),
+                err,
+            )),
+        }
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key)?;
+        let file = File::open(&path).map_err(|err| {
+            StoreError::from_io(key, format!("cannot open `{}`", path.display()), err)
+        })?;
+        let meta = file.metadata().map_err(|err| {
+            StoreError::from_io(key, format!("cannot stat `{}`", path.display()), err)
+        })?;
+        if !meta.is_file() {
+            return Err(not_a_file(key, &path));
+        }
+        check_range(key, &range, meta.len())?;
+        let len = usize::try_from(range.end - range.start).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::InvalidRange,
+                key,
+                "range does not fit in memory",
+            )
+        })?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, range.start).map_err(|err| {
+            StoreError::from_io(
+                key,
+                format!(
+                    "cannot read {}..{} of `{}`",
+                    range.start,
+                    range.end,
+                    path.display()
+                ),
+                err,
+            )
+        })?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let (dir_part, name_part) = split_prefix(prefix)?;
+        let mut out = Vec::new();
+        self.walk(&self.root.join(dir_part), dir_part, name_part, &mut out)?;
+        Ok(out)
+    }
+
+    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let path = self.path_of(key)?;
+        self.meta_of(key, &path)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // Also a missing object: the path leads through a file (`a/b` when `a` is an object).
+            Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+            Err(err) => {
+                return Err(StoreError::from_io(
+                    key,
+                    format!("cannot remove `{}`", path.display()),
+                    err,
+                ));
+            }
+        }
+        self.sync_dir(key, path.parent().unwrap_or(&self.root))
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_creates_directories_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("repo"));
+        store
+            .put("packs/ab/abcd", b"pack", PutMode::Create)
+            .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("repo/packs/ab/abcd")).unwrap(),
+            b"pack"
+        );
+        let err = store
+            .put("packs/ab/abcd", b"other", PutMode::Create)
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::AlreadyExists);
+        let names: Vec<_> = fs::read_dir(dir.path().join("repo/packs/ab"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["abcd".to_owned()]);
+    }
+
+    #[test]
+    fn temp_files_are_not_listed_and_can_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("a/b", b"x", PutMode::Overwrite).unwrap();
+        fs::write(dir.path().join("a/.tmp-0123"), b"torn").unwrap();
+        let keys: Vec<_> = store.list("").unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, vec!["a/b".to_owned()]);
+        assert_eq!(
+            store.remove_temp_files(std::time::Duration::ZERO).unwrap(),
+            1
+        );
+        assert!(!dir.path().join("a/.tmp-0123").exists());
+        let err = store
+            .put("a/.tmp-0123", b"x", PutMode::Overwrite)
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::InvalidKey);
+    }
+
+    #[test]
+    fn prefix_with_dot_dot_is_rejected() {
+        let store = LocalStore::new("/nonexistent");
+        assert_eq!(
+            store.list("../").unwrap_err().kind(),
+            StoreErrorKind::InvalidKey
+        );
+        assert_eq!(
+            store.list("/etc").unwrap_err().kind(),
+            StoreErrorKind::InvalidKey
+        );
+        assert!(store.list("a/..b").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,99 @@
+//! Archives: named objects outside backups (WAL segments pushed by `archive_command`), each
+//! compressed and sealed on its own, durable when `put` returns.
+
+use backstop_store::{PutMode, StoreErrorKind};
+
+use crate::format::{self, ArchiveObject, ContentId, ObjectType};
+use crate::info::ArchivePut;
+use crate::repo::{Repository, damaged};
+use crate::{Error, ErrorKind, Result};
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::msg(
+            ErrorKind::InvalidInput,
+            format!("{what} `{name}` must be letters, digits, `.`, `_` or `-`"),
+        ))
+    }
+}
+
+fn key(archive: &str, name: &str) -> Result<String> {
+    check_name("archive", archive)?;
+    check_name("archive object name", name)?;
+    Ok(format!("archive/{archive}/{name}"))
+}
+
+fn read(repo: &Repository, key: &str) -> Result<Option<ArchiveObject>> {
+    match repo.store.get(key) {
+        Ok(bytes) => format::open_object("archive object", ObjectType::Archive, &bytes, repo.key())
+            .map(Some)
+            .map_err(|e| damaged(key, e)),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> Result<ArchivePut> {
+    let key = key(archive, name)?;
+    let hash = ContentId::hash(data);
+    if let Some(existing) = read(repo, &key)? {
+        if existing.hash == hash {
+            return Ok(ArchivePut::AlreadyPresent);
+        }
+        return Err(Error::msg(
+            ErrorKind::AlreadyExists,
+            format!("`{name}` is already archived in `{archive}` with different content; refusing to overwrite it"),
+        ));
+    }
+    let compressed = zstd::bulk::compress(data, repo.options.compression_level.max(1))
+        .map_err(|e| Error::msg(ErrorKind::Io, format!("compressing `{name}`: {e}")))?;
+    let object = ArchiveObject { name: name.to_owned(), data: compressed, hash };
+    let bytes = format::seal_object(ObjectType::Archive, &object, repo.key());
+    match repo.store.put(&key, &bytes, PutMode::Create) {
+        Ok(()) => Ok(ArchivePut::Stored),
+        // Someone stored it between our check and our put: same rules as above.
+        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => match read(repo, &key)? {
+            Some(existing) if existing.hash == hash => Ok(ArchivePut::AlreadyPresent),
+            _ => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8>> {
+    let key = key(archive, name)?;
+    let object = read(repo, &key)?.ok_or_else(|| {
+        Error::msg(ErrorKind::NotFound, format!("`{name}` is not in the `{archive}` archive of {}", repo.store.describe()))
+    })?;
+    let data = zstd::stream::decode_all(object.data.as_slice())
+        .map_err(|e| damaged(&key, format::FormatError::Decode { what: "archive object", detail: e.to_string() }))?;
+    if ContentId::hash(&data) != object.hash {
+        return Err(damaged(&key, format::FormatError::Checksum { what: "archive object" }));
+    }
+    Ok(data)
+}
+
+pub(crate) fn list(repo: &Repository, archive: &str) -> Result<Vec<String>> {
+    check_name("archive", archive)?;
+    let prefix = format!("archive/{archive}/");
+    let mut names: Vec<String> = repo
+        .store
+        .list(&prefix)?
+        .into_iter()
+        .filter_map(|m| m.key.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub(crate) fn delete(repo: &Repository, archive: &str, name: &str) -> Result<()> {
+    let key = key(archive, name)?;
+    repo.store.delete(&key)?;
+    Ok(())
+}

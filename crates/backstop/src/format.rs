@@ -1,0 +1,528 @@
+//! Repository format v1: object names, the object envelope, packs, index, trees, snapshots and
+//! the config. Encoding and decoding only, no I/O. `docs/format.md` describes every byte.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::MasterKey;
+
+/// The repository format this build writes and the newest it reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Magic of every enveloped object.
+const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
+/// Magic at the very end of a pack.
+const PACK_MAGIC: &[u8; 4] = b"BKP1";
+
+/// A 32-byte content id (BLAKE3).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct ContentId(#[serde(with = "id_bytes")] pub(crate) [u8; 32]);
+
+mod id_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(id)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let bytes: serde_bytes_like::Bytes = Deserialize::deserialize(d)?;
+        bytes
+            .0
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("content id is not 32 bytes"))
+    }
+
+    mod serde_bytes_like {
+        /// Accepts a CBOR byte string (or a sequence of bytes, for other formats).
+        pub(crate) struct Bytes(pub(crate) Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("32 bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes(v.to_vec()))
+                    }
+                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                        Ok(Bytes(v))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Bytes, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(b) = seq.next_element::<u8>()? {
+                            out.push(b);
+                        }
+                        Ok(Bytes(out))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+impl ContentId {
+    pub(crate) fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+
+    /// Plain BLAKE3 of `bytes` (pack and object names).
+    pub(crate) fn hash(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl std::fmt::Display for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+/// Id of a blob: BLAKE3 of its raw bytes, keyed with the id key when encrypted.
+pub(crate) type BlobId = ContentId;
+/// Id of a pack: BLAKE3 of the pack's stored bytes.
+pub(crate) type PackId = ContentId;
+
+/// Store key of a pack.
+pub(crate) fn pack_key(id: PackId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{hex}", &hex[..2])
+}
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub(crate) enum BlobKind {
+    /// File content.
+    Data = 0,
+    /// A part of a snapshot's file list.
+    Tree = 1,
+}
+
+/// Types of enveloped objects (byte 4 of the envelope).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ObjectType {
+    Index = 1,
+    Snapshot = 2,
+    Archive = 3,
+    PackHeader = 4,
+    Config = 5,
+}
+
+/// Why stored bytes could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FormatError {
+    #[error("{what} is truncated ({len} bytes)")]
+    Truncated { what: &'static str, len: usize },
+    #[error("{what} has a bad magic number; it is not a Backstop object or it is damaged")]
+    BadMagic { what: &'static str },
+    #[error("{what} has format version {found}, newer than this build understands ({FORMAT_VERSION}); upgrade backstop")]
+    NewerVersion { what: &'static str, found: u32 },
+    #[error("{what} is of type {found}, expected {expected}")]
+    WrongType { what: &'static str, found: u8, expected: u8 },
+    #[error("{what} fails its checksum")]
+    Checksum { what: &'static str },
+    #[error("{what} fails authentication: damaged, or sealed with another key")]
+    Auth { what: &'static str },
+    #[error("{what} is encrypted but no key is available")]
+    NeedsKey { what: &'static str },
+    #[error("{what} cannot be decoded: {detail}")]
+    Decode { what: &'static str, detail: String },
+}
+
+const FLAG_COMPRESSED: u8 = 1;
+const FLAG_ENCRYPTED: u8 = 2;
+
+/// Wraps a serialized structure: `magic ‖ type ‖ version ‖ flags ‖ 0 ‖ payload`, where the
+/// payload is zstd-compressed CBOR, sealed (AAD = the 8 header bytes) when a key is given, or
+/// followed by a BLAKE3 of everything before it when not.
+pub(crate) fn seal_object<T: Serialize>(
+    kind: ObjectType,
+    value: &T,
+    key: Option<&MasterKey>,
+) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    // Serializing plain data structures into a Vec cannot fail.
+    let _ = ciborium::into_writer(value, &mut cbor);
+    let (body, compressed) = match crate::compress::compress(&cbor, 3) {
+        Some(c) => (c, true),
+        None => (cbor, false),
+    };
+    let mut flags = if compressed { FLAG_COMPRESSED } else { 0 };
+    if key.is_some() {
+        flags |= FLAG_ENCRYPTED;
+    }
+    let header = [
+        OBJECT_MAGIC[0],
+        OBJECT_MAGIC[1],
+        OBJECT_MAGIC[2],
+        OBJECT_MAGIC[3],
+        kind as u8,
+        FORMAT_VERSION as u8,
+        flags,
+        0,
+    ];
+    let mut out = header.to_vec();
+    match key {
+        Some(key) => out.extend_from_slice(&key.seal(&body, &header)),
+        None => {
+            out.extend_from_slice(&body);
+            let sum = blake3::hash(&out);
+            out.extend_from_slice(sum.as_bytes());
+        }
+    }
+    out
+}
+
+/// Opens what [`seal_object`] wrote, checking magic, type, version and integrity.
+pub(crate) fn open_object<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    kind: ObjectType,
+    bytes: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<T, FormatError> {
+    let body = open_envelope(what, kind, bytes, key)?;
+    ciborium::from_reader(body.as_slice())
+        .map_err(|e| FormatError::Decode { what, detail: e.to_string() })
+}
+
+fn open_envelope(
+    what: &'static str,
+    kind: ObjectType,
+    bytes: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let Some((header, payload)) = bytes.split_first_chunk::<8>() else {
+        return Err(FormatError::Truncated { what, len: bytes.len() });
+    };
+    if &header[..4] != OBJECT_MAGIC {
+        return Err(FormatError::BadMagic { what });
+    }
+    if u32::from(header[5]) > FORMAT_VERSION {
+        return Err(FormatError::NewerVersion { what, found: u32::from(header[5]) });
+    }
+    if header[4] != kind as u8 {
+        return Err(FormatError::WrongType { what, found: header[4], expected: kind as u8 });
+    }
+    let flags = header[6];
+    let body = if flags & FLAG_ENCRYPTED != 0 {
+        let key = key.ok_or(FormatError::NeedsKey { what })?;
+        key.open(payload, header).map_err(|_| FormatError::Auth { what })?
+    } else {
+        if key.is_some() {
+            // An encrypted repository never writes plaintext objects: refuse a swapped-in one.
+            return Err(FormatError::Auth { what });
+        }
+        let Some(split) = bytes.len().checked_sub(32) else {
+            return Err(FormatError::Truncated { what, len: bytes.len() });
+        };
+        let (content, sum) = bytes.split_at(split);
+        if content.len() < 8 || blake3::hash(content).as_bytes() != sum {
+            return Err(FormatError::Checksum { what });
+        }
+        content.get(8..).unwrap_or_default().to_vec()
+    };
+    if flags & FLAG_COMPRESSED != 0 {
+        zstd::stream::decode_all(body.as_slice())
+            .map_err(|e| FormatError::Decode { what, detail: format!("zstd: {e}") })
+    } else {
+        Ok(body)
+    }
+}
+
+/// Where one blob lives inside a pack, as the pack header and index record it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PackEntry {
+    pub(crate) id: BlobId,
+    pub(crate) kind: BlobKind,
+    /// Offset of the stored bytes in the pack.
+    pub(crate) offset: u32,
+    /// Stored length (after compression and sealing).
+    pub(crate) length: u32,
+    /// Raw length (the chunk's size).
+    pub(crate) raw_length: u32,
+    /// Whether the stored bytes are zstd-compressed (before sealing).
+    pub(crate) compressed: bool,
+}
+
+/// The header at the end of a pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PackHeader {
+    pub(crate) entries: Vec<PackEntry>,
+}
+
+/// Assembles a pack: `blob bytes … ‖ sealed header ‖ header length (u32 LE) ‖ "BKP1"`.
+pub(crate) fn finish_pack(mut blobs: Vec<u8>, header: &PackHeader, key: Option<&MasterKey>) -> Vec<u8> {
+    let sealed = seal_object(ObjectType::PackHeader, header, key);
+    blobs.extend_from_slice(&sealed);
+    blobs.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    blobs.extend_from_slice(PACK_MAGIC);
+    blobs
+}
+
+/// Reads the header of a whole pack.
+pub(crate) fn read_pack_header(
+    pack: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<PackHeader, FormatError> {
+    let what = "pack header";
+    let Some((rest, tail)) = pack.split_last_chunk::<8>() else {
+        return Err(FormatError::Truncated { what, len: pack.len() });
+    };
+    if &tail[4..] != PACK_MAGIC {
+        return Err(FormatError::BadMagic { what });
+    }
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    let start = rest.len().checked_sub(len).ok_or(FormatError::Truncated { what, len: pack.len() })?;
+    let header: PackHeader = open_object(what, ObjectType::PackHeader, &rest[start..], key)?;
+    for e in &header.entries {
+        if u64::from(e.offset) + u64::from(e.length) > start as u64 {
+            return Err(FormatError::Decode { what, detail: format!("blob {e:?} lies outside the pack") });
+        }
+    }
+    Ok(header)
+}
+
+/// Encodes a blob for a pack: compress (if it pays), then seal; returns the stored bytes and
+/// whether they are compressed.
+pub(crate) fn encode_blob(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (Vec<u8>, bool) {
+    let (body, compressed) = match crate::compress::compress(raw, level) {
+        Some(c) => (c, true),
+        None => (raw.to_vec(), false),
+    };
+    match key {
+        Some(key) => (key.seal(&body, b"blob"), compressed),
+        None => (body, compressed),
+    }
+}
+
+/// Decodes a stored blob and checks it against its id.
+pub(crate) fn decode_blob(
+    entry: &PackEntry,
+    stored: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let what = "blob";
+    let body = match key {
+        Some(key) => key.open(stored, b"blob").map_err(|_| FormatError::Auth { what })?,
+        None => stored.to_vec(),
+    };
+    let raw = if entry.compressed {
+        crate::compress::decompress(&body, entry.raw_length as usize)
+            .map_err(|e| FormatError::Decode { what, detail: format!("zstd: {e}") })?
+    } else {
+        body
+    };
+    if raw.len() != entry.raw_length as usize || blob_id(&raw, key) != entry.id {
+        return Err(FormatError::Checksum { what });
+    }
+    Ok(raw)
+}
+
+/// The id of raw blob bytes.
+pub(crate) fn blob_id(raw: &[u8], key: Option<&MasterKey>) -> BlobId {
+    match key {
+        Some(key) => ContentId(*blake3::keyed_hash(key.id_key(), raw).as_bytes()),
+        None => ContentId::hash(raw),
+    }
+}
+
+/// One pack and its blobs, as an index object lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexPack {
+    pub(crate) id: PackId,
+    /// The pack's stored size in bytes.
+    pub(crate) size: u64,
+    pub(crate) entries: Vec<PackEntry>,
+}
+
+/// An index object: which blobs live where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexFile {
+    pub(crate) packs: Vec<IndexPack>,
+}
+
+/// The repository config, stored unencrypted (it holds no secrets) under `config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Config {
+    pub(crate) version: u32,
+    /// Random repository id, hex.
+    pub(crate) id: String,
+    pub(crate) encrypted: bool,
+    pub(crate) chunk_min: u32,
+    pub(crate) chunk_avg: u32,
+    pub(crate) chunk_max: u32,
+    pub(crate) pack_size: u32,
+    pub(crate) created_unix: i64,
+}
+
+/// One entry of a snapshot's file list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Node {
+    pub(crate) path: String,
+    /// 0 file, 1 directory, 2 symlink.
+    pub(crate) kind: u8,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime_ns: i64,
+    pub(crate) size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) chunks: Vec<BlobId>,
+    /// Filesystem identity when read (for the unchanged-file shortcut of the next backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fs: Option<backstop_source::FsIdentity>,
+    /// The source's identity of an immutable file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) identity: Option<String>,
+    /// The file was modified so close to when it was read that its identity cannot prove a
+    /// later backup that it is unchanged ("racy", as git calls it).
+    #[serde(default)]
+    pub(crate) racy: bool,
+}
+
+pub(crate) const NODE_FILE: u8 = 0;
+pub(crate) const NODE_DIR: u8 = 1;
+pub(crate) const NODE_SYMLINK: u8 = 2;
+
+/// A tree blob: a run of nodes of a snapshot's file list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TreeBlob {
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// Statistics stored with a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotStats {
+    pub(crate) files: u64,
+    pub(crate) dirs: u64,
+    pub(crate) size: u64,
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_added: u64,
+    pub(crate) bytes_added_raw: u64,
+    pub(crate) blobs_added: u64,
+}
+
+/// A snapshot: one backup, the commit point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) version: u32,
+    pub(crate) id: u64,
+    pub(crate) time_unix: i64,
+    pub(crate) duration_ms: u64,
+    pub(crate) host: String,
+    pub(crate) source_kind: String,
+    pub(crate) source: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) tree: Vec<BlobId>,
+    pub(crate) stats: SnapshotStats,
+    pub(crate) parent: Option<u64>,
+    pub(crate) source_meta: BTreeMap<String, String>,
+    pub(crate) pause_window: Option<(f64, f64)>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) restore_profile: backstop_source::RestoreProfile,
+}
+
+/// An archive object (a WAL segment, say): compressed, sealed bytes under a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ArchiveObject {
+    pub(crate) name: String,
+    #[serde(with = "serde_bytes_vec")]
+    pub(crate) data: Vec<u8>,
+    /// BLAKE3 of the data, for the "same bytes again" check without decompressing twice.
+    pub(crate) hash: ContentId,
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_plain_and_sealed() {
+        let key = MasterKey::random();
+        let value = IndexFile::default();
+        for k in [None, Some(&key)] {
+            let bytes = seal_object(ObjectType::Index, &value, k);
+            let back: IndexFile = open_object("index", ObjectType::Index, &bytes, k).unwrap();
+            assert_eq!(back, value);
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1;
+                assert!(
+                    open_object::<IndexFile>("index", ObjectType::Index, &bad, k).is_err(),
+                    "flip at {i} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn newer_version_is_refused_not_misread() {
+        let mut bytes = seal_object(ObjectType::Index, &IndexFile::default(), None);
+        bytes[5] = 2;
+        let err = open_object::<IndexFile>("index", ObjectType::Index, &bytes, None).unwrap_err();
+        assert!(matches!(err, FormatError::NewerVersion { found: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn pack_header_round_trip() {
+        let key = MasterKey::random();
+        let (stored, compressed) = encode_blob(b"hello hello hello hello", 3, Some(&key));
+        let entry = PackEntry {
+            id: blob_id(b"hello hello hello hello", Some(&key)),
+            kind: BlobKind::Data,
+            offset: 0,
+            length: stored.len() as u32,
+            raw_length: 23,
+            compressed,
+        };
+        let header = PackHeader { entries: vec![entry] };
+        let pack = finish_pack(stored.clone(), &header, Some(&key));
+        assert_eq!(read_pack_header(&pack, Some(&key)).unwrap(), header);
+        assert_eq!(decode_blob(&entry, &stored, Some(&key)).unwrap(), b"hello hello hello hello");
+    }
+}

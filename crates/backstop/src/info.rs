@@ -1,0 +1,207 @@
+//! Plain-data outputs of the engine: backups, files, verification, restore and gc reports.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The always-increasing number of a backup in its repository (RocksDB's backup id).
+pub type BackupId = u64;
+
+/// Which backup an operation means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupSelector {
+    /// The backup with this number.
+    Id(BackupId),
+    /// The newest backup.
+    Latest,
+}
+
+impl From<BackupId> for BackupSelector {
+    fn from(id: BackupId) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl std::str::FromStr for BackupSelector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("latest") {
+            return Ok(Self::Latest);
+        }
+        s.parse::<u64>()
+            .map(Self::Id)
+            .map_err(|_| format!("`{s}` is not a backup number or `latest`"))
+    }
+}
+
+impl std::fmt::Display for BackupSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Latest => f.write_str("latest"),
+        }
+    }
+}
+
+/// One backup as `list` and `info` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The backup number.
+    pub id: BackupId,
+    /// When the backup started, seconds since the Unix epoch.
+    pub time_unix: i64,
+    /// How long the backup took, in milliseconds.
+    pub duration_ms: u64,
+    /// Host that took it.
+    pub host: String,
+    /// Source kind (`dir`, `sqlite`, `postgres`, …).
+    pub source_kind: String,
+    /// Source identity (a path or URL).
+    pub source: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Free-text message.
+    pub message: Option<String>,
+    /// Key=value metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Number of files.
+    pub files: u64,
+    /// Number of directories.
+    pub dirs: u64,
+    /// Total logical size of the files, in bytes.
+    pub size: u64,
+    /// Bytes read from the source (files skipped as unchanged are not read).
+    pub bytes_read: u64,
+    /// Bytes this backup added to the repository (stored, after compression and encryption).
+    pub bytes_added: u64,
+    /// Uncompressed size of the blobs this backup added.
+    pub bytes_added_raw: u64,
+    /// Number of blobs this backup added.
+    pub blobs_added: u64,
+    /// The parent backup used for the unchanged-file shortcut, if any.
+    pub parent: Option<BackupId>,
+    /// Facts the source recorded (log positions, LSNs).
+    pub source_meta: BTreeMap<String, String>,
+    /// Start and end of the paused window, seconds since the epoch (fractional), if any.
+    pub pause_window: Option<(f64, f64)>,
+    /// Warnings the backup produced.
+    pub warnings: Vec<String>,
+    /// The restore procedure recorded with the backup.
+    pub restore_kind: String,
+}
+
+/// One entry of a backup, for `info --files`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Path inside the backup.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Symlink target.
+    pub target: Option<String>,
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Backups checked.
+    pub backups: Vec<BackupId>,
+    /// Distinct blobs the backups need.
+    pub blobs: u64,
+    /// Packs those blobs live in.
+    pub packs: u64,
+    /// Packs read and hashed.
+    pub packs_read: u64,
+    /// Bytes read from the store.
+    pub bytes_read: u64,
+    /// Every problem found; empty when the backups are sound.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The outcome of a restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// The backup restored.
+    pub id: BackupId,
+    /// Files written.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Milliseconds taken.
+    pub duration_ms: u64,
+    /// What the restore fix-ups did, a line per step.
+    pub fixups: Vec<String>,
+}
+
+/// The outcome of gc.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Packs deleted (entirely unreferenced).
+    pub packs_deleted: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Index objects replaced by the rewritten index.
+    pub indexes_rewritten: u64,
+    /// Packs kept because some of their blobs are still used.
+    pub packs_kept: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// A key (password slot) of an encrypted repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The key object's id (its name in `keys/`).
+    pub id: String,
+    /// When it was added, seconds since the epoch.
+    pub created_unix: i64,
+    /// Host that added it.
+    pub host: String,
+    /// Whether the password in use opened this key.
+    pub current: bool,
+}
+
+/// What `open` learned about the repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryInfo {
+    /// The store, as it describes itself.
+    pub location: String,
+    /// Repository format version.
+    pub version: u32,
+    /// Repository id (random, hex).
+    pub id: String,
+    /// Whether data is encrypted.
+    pub encrypted: bool,
+    /// Content-defined chunk sizes (min, avg, max).
+    pub chunking: (u32, u32, u32),
+    /// Target pack size.
+    pub pack_size: u32,
+}
+
+/// What [`crate::BackupEngine::archive_put`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArchivePut {
+    /// The object was stored.
+    Stored,
+    /// An object with the same name and the same bytes was already there.
+    AlreadyPresent,
+}

@@ -1,0 +1,70 @@
+//! Backstop: hot, consistent, incremental, verified backups of live databases.
+//!
+//! The engine stores backups of a [`Source`] (a directory, or a database following its own
+//! hot-backup procedure) in a deduplicated, checksummed, optionally compressed and encrypted
+//! repository on any [`Store`], and restores them so that the database opens consistent.
+//!
+//! - [`BackupEngine`] creates backups, deletes them, collects garbage and manages keys;
+//!   [`ReadOnlyEngine`] lists, verifies and restores.
+//! - [`Store`] is where bytes live: [`LocalStore`], [`MemoryStore`], object stores.
+//! - [`Source`] is a hot-backup session of one database; [`DirSource`] backs up a directory.
+//!
+//! ```
+//! use backstop::{BackupEngine, BackupOptions, DirSource, EngineOptions, InitOptions};
+//! use backstop::{MemoryStore, RestoreOptions, VerifyLevel};
+//!
+//! let data = tempfile::tempdir()?;
+//! std::fs::write(data.path().join("hello.txt"), b"hello, backup")?;
+//!
+//! let engine = BackupEngine::init(
+//!     MemoryStore::new(),
+//!     InitOptions::default().with_password("correct horse").with_kdf(8 * 1024, 1),
+//!     EngineOptions::default(),
+//! )?;
+//! let info = engine.create_backup(
+//!     &mut DirSource::new(data.path()),
+//!     &BackupOptions::default().with_tag("nightly"),
+//! )?;
+//! assert_eq!(engine.list_backups()?.len(), 1);
+//! assert!(engine.verify(info.id, VerifyLevel::Full)?.is_ok());
+//!
+//! let target = tempfile::tempdir()?;
+//! engine.restore(info.id, target.path(), &RestoreOptions::default())?;
+//! assert_eq!(std::fs::read(target.path().join("hello.txt"))?, b"hello, backup");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod archive;
+mod backup;
+mod chunk;
+mod compress;
+mod crypto;
+mod engine;
+mod error;
+mod format;
+mod gc;
+mod info;
+mod options;
+mod progress;
+mod repo;
+mod restore;
+mod verify;
+
+pub use backstop_source::{
+    self as source, CancelToken, ChangeModel, Content, Entry, EntryKind, Phase, RestoreProfile,
+    Session, SessionContext, SessionOutcome, Source, SourceError, dir::DirSource,
+};
+pub use backstop_store::{
+    self as store, LocalStore, LocalStoreOptions, MemoryStore, PutMode, Store, StoreError,
+    StoreErrorKind,
+};
+pub use engine::{BackupEngine, ReadOnlyEngine};
+pub use error::{Error, ErrorKind, Result};
+pub use info::{
+    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepositoryInfo,
+    RestoreInfo, VerifyReport,
+};
+pub use options::{
+    BackupOptions, EngineOptions, ExistingTarget, InitOptions, RestoreOptions, VerifyLevel,
+};
+pub use progress::{NoProgress, Progress};

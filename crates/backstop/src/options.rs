@@ -1,0 +1,320 @@
+//! Plain-data inputs of the engine: how to create, open, back up, restore, verify and clean up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::CancelToken;
+use crate::progress::{NoProgress, Progress};
+
+/// How a new repository is laid out. Fixed at `init`, recorded in the repository's config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// Password that wraps the master key; `None` creates an unencrypted repository.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Content-defined chunking: minimum, average and maximum chunk sizes in bytes.
+    pub chunk_min: u32,
+    /// Average chunk size.
+    pub chunk_avg: u32,
+    /// Maximum chunk size.
+    pub chunk_max: u32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Argon2id memory cost in KiB (for the key wrapping).
+    pub kdf_memory_kib: u32,
+    /// Argon2id iterations.
+    pub kdf_iterations: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            password: None,
+            chunk_min: 256 * 1024,
+            chunk_avg: 1024 * 1024,
+            chunk_max: 4 * 1024 * 1024,
+            pack_size: 16 * 1024 * 1024,
+            kdf_memory_kib: 64 * 1024,
+            kdf_iterations: 3,
+        }
+    }
+}
+
+impl InitOptions {
+    /// Encrypts the repository with a master key wrapped by `password`.
+    #[must_use]
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the target pack size in bytes.
+    #[must_use]
+    pub fn with_pack_size(mut self, bytes: u32) -> Self {
+        self.pack_size = bytes;
+        self
+    }
+
+    /// Sets the content-defined chunk sizes (minimum, average, maximum).
+    #[must_use]
+    pub fn with_chunk_sizes(mut self, min: u32, avg: u32, max: u32) -> Self {
+        self.chunk_min = min;
+        self.chunk_avg = avg;
+        self.chunk_max = max;
+        self
+    }
+
+    /// Sets Argon2id costs; low values are for tests only.
+    #[must_use]
+    pub fn with_kdf(mut self, memory_kib: u32, iterations: u32) -> Self {
+        self.kdf_memory_kib = memory_kib;
+        self.kdf_iterations = iterations;
+        self
+    }
+}
+
+/// How an engine works with an open repository.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// Password for an encrypted repository.
+    pub password: Option<String>,
+    /// Worker threads for chunking, hashing, compressing and encrypting (0: one per core).
+    pub threads: usize,
+    /// zstd level for new data (0 stores uncompressed; 3 is the default).
+    pub compression_level: i32,
+    /// Directory for the local metadata cache; `None` disables the cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { password: None, threads: 0, compression_level: 3, cache_dir: None }
+    }
+}
+
+impl EngineOptions {
+    /// Sets the password.
+    #[must_use]
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the number of worker threads (0: one per core).
+    #[must_use]
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Sets the zstd level (0: no compression).
+    #[must_use]
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.compression_level = level;
+        self
+    }
+
+    /// Uses `dir` as the local metadata cache.
+    #[must_use]
+    pub fn with_cache_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    pub(crate) fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        }
+    }
+}
+
+/// What to record with a backup, and how to take it.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Tags, for selection and retention.
+    pub tags: Vec<String>,
+    /// A free-text message (RocksDB's "app metadata").
+    pub message: Option<String>,
+    /// Key=value metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Read every file, even those whose identity says they did not change.
+    pub full_read: bool,
+    /// Progress observer.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: CancelToken,
+    /// Host name to record (defaults to this machine's).
+    pub host: Option<String>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            tags: Vec::new(),
+            message: None,
+            metadata: BTreeMap::new(),
+            full_read: false,
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+            host: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("tags", &self.tags)
+            .field("message", &self.message)
+            .field("metadata", &self.metadata)
+            .field("full_read", &self.full_read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupOptions {
+    /// Adds a tag.
+    #[must_use]
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Sets the free-text message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Adds a key=value pair of metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Reads every file, ignoring the unchanged-file shortcut.
+    #[must_use]
+    pub fn with_full_read(mut self, full_read: bool) -> Self {
+        self.full_read = full_read;
+        self
+    }
+
+    /// Reports progress to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Stops when `cancel` is cancelled.
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+}
+
+/// What to do with a restore target that is not empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExistingTarget {
+    /// Refuse with [`crate::ErrorKind::AlreadyExists`].
+    #[default]
+    Refuse,
+    /// Write into it, replacing files the backup has (others are left alone).
+    Overwrite,
+}
+
+/// How to restore.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// What to do when the target is not empty.
+    pub existing: ExistingTarget,
+    /// Skip the source's restore fix-ups (raw files only).
+    pub raw: bool,
+    /// Options for the fix-ups (`target-time`, `target-lsn`…).
+    pub fixup_options: BTreeMap<String, String>,
+    /// Progress observer.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: CancelToken,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self {
+            existing: ExistingTarget::Refuse,
+            raw: false,
+            fixup_options: BTreeMap::new(),
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("existing", &self.existing)
+            .field("raw", &self.raw)
+            .field("fixup_options", &self.fixup_options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoreOptions {
+    /// Sets the treatment of a non-empty target.
+    #[must_use]
+    pub fn with_existing(mut self, existing: ExistingTarget) -> Self {
+        self.existing = existing;
+        self
+    }
+
+    /// Restores raw files, without the source's fix-ups.
+    #[must_use]
+    pub fn with_raw(mut self, raw: bool) -> Self {
+        self.raw = raw;
+        self
+    }
+
+    /// Sets a fix-up option.
+    #[must_use]
+    pub fn with_fixup_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fixup_options.insert(key.into(), value.into());
+        self
+    }
+
+    /// Reports progress to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Stops when `cancel` is cancelled.
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+}
+
+/// How thoroughly [`crate::ReadOnlyEngine::verify`] checks a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VerifyLevel {
+    /// Every object the backup needs exists with the right size.
+    Quick,
+    /// Additionally reads, decrypts and hashes a share of the packs (percent, 1..=100).
+    Subset(u8),
+    /// Reads, decrypts and hashes every byte.
+    Full,
+}

@@ -1,0 +1,132 @@
+//! Repository locks: shared for backups, exclusive for gc, as objects under `locks/`.
+//!
+//! A lock is a small JSON object with a random name, rewritten every minute while held. A lock
+//! not refreshed for [`STALE_AFTER_SECS`], or held by a process of this host that no longer
+//! exists, is stale and ignored. Taking a lock writes it first and lists second; two processes
+//! that race both see each other and the exclusive one backs off, so gc never deletes a pack a
+//! running backup is about to reference.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use backstop_store::{PutMode, Store, StoreErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::repo::{hostname, now_unix, random_hex};
+use crate::{Error, ErrorKind, Result};
+
+/// A lock older than this without a refresh is stale.
+pub(crate) const STALE_AFTER_SECS: i64 = 10 * 60;
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LockInfo {
+    exclusive: bool,
+    host: String,
+    pid: u32,
+    time_unix: i64,
+    purpose: String,
+}
+
+/// Another process holds a conflicting lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the repository is locked by {purpose} on {host} (pid {pid}, lock `{key}`); wait for it to \
+     finish, or if that process is gone, wait {STALE_AFTER_SECS} s for the lock to become stale"
+)]
+pub(crate) struct LockedError {
+    key: String,
+    purpose: String,
+    host: String,
+    pid: u32,
+}
+
+/// A held lock; dropping it stops the refresher and deletes the lock object.
+pub(crate) struct LockGuard {
+    store: Arc<dyn Store>,
+    key: String,
+    stop: Option<mpsc::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(handle) = self.refresher.take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.store.delete(&self.key) {
+            tracing::warn!(key = %self.key, error = %e, "could not remove lock; it goes stale");
+        }
+    }
+}
+
+fn is_stale(info: &LockInfo, now: i64) -> bool {
+    if now - info.time_unix > STALE_AFTER_SECS {
+        return true;
+    }
+    info.host == hostname()
+        && info.pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+}
+
+/// Takes a lock: shared (backups) or exclusive (gc).
+pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) -> Result<LockGuard> {
+    let info = LockInfo {
+        exclusive,
+        host: hostname(),
+        pid: std::process::id(),
+        time_unix: now_unix(),
+        purpose: purpose.to_owned(),
+    };
+    let key = format!("locks/{}", random_hex(16));
+    let bytes = serde_json::to_vec(&info)
+        .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a lock: {e}")))?;
+    store.put(&key, &bytes, PutMode::Overwrite)?;
+    let mut guard =
+        LockGuard { store: Arc::clone(store), key: key.clone(), stop: None, refresher: None };
+    let now = now_unix();
+    for meta in store.list("locks/")? {
+        if meta.key == key {
+            continue;
+        }
+        let other: Option<LockInfo> = match store.get(&meta.key) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // A damaged or stale lock protects nothing; the exclusive locker (gc) removes it.
+        let Some(other) = other.filter(|o| !is_stale(o, now)) else {
+            if exclusive {
+                store.delete(&meta.key)?;
+            }
+            continue;
+        };
+        if exclusive || other.exclusive {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                LockedError { key: meta.key, purpose: other.purpose, host: other.host, pid: other.pid },
+            ));
+        }
+    }
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let store2 = Arc::clone(store);
+    let refresher = std::thread::Builder::new()
+        .name("backstop-lock".into())
+        .spawn(move || {
+            let mut info = info;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(REFRESH_EVERY) {
+                info.time_unix = now_unix();
+                if let Ok(bytes) = serde_json::to_vec(&info) {
+                    if let Err(e) = store2.put(&key, &bytes, PutMode::Overwrite) {
+                        tracing::warn!(error = %e, "could not refresh the repository lock");
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::msg(ErrorKind::Io, format!("starting the lock refresher: {e}")))?;
+    guard.stop = Some(stop_tx);
+    guard.refresher = Some(refresher);
+    Ok(guard)
+}

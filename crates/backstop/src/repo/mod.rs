@@ -1,0 +1,657 @@
+//! The repository: config, keys, the in-memory blob index, snapshots and locks on a store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use backstop_store::{PutMode, Store, StoreErrorKind};
+use rand::RngCore;
+
+use crate::crypto::{KeyFile, KeyFileError, MasterKey};
+use crate::format::{
+    self, BlobId, BlobKind, Config, FormatError, IndexFile, IndexPack, Node, ObjectType, PackEntry,
+    PackId, Snapshot, TreeBlob,
+};
+use crate::info::{BackupId, BackupInfo, BackupSelector, FileInfo, KeyInfo, RepositoryInfo};
+use crate::options::{EngineOptions, InitOptions};
+use crate::{Error, ErrorKind, Result};
+
+pub(crate) mod lock;
+
+pub(crate) const CONFIG_KEY: &str = "config";
+
+/// Where a blob lives: 24 bytes beside its 32-byte id in the index map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlobLocation {
+    /// Position of the pack in `Index::packs`.
+    pub(crate) pack: u32,
+    pub(crate) offset: u32,
+    pub(crate) length: u32,
+    pub(crate) raw_length: u32,
+    pub(crate) kind: BlobKind,
+    pub(crate) compressed: bool,
+}
+
+/// The union of every index object: blob id → location.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub(crate) packs: Vec<(PackId, u64)>,
+    pack_pos: HashMap<PackId, u32>,
+    pub(crate) blobs: HashMap<BlobId, BlobLocation>,
+    /// Keys of the index objects loaded.
+    pub(crate) objects: Vec<String>,
+}
+
+impl Index {
+    pub(crate) fn add_pack(&mut self, pack: &IndexPack) {
+        let pos = match self.pack_pos.get(&pack.id) {
+            Some(pos) => *pos,
+            None => {
+                let pos = self.packs.len() as u32;
+                self.packs.push((pack.id, pack.size));
+                self.pack_pos.insert(pack.id, pos);
+                pos
+            }
+        };
+        for e in &pack.entries {
+            self.blobs.entry(e.id).or_insert(BlobLocation {
+                pack: pos,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+                kind: e.kind,
+                compressed: e.compressed,
+            });
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    pub(crate) fn locate(&self, id: &BlobId) -> Option<(PackId, PackEntry)> {
+        let loc = self.blobs.get(id)?;
+        let (pack, _) = *self.packs.get(loc.pack as usize)?;
+        Some((
+            pack,
+            PackEntry {
+                id: *id,
+                kind: loc.kind,
+                offset: loc.offset,
+                length: loc.length,
+                raw_length: loc.raw_length,
+                compressed: loc.compressed,
+            },
+        ))
+    }
+
+    pub(crate) fn pack_size(&self, id: &PackId) -> Option<u64> {
+        self.pack_pos.get(id).and_then(|p| self.packs.get(*p as usize)).map(|(_, s)| *s)
+    }
+}
+
+/// An open repository.
+pub(crate) struct Repository {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    pub(crate) key: Option<MasterKey>,
+    key_id: Option<String>,
+    pub(crate) options: EngineOptions,
+    pub(crate) index: RwLock<Index>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store.describe())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A repository-level failure with the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RepoError {
+    #[error("no Backstop repository at {location}: run `backstop init` first")]
+    Missing { location: String },
+    #[error("a Backstop repository already exists at {location}")]
+    Exists { location: String },
+    #[error("object `{key}` is damaged")]
+    Damaged {
+        key: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("the repository is encrypted: give its password")]
+    PasswordNeeded,
+    #[error("the password opens none of the {count} keys of the repository")]
+    WrongPassword { count: usize },
+    #[error("backup {0} does not exist")]
+    NoBackup(BackupId),
+    #[error("the repository holds no backup yet")]
+    NoBackups,
+    #[error("blob {blob} needed by {context} is in no index: the repository is damaged or a pack was deleted; run `backstop verify --all`")]
+    MissingBlob { blob: String, context: String },
+    #[error("key `{0}`: {1}")]
+    Key(String, String),
+}
+
+pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
+    let kind = match &source {
+        FormatError::NewerVersion { .. } => ErrorKind::Incompatible,
+        _ => ErrorKind::Corrupt,
+    };
+    Error::new(kind, RepoError::Damaged { key: key.to_owned(), source })
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn snapshot_key(id: BackupId, suffix: &str) -> String {
+    format!("snapshots/{id:010}-{suffix}")
+}
+
+fn parse_snapshot_key(key: &str) -> Option<BackupId> {
+    let name = key.strip_prefix("snapshots/")?;
+    let (num, _) = name.split_once('-')?;
+    num.parse().ok()
+}
+
+impl Repository {
+    pub(crate) fn exists(store: &dyn Store) -> Result<bool> {
+        match store.head(CONFIG_KEY) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn init(
+        store: Arc<dyn Store>,
+        init: &InitOptions,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        if Self::exists(&*store)? {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                RepoError::Exists { location: store.describe() },
+            ));
+        }
+        if init.chunk_min == 0 || init.chunk_min > init.chunk_avg || init.chunk_avg > init.chunk_max
+        {
+            return Err(Error::msg(
+                ErrorKind::InvalidInput,
+                "chunk sizes must satisfy 0 < min <= avg <= max",
+            ));
+        }
+        let config = Config {
+            version: format::FORMAT_VERSION,
+            id: random_hex(16),
+            encrypted: init.password.is_some(),
+            chunk_min: init.chunk_min,
+            chunk_avg: init.chunk_avg,
+            chunk_max: init.chunk_max,
+            pack_size: init.pack_size.max(1024 * 1024),
+            created_unix: now_unix(),
+        };
+        let (key, key_id) = match &init.password {
+            Some(password) => {
+                let master = MasterKey::random();
+                let file = KeyFile::wrap(
+                    &master,
+                    password,
+                    &config.id,
+                    init.kdf_memory_kib,
+                    init.kdf_iterations,
+                )
+                .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+                let id = write_key_file(&*store, &file)?;
+                (Some(master), Some(id))
+            }
+            None => (None, None),
+        };
+        // The config goes last: until it exists, the store holds no repository.
+        let bytes = format::seal_object(ObjectType::Config, &config, None);
+        store.put(CONFIG_KEY, &bytes, PutMode::Create)?;
+        Ok(Self { store, config, key, key_id, options, index: RwLock::new(Index::default()) })
+    }
+
+    pub(crate) fn open(store: Arc<dyn Store>, options: EngineOptions) -> Result<Self> {
+        let bytes = match store.get(CONFIG_KEY) {
+            Ok(b) => b,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    RepoError::Missing { location: store.describe() },
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config: Config = format::open_object("config", ObjectType::Config, &bytes, None)
+            .map_err(|e| damaged(CONFIG_KEY, e))?;
+        if config.version > format::FORMAT_VERSION {
+            return Err(damaged(
+                CONFIG_KEY,
+                FormatError::NewerVersion { what: "repository config", found: config.version },
+            ));
+        }
+        let (key, key_id) = if config.encrypted {
+            let password = options
+                .password
+                .as_deref()
+                .ok_or_else(|| Error::new(ErrorKind::WrongKey, RepoError::PasswordNeeded))?;
+            let (k, id) = unlock(&*store, password, &config.id)?;
+            (Some(k), Some(id))
+        } else {
+            (None, None)
+        };
+        let repo =
+            Self { store, config, key, key_id, options, index: RwLock::new(Index::default()) };
+        repo.reload_index()?;
+        Ok(repo)
+    }
+
+    pub(crate) fn key(&self) -> Option<&MasterKey> {
+        self.key.as_ref()
+    }
+
+    pub(crate) fn info(&self) -> RepositoryInfo {
+        RepositoryInfo {
+            location: self.store.describe(),
+            version: self.config.version,
+            id: self.config.id.clone(),
+            encrypted: self.config.encrypted,
+            chunking: (self.config.chunk_min, self.config.chunk_avg, self.config.chunk_max),
+            pack_size: self.config.pack_size,
+        }
+    }
+
+    /// Reads every index object into memory (replacing what was loaded).
+    pub(crate) fn reload_index(&self) -> Result<()> {
+        let mut index = Index::default();
+        let mut keys: Vec<_> = self.store.list("index/")?.into_iter().map(|m| m.key).collect();
+        keys.sort();
+        for key in keys {
+            let bytes = match self.store.get(&key) {
+                Ok(b) => b,
+                // Deleted by a concurrent gc after it wrote the replacement index.
+                Err(e) if e.kind() == StoreErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let file: IndexFile =
+                format::open_object("index", ObjectType::Index, &bytes, self.key())
+                    .map_err(|e| damaged(&key, e))?;
+            for pack in &file.packs {
+                index.add_pack(pack);
+            }
+            index.objects.push(key);
+        }
+        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        Ok(())
+    }
+
+    pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes an index object listing `packs`; returns its key.
+    pub(crate) fn write_index(&self, packs: Vec<IndexPack>) -> Result<String> {
+        let file = IndexFile { packs };
+        let bytes = format::seal_object(ObjectType::Index, &file, self.key());
+        let key = format!("index/{}", format::ContentId::hash(&bytes).to_hex());
+        self.store.put(&key, &bytes, PutMode::Overwrite)?;
+        Ok(key)
+    }
+
+    /// Reads one blob, checking it against its id.
+    pub(crate) fn read_blob(&self, id: &BlobId, context: &str) -> Result<Vec<u8>> {
+        let (pack, entry) = self.index_read().locate(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                RepoError::MissingBlob { blob: id.to_hex(), context: context.to_owned() },
+            )
+        })?;
+        let key = format::pack_key(pack);
+        let stored = self
+            .store
+            .get_range(&key, u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length))
+            .map_err(|e| {
+                if e.kind() == StoreErrorKind::NotFound {
+                    Error::new(ErrorKind::Corrupt, e)
+                } else {
+                    e.into()
+                }
+            })?;
+        format::decode_blob(&entry, &stored, self.key()).map_err(|e| damaged(&key, e))
+    }
+
+    // ---- snapshots ------------------------------------------------------------------------
+
+    /// Keys of all snapshots, sorted by backup id.
+    pub(crate) fn snapshot_keys(&self) -> Result<Vec<(BackupId, String)>> {
+        let mut keys: Vec<(BackupId, String)> = self
+            .store
+            .list("snapshots/")?
+            .into_iter()
+            .filter_map(|m| parse_snapshot_key(&m.key).map(|id| (id, m.key)))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn read_snapshot(&self, key: &str) -> Result<Snapshot> {
+        let bytes = self.store.get(key)?;
+        let snapshot: Snapshot =
+            format::open_object("snapshot", ObjectType::Snapshot, &bytes, self.key())
+                .map_err(|e| damaged(key, e))?;
+        if snapshot.version > format::FORMAT_VERSION {
+            return Err(damaged(
+                key,
+                FormatError::NewerVersion { what: "snapshot", found: snapshot.version },
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    pub(crate) fn load_all_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.snapshot_keys()?.iter().map(|(_, key)| self.read_snapshot(key)).collect()
+    }
+
+    pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
+        let keys = self.snapshot_keys()?;
+        let key = match which {
+            BackupSelector::Latest => keys
+                .last()
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackups))?,
+            BackupSelector::Id(id) => keys
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)))?,
+        };
+        self.read_snapshot(&key)
+    }
+
+    pub(crate) fn list_backups(&self) -> Result<Vec<BackupInfo>> {
+        Ok(self.load_all_snapshots()?.iter().map(Snapshot::info).collect())
+    }
+
+    /// Writes a snapshot as the next backup id and returns the id. The write is the commit
+    /// point. Two writers that pick the same id both keep their snapshot: the one with the
+    /// larger key moves to a fresh id (see docs/format.md, "Backup ids").
+    pub(crate) fn commit_snapshot(&self, snapshot: &mut Snapshot) -> Result<BackupId> {
+        let suffix = random_hex(4);
+        let next = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
+        snapshot.id = next;
+        let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
+        let key = snapshot_key(next, &suffix);
+        self.store.put(&key, &bytes, PutMode::Create)?;
+        let lowest = self
+            .store
+            .list(&format!("snapshots/{next:010}-"))?
+            .into_iter()
+            .map(|m| m.key)
+            .min()
+            .unwrap_or_else(|| key.clone());
+        if lowest == key {
+            return Ok(next);
+        }
+        // Another backup committed the same id at the same time and its key sorts first: this
+        // one moves to a fresh id. It is written under the new id before the old copy goes,
+        // so the backup is never invisible.
+        let moved = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
+        snapshot.id = moved;
+        let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
+        self.store.put(&snapshot_key(moved, &suffix), &bytes, PutMode::Create)?;
+        self.store.delete(&key)?;
+        Ok(moved)
+    }
+
+    pub(crate) fn delete_snapshot(&self, id: BackupId) -> Result<()> {
+        let keys = self.snapshot_keys()?;
+        let matching: Vec<_> = keys.iter().filter(|(i, _)| *i == id).collect();
+        if matching.is_empty() {
+            return Err(Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)));
+        }
+        for (_, key) in matching {
+            self.store.delete(key)?;
+        }
+        Ok(())
+    }
+
+    /// Every node of a snapshot, in backup order.
+    pub(crate) fn for_each_node(
+        &self,
+        snapshot: &Snapshot,
+        mut f: impl FnMut(Node) -> Result<()>,
+    ) -> Result<()> {
+        for tree_id in &snapshot.tree {
+            let raw = self.read_blob(tree_id, &format!("backup {}", snapshot.id))?;
+            let tree: TreeBlob = ciborium::from_reader(raw.as_slice()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    RepoError::Damaged {
+                        key: format!("tree {tree_id}"),
+                        source: FormatError::Decode { what: "tree", detail: e.to_string() },
+                    },
+                )
+            })?;
+            for node in tree.nodes {
+                f(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn file_infos(&self, snapshot: &Snapshot) -> Result<Vec<FileInfo>> {
+        let mut out = Vec::new();
+        self.for_each_node(snapshot, |n| {
+            out.push(FileInfo {
+                kind: match n.kind {
+                    format::NODE_DIR => "dir",
+                    format::NODE_SYMLINK => "symlink",
+                    _ => "file",
+                }
+                .into(),
+                path: n.path,
+                size: n.size,
+                mode: n.mode,
+                mtime_ns: n.mtime_ns,
+                chunks: n.chunks.len() as u64,
+                target: n.target,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    // ---- keys -----------------------------------------------------------------------------
+
+    pub(crate) fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for meta in self.store.list("keys/")? {
+            let file = read_key_file(&*self.store, &meta.key)?;
+            let id = meta.key.trim_start_matches("keys/").to_owned();
+            out.push(KeyInfo {
+                current: self.key_id.as_deref() == Some(id.as_str()),
+                id,
+                created_unix: file.created_unix,
+                host: file.host,
+            });
+        }
+        out.sort_by(|a, b| a.created_unix.cmp(&b.created_unix).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn require_key(&self) -> Result<&MasterKey> {
+        self.key.as_ref().ok_or_else(|| {
+            Error::msg(ErrorKind::InvalidInput, "the repository is not encrypted: it has no keys")
+        })
+    }
+
+    pub(crate) fn add_key(&self, password: &str) -> Result<String> {
+        let master = self.require_key()?;
+        let file = KeyFile::wrap(master, password, &self.config.id, 64 * 1024, 3)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+        write_key_file(&*self.store, &file)
+    }
+
+    pub(crate) fn remove_key(&self, id: &str) -> Result<()> {
+        self.require_key()?;
+        if self.key_id.as_deref() == Some(id) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                RepoError::Key(id.into(), "is the key in use; open with another password to remove it".into()),
+            ));
+        }
+        let keys = self.store.list("keys/")?;
+        if !keys.iter().any(|m| m.key == format!("keys/{id}")) {
+            return Err(Error::new(ErrorKind::NotFound, RepoError::Key(id.into(), "does not exist".into())));
+        }
+        if keys.len() <= 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                RepoError::Key(id.into(), "is the last key; removing it would lock the data away".into()),
+            ));
+        }
+        self.store.delete(&format!("keys/{id}"))?;
+        Ok(())
+    }
+
+    pub(crate) fn change_password(&self, password: &str) -> Result<String> {
+        let new_id = self.add_key(password)?;
+        if let Some(old) = &self.key_id {
+            self.store.delete(&format!("keys/{old}"))?;
+        }
+        Ok(new_id)
+    }
+}
+
+fn write_key_file(store: &dyn Store, file: &KeyFile) -> Result<String> {
+    let bytes = serde_json::to_vec_pretty(file)
+        .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a key file: {e}")))?;
+    let id = format::ContentId::hash(&bytes).to_hex();
+    store.put(&format!("keys/{id}"), &bytes, PutMode::Create)?;
+    Ok(id)
+}
+
+fn read_key_file(store: &dyn Store, key: &str) -> Result<KeyFile> {
+    let bytes = store.get(key)?;
+    let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+        damaged(key, FormatError::Decode { what: "key file", detail: e.to_string() })
+    })?;
+    if format::ContentId::hash(&bytes).to_hex() != key.trim_start_matches("keys/") {
+        return Err(damaged(key, FormatError::Checksum { what: "key file" }));
+    }
+    Ok(file)
+}
+
+fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey, String)> {
+    let keys = store.list("keys/")?;
+    let mut damaged_keys = Vec::new();
+    for meta in &keys {
+        let file = match read_key_file(store, &meta.key) {
+            Ok(f) => f,
+            Err(e) => {
+                damaged_keys.push(e);
+                continue;
+            }
+        };
+        match file.unwrap_key(password, repo_id) {
+            Ok(k) => return Ok((k, meta.key.trim_start_matches("keys/").to_owned())),
+            Err(KeyFileError::WrongPassword) => {}
+            Err(KeyFileError::Version(v)) => {
+                return Err(damaged(
+                    &meta.key,
+                    FormatError::NewerVersion { what: "key file", found: v },
+                ));
+            }
+            Err(e @ KeyFileError::Damaged(_)) => {
+                damaged_keys.push(Error::new(ErrorKind::Corrupt, e));
+            }
+        }
+    }
+    if keys.is_empty() || damaged_keys.len() == keys.len() {
+        if let Some(e) = damaged_keys.into_iter().next() {
+            return Err(e);
+        }
+        return Err(Error::msg(ErrorKind::Corrupt, "the repository has no key files (`keys/`)"));
+    }
+    Err(Error::new(ErrorKind::WrongKey, RepoError::WrongPassword { count: keys.len() }))
+}
+
+impl Snapshot {
+    pub(crate) fn info(&self) -> BackupInfo {
+        BackupInfo {
+            id: self.id,
+            time_unix: self.time_unix,
+            duration_ms: self.duration_ms,
+            host: self.host.clone(),
+            source_kind: self.source_kind.clone(),
+            source: self.source.clone(),
+            tags: self.tags.clone(),
+            message: self.message.clone(),
+            metadata: self.metadata.clone(),
+            files: self.stats.files,
+            dirs: self.stats.dirs,
+            size: self.stats.size,
+            bytes_read: self.stats.bytes_read,
+            bytes_added: self.stats.bytes_added,
+            bytes_added_raw: self.stats.bytes_added_raw,
+            blobs_added: self.stats.blobs_added,
+            parent: self.parent,
+            source_meta: self.source_meta.clone(),
+            pause_window: self.pause_window,
+            warnings: self.warnings.clone(),
+            restore_kind: self.restore_profile.kind.clone(),
+        }
+    }
+}
+
+/// Referenced blob ids of snapshots: tree blobs and data blobs.
+pub(crate) fn referenced_blobs(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+) -> Result<HashSet<BlobId>> {
+    let mut used = HashSet::new();
+    for s in snapshots {
+        used.extend(s.tree.iter().copied());
+        repo.for_each_node(s, |n| {
+            used.extend(n.chunks);
+            Ok(())
+        })?;
+    }
+    Ok(used)
+}
+
+/// Reads every node of a snapshot into a map by path (for the parent of an incremental backup).
+pub(crate) fn nodes_by_path(repo: &Repository, snapshot: &Snapshot) -> Result<BTreeMap<String, Node>> {
+    let mut out = BTreeMap::new();
+    repo.for_each_node(snapshot, |n| {
+        out.insert(n.path.clone(), n);
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,482 @@
+//! Berkeley DB hot backups through the engine, against a real transactional environment that a
+//! separate writer process keeps changing (transfers between accounts, a sequence number, one
+//! history record per transaction, synchronous commits, 256 KiB log files that rotate fast):
+//!
+//! - 20 hot backups, each restored, recovered by `db_recover -c` (the restore profile),
+//!   checked by `db_verify`, by the transfers' invariant, and by the sequence committed before
+//!   the backup began; full log files already stored are never read again;
+//! - an incremental chain of 5 backups, each restored after the chain is complete;
+//! - a log file removed from the environment between backups is detected and reported, and the
+//!   backup becomes a new full one; safe archival (only stored logs) keeps the chain;
+//! - a hot standby refreshed 10 times under load opens and satisfies the invariant every time,
+//!   and after promotion it runs as the new primary.
+//!
+//! Needs `db5.3-util` and the `berkeleydb` Python binding (scripts/install/bdb.sh).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use backstop::source::bdb::{self, BdbSource, BdbTools};
+use backstop::{
+    BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, MemoryStore,
+    RestoreOptions, VerifyLevel,
+};
+
+const WRITER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bdb_writer.py");
+const ACCOUNTS: i64 = 300;
+
+fn python() -> String {
+    std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Whether the tools are here; with CI=true a missing one fails the test instead.
+fn prerequisites() -> bool {
+    let tools = BdbTools::from_path();
+    let mut missing: Vec<String> = ["recover", "archive", "verify"]
+        .iter()
+        .filter(|t| tools.find(t).is_err())
+        .map(|t| format!("db5.3_{t}"))
+        .collect();
+    let binding = Command::new(python())
+        .args(["-c", "import berkeleydb"])
+        .output();
+    if !binding.is_ok_and(|o| o.status.success()) {
+        missing.push("the python3 module berkeleydb".to_owned());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{} missing, run scripts/install-test-deps.sh",
+        missing.join(", ")
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// The writer process, killed when dropped (declare it after the temporary directory).
+struct Writer {
+    child: Child,
+    seq_file: PathBuf,
+    home: PathBuf,
+}
+
+impl Writer {
+    fn start(root: &Path, home: &Path, data_dir: Option<&str>, max_seconds: u32) -> Self {
+        let seq_file = root.join(format!(
+            "committed-{}",
+            home.file_name().unwrap().to_string_lossy()
+        ));
+        let mut cmd = Command::new(python());
+        cmd.arg(WRITER)
+            .args(["run", "--home"])
+            .arg(home)
+            .arg("--seq-file")
+            .arg(&seq_file)
+            .args(["--accounts", &ACCOUNTS.to_string()])
+            .args(["--max-seconds", &max_seconds.to_string()]);
+        if let Some(dir) = data_dir {
+            cmd.args(["--data-dir", dir]);
+        }
+        let mut writer = Self {
+            child: cmd.spawn().unwrap(),
+            seq_file,
+            home: home.to_owned(),
+        };
+        writer.wait_until("the writer commits", |w| w.committed() >= 20);
+        writer
+    }
+
+    /// The sequence number of the last committed transaction.
+    fn committed(&self) -> i64 {
+        std::fs::read_to_string(&self.seq_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn log_numbers(&self) -> Vec<u32> {
+        let mut logs: Vec<u32> = std::fs::read_dir(&self.home)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("log.")?.parse().ok()
+            })
+            .collect();
+        logs.sort_unstable();
+        logs
+    }
+
+    fn wait_until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the writer exited ({status}) while waiting until {what}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_commits(&mut self, n: i64) {
+        let target = self.committed() + n;
+        self.wait_until("more commits", |w| w.committed() >= target);
+    }
+
+    /// Waits for the writer to exit by itself.
+    fn wait_exit(mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the writer failed: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the writer did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BankState {
+    seq: i64,
+    total: i64,
+    accounts: i64,
+    expected_total: i64,
+    history: i64,
+}
+
+/// Opens a recovered environment with the writer's checker and asserts the invariant.
+fn check_state(home: &Path) -> BankState {
+    let out = Command::new(python())
+        .arg(WRITER)
+        .args(["check", "--home"])
+        .arg(home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: BankState = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state.accounts, ACCOUNTS, "{state:?}");
+    assert_eq!(
+        state.total, state.expected_total,
+        "transfers' invariant broken: {state:?}"
+    );
+    assert_eq!(
+        state.history, state.seq,
+        "one history record per transaction: {state:?}"
+    );
+    state
+}
+
+fn engine() -> BackupEngine {
+    BackupEngine::init(
+        MemoryStore::new(),
+        InitOptions::default(),
+        EngineOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Restores `id` into `dir` with recovery and `db_verify`, then checks the bank.
+fn restore_and_check(engine: &BackupEngine, id: u64, dir: &Path) -> BankState {
+    let info = engine
+        .restore(
+            id,
+            dir,
+            &RestoreOptions::default().with_fixup_option("verify", "true"),
+        )
+        .unwrap();
+    assert!(
+        info.fixups.iter().any(|s| s.contains("catastrophic")),
+        "{:?}",
+        info.fixups
+    );
+    let verified = info
+        .fixups
+        .iter()
+        .filter(|s| s.starts_with("db_verify"))
+        .count();
+    assert!(
+        verified >= 2,
+        "db_verify did not check both databases: {:?}",
+        info.fixups
+    );
+    assert!(
+        !dir.read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("__db")),
+        "recovery must leave no region files"
+    );
+    check_state(dir)
+}
+
+fn stored_logs(info: &BackupInfo) -> BTreeSet<String> {
+    info.source_meta["bdb.stored_logs"]
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn log_size(entry: &str) -> u64 {
+    entry.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn twenty_hot_backups_under_load_restore_consistent() {
+    if !prerequisites() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut writer = Writer::start(root.path(), &root.path().join("env"), Some("data"), 240);
+    let engine = engine();
+    let mut source = BdbSource::new(&writer.home);
+    let mut parent: Option<BackupInfo> = None;
+    for round in 0..20 {
+        let before = writer.committed();
+        let info = engine
+            .create_backup(&mut source, &BackupOptions::default())
+            .unwrap();
+        assert!(
+            info.warnings.is_empty(),
+            "backup {round}: {:?}",
+            info.warnings
+        );
+        assert_eq!(info.restore_kind, "bdb");
+        assert_eq!(info.source_meta["bdb.full"], (round == 0).to_string());
+        if let Some(parent) = &parent {
+            // Full logs the parent stored are not read again.
+            let reused: u64 = stored_logs(parent)
+                .intersection(&stored_logs(&info))
+                .map(|l| log_size(l))
+                .sum();
+            assert!(
+                info.bytes_read + reused <= info.size,
+                "backup {round} read {} of {} bytes although {reused} bytes of logs were stored",
+                info.bytes_read,
+                info.size
+            );
+        }
+        let dir = root.path().join(format!("restore{round}"));
+        let state = restore_and_check(&engine, info.id, &dir);
+        assert!(
+            state.seq >= before,
+            "backup {round} lost commits: {} < {before}",
+            state.seq
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        parent = Some(info);
+        writer.wait_for_commits(30);
+    }
+    let report = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn incremental_chain_of_five_restores_each_state() {
+    if !prerequisites() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let engine = engine();
+    let mut source = BdbSource::new(&writer.home);
+    let mut chain = Vec::new();
+    for _ in 0..5 {
+        let before = writer.committed();
+        let info = engine
+            .create_backup(&mut source, &BackupOptions::default())
+            .unwrap();
+        let after = writer.committed();
+        chain.push((info, before, after));
+        writer.wait_for_commits(150);
+    }
+    drop(writer);
+    let mut previous = -1;
+    for (i, (info, before, after)) in chain.iter().enumerate() {
+        assert_eq!(info.parent.is_some(), i > 0, "backup {i}");
+        assert_eq!(
+            info.source_meta["bdb.full"],
+            (i == 0).to_string(),
+            "backup {i}"
+        );
+        let state = restore_and_check(&engine, info.id, &root.path().join(format!("restore{i}")));
+        assert!(
+            (*before..=*after).contains(&state.seq),
+            "backup {i} restored sequence {} outside [{before}, {after}]",
+            state.seq
+        );
+        assert!(state.seq > previous, "the chain's states must advance");
+        previous = state.seq;
+    }
+}
+
+#[test]
+fn removed_log_between_backups_is_detected_and_safe_archival_is_not() {
+    if !prerequisites() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let tools = BdbTools::from_path();
+    let engine = engine();
+    let mut source = BdbSource::new(&writer.home);
+    let first = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    let last1: u32 = first.source_meta["bdb.last_log"].parse().unwrap();
+
+    // Backstop's archival removes only what the latest backup holds: the chain goes on.
+    writer.wait_until("two more log files", |w| {
+        w.log_numbers().last().is_some_and(|&l| l >= last1 + 2)
+    });
+    let removed = bdb::remove_archived_logs(&writer.home, &first.source_meta, &tools).unwrap();
+    assert!(
+        !removed.is_empty(),
+        "logs below the checkpoint should be archivable by now"
+    );
+    let second = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    assert_eq!(second.source_meta["bdb.full"], "false");
+    let last2: u32 = second.source_meta["bdb.last_log"].parse().unwrap();
+
+    // `db_archive -d` removes logs regardless of backups: the next backup sees the gap.
+    writer.wait_until("two more log files", |w| {
+        w.log_numbers().last().is_some_and(|&l| l >= last2 + 2)
+    });
+    let archive = tools.find("archive").unwrap();
+    let home = writer.home.clone();
+    writer.wait_until("db_archive -d removes the last backup's last log", |w| {
+        let status = Command::new(&archive)
+            .arg("-d")
+            .arg("-h")
+            .arg(&home)
+            .status()
+            .unwrap();
+        status.success() && w.log_numbers().first().is_some_and(|&f| f > last2)
+    });
+    let before = writer.committed();
+    let third = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    assert_eq!(third.warnings.len(), 1, "{:?}", third.warnings);
+    let warning = &third.warnings[0];
+    assert!(
+        warning.contains("log gap") && warning.contains(&format!("log.{last2:010}")),
+        "{warning}"
+    );
+    assert_eq!(third.source_meta["bdb.full"], "true");
+    assert_ne!(
+        third.source_meta["bdb.epoch"],
+        second.source_meta["bdb.epoch"]
+    );
+    // A new full backup: every file is read again, none taken from the parent.
+    assert_eq!(
+        third.bytes_read, third.size,
+        "a full backup reads everything"
+    );
+    let state = restore_and_check(&engine, third.id, &root.path().join("restore3"));
+    assert!(state.seq >= before);
+}
+
+#[test]
+fn restore_fails_clearly_without_tools_and_raw_restore_skips_recovery() {
+    if !prerequisites() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let engine = engine();
+    let info = engine
+        .create_backup(&mut BdbSource::new(&writer.home), &BackupOptions::default())
+        .unwrap();
+    let empty = root.path().join("no-tools");
+    std::fs::create_dir(&empty).unwrap();
+    let err = engine
+        .restore(
+            info.id,
+            &root.path().join("r1"),
+            &RestoreOptions::default().with_fixup_option("db-tools", empty.to_str().unwrap()),
+        )
+        .unwrap_err();
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("db5.3-util") && chain.contains("db-tools"),
+        "{chain}"
+    );
+    let raw = engine
+        .restore(
+            info.id,
+            &root.path().join("r2"),
+            &RestoreOptions::default().with_raw(true),
+        )
+        .unwrap();
+    assert!(
+        raw.fixups.iter().all(|s| !s.contains("catastrophic")),
+        "{:?}",
+        raw.fixups
+    );
+    assert!(root.path().join("r2/accounts.db").exists());
+}
+
+#[test]
+fn standby_refreshed_ten_times_under_load_then_fails_over() {
+    if !prerequisites() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut writer = Writer::start(root.path(), &root.path().join("env"), Some("data"), 240);
+    let tools = BdbTools::from_path();
+    let standby = root.path().join("standby");
+    let mut removed_some = false;
+    for round in 0..10 {
+        let before = writer.committed();
+        let report = bdb::refresh_standby(&writer.home, &standby, &tools).unwrap();
+        assert_eq!(report.seeded, round == 0, "{report:?}");
+        assert_eq!(report.reseed_reason, None);
+        removed_some |= !report.logs_removed.is_empty();
+        let state = check_state(&standby);
+        assert!(
+            state.seq >= before,
+            "refresh {round} is behind: {} < {before}",
+            state.seq
+        );
+        writer.wait_for_commits(150);
+    }
+    assert!(
+        removed_some,
+        "logs no longer needed should leave the standby"
+    );
+    drop(writer);
+
+    // Failover: the standby becomes the primary and takes writes; refreshes refuse it now.
+    bdb::promote_standby(&standby).unwrap();
+    let err = bdb::refresh_standby(&root.path().join("env"), &standby, &tools).unwrap_err();
+    assert!(err.to_string().contains("promoted"), "{err}");
+    let before = check_state(&standby).seq;
+    let primary = Writer::start(root.path(), &standby, None, 2);
+    primary.wait_exit();
+    let after = check_state(&standby);
+    assert!(after.seq > before, "the promoted standby took no writes");
+}

@@ -1,0 +1,375 @@
+//! RocksDB backed up from outside its process, end to end through the engine: live backups of a
+//! database that another process writes, flushes and compacts meanwhile, restored and checked
+//! with RocksDB itself (`ldb checkconsistency`, and an open + full scan with paranoid checks
+//! through rocksdict); and an incremental backup that reads only what changed.
+//!
+//! The writer and the check are `tests/support/rocksdb_writer.py` (rocksdict, installed by
+//! `scripts/install/rocksdb.sh`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backstop::source::rocksdb::RocksDbSource;
+use backstop::{
+    BackupEngine, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
+    RestoreOptions, VerifyLevel,
+};
+
+fn writer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rocksdb_writer.py")
+}
+
+fn fast_init() -> InitOptions {
+    InitOptions::default().with_kdf(8 * 1024, 1)
+}
+
+/// Whether a tool the test needs is there; missing fails under CI and skips loudly otherwise.
+fn tool_available(test: &str, what: &str, ok: bool) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {what} is missing; run scripts/install/rocksdb.sh"
+        );
+        eprintln!("SKIPPED: {test}: {what} missing, run scripts/install-test-deps.sh");
+    }
+    ok
+}
+
+fn rocksdict_available(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import rocksdict"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    tool_available(test, "python3 with rocksdict", ok)
+}
+
+fn ldb() -> Option<PathBuf> {
+    ["/usr/bin/ldb", "/usr/bin/rocksdb_ldb", "/usr/local/bin/ldb"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// How the check script must read a database's values.
+struct Layout {
+    batch_keys: u64,
+    value_size: u64,
+    values: &'static str,
+}
+
+/// The stress writer's layout (its defaults).
+const STRESS: Layout = Layout {
+    batch_keys: 50,
+    value_size: 64,
+    values: "pattern",
+};
+
+/// Checks a restored database with RocksDB's own tools and returns its last batch: `ldb
+/// checkconsistency` (the MANIFEST's files are there with the right sizes), then an open with
+/// paranoid checks and a checksum-verified scan proving the keys are exactly batches
+/// `0..=last_batch` (no gap, no torn batch).
+fn check_restored(dir: &Path, layout: &Layout) -> u64 {
+    // ldb first: the scan's open writes files in the newer format ldb 7.8 cannot read.
+    if tool_available(
+        "ldb checkconsistency",
+        "ldb (rocksdb-tools)",
+        ldb().is_some(),
+    ) {
+        let out = Command::new(ldb().unwrap())
+            .arg(format!("--db={}", dir.display()))
+            .args(["--ignore_unknown_options", "checkconsistency"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("OK"),
+            "ldb checkconsistency of {}: {stdout} {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("python3")
+        .arg(writer_script())
+        .args(["check".as_ref(), dir.as_os_str()])
+        .args(["--batch-keys", &layout.batch_keys.to_string()])
+        .args(["--value-size", &layout.value_size.to_string()])
+        .args(["--values", layout.values])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "restored database {} is not exactly a prefix of the batches: {stdout} {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    report["last_batch"].as_u64().unwrap()
+}
+
+/// The stress writer; killed when dropped.
+struct Writer {
+    child: Child,
+    status: PathBuf,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Writer {
+    fn stress(db: &Path, status: &Path) -> Self {
+        let child = Command::new("python3")
+            .arg(writer_script())
+            .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
+            .args(["--max-seconds", "300"])
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            status: status.to_path_buf(),
+        }
+    }
+
+    /// Waits until batch `at_least` has committed; returns the last committed batch.
+    fn wait_committed(&mut self, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let committed = std::fs::read_to_string(&self.status)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if let Some(n) = committed.filter(|n| *n >= at_least) {
+                return n;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the writer exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the writer did not reach batch {at_least}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
+    let test = "twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches";
+    if !rocksdict_available(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let engine = BackupEngine::init(
+        MemoryStore::new(),
+        fast_init(),
+        EngineOptions::default().with_threads(2),
+    )
+    .unwrap();
+    let mut writer = Writer::stress(&db, &tmp.path().join("status"));
+    let mut committed = writer.wait_committed(20);
+    let mut backups = Vec::new();
+    for _ in 0..20 {
+        // Let the database flush and compact between backups.
+        committed = writer.wait_committed(committed + 30);
+        let info = engine
+            .create_backup(&mut RocksDbSource::new(&db), &BackupOptions::default())
+            .unwrap();
+        assert_eq!(info.restore_kind, "rocksdb");
+        backups.push((info.id, committed, info));
+    }
+    let written = writer.wait_committed(committed);
+    drop(writer);
+
+    for (id, committed, info) in &backups {
+        let target = tmp.path().join(format!("restored-{id}"));
+        engine
+            .restore(*id, &target, &RestoreOptions::default())
+            .unwrap();
+        let last = check_restored(&target, &STRESS);
+        assert!(
+            last >= *committed,
+            "backup {id} lost batches: it holds up to {last}, {committed} had committed before it \
+             began ({info:?})"
+        );
+    }
+    let last = backups.last().unwrap();
+    assert!(engine.verify(last.0, VerifyLevel::Full).unwrap().is_ok());
+    let staging: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .chain(std::fs::read_dir(&db).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(backstop::source::rocksdb::STAGING_PREFIX))
+        .collect();
+    assert!(
+        staging.is_empty(),
+        "staging directories left behind: {staging:?}"
+    );
+    let read: u64 = backups.iter().map(|b| b.2.bytes_read).sum();
+    eprintln!("20 live backups while {written} batches were written; {read} bytes read in all");
+}
+
+/// The `fill` writer: a database of `mib` batches of 1 MiB that flushes one more on demand.
+struct Filler {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    batch_keys: u64,
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Filler {
+    fn start(db: &Path, mib: u32) -> Self {
+        let mut child = Command::new("python3")
+            .arg(writer_script())
+            .args(["fill".as_ref(), db.as_os_str()])
+            .args(["--mib", &mib.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut filler = Self {
+            child,
+            stdin,
+            stdout,
+            batch_keys: 0,
+        };
+        let ready = filler.line();
+        let words: Vec<&str> = ready.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"ready"), "{ready}");
+        filler.batch_keys = words[2].parse().unwrap();
+        filler
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the fill writer exited");
+        line
+    }
+
+    /// Writes and flushes one more batch; returns its number.
+    fn flush(&mut self) -> u64 {
+        writeln!(self.stdin.as_mut().unwrap(), "flush").unwrap();
+        let line = self.line();
+        line.trim()
+            .strip_prefix("flushed ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn names(db: &Path) -> BTreeSet<(String, u64)> {
+    std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+/// An incremental backup after one more flush reads only the new table, the MANIFEST, the WAL
+/// and the few small files stored with every backup. The database is 200 MiB by default
+/// (`BACKSTOP_ROCKSDB_MIB=1024` gives the issue's 1 GiB); the assertion does not depend on it.
+#[test]
+fn incremental_backup_after_one_flush_reads_only_the_new_table_manifest_and_wal() {
+    let test = "incremental_backup_after_one_flush_reads_only_the_new_table_manifest_and_wal";
+    if !rocksdict_available(test) {
+        return;
+    }
+    let mib: u32 = std::env::var("BACKSTOP_ROCKSDB_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let mut filler = Filler::start(&db, mib);
+    let engine = BackupEngine::init(
+        LocalStore::new(tmp.path().join("repo")),
+        fast_init(),
+        EngineOptions::default().with_threads(2),
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let full = engine
+        .create_backup(&mut RocksDbSource::new(&db), &BackupOptions::default())
+        .unwrap();
+    let full_time = started.elapsed();
+    let before = names(&db);
+    let last_batch = filler.flush();
+    let after = names(&db);
+    let started = Instant::now();
+    let incremental = engine
+        .create_backup(&mut RocksDbSource::new(&db), &BackupOptions::default())
+        .unwrap();
+    let incremental_time = started.elapsed();
+
+    let is_table = |n: &str| n.ends_with(".sst") || n.ends_with(".blob");
+    let before_names: BTreeSet<&String> = before.iter().map(|(n, _)| n).collect();
+    let new_tables: Vec<&(String, u64)> = after
+        .iter()
+        .filter(|(n, _)| is_table(n) && !before_names.contains(n))
+        .collect();
+    assert_eq!(
+        new_tables.len(),
+        1,
+        "one flush makes one table: {new_tables:?}"
+    );
+    // Stored with every backup: the MANIFEST, WAL, OPTIONS, CURRENT, IDENTITY, binding config.
+    let per_backup: u64 = after
+        .iter()
+        .filter(|(n, _)| !is_table(n) && n != "LOCK" && n != "LOG" && !n.starts_with("LOG.old"))
+        .map(|(_, len)| len)
+        .sum();
+    let allowed = new_tables[0].1 + per_backup + 64 * 1024;
+    eprintln!(
+        "{mib} MiB database: full backup read {} bytes in {full_time:?}; after one flush the \
+         incremental read {} bytes in {incremental_time:?} (new table {} + per-backup files \
+         {per_backup}), added {} bytes",
+        full.bytes_read, incremental.bytes_read, new_tables[0].1, incremental.bytes_added
+    );
+    assert!(
+        incremental.bytes_read <= allowed,
+        "the incremental backup read {} bytes, more than the new table, MANIFEST and WAL ({allowed})",
+        incremental.bytes_read
+    );
+    assert!(
+        full.bytes_read > u64::from(mib) << 20,
+        "the full backup read the whole database"
+    );
+    let batch_keys = filler.batch_keys;
+    drop(filler);
+
+    let target = tmp.path().join("restored");
+    engine
+        .restore(incremental.id, &target, &RestoreOptions::default())
+        .unwrap();
+    let layout = Layout {
+        batch_keys,
+        value_size: 4000,
+        values: "random",
+    };
+    assert_eq!(check_restored(&target, &layout), last_batch);
+}

@@ -1,0 +1,348 @@
+//! SQLite hot backups through the engine: 20 backups of a database a separate writer process
+//! keeps changing (WAL and rollback-journal mode), each restored and checked by SQLite itself
+//! (`PRAGMA integrity_check`), by the bank invariant and by the sequence committed before the
+//! backup began; and the size of an incremental backup after 1% of the rows changed.
+//!
+//! The writer is `tests/support/sqlite_writer.py` (python3 with its sqlite3 module).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop::source::sqlite::bank::{self, BankState};
+use backstop::source::sqlite::rusqlite::Connection;
+use backstop::source::sqlite::{SqliteMethod, SqliteSource};
+use backstop::{
+    BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
+    RestoreOptions, Store, VerifyLevel,
+};
+
+const WRITER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sqlite_writer.py");
+const ACCOUNTS: u32 = 2000;
+
+/// The writer process; closing its stdin stops it. Declare it after the temporary directory so
+/// it is dropped (killed) first when a test fails.
+struct Writer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct WriterStats {
+    transactions: u64,
+    /// The longest transaction, busy waits included: how long a backup blocked the writer.
+    max_txn_ms: f64,
+}
+
+impl Writer {
+    /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
+    fn start(db: &Path) -> Option<Self> {
+        let probe = Command::new("python3").args(["-c", "import sqlite3"]).status();
+        if !probe.is_ok_and(|s| s.success()) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "python3 with the sqlite3 module is missing (scripts/install/sqlite.sh)"
+            );
+            eprintln!("SKIPPED: python3 (with sqlite3) missing, run scripts/install-test-deps.sh");
+            return None;
+        }
+        let mut child = Command::new("python3")
+            .arg(WRITER)
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert!(ready.contains("ready"), "the writer did not start: {ready:?}");
+        Some(Self { child, stdin, stdout })
+    }
+
+    fn stop(mut self) -> WriterStats {
+        drop(self.stdin.take());
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(self.child.wait().unwrap().success(), "the writer failed");
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.stdin.take().is_some() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for locks a millisecond at a time (30 s at most), so that this reader of a
+/// rollback-journal database finds the moments between the writer's commits.
+fn patient(attempt: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    attempt < 30_000
+}
+
+fn open(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_handler(Some(patient)).unwrap();
+    conn
+}
+
+fn create_bank(path: &Path, journal_mode: &str, accounts: u32, pad: usize) {
+    let mut conn = open(path);
+    let mode: String = conn
+        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, journal_mode);
+    bank::create(&mut conn, accounts, pad).unwrap();
+}
+
+fn state(path: &Path) -> BankState {
+    bank::state(&mut open(path)).unwrap()
+}
+
+/// Polls until the writer has committed past `seq`; returns the new last sequence.
+fn wait_past(path: &Path, seq: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = state(path).max_seq;
+        if now > seq {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the writer made no progress past {seq}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn engine(store: impl Store + 'static) -> BackupEngine {
+    BackupEngine::init(store, InitOptions::default(), EngineOptions::default()).unwrap()
+}
+
+/// Restores `info` into `target` (the sqlite procedure runs integrity_check) and checks what
+/// SQLite and the bank say about it.
+fn restore_and_check(engine: &BackupEngine, info: &BackupInfo, target: &Path, committed: i64) {
+    engine.restore(info.id, target, &RestoreOptions::default()).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bank.db"], "stale files beside the restored database");
+    let db = target.join("bank.db");
+    let check: String =
+        open(&db).query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok", "backup {}", info.id);
+    let got = state(&db);
+    assert!(got.invariant_holds(), "backup {} is torn: {got:?}", info.id);
+    assert_eq!(got.accounts, i64::from(ACCOUNTS));
+    assert!(
+        got.max_seq >= committed,
+        "backup {} lacks transfers: has seq {}, but {committed} was committed before it began",
+        info.id,
+        got.max_seq
+    );
+}
+
+/// Takes `rounds` backups while the writer runs, restoring and checking each.
+fn hot_backups(
+    store: impl Store + 'static,
+    journal_mode: &str,
+    method: SqliteMethod,
+    rounds: usize,
+) -> Option<(Vec<BackupInfo>, WriterStats)> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    create_bank(&db, journal_mode, ACCOUNTS, 200);
+    let engine = engine(store);
+    let writer = Writer::start(&db)?;
+    let mut infos = Vec::new();
+    let mut seq = 0;
+    for round in 0..rounds {
+        // Every backup starts with transfers it has not seen yet.
+        seq = wait_past(&db, seq);
+        let committed = state(&db).max_seq;
+        let mut source = SqliteSource::new(&db).with_method(method);
+        let info = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
+        assert_eq!(info.source_kind, "sqlite");
+        assert_eq!(info.restore_kind, "sqlite");
+        restore_and_check(&engine, &info, &dir.path().join(format!("restore{round}")), committed);
+        infos.push(info);
+    }
+    let stats = writer.stop();
+    assert!(stats.transactions > 0);
+    assert!(state(&db).invariant_holds());
+    let report = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    Some((infos, stats))
+}
+
+fn holds(infos: &[BackupInfo]) -> String {
+    let ms: Vec<u64> = infos.iter().map(|i| i.source_meta["sqlite.hold_ms"].parse().unwrap()).collect();
+    format!("lock/transaction held max {} ms", ms.iter().max().unwrap_or(&0))
+}
+
+#[test]
+fn twenty_hot_backups_in_wal_mode() {
+    let repo = tempfile::tempdir().unwrap();
+    let Some((infos, stats)) =
+        hot_backups(LocalStore::new(repo.path()), "wal", SqliteMethod::Auto, 20)
+    else {
+        return;
+    };
+    for info in &infos {
+        assert_eq!(info.source_meta["sqlite.method"], "dbpage");
+        assert_eq!(info.source_meta["sqlite.journal_mode"], "wal");
+        assert_eq!(info.source_meta["sqlite.hold_blocks_writers"], "false");
+    }
+    eprintln!(
+        "wal/dbpage: 20 backups, {} transfers meanwhile, longest writer transaction {:.1} ms, {}",
+        stats.transactions,
+        stats.max_txn_ms,
+        holds(&infos)
+    );
+}
+
+#[test]
+fn twenty_hot_backups_in_rollback_journal_mode() {
+    let Some((infos, stats)) = hot_backups(MemoryStore::new(), "delete", SqliteMethod::Auto, 20)
+    else {
+        return;
+    };
+    for info in &infos {
+        assert_eq!(info.source_meta["sqlite.method"], "backup-api");
+        assert_eq!(info.source_meta["sqlite.journal_mode"], "delete");
+    }
+    eprintln!(
+        "delete/backup-api: 20 backups, {} transfers meanwhile, longest writer transaction \
+         {:.1} ms, {}",
+        stats.transactions,
+        stats.max_txn_ms,
+        holds(&infos)
+    );
+}
+
+/// The `dbpage` method forced on a rollback-journal database: still consistent, but the read
+/// transaction keeps the writer from committing while the engine stores the file; the numbers
+/// printed show for how long.
+#[test]
+fn hot_backups_in_rollback_journal_mode_with_forced_dbpage() {
+    let Some((infos, stats)) = hot_backups(MemoryStore::new(), "delete", SqliteMethod::DbPage, 5)
+    else {
+        return;
+    };
+    for info in &infos {
+        assert_eq!(info.source_meta["sqlite.method"], "dbpage");
+        assert_eq!(info.source_meta["sqlite.hold_blocks_writers"], "true");
+        assert!(!info.warnings.is_empty(), "the blocking is not reported");
+    }
+    eprintln!(
+        "delete/dbpage: 5 backups, {} transfers meanwhile, longest writer transaction {:.1} ms, \
+         {}",
+        stats.transactions,
+        stats.max_txn_ms,
+        holds(&infos)
+    );
+}
+
+/// The database as a list of pages, read from the file once everything is checkpointed into it.
+fn file_pages(db: &Path, page_size: usize) -> Vec<Vec<u8>> {
+    let conn = open(db);
+    // In WAL mode, move every committed page into the file (no-op in rollback mode).
+    let _: (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap();
+    drop(conn);
+    std::fs::read(db).unwrap().chunks(page_size).map(<[u8]>::to_vec).collect()
+}
+
+fn incremental_after_one_percent(journal_mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    let accounts = 20_000;
+    create_bank(&db, journal_mode, accounts, 100);
+    let engine = engine(MemoryStore::new());
+    let first = engine.create_backup(&mut SqliteSource::new(&db), &BackupOptions::default()).unwrap();
+    let page_size: usize = first.source_meta["sqlite.page_size"].parse().unwrap();
+    let before = file_pages(&db, page_size);
+
+    // 1% of the rows, spread over the table: new padding, same length.
+    let mut conn = open(&db);
+    let tx = conn.transaction().unwrap();
+    let mut id: u64 = 7;
+    for _ in 0..accounts / 100 {
+        id = id.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        tx.execute(
+            "UPDATE accounts SET pad = randomblob(100) WHERE id = ?1",
+            [(id >> 33) % u64::from(accounts) + 1],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+
+    let second =
+        engine.create_backup(&mut SqliteSource::new(&db), &BackupOptions::default()).unwrap();
+    let after = file_pages(&db, page_size);
+    let changed = after
+        .iter()
+        .enumerate()
+        .filter(|(i, page)| before.get(*i) != Some(page))
+        .count();
+    let limit = 2 * changed * page_size;
+    eprintln!(
+        "{journal_mode}/{}: {} pages of {page_size} bytes, {changed} changed ({:.1}%); first \
+         backup added {} raw bytes, the incremental {} raw bytes ({:.2}x the changed pages)",
+        second.source_meta["sqlite.method"],
+        after.len(),
+        100.0 * changed as f64 / after.len() as f64,
+        first.bytes_added_raw,
+        second.bytes_added_raw,
+        second.bytes_added_raw as f64 / (changed * page_size) as f64
+    );
+    assert!(changed > 0);
+    assert!(
+        second.bytes_added_raw <= limit as u64,
+        "the incremental backup added {} raw bytes, more than twice the {changed} changed pages \
+         ({limit} bytes)",
+        second.bytes_added_raw
+    );
+    restore_and_check(&engine, &second, &dir.path().join("restored"), 0);
+}
+
+#[test]
+fn incremental_after_one_percent_update_wal() {
+    incremental_after_one_percent("wal");
+}
+
+#[test]
+fn incremental_after_one_percent_update_rollback_journal() {
+    incremental_after_one_percent("delete");
+}
+
+/// A library user backs up the database behind the connection the application holds, while
+/// the application is in the middle of its own transaction; the backup has only committed data.
+#[test]
+fn backup_of_a_connection_the_application_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    create_bank(&db, "wal", ACCOUNTS, 50);
+    let app = Arc::new(Mutex::new(open(&db)));
+    bank::transfer(&mut app.lock().unwrap(), 1, 2, 10).unwrap();
+    app.lock().unwrap().execute_batch("BEGIN; UPDATE accounts SET balance = 0;").unwrap();
+
+    let engine = engine(MemoryStore::new());
+    let mut source = SqliteSource::from_connection(app.clone());
+    let info = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
+    app.lock().unwrap().execute_batch("ROLLBACK").unwrap();
+    restore_and_check(&engine, &info, &dir.path().join("restored"), 1);
+    let meta: &BTreeMap<String, String> = &info.source_meta;
+    assert_eq!(meta["sqlite.method"], "dbpage");
+}
