@@ -27,7 +27,8 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends python3-pip
 fi
 export BERKELEYDB_DIR=/usr
+# berkeleydb 18.1 builds against Berkeley DB 4.8 to 18.1; pinned so a later release cannot drop 5.3.
 # Plain pip first; Debian's system python refuses it (PEP 668), then the override is needed.
-python3 -m pip install --quiet berkeleydb \
-    || python3 -m pip install --quiet --break-system-packages berkeleydb
+python3 -m pip install --quiet "berkeleydb>=18.1,<18.2" \
+    || python3 -m pip install --quiet --break-system-packages "berkeleydb>=18.1,<18.2"
 python3 -c 'import berkeleydb; print("berkeleydb", berkeleydb.__version__, "on Berkeley DB", berkeleydb.db.version())'

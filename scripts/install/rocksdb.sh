@@ -10,6 +10,9 @@ if ! command -v ldb >/dev/null 2>&1 && ! command -v rocksdb_ldb >/dev/null 2>&1;
 fi
 
 if ! python3 -c 'import rocksdict' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pip
+    fi
     # Debian's own python3 refuses plain `pip install` (PEP 668); pyenv's does not.
     python3 -m pip install --quiet 'rocksdict==0.3.29' \
         || python3 -m pip install --quiet --break-system-packages 'rocksdict==0.3.29'

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Installs what the store crate's tests need: `moto_server`, an S3-protocol server from PyPI
-# (moto with its `server` extra) that the S3 conformance test (crates/backstop-store/tests/s3.rs)
-# starts on a loopback port. It starts in about a second and keeps objects in memory.
+# Installs the S3-protocol servers the object-storage tests start on loopback ports:
+# - `moto_server` (PyPI: moto with its `server` extra): starts in about a second, keeps objects
+#   in memory, accepts any credentials (crates/backstop-store/tests/s3.rs);
+# - `s3s-fs` (crates.io, 0.14.1, its `binary` feature; about 3 minutes to build on 2 cores):
+#   keeps objects as files, checks signatures and survives a restart, which the network-fault
+#   tests need (crates/backstop-store/tests/s3.rs, crates/backstop-cli/tests/s3.rs).
 # Idempotent and quick when already installed; runs as root; `apt-get update` is done by the caller.
 set -euo pipefail
 
-if command -v moto_server >/dev/null 2>&1; then
-    exit 0
+if ! command -v moto_server >/dev/null 2>&1; then
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends python3 python3-pip
+    fi
+    # Plain pip first; Debian's system python refuses it (PEP 668), then the override is needed.
+    python3 -m pip install --quiet 'moto[server]>=5,<6' \
+        || python3 -m pip install --quiet --break-system-packages 'moto[server]>=5,<6'
+    command -v moto_server >/dev/null 2>&1 || {
+        echo "moto_server was installed but is not on PATH ($(python3 -m site --user-base)/bin?)" >&2
+        exit 1
+    }
 fi
-if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends python3 python3-pip
+
+if ! command -v s3s-fs >/dev/null 2>&1; then
+    # 0.14.1 builds with the project's toolchain; later versions need a newer rustc.
+    cargo install --locked --quiet s3s-fs --version 0.14.1 --features binary
+    command -v s3s-fs >/dev/null 2>&1 || {
+        echo "s3s-fs was installed but is not on PATH (add \$CARGO_HOME/bin, usually ~/.cargo/bin)" >&2
+        exit 1
+    }
 fi
-# Plain pip first; Debian's system python refuses it (PEP 668), then the override is needed.
-python3 -m pip install --quiet 'moto[server]>=5,<6' \
-    || python3 -m pip install --quiet --break-system-packages 'moto[server]>=5,<6'
-command -v moto_server >/dev/null 2>&1 || {
-    echo "moto_server was installed but is not on PATH ($(python3 -m site --user-base)/bin?)" >&2
-    exit 1
-}

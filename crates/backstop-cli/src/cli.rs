@@ -119,6 +119,14 @@ pub(crate) enum Command {
     WalPush(WalPushArgs),
     /// Fetch an archived WAL segment (PostgreSQL `restore_command`)
     WalFetch(WalFetchArgs),
+    /// Keep a Berkeley DB hot standby in sync (copy new logs, run recovery), or promote it
+    Standby(StandbyArgs),
+    /// Remove Berkeley DB log files that the latest backup holds and the environment no longer
+    /// needs (the safe `db_archive -d`)
+    ArchiveLogs(ArchiveLogsArgs),
+    /// Run the main job on a built-in example: a live SQLite database under a writer, backed
+    /// up three times, verified, restored and checked
+    Demo(DemoArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Print the man page
@@ -130,6 +138,9 @@ impl Command {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Init(_) => "init",
+            Self::Demo(_) => "demo",
+            Self::Standby(_) => "standby",
+            Self::ArchiveLogs(_) => "archive-logs",
             Self::Backup(_) => "backup",
             Self::List => "list",
             Self::Info(_) => "info",
@@ -203,6 +214,76 @@ pub(crate) struct BackupArgs {
     /// Leave out paths matching GLOB (repeatable; `--source dir` only)
     #[arg(long, value_name = "GLOB")]
     pub(crate) exclude: Vec<String>,
+
+    /// Berkeley DB: directory of the db5.3_* utilities (default: found on PATH)
+    #[arg(long, value_name = "DIR", help_heading = "Source options")]
+    pub(crate) db_tools: Option<PathBuf>,
+
+    /// Berkeley DB: a data directory of the environment (`set_data_dir`; repeatable; those in
+    /// DB_CONFIG are found by themselves)
+    #[arg(long, value_name = "DIR", help_heading = "Source options")]
+    pub(crate) data_dir: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) hold: HoldArgs,
+}
+
+/// Pause hooks: pause the applications that write to the source for the whole backup.
+#[derive(Debug, Args, Default)]
+pub(crate) struct HoldArgs {
+    /// Shell command that pauses writers before the backup (must exit 0)
+    #[arg(long, value_name = "CMD", help_heading = "Pause hooks")]
+    pub(crate) pause_command: Option<String>,
+
+    /// Shell command that resumes writers after the backup (always runs)
+    #[arg(long, value_name = "CMD", help_heading = "Pause hooks")]
+    pub(crate) resume_command: Option<String>,
+
+    /// Shell command that holds writers paused while it runs; the backup starts when it
+    /// prints its ready line and it is ended after the last file is stored
+    #[arg(long, value_name = "CMD", help_heading = "Pause hooks")]
+    pub(crate) hold_command: Option<String>,
+
+    /// The line the hold command prints when writers are paused (default: any line)
+    #[arg(long, value_name = "TEXT", help_heading = "Pause hooks")]
+    pub(crate) ready_line: Option<String>,
+
+    /// How long pausing may take, e.g. `30s`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Pause hooks")]
+    pub(crate) pause_timeout: Option<std::time::Duration>,
+
+    /// How long writers may stay paused before the backup is abandoned, e.g. `10m`
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Pause hooks")]
+    pub(crate) window_timeout: Option<std::time::Duration>,
+}
+
+/// Runs Backstop's main job on a built-in example.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Work in this directory and keep it (default: a temporary directory, removed at the end)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Keep the temporary directory
+    #[arg(long)]
+    pub(crate) keep: bool,
+
+    /// Put the demo repository here (any repository URL this build supports) instead of
+    /// `DIR/repo`
+    #[arg(long = "demo-repo", value_name = "URL")]
+    pub(crate) repo: Option<String>,
+
+    /// Number of bank accounts (the database grows with it)
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) accounts: u32,
+
+    /// Padding bytes per account row
+    #[arg(long, default_value_t = 400)]
+    pub(crate) pad_bytes: usize,
+
+    /// Transfers the writer commits between two backups
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) transfers_between: i64,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -279,6 +360,54 @@ pub(crate) struct RestoreArgs {
     /// What the database does once the recovery target is reached
     #[arg(long, value_name = "ACTION", value_parser = ["pause", "promote", "shutdown"])]
     pub(crate) target_action: Option<String>,
+
+    /// Directory of the Berkeley DB utilities used by the restore's catastrophic recovery
+    #[arg(long, value_name = "DIR")]
+    pub(crate) db_tools: Option<PathBuf>,
+
+    /// Any other option for the source's restore procedure (repeatable), e.g. `verify=true`
+    #[arg(long = "fixup", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) fixups: Vec<(String, String)>,
+}
+
+/// Keeps a Berkeley DB hot standby in sync with a live environment.
+#[derive(Debug, Args)]
+pub(crate) struct StandbyArgs {
+    /// The live environment's home directory (not needed with --promote)
+    #[arg(value_name = "ENV_HOME", required_unless_present = "promote")]
+    pub(crate) env_home: Option<PathBuf>,
+
+    /// The standby directory
+    #[arg(value_name = "STANDBY_DIR")]
+    pub(crate) standby: PathBuf,
+
+    /// Refresh from the repository's latest backup instead of the live environment
+    #[arg(long, conflicts_with = "promote")]
+    pub(crate) from_repo: bool,
+
+    /// Fail over: mark the standby as the new primary (later refreshes refuse to touch it)
+    #[arg(long)]
+    pub(crate) promote: bool,
+
+    /// Directory of the Berkeley DB utilities (default: found on PATH)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) db_tools: Option<PathBuf>,
+}
+
+/// Removes Berkeley DB log files that are no longer needed and that the latest backup holds.
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveLogsArgs {
+    /// The live environment's home directory
+    #[arg(value_name = "ENV_HOME")]
+    pub(crate) env_home: PathBuf,
+
+    /// Only list the log files that would be removed
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Directory of the Berkeley DB utilities (default: found on PATH)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) db_tools: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

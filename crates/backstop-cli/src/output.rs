@@ -49,6 +49,16 @@ impl Printer {
         Self { json, quiet, color }
     }
 
+    /// Whether `-q` is on.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Whether `--json` is on.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Prints a command's result as the `--json` envelope.
     pub(crate) fn json<T: Serialize>(&self, command: &str, result: &T) -> Result<()> {
         JSON_RESULT_PRINTED.store(true, Ordering::SeqCst);

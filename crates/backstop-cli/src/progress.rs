@@ -43,9 +43,10 @@ impl CliProgress {
     /// A bar when `show_bar`, log lines otherwise.
     pub(crate) fn new(show_bar: bool, verb: &'static str) -> Self {
         let bar = show_bar.then(|| {
+            // Two lines, so a long path never pushes the numbers off a narrow terminal.
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] [{bar:25}] {binary_bytes}/{binary_total_bytes} \
-                 {binary_bytes_per_sec} ETA {eta} {wide_msg}",
+                "{spinner} {wide_msg}\n  [{elapsed_precise}] [{wide_bar}] {binary_bytes}/\
+                 {binary_total_bytes}  {binary_bytes_per_sec}  ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
@@ -85,7 +86,7 @@ impl CliProgress {
         let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(bar) = &self.bar {
             let total = self.files_total.load(Ordering::Relaxed);
-            bar.set_message(format!("{done}/{total} files  {path}"));
+            bar.set_message(format!("{done}/{total} files  `{path}`"));
         }
     }
 }
@@ -119,7 +120,7 @@ impl backstop::Progress for CliProgress {
     }
 
     fn unchanged(&self, path: &str, bytes: u64) {
-        self.file_done(path);
+        // `file` already counted it: the engine announces every file, then says it skipped it.
         if let Some(bar) = &self.bar {
             bar.inc(bytes);
         }

@@ -20,6 +20,30 @@ pub(crate) struct SourceSpec {
     /// Whether the excludes came from the command line (an error for other kinds) rather than
     /// the config file (ignored for other kinds).
     pub(crate) excludes_from_flags: bool,
+    /// Berkeley DB: where the utilities are.
+    pub(crate) db_tools: Option<PathBuf>,
+    /// Berkeley DB: extra data directories.
+    pub(crate) data_dirs: Vec<PathBuf>,
+    /// Pause hooks wrapped around the source, if any.
+    pub(crate) hold: backstop::source::hold::HoldConfig,
+}
+
+/// The pause hooks asked for on the command line (empty when none).
+pub(crate) fn hold_config(args: &crate::cli::HoldArgs) -> backstop::source::hold::HoldConfig {
+    let mut config = backstop::source::hold::HoldConfig {
+        pause_command: args.pause_command.clone(),
+        resume_command: args.resume_command.clone(),
+        hold_command: args.hold_command.clone(),
+        ready_line: args.ready_line.clone(),
+        ..backstop::source::hold::HoldConfig::default()
+    };
+    if let Some(timeout) = args.pause_timeout {
+        config.pause_timeout = timeout;
+    }
+    if let Some(timeout) = args.window_timeout {
+        config.window_timeout = timeout;
+    }
+    config
 }
 
 /// The source for `spec`.
@@ -30,12 +54,33 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
         return Err(Exit::new(Code::Usage, "--exclude applies to `--source dir` only").into());
     }
     let path = PathBuf::from(&spec.location);
-    Ok(match spec.kind {
+    let source: Box<dyn Source> = match spec.kind {
         SourceKind::Dir => Box::new(backstop::DirSource::new(path).with_excludes(spec.excludes)),
         SourceKind::Sqlite => Box::new(sqlite::SqliteSource::new(path)),
         SourceKind::Postgres => Box::new(postgres::PostgresSource::new(spec.location)),
-        SourceKind::Bdb => Box::new(bdb::BdbSource::new(path)),
+        SourceKind::Bdb => {
+            let mut source =
+                bdb::BdbSource::new(path).with_tools(bdb_tools(spec.db_tools.as_deref()));
+            for dir in spec.data_dirs {
+                source = source.with_data_dir(dir);
+            }
+            Box::new(source)
+        }
         SourceKind::Rocksdb => Box::new(rocksdb::RocksDbSource::new(path)),
         SourceKind::Eventstore => Box::new(eventstore::EventStoreSource::new(path)),
-    })
+    };
+    if spec.hold.is_empty() {
+        return Ok(source);
+    }
+    Ok(Box::new(backstop::source::hold::Held::from_box(
+        source, spec.hold,
+    )))
+}
+
+/// The Berkeley DB utilities: in `dir` if given, else on PATH.
+pub(crate) fn bdb_tools(dir: Option<&std::path::Path>) -> backstop::source::bdb::BdbTools {
+    match dir {
+        Some(dir) => backstop::source::bdb::BdbTools::in_dir(dir),
+        None => backstop::source::bdb::BdbTools::from_path(),
+    }
 }

@@ -4,7 +4,10 @@
 //! target), and Ctrl-C in the middle of a large backup, which must leave a valid repository
 //! without the interrupted backup.
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail the test on any unexpected error")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on any unexpected error"
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -102,6 +105,8 @@ impl World {
         });
         let expected = match args {
             ["key", sub, ..] => format!("key {sub}"),
+            // An alias reports under the command's own name, so scripts match one string.
+            ["snapshots", ..] => "list".to_owned(),
             [first, ..] => (*first).to_owned(),
             [] => unreachable!(),
         };
@@ -563,6 +568,70 @@ fn wrong_password_exits_5() {
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
+}
+
+#[test]
+fn password_flags_win_over_the_environment() {
+    let world = World::new();
+    world.init();
+    let password_file = world.path("pw.txt");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "wrong")
+        .arg("--password-file")
+        .arg(&password_file)
+        .arg("list")
+        .assert()
+        .success();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "wrong")
+        .args(["--password-command", &format!("echo '{PASSWORD}'"), "list"])
+        .assert()
+        .success();
+    world
+        .cmd()
+        .env("BACKSTOP_PASSWORD", "wrong")
+        .env("BACKSTOP_PASSWORD_FILE", &password_file)
+        .arg("list")
+        .assert()
+        .code(5);
+    world
+        .cmd()
+        .env_remove("BACKSTOP_PASSWORD")
+        .env("BACKSTOP_PASSWORD_FILE", &password_file)
+        .arg("list")
+        .assert()
+        .success();
+    // Without any password and without a terminal, the error says how to give one.
+    world
+        .cmd()
+        .env_remove("BACKSTOP_PASSWORD")
+        .arg("list")
+        .write_stdin("")
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("--password-file"));
+}
+
+#[test]
+fn init_twice_and_missing_backups_are_reported() {
+    let world = World::new();
+    world.init();
+    world
+        .cmd()
+        .arg("init")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already exists"));
+    world.cmd().args(["info", "999"]).assert().code(6);
+    world
+        .cmd()
+        .args(["restore", "latest", "target"])
+        .assert()
+        .code(6);
+    world.cmd().args(["info", "nonsense"]).assert().code(2);
 }
 
 #[test]

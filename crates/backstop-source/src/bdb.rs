@@ -827,13 +827,8 @@ fn page_size(path: &Path) -> Result<Option<u32>, SourceError> {
 /// Reads the generic metadata page header: LSN (8 bytes), page number (4), magic (4), version
 /// (4), page size (4), in the byte order of the machine that created the file.
 fn page_size_from_header(header: &[u8; 24]) -> Option<u32> {
-    const MAGICS: [u32; 5] = [
-        0x0005_3162,
-        0x0006_1561,
-        0x0004_2253,
-        0x0007_4582,
-        0x0006_1561,
-    ];
+    // btree (and recno), hash, queue, heap.
+    const MAGICS: [u32; 4] = [0x0005_3162, 0x0006_1561, 0x0004_2253, 0x0007_4582];
     let word = |at: usize| -> Option<[u8; 4]> { header.get(at..at + 4)?.try_into().ok() };
     let (magic, size) = (word(12)?, word(20)?);
     let (magic, size) = if MAGICS.contains(&u32::from_le_bytes(magic)) {

@@ -164,6 +164,7 @@ impl Source for EventStoreSource {
             cancel: ctx.cancel.clone(),
             step: 0,
             held: Vec::new(),
+            open_files: 0,
             index_rest: Vec::new(),
             writer: None,
             warnings: Vec::new(),
@@ -186,6 +187,8 @@ struct EventStoreSession {
     cancel: CancelToken,
     step: u8,
     held: Vec<HeldFile>,
+    /// How many of `held` are open descriptors.
+    open_files: usize,
     /// Phase 2, prepared together with phase 1 so that the tables are held before `indexmap`
     /// is read.
     index_rest: Vec<Entry>,
@@ -263,12 +266,8 @@ impl Session for EventStoreSession {
 
 impl EventStoreSession {
     fn hold(&mut self, file: File, path: PathBuf) -> u64 {
-        let open = self
-            .held
-            .iter()
-            .filter(|h| matches!(h, HeldFile::Open { .. }))
-            .count();
-        let held = if open < self.max_open_files {
+        let held = if self.open_files < self.max_open_files {
+            self.open_files += 1;
             HeldFile::Open {
                 file: Arc::new(file),
                 path,

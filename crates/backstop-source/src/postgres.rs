@@ -24,10 +24,28 @@
 //!    needs no WAL archive to reach consistency.
 //!
 //! # Restore
-//! [`restore_fixup`] writes `recovery.signal` and the recovery settings to
+//! The `postgres` restore profile writes `recovery.signal` and the recovery settings to
 //! `postgresql.auto.conf` (`restore_command`, recovery targets and target action), removes a
 //! stale `postmaster.pid`, recreates the directories whose contents were skipped, gives the data
-//! directory the mode PostgreSQL demands and puts tablespaces in place.
+//! directory the mode PostgreSQL demands and puts tablespaces in place. Restore options (all
+//! optional):
+//!
+//! | option | effect |
+//! | --- | --- |
+//! | `restore-command` | `restore_command`, e.g. `backstop --repo … wal-fetch %f %p`; without it recovery replays only the WAL stored with the backup (the command is `false`) |
+//! | `target-time`, `target-lsn`, `target-xid`, `target-name`, `target=immediate` | at most one recovery target |
+//! | `target-action` | `promote` (default), `pause` or `shutdown` |
+//! | `target-inclusive`, `target-timeline` | `recovery_target_inclusive`, `recovery_target_timeline` |
+//! | `archive-mode` | `archive_mode` for the restored server (`off` keeps a copy from archiving into the original's archive) |
+//! | `tablespaces` | `original` (default: each tablespace goes back to its recorded location, which must be absent or empty) or `in-place` (kept inside `pg_tblspc`) |
+//! | `tablespace-<oid>` | put that tablespace at this absolute path instead |
+//!
+//! Recovery always runs as archive recovery (`recovery.signal`) and so ends on a new timeline:
+//! the restored server never writes WAL under names the original server uses.
+//!
+//! # Retention
+//! [`wal_needed_from`] gives the first WAL segment the oldest kept backup needs, and
+//! [`wal_archive_name_needed`] decides for each archived name whether it must stay.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -214,7 +232,6 @@ impl Source for PostgresSource {
             stage: Stage::Data,
             ctx: ctx.clone(),
             tablespaces: Vec::new(),
-            data_start_ns: 0,
             data_dir_mode: 0o700,
             stopped: None,
             warnings: Vec::new(),
@@ -354,7 +371,6 @@ struct PgSession {
     ctx: SessionContext,
     /// `(oid, location)` of each tablespace that is a symlink.
     tablespaces: Vec<(String, String)>,
-    data_start_ns: i64,
     data_dir_mode: u32,
     stopped: Option<Stopped>,
     warnings: Vec<String>,
@@ -375,8 +391,6 @@ impl PgSession {
     }
 
     fn data_phase(&mut self) -> Result<Phase, SourceError> {
-        let now = SystemTime::now();
-        self.data_start_ns = unix_ns(now);
         self.data_dir_mode = std::fs::metadata(&self.data_dir)
             .map_err(|e| SourceError::io("reading metadata of", &self.data_dir, e))?
             .permissions()
@@ -393,28 +407,12 @@ impl PgSession {
         };
         lister.walk_data_dir(&self.data_dir)?;
         let Lister {
-            mut entries,
+            entries,
             tablespaces,
             ..
         } = lister;
         self.tablespaces = tablespaces;
 
-        // The unchanged-file shortcut compares size and mtime with the parent backup. A file
-        // written within the filesystem's timestamp granularity of the parent reading it may
-        // have changed without a new mtime, so files touched shortly before the parent's data
-        // phase began (or later) are always read.
-        let parent_start = self
-            .ctx
-            .parent_meta
-            .as_ref()
-            .and_then(|meta| meta.get("data-start-ns"))
-            .and_then(|v| v.parse::<i64>().ok());
-        for entry in &mut entries {
-            let recent = parent_start.is_none_or(|start| entry.mtime_ns >= start - 1_000_000_000);
-            if self.ctx.full_read || recent {
-                entry.fs_identity = None;
-            }
-        }
         tracing::info!(files = entries.len(), "PostgreSQL data directory listed");
         Ok(Phase::new("data", entries))
     }
@@ -649,7 +647,6 @@ impl Session for PgSession {
         );
         meta.insert("block-size".to_owned(), facts.block_size.to_string());
         meta.insert("label".to_owned(), this.label.clone());
-        meta.insert("data-start-ns".to_owned(), this.data_start_ns.to_string());
 
         let mut profile = RestoreProfile::new("postgres")
             .with_param("data-dir-mode", format!("{:o}", this.data_dir_mode));
@@ -1714,6 +1711,48 @@ mod tests {
         let err = restore_fixup(&profile, &target2, &RestoreParams::default()).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");
         assert!(!target2.join("recovery.signal").exists());
+    }
+
+    /// Dropping a session (an error, a cancel or a panic in the engine) ends the backup and
+    /// drops the replication slot, so the server keeps no hold and a new backup can start.
+    #[test]
+    fn dropping_a_session_releases_the_backup_and_the_slot() {
+        if !pg_cluster::require_postgres() {
+            return;
+        }
+        let tmp = pg_cluster::tempdir();
+        let mut primary = PgCluster::init(&tmp.path().join("primary"), &[]);
+        primary.start(&[]);
+        let mut source = PostgresSource::new(primary.conninfo()).with_fast_checkpoint(true);
+        let mut session = source.begin(&SessionContext::default()).unwrap();
+        assert!(session.next_phase().unwrap().is_some());
+        assert_eq!(
+            primary.psql("SELECT count(*) FROM pg_replication_slots"),
+            "1"
+        );
+        drop(session);
+        pg_cluster::wait_for("the server to drop the slot", || {
+            primary.psql("SELECT count(*) FROM pg_replication_slots") == "0"
+        });
+
+        // Finishing before the WAL phase is stored is refused: that backup is incomplete.
+        let session = source.begin(&SessionContext::default()).unwrap();
+        assert!(session.finish().is_err());
+
+        let cancel = crate::CancelToken::new();
+        let ctx = SessionContext {
+            cancel: cancel.clone(),
+            ..SessionContext::default()
+        };
+        let mut session = source.begin(&ctx).unwrap();
+        cancel.cancel();
+        assert!(matches!(session.next_phase(), Err(SourceError::Cancelled)));
+        drop(session);
+
+        let copy = tmp.path().join("copy");
+        let session = source.begin(&SessionContext::default()).unwrap();
+        let copied = crate::testing::copy_session(session, &copy).unwrap();
+        assert_eq!(copied.phases.len(), 2);
     }
 
     /// The whole procedure against a real server under pgbench load, copied with

@@ -1337,7 +1337,7 @@ mod tests {
 
         fn flush(&mut self) {
             writeln!(self.stdin.as_mut().unwrap(), "flush").unwrap();
-            assert_eq!(self.line().trim(), "flushed");
+            assert!(self.line().starts_with("flushed"));
         }
     }
 

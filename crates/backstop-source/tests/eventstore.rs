@@ -3,6 +3,9 @@
 //! model is, held files surviving a scavenge, and copies taken under load that restore to a
 //! directory meeting the protocol's invariants.
 
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/eventstore_check.rs"]
 mod eventstore_check;
 #[path = "support/eventstore_writer.rs"]
@@ -302,19 +305,26 @@ fn copies_under_load_with_scavenges_restore_consistent() {
     );
     let mut source = EventStoreSource::new(&db);
     let mut positions = Vec::new();
+    let mut seen = 0;
     for i in 0..10 {
         writer.assert_running();
+        // Each copy starts after the writer moved on from what the previous one captured.
+        eventstore_writer::wait_past(&db, seen + 32 * 1024);
         let target = tmp.path().join(format!("copy{i}"));
         let (copied, _) = copy(&mut source, &target);
+        seen = copied.outcome.source_meta["eventstore.writer"]
+            .parse()
+            .unwrap();
         restore(&copied, &target);
         let checked = check_db(&target).unwrap_or_else(|e| panic!("copy {i}: {e}"));
+        assert_eq!(checked.writer, seen);
         positions.push(checked.writer);
         std::fs::remove_dir_all(&target).unwrap();
     }
     let last = writer.stop();
     assert!(last.starts_with("stopped"), "{last}");
     assert!(
-        positions.windows(2).filter(|w| w[0] < w[1]).count() >= 5,
+        positions.windows(2).all(|w| w[0] < w[1]),
         "the writer barely moved between copies: {positions:?}"
     );
 }
@@ -383,4 +393,67 @@ fn restore_fixup_copies_chaser_to_truncate_and_needs_chaser() {
     assert!(steps[0].contains("4242"), "{steps:?}");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 2, "a temporary file was left behind");
+}
+
+#[test]
+fn copying_data_before_checkpoints_is_caught_by_the_checker() {
+    if !eventstore_writer::python_available() {
+        return;
+    }
+    // The wrong order on purpose: chunks first, then the writer moves on, then the checkpoints.
+    let tmp = fixture("700");
+    let db = tmp.path().join("db");
+    let target = tmp.path().join("wrong");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("chunk-") {
+            std::fs::copy(db.join(&name), target.join(&name)).unwrap();
+        }
+    }
+    eventstore_writer::run(
+        &db,
+        &["--records", "400", "--batch", "100", "--interval-ms", "0"],
+    );
+    let (copied, _) = copy(&mut EventStoreSource::new(&db), &tmp.path().join("right"));
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".chk") {
+            std::fs::copy(db.join(&name), target.join(&name)).unwrap();
+        }
+    }
+    let index = tmp.path().join("right/index");
+    std::fs::rename(&index, target.join("index")).unwrap();
+    restore(&copied, &target);
+    assert!(
+        check_db(&target).is_err(),
+        "the checker accepted data older than its checkpoints"
+    );
+}
+
+#[test]
+fn beyond_the_open_file_budget_a_scavenged_chunk_fails_with_a_clear_error() {
+    if !eventstore_writer::python_available() {
+        return;
+    }
+    let tmp = fixture("700");
+    let db = tmp.path().join("db");
+    let mut source = EventStoreSource::new(&db).with_max_open_files(0);
+    let mut session = source.begin(&SessionContext::default()).unwrap();
+    let chunks = loop {
+        let phase = session.next_phase().unwrap().expect("no chunks phase");
+        if phase.name == "chunks" {
+            break phase;
+        }
+    };
+    let first = &chunks.entries[0];
+    std::fs::remove_file(db.join(&first.path)).unwrap();
+    let Content::Session(handle) = first.content else {
+        panic!("{first:?}")
+    };
+    let err = session.open(handle).err().unwrap().to_string();
+    assert!(
+        err.contains(&first.path) && err.contains("scavenge"),
+        "{err}"
+    );
 }

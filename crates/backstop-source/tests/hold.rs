@@ -2,6 +2,9 @@
 //! resumed exactly once on every path (success, error, cancellation, panic, window timeout), a
 //! failed pause begins nothing, and a hold command lives exactly as long as the backup.
 
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

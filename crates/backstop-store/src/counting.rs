@@ -10,7 +10,9 @@ use crate::{ObjectMeta, PutMode, Store, StoreError};
 ///
 /// Requests are counted when they are made, whether they succeed or not; bytes only when they
 /// moved (a failed put counts no bytes up).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// Serializes as a flat JSON object with the field names below (the CLI's `--json` output).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequestCounts {
     /// `put` calls.
     pub puts: u64,

@@ -9,8 +9,10 @@
 //! with the `s3` feature, `S3Store` (any S3-compatible object store). [`open_url`] picks one from
 //! a URL such as `/srv/backups`, `file:///srv/backups` or `s3://bucket/prefix`.
 //! Wrappers compose: [`FaultStore`] injects failures for crash-safety tests, [`CountingStore`]
-//! counts requests and bytes.
+//! counts requests and bytes, [`CachingStore`] keeps the immutable metadata objects in a local
+//! directory, [`ThrottleStore`] limits upload and download bandwidth.
 
+mod cache;
 mod counting;
 mod error;
 mod fault;
@@ -18,11 +20,13 @@ mod local;
 mod memory;
 #[cfg(feature = "s3")]
 mod s3;
+mod throttle;
 mod url;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
 
+pub use cache::{CacheStats, CachingStore, is_cacheable};
 pub use counting::{CountingStore, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use fault::{FaultPlan, FaultStore};
@@ -30,6 +34,7 @@ pub use local::{LocalStore, LocalStoreOptions};
 pub use memory::MemoryStore;
 #[cfg(feature = "s3")]
 pub use s3::{S3Credentials, S3Store, S3StoreOptions};
+pub use throttle::{ThrottleLimits, ThrottleStore};
 pub use url::{SUPPORTED_SCHEMES, open_url};
 
 use std::ops::Range;
@@ -75,7 +80,7 @@ pub struct ObjectMeta {
 ///
 /// # Wrappers
 /// A wrapper implements `Store` over an inner store and forwards what it does not change:
-/// [`FaultStore`], [`CountingStore`].
+/// [`FaultStore`], [`CountingStore`], [`CachingStore`], [`ThrottleStore`].
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores `bytes` under `key`.
     fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError>;

@@ -20,7 +20,7 @@ use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix
 const MIB: usize = 1024 * 1024;
 
 /// The URL parameters [`S3Store::from_url`] understands.
-const URL_PARAMETERS: &str = "endpoint, region, path_style, profile";
+const URL_PARAMETERS: &str = "endpoint, region, path_style, profile, max_retries, retry_timeout";
 
 /// How an [`S3Store`] talks to the server.
 #[derive(Clone, Debug)]
@@ -202,6 +202,15 @@ fn parse_bool(url: &str, name: &str, value: &str) -> Result<bool, StoreError> {
     }
 }
 
+fn parse_number(url: &str, name: &str, value: &str) -> Result<usize, StoreError> {
+    value.parse().map_err(|_| {
+        config_error(
+            url,
+            format!("`{name}={value}` is not a whole number (retry_timeout is in seconds)"),
+        )
+    })
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -270,7 +279,9 @@ impl Profile {
 
 impl S3Store {
     /// Opens `s3://bucket/prefix?endpoint=…&region=…&path_style=true&profile=…` with default
-    /// options.
+    /// options. `max_retries=N` and `retry_timeout=SECONDS` bound the retries of one request
+    /// (defaults 10 and 120): how long a command keeps trying through an outage before it
+    /// fails with a clear error.
     ///
     /// Settings come from, in order: the URL parameters; the environment (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
@@ -283,7 +294,11 @@ impl S3Store {
     }
 
     /// Like [`S3Store::from_url`], with explicit options.
-    pub fn from_url_with_options(url: &str, options: S3StoreOptions) -> Result<Self, StoreError> {
+    /// URL parameters override the matching `options` (`max_retries`, `retry_timeout`).
+    pub fn from_url_with_options(
+        url: &str,
+        mut options: S3StoreOptions,
+    ) -> Result<Self, StoreError> {
         let parsed = ::url::Url::parse(url).map_err(|err| {
             config_error(
                 url,
@@ -310,6 +325,11 @@ impl S3Store {
                 "region" => region = Some(value.into_owned()),
                 "path_style" => path_style = parse_bool(url, "path_style", &value)?,
                 "profile" => profile_name = Some(value.into_owned()),
+                "max_retries" => options.max_retries = parse_number(url, "max_retries", &value)?,
+                "retry_timeout" => {
+                    options.retry_timeout =
+                        Duration::from_secs(parse_number(url, "retry_timeout", &value)? as u64);
+                }
                 other => {
                     return Err(config_error(
                         url,
@@ -671,7 +691,9 @@ impl Store for S3Store {
     }
 
     fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+        format!("s3://{}/{}", self.bucket, self.prefix)
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 
@@ -694,6 +716,14 @@ mod tests {
         assert!(err.to_string().contains("breaks the key rules"), "{err}");
         let err = S3Store::from_url("s3://bucket/p?path_style=maybe").unwrap_err();
         assert!(err.to_string().contains("not a boolean"), "{err}");
+        let err = S3Store::from_url("s3://bucket/p?retry_timeout=5s").unwrap_err();
+        assert!(err.to_string().contains("not a whole number"), "{err}");
+        let store = S3Store::from_url(
+            "s3://bucket/p?endpoint=http://127.0.0.1:1&region=us-east-1&max_retries=2&retry_timeout=7",
+        )
+        .unwrap();
+        assert_eq!(store.options.max_retries, 2);
+        assert_eq!(store.options.retry_timeout, Duration::from_secs(7));
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn url_error(url: &str, message: impl std::fmt::Display) -> StoreError {
 /// | --- | --- |
 /// | `/srv/backups`, `backups`, `file:///srv/backups` | [`LocalStore`] (fsync on) |
 /// | `memory://` | a new, empty [`MemoryStore`] (tests) |
-/// | `s3://bucket/prefix?endpoint=…&region=…&path_style=…&profile=…` | `S3Store` (feature `s3`) |
+/// | `s3://bucket/prefix?endpoint=…&region=…&path_style=…&profile=…&max_retries=…&retry_timeout=…` | `S3Store` (feature `s3`) |
 ///
 /// Nothing is contacted or created here; the first request reports an unreachable server or a
 /// missing bucket.

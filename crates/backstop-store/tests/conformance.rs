@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use backstop_store::{
-    CountingStore, FaultStore, LocalStore, LocalStoreOptions, MemoryStore, Store, conformance,
+    CachingStore, CountingStore, FaultStore, LocalStore, LocalStoreOptions, MemoryStore, Store,
+    ThrottleLimits, ThrottleStore, conformance,
 };
 
 #[test]
@@ -44,6 +45,44 @@ fn wrappers_conform() {
 
     let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
     conformance::run_all(&shared);
+
+    // Limits high enough to cost no time, low enough that the buckets run.
+    let throttled = ThrottleStore::new(MemoryStore::new(), ThrottleLimits::new(1 << 30, 1 << 30));
+    conformance::run_all(&throttled);
+}
+
+#[test]
+fn caching_store_conforms_with_every_object_cached() {
+    // The suite writes under `conformance/`; caching that prefix puts every check through the
+    // cache: overwrites, failed creates, ranges, listings, deletes.
+    let dir = tempfile::tempdir().unwrap();
+    let remote = CountingStore::new(MemoryStore::new());
+    let cache = CachingStore::with_prefixes(
+        remote.clone(),
+        dir.path().join("cache"),
+        ["conformance/".to_owned()],
+    );
+    conformance::run_all(&cache);
+    let stats = cache.stats();
+    assert!(stats.hits > 0, "{stats:?}");
+    assert_eq!(stats.damaged + stats.errors, 0, "{stats:?}");
+    // The suite deleted what it wrote, so the cache holds nothing either.
+    let mut left = Vec::new();
+    collect_files(&dir.path().join("cache/conformance"), &mut left);
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}
+
+fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().expect("file type").is_dir() {
+            collect_files(&entry.path(), out);
+        } else {
+            out.push(entry.path());
+        }
+    }
 }
 
 #[test]

@@ -1,13 +1,14 @@
-//! The store conformance suite against a real S3-protocol server (moto's `moto_server`), started
-//! here on a free loopback port, so `S3Store` is held to exactly what `LocalStore` and
-//! `MemoryStore` promise: NotFound, AlreadyExists, ranges, listings, multipart, concurrency.
+//! The store conformance suite against real S3-protocol servers started here on loopback
+//! ports (moto's `moto_server`, and `s3s-fs`, which checks signatures and keeps objects as
+//! files), so `S3Store` is held to exactly what `LocalStore` and `MemoryStore` promise:
+//! NotFound, AlreadyExists, ranges, listings, multipart, concurrency. Plus retries, the bound on
+//! them, and a server killed in the middle of a multipart upload.
 //!
-//! Without `moto_server` on the PATH the tests fail under `CI=true` and skip loudly otherwise
-//! (install it with `scripts/install/store.sh`).
+//! Without the servers on the PATH the tests fail under `CI=true` and skip loudly otherwise
+//! (install them with `scripts/install/store.sh`).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use backstop_store::{
@@ -15,113 +16,26 @@ use backstop_store::{
     conformance,
 };
 
-const SERVER: &str = "moto_server";
-
-/// A running server, killed when the test ends, also when it panics.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
+mod support {
+    pub mod s3_server;
 }
+use support::s3_server::{ACCESS_KEY, Kind, S3Server, SECRET_KEY, free_port};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(SERVER).is_file()))
-}
-
-/// Starts the server, or returns `None` (after saying so) when it is not installed and this is
-/// not CI.
-fn start_server() -> Option<Server> {
-    if !server_installed() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{SERVER} is missing; run scripts/install-test-deps.sh");
-        }
-        eprintln!("SKIPPED: {SERVER} missing, run scripts/install-test-deps.sh");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // Port 0 lets the kernel choose a free port; it is released just before the server binds
-    // it, a window another process would have to hit exactly.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let child = Command::new(SERVER)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut server = Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(server._dir.path().join("server.log")).unwrap();
-            panic!("{SERVER} exited with {status} before answering:\n{log}");
-        }
-        if http_status(server.addr, "GET", "/").is_some() {
-            return Some(server);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{SERVER} did not answer on {} within 60 s",
-            server.addr
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Sends a bodiless HTTP/1.1 request and returns the status code, or `None` if nobody answers.
-fn http_status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-}
-
-/// Creates a bucket (moto needs no signature for that) and opens a store under `prefix` in it.
-fn open_store(server: &Server, bucket: &str, prefix: &str, options: S3StoreOptions) -> S3Store {
-    assert_eq!(
-        http_status(server.addr, "PUT", &format!("/{bucket}")),
-        Some(200),
-        "create bucket"
-    );
-    let url = format!(
-        "s3://{bucket}/{prefix}?endpoint=http://{}&region=us-east-1&path_style=true",
-        server.addr
-    );
+/// Creates a bucket and opens a store under `prefix` in it.
+fn open_store(server: &S3Server, bucket: &str, prefix: &str, options: S3StoreOptions) -> S3Store {
+    server.create_bucket(bucket);
     S3Store::from_url_with_options(
-        &url,
-        options.with_credentials(S3Credentials::new("backstop-test", "backstop-test-secret")),
+        &server.url(bucket, prefix),
+        options.with_credentials(S3Credentials::new(ACCESS_KEY, SECRET_KEY)),
     )
-    .unwrap()
+    .expect("S3 store from a valid URL")
 }
 
 #[test]
 fn s3_store_conforms() {
-    let Some(server) = start_server() else { return };
+    let Some(server) = S3Server::start(Kind::Moto) else {
+        return;
+    };
     let store = open_store(&server, "conformance", "repo", S3StoreOptions::default());
     conformance::run_all(&store);
     assert!(
@@ -132,7 +46,9 @@ fn s3_store_conforms() {
 
 #[test]
 fn large_objects_go_up_in_parts_and_small_ones_in_one_request() {
-    let Some(server) = start_server() else { return };
+    let Some(server) = S3Server::start(Kind::Moto) else {
+        return;
+    };
     let options = S3StoreOptions::default()
         .with_multipart_threshold(6 << 20)
         .with_part_size(5 << 20);
@@ -159,11 +75,7 @@ fn large_objects_go_up_in_parts_and_small_ones_in_one_request() {
 #[test]
 fn unreachable_server_is_a_transient_error_within_the_retry_bound() {
     // A port nobody listens on: connection refused on every attempt.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("s3://bucket?endpoint=http://127.0.0.1:{port}&region=us-east-1");
     let options = S3StoreOptions::default()
         .with_retries(3, Duration::from_secs(5))
@@ -180,6 +92,45 @@ fn unreachable_server_is_a_transient_error_within_the_retry_bound() {
 }
 
 #[test]
+fn server_errors_are_retried_then_reported_as_transient() {
+    // A server that answers every request with 503, counting them.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Read the request head (the body of a small put arrives with it or is ignored).
+            let mut buf = [0u8; 64 * 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let url = format!("s3://bucket?endpoint=http://127.0.0.1:{port}&region=us-east-1");
+    let options = S3StoreOptions::default()
+        .with_retries(2, Duration::from_secs(10))
+        .with_credentials(S3Credentials::new("id", "secret"));
+    let store = S3Store::from_url_with_options(&url, options).unwrap();
+    let started = Instant::now();
+    let err = store.get("packs/x").unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one try and two retries"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn called_from_an_async_task_is_an_error_not_a_deadlock() {
     let url = "s3://bucket?endpoint=http://127.0.0.1:1&region=us-east-1";
     let options = S3StoreOptions::default().with_credentials(S3Credentials::new("id", "secret"));
@@ -189,4 +140,78 @@ fn called_from_an_async_task_is_an_error_not_a_deadlock() {
         .unwrap();
     let err = runtime.block_on(async { store.get("k") }).unwrap_err();
     assert!(err.to_string().contains("async runtime"), "{err}");
+}
+
+#[test]
+fn s3_store_conforms_on_a_signature_checking_server() {
+    let Some(server) = S3Server::start(Kind::S3sFs) else {
+        return;
+    };
+    let store = open_store(&server, "conformance", "repo", S3StoreOptions::default());
+    // s3s-fs checks `If-None-Match: *` before it writes, so racing creates can all win, as on
+    // Garage: the suite holds it to what such a store promises.
+    conformance::run_all_without_atomic_create(&store);
+    assert!(
+        store.list("").unwrap().is_empty(),
+        "the suite cleans up after itself"
+    );
+    // Wrong credentials are refused, and say so.
+    let wrong = S3Store::from_url_with_options(
+        &server.url("conformance", "repo"),
+        S3StoreOptions::default()
+            .with_retries(1, Duration::from_secs(5))
+            .with_credentials(S3Credentials::new(ACCESS_KEY, "not-the-secret")),
+    )
+    .unwrap();
+    let err = wrong.get("config").unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+}
+
+#[test]
+fn a_server_killed_mid_upload_leaves_no_object_and_comes_back() {
+    let Some(mut server) = S3Server::start(Kind::S3sFs) else {
+        return;
+    };
+    let options = S3StoreOptions::default()
+        .with_multipart_threshold(6 << 20)
+        .with_part_size(5 << 20)
+        .with_max_concurrent_parts(1)
+        .with_retries(2, Duration::from_secs(3))
+        .with_request_timeout(Duration::from_secs(5));
+    let store = open_store(&server, "killed", "repo", options);
+    store.put("packs/before", b"kept", PutMode::Create).unwrap();
+    let big: Vec<u8> = (0..(60u32 << 20)).map(|i| (i % 253) as u8).collect();
+
+    let outcome = std::thread::scope(|s| {
+        let upload = s.spawn(|| store.put("packs/big", &big, PutMode::Create));
+        // Kill the server once the upload is under way (its first part has arrived).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !server.requests().iter().any(|op| op == "UploadPart") {
+            assert!(
+                Instant::now() < deadline,
+                "no part arrived:\n{}",
+                server.log()
+            );
+            assert!(!upload.is_finished(), "the upload finished before the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.stop();
+        upload.join().unwrap()
+    });
+    let err = outcome.expect_err("the put cannot succeed with the server gone");
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("packs/big"), "{err}");
+
+    server.restart();
+    assert_eq!(store.get("packs/before").unwrap(), b"kept");
+    assert_eq!(
+        store.get("packs/big").unwrap_err().kind(),
+        StoreErrorKind::NotFound,
+        "a cut multipart upload leaves no object"
+    );
+    let keys: Vec<String> = store.list("").unwrap().into_iter().map(|m| m.key).collect();
+    assert_eq!(keys, vec!["packs/before".to_owned()]);
+    // And the same store works again without being reopened.
+    store.put("packs/big", &big, PutMode::Create).unwrap();
+    assert_eq!(store.get("packs/big").unwrap().len(), big.len());
 }

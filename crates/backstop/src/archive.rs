@@ -11,7 +11,9 @@ use crate::{Error, ErrorKind, Result};
 fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -48,12 +50,18 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
         }
         return Err(Error::msg(
             ErrorKind::AlreadyExists,
-            format!("`{name}` is already archived in `{archive}` with different content; refusing to overwrite it"),
+            format!(
+                "`{name}` is already archived in `{archive}` with different content; refusing to overwrite it"
+            ),
         ));
     }
     let compressed = zstd::bulk::compress(data, repo.options.compression_level.max(1))
         .map_err(|e| Error::msg(ErrorKind::Io, format!("compressing `{name}`: {e}")))?;
-    let object = ArchiveObject { name: name.to_owned(), data: compressed, hash };
+    let object = ArchiveObject {
+        name: name.to_owned(),
+        data: compressed,
+        hash,
+    };
     let bytes = format::seal_object(ObjectType::Archive, &object, repo.key());
     match repo.store.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(ArchivePut::Stored),
@@ -69,12 +77,30 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
 pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8>> {
     let key = key(archive, name)?;
     let object = read(repo, &key)?.ok_or_else(|| {
-        Error::msg(ErrorKind::NotFound, format!("`{name}` is not in the `{archive}` archive of {}", repo.store.describe()))
+        Error::msg(
+            ErrorKind::NotFound,
+            format!(
+                "`{name}` is not in the `{archive}` archive of {}",
+                repo.store.describe()
+            ),
+        )
     })?;
-    let data = zstd::stream::decode_all(object.data.as_slice())
-        .map_err(|e| damaged(&key, format::FormatError::Decode { what: "archive object", detail: e.to_string() }))?;
+    let data = zstd::stream::decode_all(object.data.as_slice()).map_err(|e| {
+        damaged(
+            &key,
+            format::FormatError::Decode {
+                what: "archive object",
+                detail: e.to_string(),
+            },
+        )
+    })?;
     if ContentId::hash(&data) != object.hash {
-        return Err(damaged(&key, format::FormatError::Checksum { what: "archive object" }));
+        return Err(damaged(
+            &key,
+            format::FormatError::Checksum {
+                what: "archive object",
+            },
+        ));
     }
     Ok(data)
 }

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use backstop_source::{
@@ -130,22 +130,34 @@ pub(crate) fn create_backup(
         };
         let walked = walker.walk(session);
         let walked = walked.and_then(|outcome| walker.flush_tree().map(|()| outcome));
-        let Walker { job_tx, tree_ids, stats, warnings, .. } = walker;
+        let Walker {
+            job_tx,
+            tree_ids,
+            stats,
+            warnings,
+            ..
+        } = walker;
         drop(job_tx);
-        let packed = packer.join().unwrap_or_else(|_| {
-            Err(Error::msg(ErrorKind::Io, "the packer thread panicked"))
-        });
+        let packed = packer
+            .join()
+            .unwrap_or_else(|_| Err(Error::msg(ErrorKind::Io, "the packer thread panicked")));
         (walked, packed, tree_ids, stats, warnings)
     });
     let (walked, packed, tree_ids, mut stats, mut warnings) = outcome;
-    if let Some(err) = store_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    if let Some(err) = store_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
     {
         return Err(err);
     }
     let session_outcome = walked?;
     let packed = packed?;
     if options.cancel.is_cancelled() {
-        return Err(Error::msg(ErrorKind::Cancelled, "the backup was cancelled; nothing was committed"));
+        return Err(Error::msg(
+            ErrorKind::Cancelled,
+            "the backup was cancelled; nothing was committed",
+        ));
     }
 
     if !packed.packs.is_empty() {
@@ -155,7 +167,9 @@ pub(crate) fn create_backup(
     stats.bytes_added_raw = packed.bytes_added_raw;
     stats.blobs_added = packed.blobs_added;
     warnings.extend(session_outcome.warnings);
-    let pause_window = session_outcome.pause_window.map(|(a, b)| (unix_f64(a), unix_f64(b)));
+    let pause_window = session_outcome
+        .pause_window
+        .map(|(a, b)| (unix_f64(a), unix_f64(b)));
 
     let mut snapshot = Snapshot {
         version: format::FORMAT_VERSION,
@@ -181,12 +195,16 @@ pub(crate) fn create_backup(
 }
 
 fn unix_f64(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn find_parent(repo: &Repository, kind: &str, identity: &str) -> Result<Option<Snapshot>> {
     let snapshots = repo.load_all_snapshots()?;
-    Ok(snapshots.into_iter().rev().find(|s| s.source_kind == kind && s.source == identity))
+    Ok(snapshots
+        .into_iter()
+        .rev()
+        .find(|s| s.source_kind == kind && s.source == identity))
 }
 
 fn seal_worker(
@@ -224,11 +242,18 @@ fn packer(
         if entries.is_empty() {
             return Ok(());
         }
-        let header = PackHeader { entries: std::mem::take(entries) };
+        let header = PackHeader {
+            entries: std::mem::take(entries),
+        };
         let pack = format::finish_pack(std::mem::take(buf), &header, repo.key());
         let id = format::ContentId::hash(&pack);
-        repo.store.put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
-        let index_pack = IndexPack { id, size: pack.len() as u64, entries: header.entries };
+        repo.store
+            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
+        let index_pack = IndexPack {
+            id,
+            size: pack.len() as u64,
+            entries: header.entries,
+        };
         repo.index_write().add_pack(&index_pack);
         stats.bytes_added += pack.len() as u64;
         stats.packs.push(index_pack);
@@ -253,7 +278,9 @@ fn packer(
         if buf.len() >= target {
             if let Err(e) = flush(&mut buf, &mut entries, &mut stats) {
                 failed.store(true, Ordering::SeqCst);
-                *store_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                *store_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
             }
         }
     }
@@ -292,7 +319,10 @@ struct GuardedReader<'a, R> {
 impl<R: Read> Read for GuardedReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            ));
         }
         if self.failed.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the store failed"));
@@ -317,7 +347,10 @@ impl Walker<'_> {
 
     fn check_running(&self) -> Result<()> {
         if self.options.cancel.is_cancelled() {
-            return Err(Error::msg(ErrorKind::Cancelled, "the backup was cancelled; nothing was committed"));
+            return Err(Error::msg(
+                ErrorKind::Cancelled,
+                "the backup was cancelled; nothing was committed",
+            ));
         }
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::msg(ErrorKind::Io, "storing a pack failed"));
@@ -327,12 +360,17 @@ impl Walker<'_> {
 
     fn store_phase(&mut self, session: &dyn Session, phase: Phase) -> Result<()> {
         let bytes: u64 = phase.entries.iter().map(|e| e.size).sum();
-        self.options.progress.phase(&phase.name, phase.entries.len() as u64, bytes);
+        self.options
+            .progress
+            .phase(&phase.name, phase.entries.len() as u64, bytes);
         tracing::debug!(phase = %phase.name, entries = phase.entries.len(), "storing phase");
         for entry in phase.entries {
             self.check_running()?;
             if !is_safe_path(&entry.path) {
-                return Err(Error::new(ErrorKind::Source, BackupError::BadPath(entry.path)));
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    BackupError::BadPath(entry.path),
+                ));
             }
             let node = match &entry.kind {
                 EntryKind::Dir => {
@@ -362,7 +400,10 @@ impl Walker<'_> {
     fn unchanged_from_parent(&self, entry: &Entry) -> Option<Node> {
         let index = self.repo.index_read();
         let all_present = |n: &Node| n.chunks.iter().all(|c| index.contains(c));
-        if let ChangeModel::Immutable { identity: Some(identity) } = &entry.change {
+        if let ChangeModel::Immutable {
+            identity: Some(identity),
+        } = &entry.change
+        {
             if let Some(node) = self.parent_by_identity.get(identity) {
                 if all_present(node) {
                     return Some(node.clone());
@@ -432,10 +473,14 @@ impl Walker<'_> {
             let id = format::blob_id(&data, key);
             chunks.push(id);
             if !self.repo.index_read().contains(&id) && self.pending.insert(id) {
-                let sent = self
-                    .job_tx
-                    .as_ref()
-                    .is_some_and(|tx| tx.send(Job { id, kind: BlobKind::Data, data }).is_ok());
+                let sent = self.job_tx.as_ref().is_some_and(|tx| {
+                    tx.send(Job {
+                        id,
+                        kind: BlobKind::Data,
+                        data,
+                    })
+                    .is_ok()
+                });
                 if !sent {
                     send_error = true;
                     return Err(std::io::Error::other("the pipeline stopped"));
@@ -457,7 +502,10 @@ impl Walker<'_> {
             }
             return Err(Error::new(
                 ErrorKind::Source,
-                BackupError::Read { path: entry.path.clone(), source: e },
+                BackupError::Read {
+                    path: entry.path.clone(),
+                    source: e,
+                },
             ));
         }
         match entry.change {
@@ -500,17 +548,23 @@ impl Walker<'_> {
         if self.tree.is_empty() {
             return Ok(());
         }
-        let blob = TreeBlob { nodes: std::mem::take(&mut self.tree) };
+        let blob = TreeBlob {
+            nodes: std::mem::take(&mut self.tree),
+        };
         let mut raw = Vec::new();
         ciborium::into_writer(&blob, &mut raw)
             .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a tree blob: {e}")))?;
         let id = format::blob_id(&raw, self.repo.key());
         self.tree_ids.push(id);
         if !self.repo.index_read().contains(&id) && self.pending.insert(id) {
-            let sent = self
-                .job_tx
-                .as_ref()
-                .is_some_and(|tx| tx.send(Job { id, kind: BlobKind::Tree, data: raw }).is_ok());
+            let sent = self.job_tx.as_ref().is_some_and(|tx| {
+                tx.send(Job {
+                    id,
+                    kind: BlobKind::Tree,
+                    data: raw,
+                })
+                .is_ok()
+            });
             if !sent {
                 return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
             }
@@ -544,7 +598,9 @@ fn base_node(entry: &Entry, kind: u8) -> Node {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// A path inside a backup must be relative, `/`-separated, without `.`/`..` or empty segments.
@@ -552,5 +608,7 @@ pub(crate) fn is_safe_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && !path.contains('\0')
-        && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }

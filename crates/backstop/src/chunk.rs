@@ -21,7 +21,11 @@ impl Chunking {
     pub(crate) fn for_change(change: &ChangeModel, cdc: (u32, u32, u32)) -> Self {
         match change {
             ChangeModel::Pages { page_size } if *page_size > 0 => Self::Fixed { size: *page_size },
-            _ => Self::Content { min: cdc.0, avg: cdc.1, max: cdc.2 },
+            _ => Self::Content {
+                min: cdc.0,
+                avg: cdc.1,
+                max: cdc.2,
+            },
         }
     }
 }
@@ -97,12 +101,20 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        let chunking = Chunking::Content { min: 4096, avg: 16384, max: 65536 };
+        let chunking = Chunking::Content {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
         let before = cut(&data, chunking);
         let mut edited = data.clone();
         edited.splice(500_000..500_000, b"inserted bytes".iter().copied());
         let after = cut(&edited, chunking);
         let shared = after.iter().filter(|c| before.contains(c)).count();
-        assert!(shared + 3 >= before.len(), "only {shared} of {} chunks survived", before.len());
+        assert!(
+            shared + 3 >= before.len(),
+            "only {shared} of {} chunks survived",
+            before.len()
+        );
     }
 }

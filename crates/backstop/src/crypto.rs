@@ -91,7 +91,9 @@ fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenE
     }
     let (nonce, ct) = sealed.split_at(24);
     let cipher = XChaCha20Poly1305::new(key.into());
-    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| OpenError)
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| OpenError)
 }
 
 /// A key file as stored under `keys/<id>` (JSON).
@@ -167,12 +169,19 @@ impl KeyFile {
     }
 
     /// Unwraps the master key with `password`.
-    pub(crate) fn unwrap_key(&self, password: &str, repo_id: &str) -> Result<MasterKey, KeyFileError> {
+    pub(crate) fn unwrap_key(
+        &self,
+        password: &str,
+        repo_id: &str,
+    ) -> Result<MasterKey, KeyFileError> {
         if self.version != 1 {
             return Err(KeyFileError::Version(self.version));
         }
         if self.kdf != "argon2id" {
-            return Err(KeyFileError::Damaged(format!("unknown key derivation `{}`", self.kdf)));
+            return Err(KeyFileError::Damaged(format!(
+                "unknown key derivation `{}`",
+                self.kdf
+            )));
         }
         let salt = hex::decode(&self.salt)
             .map_err(|e| KeyFileError::Damaged(format!("salt is not hex: {e}")))?;
@@ -185,8 +194,8 @@ impl KeyFile {
             self.kdf_iterations,
             self.kdf_parallelism,
         )?;
-        let plain =
-            open_with(&kek, &wrapped, repo_id.as_bytes()).map_err(|_| KeyFileError::WrongPassword)?;
+        let plain = open_with(&kek, &wrapped, repo_id.as_bytes())
+            .map_err(|_| KeyFileError::WrongPassword)?;
         MasterKey::from_bytes(&plain)
             .ok_or_else(|| KeyFileError::Damaged("wrapped key has the wrong length".into()))
     }
@@ -205,7 +214,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;
-            assert!(key.open(&bad, b"aad").is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                key.open(&bad, b"aad").is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
         assert!(MasterKey::random().open(&sealed, b"aad").is_err());
     }
@@ -216,7 +228,13 @@ mod tests {
         let file = KeyFile::wrap(&master, "pw", "repo1", 8, 1).unwrap();
         let back = file.unwrap_key("pw", "repo1").unwrap();
         assert_eq!(back.to_bytes(), master.to_bytes());
-        assert!(matches!(file.unwrap_key("nope", "repo1"), Err(KeyFileError::WrongPassword)));
-        assert!(matches!(file.unwrap_key("pw", "repo2"), Err(KeyFileError::WrongPassword)));
+        assert!(matches!(
+            file.unwrap_key("nope", "repo1"),
+            Err(KeyFileError::WrongPassword)
+        ));
+        assert!(matches!(
+            file.unwrap_key("pw", "repo2"),
+            Err(KeyFileError::WrongPassword)
+        ));
     }
 }

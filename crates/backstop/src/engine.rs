@@ -6,13 +6,13 @@ use std::sync::Arc;
 use backstop_source::Source;
 use backstop_store::Store;
 
+use crate::Result;
 use crate::info::{
     ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepositoryInfo,
     RestoreInfo, VerifyReport,
 };
 use crate::options::{BackupOptions, EngineOptions, InitOptions, RestoreOptions, VerifyLevel};
 use crate::repo::Repository;
-use crate::Result;
 
 /// Lists, inspects, verifies and restores backups; never writes to the repository.
 #[derive(Clone, Debug)]
@@ -44,7 +44,9 @@ impl std::ops::Deref for BackupEngine {
 impl ReadOnlyEngine {
     /// Opens an existing repository for reading.
     pub fn open(store: impl Store + 'static, options: EngineOptions) -> Result<Self> {
-        Ok(Self { repo: Arc::new(Repository::open(Arc::new(store), options)?) })
+        Ok(Self {
+            repo: Arc::new(Repository::open(Arc::new(store), options)?),
+        })
     }
 
     /// What the repository is.
@@ -127,12 +129,18 @@ impl BackupEngine {
         options: EngineOptions,
     ) -> Result<Self> {
         let repo = Repository::init(Arc::new(store), &init, options)?;
-        Ok(Self { ro: ReadOnlyEngine { repo: Arc::new(repo) } })
+        Ok(Self {
+            ro: ReadOnlyEngine {
+                repo: Arc::new(repo),
+            },
+        })
     }
 
     /// Opens an existing repository.
     pub fn open(store: impl Store + 'static, options: EngineOptions) -> Result<Self> {
-        Ok(Self { ro: ReadOnlyEngine::open(store, options)? })
+        Ok(Self {
+            ro: ReadOnlyEngine::open(store, options)?,
+        })
     }
 
     /// Opens the repository, creating it with `init` if the store holds none.

@@ -48,13 +48,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Wraps a precise error under a kind.
-    pub fn new(kind: ErrorKind, inner: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self { kind, inner: inner.into() }
+    pub fn new(
+        kind: ErrorKind,
+        inner: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            kind,
+            inner: inner.into(),
+        }
     }
 
     /// An error with a plain message.
     pub fn msg(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, inner: message.into().into() }
+        Self {
+            kind,
+            inner: message.into().into(),
+        }
     }
 
     /// What kind of failure this is.
@@ -70,7 +79,10 @@ impl Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Error").field("kind", &self.kind).field("inner", &self.inner).finish()
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -104,9 +116,7 @@ impl From<SourceError> for Error {
     fn from(err: SourceError) -> Self {
         let kind = match &err {
             SourceError::Cancelled => ErrorKind::Cancelled,
-            SourceError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::StorageFull =>
-            {
+            SourceError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 ErrorKind::StorageFull
             }
             _ => ErrorKind::Source,
@@ -139,5 +149,12 @@ pub(crate) fn io_error(
         std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
         _ => ErrorKind::Io,
     };
-    Error::new(kind, PathError { action, path: path.into(), source })
+    Error::new(
+        kind,
+        PathError {
+            action,
+            path: path.into(),
+            source,
+        },
+    )
 }

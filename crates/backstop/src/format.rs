@@ -73,7 +73,6 @@ impl ContentId {
         hex::encode(self.0)
     }
 
-
     /// Plain BLAKE3 of `bytes` (pack and object names).
     pub(crate) fn hash(bytes: &[u8]) -> Self {
         Self(*blake3::hash(bytes).as_bytes())
@@ -131,10 +130,16 @@ pub(crate) enum FormatError {
     Truncated { what: &'static str, len: usize },
     #[error("{what} has a bad magic number; it is not a Backstop object or it is damaged")]
     BadMagic { what: &'static str },
-    #[error("{what} has format version {found}, newer than this build understands ({FORMAT_VERSION}); upgrade backstop")]
+    #[error(
+        "{what} has format version {found}, newer than this build understands ({FORMAT_VERSION}); upgrade backstop"
+    )]
     NewerVersion { what: &'static str, found: u32 },
     #[error("{what} is of type {found}, expected {expected}")]
-    WrongType { what: &'static str, found: u8, expected: u8 },
+    WrongType {
+        what: &'static str,
+        found: u8,
+        expected: u8,
+    },
     #[error("{what} fails its checksum")]
     Checksum { what: &'static str },
     #[error("{what} fails authentication: damaged, or sealed with another key")]
@@ -197,8 +202,10 @@ pub(crate) fn open_object<T: serde::de::DeserializeOwned>(
     key: Option<&MasterKey>,
 ) -> Result<T, FormatError> {
     let body = open_envelope(what, kind, bytes, key)?;
-    ciborium::from_reader(body.as_slice())
-        .map_err(|e| FormatError::Decode { what, detail: e.to_string() })
+    ciborium::from_reader(body.as_slice()).map_err(|e| FormatError::Decode {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 fn open_envelope(
@@ -208,28 +215,42 @@ fn open_envelope(
     key: Option<&MasterKey>,
 ) -> Result<Vec<u8>, FormatError> {
     let Some((header, payload)) = bytes.split_first_chunk::<8>() else {
-        return Err(FormatError::Truncated { what, len: bytes.len() });
+        return Err(FormatError::Truncated {
+            what,
+            len: bytes.len(),
+        });
     };
     if &header[..4] != OBJECT_MAGIC {
         return Err(FormatError::BadMagic { what });
     }
     if u32::from(header[5]) > FORMAT_VERSION {
-        return Err(FormatError::NewerVersion { what, found: u32::from(header[5]) });
+        return Err(FormatError::NewerVersion {
+            what,
+            found: u32::from(header[5]),
+        });
     }
     if header[4] != kind as u8 {
-        return Err(FormatError::WrongType { what, found: header[4], expected: kind as u8 });
+        return Err(FormatError::WrongType {
+            what,
+            found: header[4],
+            expected: kind as u8,
+        });
     }
     let flags = header[6];
     let body = if flags & FLAG_ENCRYPTED != 0 {
         let key = key.ok_or(FormatError::NeedsKey { what })?;
-        key.open(payload, header).map_err(|_| FormatError::Auth { what })?
+        key.open(payload, header)
+            .map_err(|_| FormatError::Auth { what })?
     } else {
         if key.is_some() {
             // An encrypted repository never writes plaintext objects: refuse a swapped-in one.
             return Err(FormatError::Auth { what });
         }
         let Some(split) = bytes.len().checked_sub(32) else {
-            return Err(FormatError::Truncated { what, len: bytes.len() });
+            return Err(FormatError::Truncated {
+                what,
+                len: bytes.len(),
+            });
         };
         let (content, sum) = bytes.split_at(split);
         if content.len() < 8 || blake3::hash(content).as_bytes() != sum {
@@ -238,8 +259,10 @@ fn open_envelope(
         content.get(8..).unwrap_or_default().to_vec()
     };
     if flags & FLAG_COMPRESSED != 0 {
-        zstd::stream::decode_all(body.as_slice())
-            .map_err(|e| FormatError::Decode { what, detail: format!("zstd: {e}") })
+        zstd::stream::decode_all(body.as_slice()).map_err(|e| FormatError::Decode {
+            what,
+            detail: format!("zstd: {e}"),
+        })
     } else {
         Ok(body)
     }
@@ -267,7 +290,11 @@ pub(crate) struct PackHeader {
 }
 
 /// Assembles a pack: `blob bytes … ‖ sealed header ‖ header length (u32 LE) ‖ "BKP1"`.
-pub(crate) fn finish_pack(mut blobs: Vec<u8>, header: &PackHeader, key: Option<&MasterKey>) -> Vec<u8> {
+pub(crate) fn finish_pack(
+    mut blobs: Vec<u8>,
+    header: &PackHeader,
+    key: Option<&MasterKey>,
+) -> Vec<u8> {
     let sealed = seal_object(ObjectType::PackHeader, header, key);
     blobs.extend_from_slice(&sealed);
     blobs.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
@@ -282,17 +309,26 @@ pub(crate) fn read_pack_header(
 ) -> Result<PackHeader, FormatError> {
     let what = "pack header";
     let Some((rest, tail)) = pack.split_last_chunk::<8>() else {
-        return Err(FormatError::Truncated { what, len: pack.len() });
+        return Err(FormatError::Truncated {
+            what,
+            len: pack.len(),
+        });
     };
     if &tail[4..] != PACK_MAGIC {
         return Err(FormatError::BadMagic { what });
     }
     let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
-    let start = rest.len().checked_sub(len).ok_or(FormatError::Truncated { what, len: pack.len() })?;
+    let start = rest.len().checked_sub(len).ok_or(FormatError::Truncated {
+        what,
+        len: pack.len(),
+    })?;
     let header: PackHeader = open_object(what, ObjectType::PackHeader, &rest[start..], key)?;
     for e in &header.entries {
         if u64::from(e.offset) + u64::from(e.length) > start as u64 {
-            return Err(FormatError::Decode { what, detail: format!("blob {e:?} lies outside the pack") });
+            return Err(FormatError::Decode {
+                what,
+                detail: format!("blob {e:?} lies outside the pack"),
+            });
         }
     }
     Ok(header)
@@ -319,12 +355,18 @@ pub(crate) fn decode_blob(
 ) -> Result<Vec<u8>, FormatError> {
     let what = "blob";
     let body = match key {
-        Some(key) => key.open(stored, b"blob").map_err(|_| FormatError::Auth { what })?,
+        Some(key) => key
+            .open(stored, b"blob")
+            .map_err(|_| FormatError::Auth { what })?,
         None => stored.to_vec(),
     };
     let raw = if entry.compressed {
-        crate::compress::decompress(&body, entry.raw_length as usize)
-            .map_err(|e| FormatError::Decode { what, detail: format!("zstd: {e}") })?
+        crate::compress::decompress(&body, entry.raw_length as usize).map_err(|e| {
+            FormatError::Decode {
+                what,
+                detail: format!("zstd: {e}"),
+            }
+        })?
     } else {
         body
     };
@@ -505,7 +547,10 @@ mod tests {
         let mut bytes = seal_object(ObjectType::Index, &IndexFile::default(), None);
         bytes[5] = 2;
         let err = open_object::<IndexFile>("index", ObjectType::Index, &bytes, None).unwrap_err();
-        assert!(matches!(err, FormatError::NewerVersion { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, FormatError::NewerVersion { found: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -520,9 +565,14 @@ mod tests {
             raw_length: 23,
             compressed,
         };
-        let header = PackHeader { entries: vec![entry] };
+        let header = PackHeader {
+            entries: vec![entry],
+        };
         let pack = finish_pack(stored.clone(), &header, Some(&key));
         assert_eq!(read_pack_header(&pack, Some(&key)).unwrap(), header);
-        assert_eq!(decode_blob(&entry, &stored, Some(&key)).unwrap(), b"hello hello hello hello");
+        assert_eq!(
+            decode_blob(&entry, &stored, Some(&key)).unwrap(),
+            b"hello hello hello hello"
+        );
     }
 }

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::Result;
 use crate::format::{self, IndexPack, PackEntry};
 use crate::info::GcReport;
 use crate::repo::{Repository, lock, referenced_blobs};
-use crate::Result;
 
 pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let _lock = lock::acquire(&repo.store, true, "gc")?;
@@ -19,23 +19,33 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let snapshots = repo.load_all_snapshots()?;
     let used = referenced_blobs(repo, &snapshots)?;
 
-    let listed: BTreeMap<String, u64> =
-        repo.store.list("packs/")?.into_iter().map(|m| (m.key, m.size)).collect();
-    let mut report = GcReport { dry_run, ..GcReport::default() };
+    let listed: BTreeMap<String, u64> = repo
+        .store
+        .list("packs/")?
+        .into_iter()
+        .map(|m| (m.key, m.size))
+        .collect();
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
 
     // Packs by what the index says they hold.
     let (keep, drop_packs, old_index_objects) = {
         let index = repo.index_read();
         let mut by_pack: BTreeMap<usize, Vec<PackEntry>> = BTreeMap::new();
         for (id, loc) in &index.blobs {
-            by_pack.entry(loc.pack as usize).or_default().push(PackEntry {
-                id: *id,
-                kind: loc.kind,
-                offset: loc.offset,
-                length: loc.length,
-                raw_length: loc.raw_length,
-                compressed: loc.compressed,
-            });
+            by_pack
+                .entry(loc.pack as usize)
+                .or_default()
+                .push(PackEntry {
+                    id: *id,
+                    kind: loc.kind,
+                    offset: loc.offset,
+                    length: loc.length,
+                    raw_length: loc.raw_length,
+                    compressed: loc.compressed,
+                });
         }
         let mut keep = Vec::new();
         let mut drop_packs = Vec::new();
@@ -43,7 +53,11 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
             let mut entries = by_pack.remove(&pos).unwrap_or_default();
             entries.sort_by_key(|e| e.offset);
             if entries.iter().any(|e| used.contains(&e.id)) {
-                keep.push(IndexPack { id: *pack, size: *size, entries });
+                keep.push(IndexPack {
+                    id: *pack,
+                    size: *size,
+                    entries,
+                });
             } else {
                 drop_packs.push((*pack, *size));
             }
@@ -56,8 +70,11 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
         .chain(drop_packs.iter().map(|(id, _)| format::pack_key(*id)))
         .collect();
     // Packs no index lists: uploads of interrupted backups.
-    let orphans: Vec<(String, u64)> =
-        listed.iter().filter(|(k, _)| !indexed.contains(*k)).map(|(k, s)| (k.clone(), *s)).collect();
+    let orphans: Vec<(String, u64)> = listed
+        .iter()
+        .filter(|(k, _)| !indexed.contains(*k))
+        .map(|(k, s)| (k.clone(), *s))
+        .collect();
 
     report.packs_kept = keep.len() as u64;
     report.packs_deleted = (drop_packs.len() + orphans.len()) as u64;
@@ -68,7 +85,11 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
         return Ok(report);
     }
     if index_changes {
-        let new_key = if keep.is_empty() { None } else { Some(repo.write_index(keep)?) };
+        let new_key = if keep.is_empty() {
+            None
+        } else {
+            Some(repo.write_index(keep)?)
+        };
         for key in &old_index_objects {
             if Some(key) != new_key.as_ref() {
                 repo.store.delete(key)?;

@@ -92,7 +92,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { password: None, threads: 0, compression_level: 3, cache_dir: None }
+        Self {
+            password: None,
+            threads: 0,
+            compression_level: 3,
+            cache_dir: None,
+        }
     }
 }
 

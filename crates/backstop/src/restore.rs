@@ -32,11 +32,15 @@ pub(crate) const INCOMPLETE_MARKER: &str = ".backstop-restore-incomplete";
 enum RestoreError {
     #[error("restore target `{}` is not empty; restore into an empty directory, or overwrite it on purpose (`--force`)", .0.display())]
     NotEmpty(PathBuf),
-    #[error("backup {backup} holds the path `{path}`, which would escape the restore target; refusing to restore it")]
+    #[error(
+        "backup {backup} holds the path `{path}`, which would escape the restore target; refusing to restore it"
+    )]
     Escape { backup: u64, path: String },
     #[error("`{}` inside the restore target is a symlink or not a directory; refusing to write through it", .0.display())]
     NotADirectory(PathBuf),
-    #[error("file `{path}` of backup {backup} is damaged in the repository; the restore stopped and the target is incomplete")]
+    #[error(
+        "file `{path}` of backup {backup} is damaged in the repository; the restore stopped and the target is incomplete"
+    )]
     Damaged {
         backup: u64,
         path: String,
@@ -70,14 +74,20 @@ pub(crate) fn restore(
         if !is_safe_path(&n.path) {
             return Err(Error::new(
                 ErrorKind::Unsafe,
-                RestoreError::Escape { backup: snapshot.id, path: n.path },
+                RestoreError::Escape {
+                    backup: snapshot.id,
+                    path: n.path,
+                },
             ));
         }
         nodes.push(n);
         Ok(())
     })?;
 
-    let mut info = RestoreInfo { id: snapshot.id, ..RestoreInfo::default() };
+    let mut info = RestoreInfo {
+        id: snapshot.id,
+        ..RestoreInfo::default()
+    };
     let mut dirs = SafeDirs::new(target);
     // Directories first, then files (in parallel), then symlinks, then directory metadata.
     for node in nodes.iter().filter(|n| n.kind == NODE_DIR) {
@@ -119,16 +129,69 @@ pub(crate) fn restore(
         raw: options.raw,
         options: options.fixup_options.clone(),
     };
-    info.fixups = backstop_source::restore_profile::apply(&snapshot.restore_profile, target, &params)
-        .map_err(|source| {
-            Error::new(
-                ErrorKind::Source,
-                RestoreError::Fixup { kind: snapshot.restore_profile.kind.clone(), source },
-            )
-        })?;
+    info.fixups =
+        backstop_source::restore_profile::apply(&snapshot.restore_profile, target, &params)
+            .map_err(|source| {
+                Error::new(
+                    ErrorKind::Source,
+                    RestoreError::Fixup {
+                        kind: snapshot.restore_profile.kind.clone(),
+                        source,
+                    },
+                )
+            })?;
+    sync_filesystem(target)?;
     std::fs::remove_file(&marker).map_err(|e| io_error("removing", &marker, e))?;
+    sync_filesystem(target)?;
     info.duration_ms = started.elapsed().as_millis() as u64;
     Ok(info)
+}
+
+/// Flushes everything written under `target` to disk (one `syncfs` of its filesystem).
+fn sync_filesystem(target: &Path) -> Result<()> {
+    let dir = std::fs::File::open(target).map_err(|e| io_error("opening", target, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| io_error("syncing the filesystem of", target, e.into()))
+}
+
+/// Groups a file's chunks into runs that are adjacent in one pack, so one ranged read fetches
+/// many blobs (page-sized blocks of a database file are usually stored side by side).
+fn read_runs(
+    repo: &Repository,
+    chunks: &[crate::format::BlobId],
+    context: &str,
+) -> Result<Vec<crate::repo::ReadRun>> {
+    const MAX_RUN: u64 = 8 << 20;
+    let index = repo.index_read();
+    let mut runs: Vec<crate::repo::ReadRun> = Vec::new();
+    for id in chunks {
+        let (pack, entry) = index.locate(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                crate::repo::RepoError::MissingBlob {
+                    blob: id.to_hex(),
+                    context: context.to_owned(),
+                },
+            )
+        })?;
+        if let Some(run) = runs.last_mut() {
+            let end = run.start + run.len;
+            if run.pack == pack
+                && u64::from(entry.offset) == end
+                && run.len + u64::from(entry.length) <= MAX_RUN
+            {
+                run.len += u64::from(entry.length);
+                run.entries.push(entry);
+                continue;
+            }
+        }
+        runs.push(crate::repo::ReadRun {
+            pack,
+            start: u64::from(entry.offset),
+            len: u64::from(entry.length),
+            entries: vec![entry],
+        });
+    }
+    Ok(runs)
 }
 
 fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
@@ -157,7 +220,10 @@ struct SafeDirs<'a> {
 
 impl<'a> SafeDirs<'a> {
     fn new(target: &'a Path) -> Self {
-        Self { target, known: HashSet::new() }
+        Self {
+            target,
+            known: HashSet::new(),
+        }
     }
 
     fn create(&mut self, rel: &str) -> Result<()> {
@@ -177,7 +243,10 @@ impl<'a> SafeDirs<'a> {
             match std::fs::symlink_metadata(&path) {
                 Ok(md) if md.file_type().is_dir() => {}
                 Ok(_) => {
-                    return Err(Error::new(ErrorKind::Unsafe, RestoreError::NotADirectory(path)));
+                    return Err(Error::new(
+                        ErrorKind::Unsafe,
+                        RestoreError::NotADirectory(path),
+                    ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     std::fs::create_dir(&path).map_err(|e| io_error("creating", &path, e))?;
@@ -257,11 +326,17 @@ fn restore_files(
         }
         drop(tx);
     });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+    if let Some(e) = first_error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         return Err(e);
     }
     if options.cancel.is_cancelled() {
-        return Err(Error::msg(ErrorKind::Cancelled, "the restore was cancelled; the target is incomplete"));
+        return Err(Error::msg(
+            ErrorKind::Cancelled,
+            "the restore was cancelled; the target is incomplete",
+        ));
     }
     Ok(bytes.into_inner())
 }
@@ -283,22 +358,30 @@ fn restore_one(
         .map_err(|e| io_error("creating", &path, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut written = 0u64;
-    for chunk in &node.chunks {
+    let context = format!("`{}` of backup {}", node.path, snapshot.id);
+    let damaged = |source: Error| {
+        Error::new(
+            source.kind(),
+            RestoreError::Damaged {
+                backup: snapshot.id,
+                path: node.path.clone(),
+                source,
+            },
+        )
+    };
+    for run in read_runs(repo, &node.chunks, &context).map_err(damaged)? {
         if options.cancel.is_cancelled() {
-            return Err(Error::msg(ErrorKind::Cancelled, "the restore was cancelled"));
+            return Err(Error::msg(
+                ErrorKind::Cancelled,
+                "the restore was cancelled",
+            ));
         }
-        let data = repo
-            .read_blob(chunk, &format!("`{}` of backup {}", node.path, snapshot.id))
-            .map_err(|source| {
-                let kind = source.kind();
-                Error::new(
-                    kind,
-                    RestoreError::Damaged { backup: snapshot.id, path: node.path.clone(), source },
-                )
-            })?;
-        out.write_all(&data).map_err(|e| io_error("writing", &path, e))?;
-        written += data.len() as u64;
-        options.progress.bytes(data.len() as u64);
+        for data in repo.read_run(&run).map_err(damaged)? {
+            out.write_all(&data)
+                .map_err(|e| io_error("writing", &path, e))?;
+            written += data.len() as u64;
+            options.progress.bytes(data.len() as u64);
+        }
     }
     if written != node.size {
         return Err(Error::new(
@@ -308,13 +391,18 @@ fn restore_one(
                 path: node.path.clone(),
                 source: Error::msg(
                     ErrorKind::Corrupt,
-                    format!("its chunks hold {written} bytes, the file list says {}", node.size),
+                    format!(
+                        "its chunks hold {written} bytes, the file list says {}",
+                        node.size
+                    ),
                 ),
             },
         ));
     }
-    let file = out.into_inner().map_err(|e| io_error("writing", &path, e.into_error()))?;
-    file.sync_all().map_err(|e| io_error("syncing", &path, e))?;
+    // Durability comes from one syncfs at the end of the restore, not an fsync per file.
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error("writing", &path, e.into_error()))?;
     drop(file);
     apply_metadata(&path, node)?;
     Ok(written)
@@ -332,12 +420,129 @@ pub(crate) fn read_file(repo: &Repository, snapshot: &Snapshot, path: &str) -> R
     let node = found.ok_or_else(|| {
         Error::new(
             ErrorKind::NotFound,
-            RestoreError::NoSuchFile { backup: snapshot.id, path: path.to_owned() },
+            RestoreError::NoSuchFile {
+                backup: snapshot.id,
+                path: path.to_owned(),
+            },
         )
     })?;
     let mut out = Vec::with_capacity(node.size as usize);
     for chunk in &node.chunks {
-        out.extend_from_slice(&repo.read_blob(chunk, &format!("`{path}` of backup {}", snapshot.id))?);
+        out.extend_from_slice(
+            &repo.read_blob(chunk, &format!("`{path}` of backup {}", snapshot.id))?,
+        );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::format::{self, BlobKind, IndexPack, PackEntry, PackHeader, TreeBlob};
+    use crate::options::{EngineOptions, InitOptions};
+
+    /// Writes a snapshot whose file list is `nodes`, bypassing the backup's own path checks,
+    /// as a damaged or malicious repository could.
+    fn forged_snapshot(repo: &Repository, nodes: Vec<Node>) -> Snapshot {
+        let mut raw = Vec::new();
+        ciborium::into_writer(&TreeBlob { nodes }, &mut raw).unwrap();
+        let id = format::blob_id(&raw, repo.key());
+        let (stored, compressed) = format::encode_blob(&raw, 0, repo.key());
+        let entry = PackEntry {
+            id,
+            kind: BlobKind::Tree,
+            offset: 0,
+            length: stored.len() as u32,
+            raw_length: raw.len() as u32,
+            compressed,
+        };
+        let header = PackHeader {
+            entries: vec![entry],
+        };
+        let pack = format::finish_pack(stored, &header, repo.key());
+        let pack_id = format::ContentId::hash(&pack);
+        repo.store
+            .put(
+                &format::pack_key(pack_id),
+                &pack,
+                backstop_store::PutMode::Create,
+            )
+            .unwrap();
+        repo.write_index(vec![IndexPack {
+            id: pack_id,
+            size: pack.len() as u64,
+            entries: header.entries,
+        }])
+        .unwrap();
+        repo.reload_index().unwrap();
+        let mut snapshot = Snapshot {
+            version: format::FORMAT_VERSION,
+            id: 0,
+            time_unix: 0,
+            duration_ms: 0,
+            host: "h".into(),
+            source_kind: "dir".into(),
+            source: "/x".into(),
+            tags: vec![],
+            message: None,
+            metadata: Default::default(),
+            tree: vec![id],
+            stats: Default::default(),
+            parent: None,
+            source_meta: Default::default(),
+            pause_window: None,
+            warnings: vec![],
+            restore_profile: backstop_source::RestoreProfile::none(),
+        };
+        repo.commit_snapshot(&mut snapshot).unwrap();
+        snapshot
+    }
+
+    fn file_node(path: &str) -> Node {
+        Node {
+            path: path.into(),
+            kind: NODE_FILE,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            target: None,
+            chunks: vec![],
+            fs: None,
+            identity: None,
+            racy: false,
+        }
+    }
+
+    #[test]
+    fn stored_paths_that_escape_the_target_are_refused() {
+        let store = Arc::new(backstop_store::MemoryStore::new());
+        let init = InitOptions::default()
+            .with_kdf(8 * 1024, 1)
+            .with_password("pw");
+        let repo =
+            Repository::init(store, &init, EngineOptions::default().with_password("pw")).unwrap();
+        for evil in [
+            "../escaped",
+            "/tmp/absolute-escape",
+            "a/../../escaped",
+            "a//b",
+            "./x",
+        ] {
+            let snapshot = forged_snapshot(&repo, vec![file_node(evil)]);
+            let outer = tempfile::tempdir().unwrap();
+            let target = outer.path().join("target");
+            let err = restore(&repo, &snapshot, &target, &RestoreOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsafe, "{evil}: {err}");
+            assert!(err.to_string().contains(evil), "{err}");
+            assert!(!outer.path().join("escaped").exists());
+            assert!(
+                target.join(INCOMPLETE_MARKER).exists(),
+                "a failed restore must stay marked"
+            );
+        }
+    }
 }

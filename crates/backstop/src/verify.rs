@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::Result;
 use crate::format::{self, PackId, Snapshot};
 use crate::info::VerifyReport;
 use crate::options::VerifyLevel;
 use crate::repo::Repository;
-use crate::Result;
 
 pub(crate) fn verify(
     repo: &Repository,
@@ -28,7 +28,10 @@ pub(crate) fn verify(
             Ok(())
         });
         if let Err(e) = result {
-            report.problems.push(format!("backup {}: its file list cannot be read: {e:#}", snapshot.id));
+            report.problems.push(format!(
+                "backup {}: its file list cannot be read: {e:#}",
+                snapshot.id
+            ));
         }
     }
     report.blobs = needed.len() as u64;
@@ -48,8 +51,12 @@ pub(crate) fn verify(
     }
     report.packs = packs.len() as u64;
 
-    let listed: BTreeMap<String, u64> =
-        repo.store.list("packs/")?.into_iter().map(|m| (m.key, m.size)).collect();
+    let listed: BTreeMap<String, u64> = repo
+        .store
+        .list("packs/")?
+        .into_iter()
+        .map(|m| (m.key, m.size))
+        .collect();
     for pack in packs.keys() {
         let key = format::pack_key(*pack);
         let expected = repo.index_read().pack_size(pack);
@@ -82,14 +89,18 @@ pub(crate) fn verify(
         let bytes = match repo.store.get(&key) {
             Ok(b) => b,
             Err(e) => {
-                report.problems.push(format!("pack `{key}` cannot be read: {e}"));
+                report
+                    .problems
+                    .push(format!("pack `{key}` cannot be read: {e}"));
                 continue;
             }
         };
         report.packs_read += 1;
         report.bytes_read += bytes.len() as u64;
         if format::ContentId::hash(&bytes) != *pack {
-            report.problems.push(format!("pack `{key}` does not match its name (hash mismatch)"));
+            report.problems.push(format!(
+                "pack `{key}` does not match its name (hash mismatch)"
+            ));
         }
         let header = match format::read_pack_header(&bytes, repo.key()) {
             Ok(h) => h,
@@ -108,11 +119,15 @@ pub(crate) fn verify(
             }
             let range = entry.offset as usize..(entry.offset as usize + entry.length as usize);
             let Some(stored) = bytes.get(range) else {
-                report.problems.push(format!("pack `{key}`: blob {} lies outside it", entry.id));
+                report
+                    .problems
+                    .push(format!("pack `{key}`: blob {} lies outside it", entry.id));
                 continue;
             };
             if let Err(e) = format::decode_blob(entry, stored, repo.key()) {
-                report.problems.push(format!("pack `{key}`: blob {}: {e}", entry.id));
+                report
+                    .problems
+                    .push(format!("pack `{key}`: blob {}: {e}", entry.id));
             }
         }
     }

@@ -15,7 +15,9 @@ use backstop::{
 };
 
 fn fast_init() -> InitOptions {
-    InitOptions::default().with_kdf(8 * 1024, 1).with_chunk_sizes(16 * 1024, 64 * 1024, 256 * 1024)
+    InitOptions::default()
+        .with_kdf(8 * 1024, 1)
+        .with_chunk_sizes(16 * 1024, 64 * 1024, 256 * 1024)
 }
 
 fn encrypted() -> InitOptions {
@@ -23,7 +25,9 @@ fn encrypted() -> InitOptions {
 }
 
 fn opts() -> EngineOptions {
-    EngineOptions::default().with_password("secret").with_threads(2)
+    EngineOptions::default()
+        .with_password("secret")
+        .with_threads(2)
 }
 
 /// A file's content, mode and mtime, or a symlink's target, by relative path.
@@ -34,7 +38,11 @@ fn describe_tree(root: &Path) -> BTreeMap<String, String> {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let entry = entry.unwrap();
             let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let md = std::fs::symlink_metadata(&path).unwrap();
             let desc = if md.file_type().is_symlink() {
                 format!("link->{}", std::fs::read_link(&path).unwrap().display())
@@ -58,7 +66,10 @@ fn describe_tree(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -76,8 +87,11 @@ fn sample_tree(root: &Path) {
     std::fs::write(root.join("sub/deeper/zeros"), vec![0u8; 300_000]).unwrap();
     std::fs::write(root.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("sub/random.bin", root.join("link")).unwrap();
-    std::fs::set_permissions(root.join("small.txt"), std::fs::Permissions::from_mode(0o640))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("small.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -89,7 +103,10 @@ fn backup_verify_restore_round_trip_encrypted() {
     let info = engine
         .create_backup(
             &mut DirSource::new(data.path()),
-            &BackupOptions::default().with_tag("t1").with_metadata("k", "v").with_message("m"),
+            &BackupOptions::default()
+                .with_tag("t1")
+                .with_metadata("k", "v")
+                .with_message("m"),
         )
         .unwrap();
     assert_eq!(info.id, 1);
@@ -101,8 +118,12 @@ fn backup_verify_restore_round_trip_encrypted() {
     // A fresh read-only engine on the same store sees the same backup.
     let ro = ReadOnlyEngine::open(store, opts()).unwrap();
     let target = tempfile::tempdir().unwrap();
-    ro.restore(backstop::BackupSelector::Latest, target.path(), &RestoreOptions::default())
-        .unwrap();
+    ro.restore(
+        backstop::BackupSelector::Latest,
+        target.path(),
+        &RestoreOptions::default(),
+    )
+    .unwrap();
     assert_eq!(describe_tree(data.path()), describe_tree(target.path()));
 }
 
@@ -116,14 +137,21 @@ fn unchanged_tree_adds_no_pack_bytes_and_is_not_reread() {
         filetime::set_file_mtime(data.path().join(f), t).unwrap();
     }
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
-    let first = engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
-    let second = engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
+    let first = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let second = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
     assert!(first.bytes_added > 0);
     assert_eq!(second.bytes_added, 0, "an unchanged tree added pack bytes");
     assert_eq!(second.bytes_read, 0, "unchanged files were read again");
     assert_eq!(second.parent, Some(first.id));
     let full = engine
-        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default().with_full_read(true))
+        .create_backup(
+            &mut DirSource::new(data.path()),
+            &BackupOptions::default().with_full_read(true),
+        )
         .unwrap();
     assert_eq!(full.bytes_read, first.bytes_read);
     assert_eq!(full.bytes_added, 0);
@@ -173,28 +201,48 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block() {
     )
     .unwrap();
     let mut source = PagedDir(DirSource::new(data.path()));
-    let first = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
-    assert_eq!(first.blobs_added, 12_800 + 1, "100 MiB in 8 KiB blocks, plus the tree");
+    let first = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    assert_eq!(
+        first.blobs_added,
+        12_800 + 1,
+        "100 MiB in 8 KiB blocks, plus the tree"
+    );
     let page = 4_321usize;
     for b in &mut bytes[page * 8192..(page + 1) * 8192] {
         *b = b.wrapping_add(1);
     }
     std::fs::write(&file, &bytes).unwrap();
-    let second = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
+    let second = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
     // One data block and one tree blob (the file's chunk list changed).
     assert_eq!(second.blobs_added, 2);
-    assert!(second.bytes_added_raw < 8192 + 600_000, "{}", second.bytes_added_raw);
+    assert!(
+        second.bytes_added_raw < 8192 + 600_000,
+        "{}",
+        second.bytes_added_raw
+    );
     let target = tempfile::tempdir().unwrap();
-    engine.restore(second.id, target.path(), &RestoreOptions::default()).unwrap();
-    assert_eq!(std::fs::read(target.path().join("table.db")).unwrap(), bytes);
+    engine
+        .restore(second.id, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("table.db")).unwrap(),
+        bytes
+    );
 }
 
 #[test]
 fn wrong_password_is_refused_with_wrong_key() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    let err = BackupEngine::open(store.clone(), EngineOptions::default().with_password("nope"))
-        .unwrap_err();
+    let err = BackupEngine::open(
+        store.clone(),
+        EngineOptions::default().with_password("nope"),
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
     let err = BackupEngine::open(store, EngineOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
@@ -231,15 +279,23 @@ fn keys_can_be_added_changed_and_removed() {
     let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
     let second = engine.add_key("other").unwrap();
     assert_eq!(engine.list_keys().unwrap().len(), 2);
-    let by_other =
-        BackupEngine::open(store.clone(), EngineOptions::default().with_password("other")).unwrap();
+    let by_other = BackupEngine::open(
+        store.clone(),
+        EngineOptions::default().with_password("other"),
+    )
+    .unwrap();
     let keys = by_other.list_keys().unwrap();
     assert!(keys.iter().any(|k| k.id == second && k.current));
     let err = by_other.remove_key(&second).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let first = keys.iter().find(|k| !k.current).unwrap().id.clone();
     by_other.remove_key(&first).unwrap();
-    assert_eq!(BackupEngine::open(store.clone(), opts()).unwrap_err().kind(), ErrorKind::WrongKey);
+    assert_eq!(
+        BackupEngine::open(store.clone(), opts())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::WrongKey
+    );
     by_other.change_password("third").unwrap();
     BackupEngine::open(store, EngineOptions::default().with_password("third")).unwrap();
 }
@@ -249,17 +305,34 @@ fn restore_refuses_a_non_empty_target_unless_told() {
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
-    let info = engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
     let target = tempfile::tempdir().unwrap();
     std::fs::write(target.path().join("precious"), b"keep").unwrap();
-    let err = engine.restore(info.id, target.path(), &RestoreOptions::default()).unwrap_err();
+    let err = engine
+        .restore(info.id, target.path(), &RestoreOptions::default())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert_eq!(std::fs::read(target.path().join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(target.path().join("precious")).unwrap(),
+        b"keep"
+    );
     engine
-        .restore(info.id, target.path(), &RestoreOptions::default().with_existing(ExistingTarget::Overwrite))
+        .restore(
+            info.id,
+            target.path(),
+            &RestoreOptions::default().with_existing(ExistingTarget::Overwrite),
+        )
         .unwrap();
-    assert_eq!(std::fs::read(target.path().join("small.txt")).unwrap(), b"hello");
-    assert_eq!(std::fs::read(target.path().join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(target.path().join("small.txt")).unwrap(),
+        b"hello"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("precious")).unwrap(),
+        b"keep"
+    );
 }
 
 /// A source whose entries are given by the test, to build hostile backups.
@@ -273,7 +346,10 @@ impl Source for Entries {
         "test".into()
     }
     fn begin(&mut self, _: &SessionContext) -> Result<Box<dyn Session + '_>, SourceError> {
-        Ok(Box::new(OnePhase(Some(backstop::Phase::new("all", self.0.clone())))))
+        Ok(Box::new(OnePhase(Some(backstop::Phase::new(
+            "all",
+            self.0.clone(),
+        )))))
     }
 }
 
@@ -281,14 +357,24 @@ impl Source for Entries {
 fn a_symlink_pointing_out_cannot_carry_a_file_beneath_it() {
     let outside = tempfile::tempdir().unwrap();
     let mut link = backstop::Entry::dir("escape", 0o755, 0);
-    link.kind = backstop::EntryKind::Symlink { target: outside.path().display().to_string() };
+    link.kind = backstop::EntryKind::Symlink {
+        target: outside.path().display().to_string(),
+    };
     let file = backstop::Entry::bytes("escape/planted", b"gotcha".to_vec(), 0o644, 0);
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
-    let info = engine.create_backup(&mut Entries(vec![link, file]), &BackupOptions::default()).unwrap();
+    let info = engine
+        .create_backup(&mut Entries(vec![link, file]), &BackupOptions::default())
+        .unwrap();
     let target = tempfile::tempdir().unwrap();
     let result = engine.restore(info.id, target.path(), &RestoreOptions::default());
-    assert!(result.is_err(), "a restore that puts a symlink over a directory must fail");
-    assert!(!outside.path().join("planted").exists(), "a file was written outside the target");
+    assert!(
+        result.is_err(),
+        "a restore that puts a symlink over a directory must fail"
+    );
+    assert!(
+        !outside.path().join("planted").exists(),
+        "a file was written outside the target"
+    );
     assert!(target.path().join(".backstop-restore-incomplete").exists());
 }
 
@@ -296,7 +382,9 @@ fn a_symlink_pointing_out_cannot_carry_a_file_beneath_it() {
 fn a_source_path_with_dot_dot_is_refused_at_backup() {
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
     let evil = backstop::Entry::bytes("../evil", b"x".to_vec(), 0o644, 0);
-    let err = engine.create_backup(&mut Entries(vec![evil]), &BackupOptions::default()).unwrap_err();
+    let err = engine
+        .create_backup(&mut Entries(vec![evil]), &BackupOptions::default())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Source);
     assert!(engine.list_backups().unwrap().is_empty());
 }
@@ -315,15 +403,22 @@ fn flipped_bytes_in_any_object_are_detected() {
             None => (fast_init(), EngineOptions::default()),
         };
         let engine = BackupEngine::init(store.clone(), init, eo.clone()).unwrap();
-        engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
+        engine
+            .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+            .unwrap();
         for key in store.keys() {
             if key.starts_with("keys/") || key.starts_with("locks/") {
                 continue; // key files are checked by the password test
             }
             let original = store.raw_get(&key).unwrap();
             let len = original.len();
-            let positions: Vec<usize> = if len <= 400 { (0..len).collect() } else {
-                (0..len).step_by(len / 97).chain([len - 1, len - 5, len - 9]).collect()
+            let positions: Vec<usize> = if len <= 400 {
+                (0..len).collect()
+            } else {
+                (0..len)
+                    .step_by(len / 97)
+                    .chain([len - 1, len - 5, len - 9])
+                    .collect()
             };
             for pos in positions {
                 store.corrupt(&key, |b| b[pos] ^= 0x20);
@@ -349,12 +444,18 @@ fn flipped_bytes_in_any_object_are_detected() {
                                 describe_tree(target.path()),
                                 "{key}@{pos}: a restore succeeded with wrong content"
                             ),
-                            Err(_) => assert!(verify_found, "{key}@{pos}: restore failed, verify saw nothing"),
+                            Err(_) => assert!(
+                                verify_found,
+                                "{key}@{pos}: restore failed, verify saw nothing"
+                            ),
                         }
                         verify_found
                     }
                 };
-                assert!(detected, "flip of byte {pos} of `{key}` went unnoticed (password {password:?})");
+                assert!(
+                    detected,
+                    "flip of byte {pos} of `{key}` went unnoticed (password {password:?})"
+                );
                 store.raw_put(&key, original.clone());
             }
         }
@@ -367,13 +468,24 @@ fn a_missing_pack_is_reported_by_quick_verify() {
     sample_tree(data.path());
     let store = MemoryStore::new();
     let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
-    let pack = store.keys().into_iter().find(|k| k.starts_with("packs/")).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let pack = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("packs/"))
+        .unwrap();
     store.raw_remove(&pack);
     let report = engine.verify_all(VerifyLevel::Quick).unwrap();
-    assert!(report.problems.iter().any(|p| p.contains(&pack)), "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.contains(&pack)),
+        "{report:?}"
+    );
     let target = tempfile::tempdir().unwrap();
-    let err = engine.restore(1, target.path(), &RestoreOptions::default()).unwrap_err();
+    let err = engine
+        .restore(1, target.path(), &RestoreOptions::default())
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
@@ -385,21 +497,36 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
     sample_tree(data.path());
     let more = tempfile::tempdir().unwrap();
     for i in 0..6 {
-        std::fs::write(more.path().join(format!("f{i}")), pseudo_random(200_000, 100 + i)).unwrap();
+        std::fs::write(
+            more.path().join(format!("f{i}")),
+            pseudo_random(200_000, 100 + i),
+        )
+        .unwrap();
     }
     let base = MemoryStore::new();
     let small_packs = fast_init().with_pack_size(256 * 1024);
     let engine = BackupEngine::init(base.clone(), small_packs, opts()).unwrap();
-    engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
-    engine.create_backup(&mut DirSource::new(more.path()), &BackupOptions::default()).unwrap();
-    let pristine: Vec<(String, Vec<u8>)> =
-        base.keys().into_iter().map(|k| (k.clone(), base.raw_get(&k).unwrap())).collect();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    engine
+        .create_backup(&mut DirSource::new(more.path()), &BackupOptions::default())
+        .unwrap();
+    let pristine: Vec<(String, Vec<u8>)> = base
+        .keys()
+        .into_iter()
+        .map(|k| (k.clone(), base.raw_get(&k).unwrap()))
+        .collect();
 
     // Count the puts of a successful third backup.
     let counting = Arc::new(FaultStore::new(base.clone()));
     let third = tempfile::tempdir().unwrap();
     for i in 0..4 {
-        std::fs::write(third.path().join(format!("g{i}")), pseudo_random(300_000, 200 + i)).unwrap();
+        std::fs::write(
+            third.path().join(format!("g{i}")),
+            pseudo_random(300_000, 200 + i),
+        )
+        .unwrap();
     }
     BackupEngine::open(Arc::clone(&counting), opts())
         .unwrap()
@@ -434,18 +561,29 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
                 Ok(b) => b,
                 Err(e) => panic!("fail_at={fail_at} torn={torn}: list failed: {e}"),
             };
-            assert!(backups.len() == 2 || (committed && backups.len() == 3), "fail_at={fail_at}");
+            assert!(
+                backups.len() == 2 || (committed && backups.len() == 3),
+                "fail_at={fail_at}"
+            );
             let report = engine.verify_all(VerifyLevel::Full).unwrap();
-            assert!(report.is_ok(), "fail_at={fail_at} torn={torn}: {:?}", report.problems);
+            assert!(
+                report.is_ok(),
+                "fail_at={fail_at} torn={torn}: {:?}",
+                report.problems
+            );
             for b in &backups {
                 let target = tempfile::tempdir().unwrap();
-                engine.restore(b.id, target.path(), &RestoreOptions::default()).unwrap();
+                engine
+                    .restore(b.id, target.path(), &RestoreOptions::default())
+                    .unwrap();
             }
             let gc = engine.gc(false).unwrap();
             assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
             if !committed {
                 let packs = |keys: Vec<String>| -> Vec<String> {
-                    keys.into_iter().filter(|k| k.starts_with("packs/")).collect()
+                    keys.into_iter()
+                        .filter(|k| k.starts_with("packs/"))
+                        .collect()
                 };
                 let before: Vec<String> = packs(pristine.iter().map(|(k, _)| k.clone()).collect());
                 assert_eq!(
@@ -454,7 +592,10 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
                     "fail_at={fail_at} torn={torn}: gc left the failed backup's packs ({gc:?})"
                 );
             }
-            assert!(base.keys().iter().all(|k| !k.starts_with("locks/")), "a lock was left behind");
+            assert!(
+                base.keys().iter().all(|k| !k.starts_with("locks/")),
+                "a lock was left behind"
+            );
         }
     }
 }
@@ -466,22 +607,45 @@ fn delete_purge_and_gc_free_space_and_keep_the_rest_restorable() {
     for i in 0..4 {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("f"), pseudo_random(150_000, 500 + i)).unwrap();
-        engine.create_backup(&mut DirSource::new(d.path()), &BackupOptions::default()).unwrap();
+        engine
+            .create_backup(&mut DirSource::new(d.path()), &BackupOptions::default())
+            .unwrap();
         dirs.push(d);
     }
     let deleted = engine.purge_old(2).unwrap();
     assert_eq!(deleted, vec![1, 2]);
     engine.delete_backup(3).unwrap();
-    assert_eq!(engine.delete_backup(3).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        engine.delete_backup(3).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let report = engine.gc(false).unwrap();
-    assert!(report.packs_deleted >= 1 && report.bytes_freed > 300_000, "{report:?}");
-    let ids: Vec<u64> = engine.list_backups().unwrap().iter().map(|b| b.id).collect();
+    assert!(
+        report.packs_deleted >= 1 && report.bytes_freed > 300_000,
+        "{report:?}"
+    );
+    let ids: Vec<u64> = engine
+        .list_backups()
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect();
     assert_eq!(ids, [4]);
     let target = tempfile::tempdir().unwrap();
-    engine.restore(4, target.path(), &RestoreOptions::default()).unwrap();
-    assert_eq!(std::fs::read(target.path().join("f")).unwrap(), pseudo_random(150_000, 503));
+    engine
+        .restore(4, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("f")).unwrap(),
+        pseudo_random(150_000, 503)
+    );
     // Ids keep increasing after deletions.
-    let next = engine.create_backup(&mut DirSource::new(dirs[0].path()), &BackupOptions::default()).unwrap();
+    let next = engine
+        .create_backup(
+            &mut DirSource::new(dirs[0].path()),
+            &BackupOptions::default(),
+        )
+        .unwrap();
     assert_eq!(next.id, 5);
 }
 
@@ -489,16 +653,39 @@ fn delete_purge_and_gc_free_space_and_keep_the_rest_restorable() {
 fn archive_objects_round_trip_and_refuse_different_bytes() {
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
     let seg = pseudo_random(1 << 20, 9);
-    assert_eq!(engine.archive_put("wal", "000000010000000000000001", &seg).unwrap(), backstop::ArchivePut::Stored);
     assert_eq!(
-        engine.archive_put("wal", "000000010000000000000001", &seg).unwrap(),
+        engine
+            .archive_put("wal", "000000010000000000000001", &seg)
+            .unwrap(),
+        backstop::ArchivePut::Stored
+    );
+    assert_eq!(
+        engine
+            .archive_put("wal", "000000010000000000000001", &seg)
+            .unwrap(),
         backstop::ArchivePut::AlreadyPresent
     );
-    let err = engine.archive_put("wal", "000000010000000000000001", b"other").unwrap_err();
+    let err = engine
+        .archive_put("wal", "000000010000000000000001", b"other")
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert_eq!(engine.archive_get("wal", "000000010000000000000001").unwrap(), seg);
-    assert_eq!(engine.archive_get("wal", "000000010000000000000002").unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(engine.archive_list("wal").unwrap(), ["000000010000000000000001"]);
+    assert_eq!(
+        engine
+            .archive_get("wal", "000000010000000000000001")
+            .unwrap(),
+        seg
+    );
+    assert_eq!(
+        engine
+            .archive_get("wal", "000000010000000000000002")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        engine.archive_list("wal").unwrap(),
+        ["000000010000000000000001"]
+    );
     assert!(engine.archive_put("wal", "../x", b"x").is_err());
 }
 
@@ -507,11 +694,16 @@ fn local_store_repository_round_trip() {
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
     let repo = tempfile::tempdir().unwrap();
-    let engine = BackupEngine::init(backstop::LocalStore::new(repo.path()), encrypted(), opts()).unwrap();
-    engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
+    let engine =
+        BackupEngine::init(backstop::LocalStore::new(repo.path()), encrypted(), opts()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
     let engine = ReadOnlyEngine::open(backstop::LocalStore::new(repo.path()), opts()).unwrap();
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
     let target = tempfile::tempdir().unwrap();
-    engine.restore(1, target.path(), &RestoreOptions::default()).unwrap();
+    engine
+        .restore(1, target.path(), &RestoreOptions::default())
+        .unwrap();
     assert_eq!(describe_tree(data.path()), describe_tree(target.path()));
 }

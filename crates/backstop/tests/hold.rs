@@ -2,6 +2,9 @@
 //! resumed after a success, a failure and a cancellation, and a pause that times out stores
 //! nothing.
 
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -6,6 +6,9 @@
 //! The writer and the check are `tests/support/rocksdb_writer.py` (rocksdict, installed by
 //! `scripts/install/rocksdb.sh`).
 
+// Helpers outside `#[test]` functions panic on purpose: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

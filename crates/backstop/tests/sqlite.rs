@@ -5,6 +5,9 @@
 //!
 //! The writer is `tests/support/sqlite_writer.py` (python3 with its sqlite3 module).
 
+// Helpers outside `#[test]` functions are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +23,10 @@ use backstop::{
     RestoreOptions, Store, VerifyLevel,
 };
 
-const WRITER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sqlite_writer.py");
+const WRITER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/sqlite_writer.py"
+);
 const ACCOUNTS: u32 = 2000;
 
 /// The writer process; closing its stdin stops it. Declare it after the temporary directory so
@@ -41,7 +47,9 @@ struct WriterStats {
 impl Writer {
     /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
     fn start(db: &Path) -> Option<Self> {
-        let probe = Command::new("python3").args(["-c", "import sqlite3"]).status();
+        let probe = Command::new("python3")
+            .args(["-c", "import sqlite3"])
+            .status();
         if !probe.is_ok_and(|s| s.success()) {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -61,8 +69,15 @@ impl Writer {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut ready = String::new();
         stdout.read_line(&mut ready).unwrap();
-        assert!(ready.contains("ready"), "the writer did not start: {ready:?}");
-        Some(Self { child, stdin, stdout })
+        assert!(
+            ready.contains("ready"),
+            "the writer did not start: {ready:?}"
+        );
+        Some(Self {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     fn stop(mut self) -> WriterStats {
@@ -99,7 +114,9 @@ fn open(path: &Path) -> Connection {
 fn create_bank(path: &Path, journal_mode: &str, accounts: u32, pad: usize) {
     let mut conn = open(path);
     let mode: String = conn
-        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| r.get(0))
+        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(mode, journal_mode);
     bank::create(&mut conn, accounts, pad).unwrap();
@@ -117,7 +134,10 @@ fn wait_past(path: &Path, seq: i64) -> i64 {
         if now > seq {
             return now;
         }
-        assert!(Instant::now() < deadline, "the writer made no progress past {seq}");
+        assert!(
+            Instant::now() < deadline,
+            "the writer made no progress past {seq}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -128,21 +148,34 @@ fn engine(store: impl Store + 'static) -> BackupEngine {
 
 /// Restores `info` into `target` (the sqlite procedure runs integrity_check) and checks what
 /// SQLite and the bank say about it.
-fn restore_and_check(engine: &BackupEngine, info: &BackupInfo, target: &Path, committed: i64) {
-    engine.restore(info.id, target, &RestoreOptions::default()).unwrap();
+fn restore_and_check(
+    engine: &BackupEngine,
+    info: &BackupInfo,
+    target: &Path,
+    accounts: u32,
+    committed: i64,
+) {
+    engine
+        .restore(info.id, target, &RestoreOptions::default())
+        .unwrap();
     let mut names: Vec<String> = std::fs::read_dir(target)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["bank.db"], "stale files beside the restored database");
+    assert_eq!(
+        names,
+        ["bank.db"],
+        "stale files beside the restored database"
+    );
     let db = target.join("bank.db");
-    let check: String =
-        open(&db).query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = open(&db)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok", "backup {}", info.id);
     let got = state(&db);
     assert!(got.invariant_holds(), "backup {} is torn: {got:?}", info.id);
-    assert_eq!(got.accounts, i64::from(ACCOUNTS));
+    assert_eq!(got.accounts, i64::from(accounts));
     assert!(
         got.max_seq >= committed,
         "backup {} lacks transfers: has seq {}, but {committed} was committed before it began",
@@ -170,10 +203,13 @@ fn hot_backups(
         seq = wait_past(&db, seq);
         let committed = state(&db).max_seq;
         let mut source = SqliteSource::new(&db).with_method(method);
-        let info = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
+        let info = engine
+            .create_backup(&mut source, &BackupOptions::default())
+            .unwrap();
         assert_eq!(info.source_kind, "sqlite");
         assert_eq!(info.restore_kind, "sqlite");
-        restore_and_check(&engine, &info, &dir.path().join(format!("restore{round}")), committed);
+        let target = dir.path().join(format!("restore{round}"));
+        restore_and_check(&engine, &info, &target, ACCOUNTS, committed);
         infos.push(info);
     }
     let stats = writer.stop();
@@ -185,8 +221,14 @@ fn hot_backups(
 }
 
 fn holds(infos: &[BackupInfo]) -> String {
-    let ms: Vec<u64> = infos.iter().map(|i| i.source_meta["sqlite.hold_ms"].parse().unwrap()).collect();
-    format!("lock/transaction held max {} ms", ms.iter().max().unwrap_or(&0))
+    let ms: Vec<u64> = infos
+        .iter()
+        .map(|i| i.source_meta["sqlite.hold_ms"].parse().unwrap())
+        .collect();
+    format!(
+        "lock/transaction held max {} ms",
+        ms.iter().max().unwrap_or(&0)
+    )
 }
 
 #[test]
@@ -257,10 +299,16 @@ fn file_pages(db: &Path, page_size: usize) -> Vec<Vec<u8>> {
     let conn = open(db);
     // In WAL mode, move every committed page into the file (no-op in rollback mode).
     let _: (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .unwrap();
     drop(conn);
-    std::fs::read(db).unwrap().chunks(page_size).map(<[u8]>::to_vec).collect()
+    std::fs::read(db)
+        .unwrap()
+        .chunks(page_size)
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 fn incremental_after_one_percent(journal_mode: &str) {
@@ -269,7 +317,9 @@ fn incremental_after_one_percent(journal_mode: &str) {
     let accounts = 20_000;
     create_bank(&db, journal_mode, accounts, 100);
     let engine = engine(MemoryStore::new());
-    let first = engine.create_backup(&mut SqliteSource::new(&db), &BackupOptions::default()).unwrap();
+    let first = engine
+        .create_backup(&mut SqliteSource::new(&db), &BackupOptions::default())
+        .unwrap();
     let page_size: usize = first.source_meta["sqlite.page_size"].parse().unwrap();
     let before = file_pages(&db, page_size);
 
@@ -278,7 +328,9 @@ fn incremental_after_one_percent(journal_mode: &str) {
     let tx = conn.transaction().unwrap();
     let mut id: u64 = 7;
     for _ in 0..accounts / 100 {
-        id = id.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        id = id
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         tx.execute(
             "UPDATE accounts SET pad = randomblob(100) WHERE id = ?1",
             [(id >> 33) % u64::from(accounts) + 1],
@@ -288,8 +340,9 @@ fn incremental_after_one_percent(journal_mode: &str) {
     tx.commit().unwrap();
     drop(conn);
 
-    let second =
-        engine.create_backup(&mut SqliteSource::new(&db), &BackupOptions::default()).unwrap();
+    let second = engine
+        .create_backup(&mut SqliteSource::new(&db), &BackupOptions::default())
+        .unwrap();
     let after = file_pages(&db, page_size);
     let changed = after
         .iter()
@@ -314,7 +367,7 @@ fn incremental_after_one_percent(journal_mode: &str) {
          ({limit} bytes)",
         second.bytes_added_raw
     );
-    restore_and_check(&engine, &second, &dir.path().join("restored"), 0);
+    restore_and_check(&engine, &second, &dir.path().join("restored"), accounts, 0);
 }
 
 #[test]
@@ -336,13 +389,18 @@ fn backup_of_a_connection_the_application_holds() {
     create_bank(&db, "wal", ACCOUNTS, 50);
     let app = Arc::new(Mutex::new(open(&db)));
     bank::transfer(&mut app.lock().unwrap(), 1, 2, 10).unwrap();
-    app.lock().unwrap().execute_batch("BEGIN; UPDATE accounts SET balance = 0;").unwrap();
+    app.lock()
+        .unwrap()
+        .execute_batch("BEGIN; UPDATE accounts SET balance = 0;")
+        .unwrap();
 
     let engine = engine(MemoryStore::new());
     let mut source = SqliteSource::from_connection(app.clone());
-    let info = engine.create_backup(&mut source, &BackupOptions::default()).unwrap();
+    let info = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
     app.lock().unwrap().execute_batch("ROLLBACK").unwrap();
-    restore_and_check(&engine, &info, &dir.path().join("restored"), 1);
+    restore_and_check(&engine, &info, &dir.path().join("restored"), ACCOUNTS, 1);
     let meta: &BTreeMap<String, String> = &info.source_meta;
     assert_eq!(meta["sqlite.method"], "dbpage");
 }

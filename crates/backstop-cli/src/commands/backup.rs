@@ -26,6 +26,9 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<()> {
         location: args.location.clone(),
         excludes,
         excludes_from_flags,
+        db_tools: args.db_tools.clone(),
+        data_dirs: args.data_dir.clone(),
+        hold: sources::hold_config(&args.hold),
     })?;
 
     let progress = Arc::new(CliProgress::new(settings.show_progress, "storing"));

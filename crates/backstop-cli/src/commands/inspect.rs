@@ -43,7 +43,11 @@ pub(super) fn list(settings: &Settings) -> Result<()> {
         ]);
     }
     printer.table(&table)?;
-    let noun = if backups.len() == 1 { "backup" } else { "backups" };
+    let noun = if backups.len() == 1 {
+        "backup"
+    } else {
+        "backups"
+    };
     printer.status(format!("{} {noun}", backups.len()))
 }
 

@@ -2,6 +2,8 @@
 //! the result. No backup logic lives here: whatever a command does, the engine API does.
 
 mod backup;
+mod bdb;
+mod demo;
 mod docs;
 mod init;
 mod inspect;
@@ -22,6 +24,10 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Completions(args) => return docs::completions(args),
         Command::Man(args) => return docs::man(args),
+        Command::Demo(args) => {
+            let printer = crate::output::Printer::new(cli.global.json, cli.global.quiet);
+            return demo::run(&printer, args);
+        }
         _ => {}
     }
     let settings = &Settings::resolve(&cli.global)?;
@@ -36,8 +42,10 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
         Command::Delete(args) => retention::delete(settings, args),
         Command::Gc(args) => retention::gc(settings, args),
         Command::Key(command) => key::run(settings, command),
+        Command::Standby(args) => bdb::standby(settings, args),
+        Command::ArchiveLogs(args) => bdb::archive_logs(settings, args),
         Command::WalPush(args) => wal::push(settings, args),
         Command::WalFetch(args) => wal::fetch(settings, args),
-        Command::Completions(_) | Command::Man(_) => Ok(()),
+        Command::Completions(_) | Command::Man(_) | Command::Demo(_) => Ok(()),
     }
 }

@@ -41,6 +41,12 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             options = options.with_fixup_option(key, value.clone());
         }
     }
+    if let Some(dir) = &args.db_tools {
+        options = options.with_fixup_option("db-tools", dir.display().to_string());
+    }
+    for (key, value) in &args.fixups {
+        options = options.with_fixup_option(key.clone(), value.clone());
+    }
     options = options.with_fixup_option("restore-command", restore_command(settings)?);
     if backup.source_kind == "postgres"
         && engine.repository_info().encrypted
@@ -65,7 +71,11 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
                 quoted(target.display())
             )
         } else {
-            format!("restoring backup {} into {}", quoted(backup.id), quoted(target.display()))
+            format!(
+                "restoring backup {} into {}",
+                quoted(backup.id),
+                quoted(target.display())
+            )
         };
         err.context(context)
     })?;
@@ -97,7 +107,14 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
 fn restore_command(settings: &Settings) -> Result<String> {
     let exe = std::env::current_exe()
         .context("finding this program's path for PostgreSQL's restore_command")?;
-    let repo = settings.repo()?;
+    restore_command_line(&exe, settings.repo()?, settings.password_source())
+}
+
+fn restore_command_line(
+    exe: &std::path::Path,
+    repo: &str,
+    password: Option<&PasswordSource>,
+) -> Result<String> {
     let repo = if repo.contains("://") {
         repo.to_owned()
     } else {
@@ -108,7 +125,7 @@ fn restore_command(settings: &Settings) -> Result<String> {
         "--repo".to_owned(),
         repo,
     ];
-    match settings.password_source() {
+    match password {
         Some(PasswordSource::File(path)) => {
             words.push("--password-file".to_owned());
             words.push(absolute(path)?);
@@ -133,4 +150,37 @@ fn absolute(path: &std::path::Path) -> Result<String> {
     let path = std::path::absolute(path)
         .with_context(|| format!("making `{}` an absolute path", path.display()))?;
     Ok(path.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn restore_command_quotes_paths_and_leaves_placeholders_to_postgres() {
+        let line = restore_command_line(
+            Path::new("/opt/back stop/backstop"),
+            "/srv/my repo",
+            Some(&PasswordSource::File(PathBuf::from("/etc/backstop/pw"))),
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "'/opt/back stop/backstop' --repo '/srv/my repo' --password-file /etc/backstop/pw \
+             wal-fetch %f %p"
+        );
+        let words = shlex::split(&line).unwrap();
+        assert_eq!(words[0], "/opt/back stop/backstop");
+        assert_eq!(words[2], "/srv/my repo");
+    }
+
+    #[test]
+    fn restore_command_makes_a_relative_repository_absolute_and_keeps_urls() {
+        let line = restore_command_line(Path::new("/bin/backstop"), "repo", None).unwrap();
+        let words = shlex::split(&line).unwrap();
+        assert!(Path::new(&words[2]).is_absolute(), "{line}");
+        let line = restore_command_line(Path::new("/bin/backstop"), "s3://bucket/p", None).unwrap();
+        assert_eq!(line, "/bin/backstop --repo s3://bucket/p wal-fetch %f %p");
+    }
 }

@@ -14,7 +14,7 @@
 //!
 //! Shared by the source's tests and the engine's tests (included with `#[path]`).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

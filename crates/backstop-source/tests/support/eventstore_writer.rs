@@ -1,7 +1,7 @@
 //! Runs `eventstore_writer.py` (the EventStore protocol writer) as a separate process for tests.
 //! Shared by the source's tests and the engine's tests (included with `#[path]`).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -130,6 +130,23 @@ impl Drop for Writer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (polling, up to 30 s) until the live database's `writer.chk` is past `position`, and
+/// returns it: backups under load each see new data.
+pub fn wait_past(db: &Path, position: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = writer_position(db);
+        if now > position {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not move past {position}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -84,8 +84,12 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
     let bytes = serde_json::to_vec(&info)
         .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a lock: {e}")))?;
     store.put(&key, &bytes, PutMode::Overwrite)?;
-    let mut guard =
-        LockGuard { store: Arc::clone(store), key: key.clone(), stop: None, refresher: None };
+    let mut guard = LockGuard {
+        store: Arc::clone(store),
+        key: key.clone(),
+        stop: None,
+        refresher: None,
+    };
     let now = now_unix();
     for meta in store.list("locks/")? {
         if meta.key == key {
@@ -106,7 +110,12 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
         if exclusive || other.exclusive {
             return Err(Error::new(
                 ErrorKind::Locked,
-                LockedError { key: meta.key, purpose: other.purpose, host: other.host, pid: other.pid },
+                LockedError {
+                    key: meta.key,
+                    purpose: other.purpose,
+                    host: other.host,
+                    pid: other.pid,
+                },
             ));
         }
     }

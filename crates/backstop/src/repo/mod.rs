@@ -31,6 +31,15 @@ pub(crate) struct BlobLocation {
     pub(crate) compressed: bool,
 }
 
+/// Blobs stored next to each other in one pack, read with one ranged read.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadRun {
+    pub(crate) pack: PackId,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) entries: Vec<PackEntry>,
+}
+
 /// The union of every index object: blob id → location.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -85,7 +94,10 @@ impl Index {
     }
 
     pub(crate) fn pack_size(&self, id: &PackId) -> Option<u64> {
-        self.pack_pos.get(id).and_then(|p| self.packs.get(*p as usize)).map(|(_, s)| *s)
+        self.pack_pos
+            .get(id)
+            .and_then(|p| self.packs.get(*p as usize))
+            .map(|(_, s)| *s)
     }
 }
 
@@ -129,7 +141,9 @@ pub(crate) enum RepoError {
     NoBackup(BackupId),
     #[error("the repository holds no backup yet")]
     NoBackups,
-    #[error("blob {blob} needed by {context} is in no index: the repository is damaged or a pack was deleted; run `backstop verify --all`")]
+    #[error(
+        "blob {blob} needed by {context} is in no index: the repository is damaged or a pack was deleted; run `backstop verify --all`"
+    )]
     MissingBlob { blob: String, context: String },
     #[error("key `{0}`: {1}")]
     Key(String, String),
@@ -140,7 +154,13 @@ pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
         FormatError::NewerVersion { .. } => ErrorKind::Incompatible,
         _ => ErrorKind::Corrupt,
     };
-    Error::new(kind, RepoError::Damaged { key: key.to_owned(), source })
+    Error::new(
+        kind,
+        RepoError::Damaged {
+            key: key.to_owned(),
+            source,
+        },
+    )
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -191,7 +211,9 @@ impl Repository {
         if Self::exists(&*store)? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
-                RepoError::Exists { location: store.describe() },
+                RepoError::Exists {
+                    location: store.describe(),
+                },
             ));
         }
         if init.chunk_min == 0 || init.chunk_min > init.chunk_avg || init.chunk_avg > init.chunk_max
@@ -230,7 +252,14 @@ impl Repository {
         // The config goes last: until it exists, the store holds no repository.
         let bytes = format::seal_object(ObjectType::Config, &config, None);
         store.put(CONFIG_KEY, &bytes, PutMode::Create)?;
-        Ok(Self { store, config, key, key_id, options, index: RwLock::new(Index::default()) })
+        Ok(Self {
+            store,
+            config,
+            key,
+            key_id,
+            options,
+            index: RwLock::new(Index::default()),
+        })
     }
 
     pub(crate) fn open(store: Arc<dyn Store>, options: EngineOptions) -> Result<Self> {
@@ -239,7 +268,9 @@ impl Repository {
             Err(e) if e.kind() == StoreErrorKind::NotFound => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
-                    RepoError::Missing { location: store.describe() },
+                    RepoError::Missing {
+                        location: store.describe(),
+                    },
                 ));
             }
             Err(e) => return Err(e.into()),
@@ -249,7 +280,10 @@ impl Repository {
         if config.version > format::FORMAT_VERSION {
             return Err(damaged(
                 CONFIG_KEY,
-                FormatError::NewerVersion { what: "repository config", found: config.version },
+                FormatError::NewerVersion {
+                    what: "repository config",
+                    found: config.version,
+                },
             ));
         }
         let (key, key_id) = if config.encrypted {
@@ -262,8 +296,14 @@ impl Repository {
         } else {
             (None, None)
         };
-        let repo =
-            Self { store, config, key, key_id, options, index: RwLock::new(Index::default()) };
+        let repo = Self {
+            store,
+            config,
+            key,
+            key_id,
+            options,
+            index: RwLock::new(Index::default()),
+        };
         repo.reload_index()?;
         Ok(repo)
     }
@@ -278,7 +318,11 @@ impl Repository {
             version: self.config.version,
             id: self.config.id.clone(),
             encrypted: self.config.encrypted,
-            chunking: (self.config.chunk_min, self.config.chunk_avg, self.config.chunk_max),
+            chunking: (
+                self.config.chunk_min,
+                self.config.chunk_avg,
+                self.config.chunk_max,
+            ),
             pack_size: self.config.pack_size,
         }
     }
@@ -286,7 +330,12 @@ impl Repository {
     /// Reads every index object into memory (replacing what was loaded).
     pub(crate) fn reload_index(&self) -> Result<()> {
         let mut index = Index::default();
-        let mut keys: Vec<_> = self.store.list("index/")?.into_iter().map(|m| m.key).collect();
+        let mut keys: Vec<_> = self
+            .store
+            .list("index/")?
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         keys.sort();
         for key in keys {
             let bytes = match self.store.get(&key) {
@@ -303,16 +352,23 @@ impl Repository {
             }
             index.objects.push(key);
         }
-        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        *self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
         Ok(())
     }
 
     pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn index_write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes an index object listing `packs`; returns its key.
@@ -329,13 +385,19 @@ impl Repository {
         let (pack, entry) = self.index_read().locate(id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Corrupt,
-                RepoError::MissingBlob { blob: id.to_hex(), context: context.to_owned() },
+                RepoError::MissingBlob {
+                    blob: id.to_hex(),
+                    context: context.to_owned(),
+                },
             )
         })?;
         let key = format::pack_key(pack);
         let stored = self
             .store
-            .get_range(&key, u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length))
+            .get_range(
+                &key,
+                u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length),
+            )
             .map_err(|e| {
                 if e.kind() == StoreErrorKind::NotFound {
                     Error::new(ErrorKind::Corrupt, e)
@@ -344,6 +406,39 @@ impl Repository {
                 }
             })?;
         format::decode_blob(&entry, &stored, self.key()).map_err(|e| damaged(&key, e))
+    }
+
+    /// Reads a run of adjacent blobs of one pack with one ranged read, checking each.
+    pub(crate) fn read_run(&self, run: &ReadRun) -> Result<Vec<Vec<u8>>> {
+        let key = format::pack_key(run.pack);
+        let bytes = self
+            .store
+            .get_range(&key, run.start..run.start + run.len)
+            .map_err(|e| {
+                if e.kind() == StoreErrorKind::NotFound {
+                    Error::new(ErrorKind::Corrupt, e)
+                } else {
+                    e.into()
+                }
+            })?;
+        run.entries
+            .iter()
+            .map(|entry| {
+                let from = (u64::from(entry.offset) - run.start) as usize;
+                let stored = bytes
+                    .get(from..from + entry.length as usize)
+                    .ok_or_else(|| {
+                        damaged(
+                            &key,
+                            FormatError::Truncated {
+                                what: "pack",
+                                len: bytes.len(),
+                            },
+                        )
+                    })?;
+                format::decode_blob(entry, stored, self.key()).map_err(|e| damaged(&key, e))
+            })
+            .collect()
     }
 
     // ---- snapshots ------------------------------------------------------------------------
@@ -368,14 +463,20 @@ impl Repository {
         if snapshot.version > format::FORMAT_VERSION {
             return Err(damaged(
                 key,
-                FormatError::NewerVersion { what: "snapshot", found: snapshot.version },
+                FormatError::NewerVersion {
+                    what: "snapshot",
+                    found: snapshot.version,
+                },
             ));
         }
         Ok(snapshot)
     }
 
     pub(crate) fn load_all_snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.snapshot_keys()?.iter().map(|(_, key)| self.read_snapshot(key)).collect()
+        self.snapshot_keys()?
+            .iter()
+            .map(|(_, key)| self.read_snapshot(key))
+            .collect()
     }
 
     pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
@@ -395,7 +496,11 @@ impl Repository {
     }
 
     pub(crate) fn list_backups(&self) -> Result<Vec<BackupInfo>> {
-        Ok(self.load_all_snapshots()?.iter().map(Snapshot::info).collect())
+        Ok(self
+            .load_all_snapshots()?
+            .iter()
+            .map(Snapshot::info)
+            .collect())
     }
 
     /// Writes a snapshot as the next backup id and returns the id. The write is the commit
@@ -424,7 +529,8 @@ impl Repository {
         let moved = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
         snapshot.id = moved;
         let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
-        self.store.put(&snapshot_key(moved, &suffix), &bytes, PutMode::Create)?;
+        self.store
+            .put(&snapshot_key(moved, &suffix), &bytes, PutMode::Create)?;
         self.store.delete(&key)?;
         Ok(moved)
     }
@@ -454,7 +560,10 @@ impl Repository {
                     ErrorKind::Corrupt,
                     RepoError::Damaged {
                         key: format!("tree {tree_id}"),
-                        source: FormatError::Decode { what: "tree", detail: e.to_string() },
+                        source: FormatError::Decode {
+                            what: "tree",
+                            detail: e.to_string(),
+                        },
                     },
                 )
             })?;
@@ -507,7 +616,10 @@ impl Repository {
 
     fn require_key(&self) -> Result<&MasterKey> {
         self.key.as_ref().ok_or_else(|| {
-            Error::msg(ErrorKind::InvalidInput, "the repository is not encrypted: it has no keys")
+            Error::msg(
+                ErrorKind::InvalidInput,
+                "the repository is not encrypted: it has no keys",
+            )
         })
     }
 
@@ -523,17 +635,26 @@ impl Repository {
         if self.key_id.as_deref() == Some(id) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                RepoError::Key(id.into(), "is the key in use; open with another password to remove it".into()),
+                RepoError::Key(
+                    id.into(),
+                    "is the key in use; open with another password to remove it".into(),
+                ),
             ));
         }
         let keys = self.store.list("keys/")?;
         if !keys.iter().any(|m| m.key == format!("keys/{id}")) {
-            return Err(Error::new(ErrorKind::NotFound, RepoError::Key(id.into(), "does not exist".into())));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                RepoError::Key(id.into(), "does not exist".into()),
+            ));
         }
         if keys.len() <= 1 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                RepoError::Key(id.into(), "is the last key; removing it would lock the data away".into()),
+                RepoError::Key(
+                    id.into(),
+                    "is the last key; removing it would lock the data away".into(),
+                ),
             ));
         }
         self.store.delete(&format!("keys/{id}"))?;
@@ -560,7 +681,13 @@ fn write_key_file(store: &dyn Store, file: &KeyFile) -> Result<String> {
 fn read_key_file(store: &dyn Store, key: &str) -> Result<KeyFile> {
     let bytes = store.get(key)?;
     let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-        damaged(key, FormatError::Decode { what: "key file", detail: e.to_string() })
+        damaged(
+            key,
+            FormatError::Decode {
+                what: "key file",
+                detail: e.to_string(),
+            },
+        )
     })?;
     if format::ContentId::hash(&bytes).to_hex() != key.trim_start_matches("keys/") {
         return Err(damaged(key, FormatError::Checksum { what: "key file" }));
@@ -585,7 +712,10 @@ fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey
             Err(KeyFileError::Version(v)) => {
                 return Err(damaged(
                     &meta.key,
-                    FormatError::NewerVersion { what: "key file", found: v },
+                    FormatError::NewerVersion {
+                        what: "key file",
+                        found: v,
+                    },
                 ));
             }
             Err(e @ KeyFileError::Damaged(_)) => {
@@ -597,9 +727,15 @@ fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey
         if let Some(e) = damaged_keys.into_iter().next() {
             return Err(e);
         }
-        return Err(Error::msg(ErrorKind::Corrupt, "the repository has no key files (`keys/`)"));
+        return Err(Error::msg(
+            ErrorKind::Corrupt,
+            "the repository has no key files (`keys/`)",
+        ));
     }
-    Err(Error::new(ErrorKind::WrongKey, RepoError::WrongPassword { count: keys.len() }))
+    Err(Error::new(
+        ErrorKind::WrongKey,
+        RepoError::WrongPassword { count: keys.len() },
+    ))
 }
 
 impl Snapshot {
@@ -647,7 +783,10 @@ pub(crate) fn referenced_blobs(
 }
 
 /// Reads every node of a snapshot into a map by path (for the parent of an incremental backup).
-pub(crate) fn nodes_by_path(repo: &Repository, snapshot: &Snapshot) -> Result<BTreeMap<String, Node>> {
+pub(crate) fn nodes_by_path(
+    repo: &Repository,
+    snapshot: &Snapshot,
+) -> Result<BTreeMap<String, Node>> {
     let mut out = BTreeMap::new();
     repo.for_each_node(snapshot, |n| {
         out.insert(n.path.clone(), n);

@@ -10,6 +10,10 @@
     unreachable_pub,
     reason = "each test crate that includes this harness uses a different part of it"
 )]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test harness: a failed step fails the test"
+)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -323,6 +327,23 @@ impl PgCluster {
                 .args(["-p", "5432", "-U", "postgres"])
                 .args(extra)
                 .arg("postgres"),
+        );
+    }
+
+    /// Runs `transactions` pgbench transactions per client to completion.
+    pub(crate) fn pgbench_run(&self, clients: u32, transactions: u32) {
+        run_ok(
+            Command::new(pg("pgbench"))
+                .args([
+                    "-n",
+                    "-c",
+                    &clients.to_string(),
+                    "-t",
+                    &transactions.to_string(),
+                    "-h",
+                ])
+                .arg(&self.socket_dir)
+                .args(["-p", "5432", "-U", "postgres", "postgres"]),
         );
     }
 

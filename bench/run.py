@@ -1,0 +1,1630 @@
+#!/usr/bin/env python3
+"""Backstop's benchmark harness (issue 9): Backstop against restic, borg, rustic, tar | zstd and
+cp -a on one realistic database mix, in one run, on one machine.
+
+    python3 bench/run.py [--smoke] [--size 1GiB] [--out bench/out] [--backstop PATH]
+
+It builds version 1 of a data set (a stopped PostgreSQL 15 cluster after `pgbench -i`, an SQLite
+database, a RocksDB directory, incompressible and highly compressible files), lets every tool
+take a full backup of it, applies a live-like workload (version 2), lets every tool take an
+incremental backup, restores the latest backup of every tool and compares it byte for byte with
+version 2, then compares Backstop's database sources with each database's own backup tool.
+It writes report.md, report.json and a chart (chart.png with matplotlib, else chart.svg) to
+--out. See bench/README.md for the method. Python 3 standard library only (matplotlib and
+rocksdict are used when importable).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_USER = "backstop-test"
+PASSWORD = "bench-password"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+class BenchError(Exception):
+    """A failure that ends the run: a tool failed, or a restore differs from its source."""
+
+
+# --------------------------------------------------------------------------------------------
+# Running and measuring commands
+# --------------------------------------------------------------------------------------------
+
+
+class Measured:
+    """Wall time, CPU time and peak RSS of one command (and the children it waited for)."""
+
+    def __init__(self, wall, user, sys_, maxrss_kib, rc, stdout, stderr):
+        self.wall = wall
+        self.user = user
+        self.sys = sys_
+        self.maxrss_kib = maxrss_kib
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def cpu(self):
+        return self.user + self.sys
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+class Runner:
+    """Runs commands with their output in log files, and measures each one on its own.
+
+    CPU time and peak RSS come from GNU time (`-f '%U %S %M'`), which forks the command from a
+    small process: measured from this Python process instead (wait4), a child's peak RSS would
+    include the harness's own memory, which the kernel counts until exec. For a shell pipeline
+    the peak RSS is that of its largest member. Wall time is measured here.
+    """
+
+    def __init__(self, logdir, timeout):
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self.counter = 0
+        self.gnu_time = os.access(GNU_TIME, os.X_OK)
+
+    def run(self, name, argv, cwd=None, env=None, check=True, stdin_data=None, timeout=None):
+        self.counter += 1
+        stem = f"{self.counter:03d}-{name}".replace("/", "_").replace(" ", "_")
+        out_path = self.logdir / f"{stem}.out"
+        err_path = self.logdir / f"{stem}.err"
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        limit = timeout or self.timeout
+        time_path = self.logdir / f"{stem}.time"
+        argv = [str(a) for a in argv]
+        (self.logdir / f"{stem}.cmd").write_text(shlex.join(argv) + "\n")
+        if self.gnu_time:
+            argv = [GNU_TIME, "-f", "%U %S %M", "-o", str(time_path), "--"] + argv
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            timed_out = []
+
+            def kill():
+                timed_out.append(True)
+                try:
+                    os.killpg(proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+
+            timer = threading.Timer(limit, kill)
+            timer.start()
+            try:
+                if stdin_data is not None:
+                    proc.stdin.write(stdin_data)
+                    proc.stdin.close()
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+            wall = time.monotonic() - start
+        rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc  # wait4 reaped it; tell Popen so it does not wait again
+        stdout = out_path.read_text(errors="replace")
+        stderr = err_path.read_text(errors="replace")
+        if timed_out:
+            raise BenchError(f"{name}: timed out after {limit:.0f} s: {' '.join(argv)}")
+        user, sys_, maxrss = usage.ru_utime, usage.ru_stime, usage.ru_maxrss
+        if self.gnu_time and time_path.exists():
+            # The last line: GNU time puts "Command exited with non-zero status N" before it.
+            fields = time_path.read_text().strip().splitlines()[-1].split()
+            user, sys_, maxrss = float(fields[0]), float(fields[1]), int(fields[2])
+        if check and rc != 0:
+            raise BenchError(
+                f"{name}: exit code {rc}: {' '.join(map(str, argv))}\n"
+                f"--- stderr ({err_path}):\n{stderr[-3000:]}\n--- stdout:\n{stdout[-1500:]}"
+            )
+        return Measured(wall, user, sys_, maxrss, rc, stdout, stderr)
+
+
+START = time.monotonic()
+
+
+def progress(msg, end="\n"):
+    print(f"[{time.monotonic() - START:7.1f} s] {msg}", end=end, file=sys.stderr, flush=True)
+
+
+def as_db_user(argv):
+    """PostgreSQL refuses to run as root: drop to the test user (scripts/install/postgres.sh)."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", PG_USER, "--"] + [str(a) for a in argv]
+    return [str(a) for a in argv]
+
+
+# --------------------------------------------------------------------------------------------
+# File-tree helpers
+# --------------------------------------------------------------------------------------------
+
+
+def tree_bytes(path):
+    """Apparent size of every regular file under path (what `du -sb` counts for files)."""
+    total = 0
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def read_tree(path):
+    """Reads every file once, untimed, so the next timed step finds the page cache warm."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                if not stat.S_ISREG(os.lstat(full).st_mode):
+                    continue
+                with open(full, "rb") as f:
+                    while f.read(4 * MIB):
+                        pass
+            except (FileNotFoundError, PermissionError):
+                continue
+
+
+def walk_entries(root):
+    """Relative path -> (kind, payload) for every entry below root (not root itself)."""
+    entries = {}
+    root = str(root)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                entries[rel] = ("symlink", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                entries[rel] = ("dir", None)
+            elif stat.S_ISREG(st.st_mode):
+                entries[rel] = ("file", st.st_size)
+            else:
+                entries[rel] = ("special", None)
+    return entries
+
+
+def files_equal(a, b):
+    """Offset of the first difference, or None when the two files are identical."""
+    offset = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ba = fa.read(4 * MIB)
+            bb = fb.read(4 * MIB)
+            if ba != bb:
+                for i in range(min(len(ba), len(bb))):
+                    if ba[i] != bb[i]:
+                        return offset + i
+                return offset + min(len(ba), len(bb))
+            if not ba:
+                return None
+            offset += len(ba)
+
+
+def compare_trees(source, restored):
+    """Every difference between two trees: missing, extra, kind, content, symlink target.
+
+    Sockets and fifos are left out on both sides (no tool restores them as such). Ownership,
+    modes and mtimes are not compared here: restore fidelity is the engine tests' job; this
+    checks that every byte came back.
+    """
+    problems = []
+    src = {k: v for k, v in walk_entries(source).items() if v[0] != "special"}
+    dst = {k: v for k, v in walk_entries(restored).items() if v[0] != "special"}
+    for rel in sorted(src.keys() - dst.keys()):
+        problems.append(f"missing: {rel}")
+    for rel in sorted(dst.keys() - src.keys()):
+        problems.append(f"extra: {rel}")
+    for rel in sorted(src.keys() & dst.keys()):
+        (kind_s, val_s), (kind_d, val_d) = src[rel], dst[rel]
+        if kind_s != kind_d:
+            problems.append(f"kind differs: {rel}: {kind_s} vs {kind_d}")
+        elif kind_s == "symlink" and val_s != val_d:
+            problems.append(f"symlink target differs: {rel}: {val_s} vs {val_d}")
+        elif kind_s == "file":
+            if val_s != val_d:
+                problems.append(f"size differs: {rel}: {val_s} vs {val_d} bytes")
+            else:
+                at = files_equal(os.path.join(source, rel), os.path.join(restored, rel))
+                if at is not None:
+                    problems.append(f"content differs: {rel} at byte {at}")
+    return problems
+
+
+def page_diff(v1, v2, logdir):
+    """The incremental lower bound: bytes of 4 KiB and 8 KiB pages that differ between v1 and
+    v2, per top-level part, plus the zstd -3 size of the changed 4 KiB pages.
+
+    Pages are compared at the same offset of the same relative path; a file new in v2 counts
+    whole, a file gone from v2 counts nothing, a trailing partial page counts its length.
+    """
+    page_sizes = (4096, 8192)
+    parts = {}
+    zstd = shutil.which("zstd")
+    zout = Path(logdir) / "changed-pages.zst"
+    zproc = None
+    if zstd:
+        zproc = subprocess.Popen(
+            [zstd, "-3", "-T1", "-q", "-c"], stdin=subprocess.PIPE, stdout=open(zout, "wb")
+        )
+    for dirpath, _, files in os.walk(v2):
+        for name in files:
+            full2 = os.path.join(dirpath, name)
+            rel = os.path.relpath(full2, v2)
+            if not stat.S_ISREG(os.lstat(full2).st_mode):
+                continue
+            part = rel.split(os.sep)[0]
+            acc = parts.setdefault(part, {"size": 0, "files": 0, 4096: 0, 8192: 0})
+            acc["files"] += 1
+            full1 = os.path.join(v1, rel)
+            old = open(full1, "rb") if os.path.isfile(full1) else None
+            with open(full2, "rb") as f2:
+                while True:
+                    block2 = f2.read(MIB)
+                    if not block2:
+                        break
+                    acc["size"] += len(block2)
+                    block1 = old.read(MIB) if old else b""
+                    if block1 == block2:
+                        continue
+                    for ps in page_sizes:
+                        for off in range(0, len(block2), ps):
+                            if block2[off : off + ps] != block1[off : off + ps]:
+                                acc[ps] += len(block2[off : off + ps])
+                                if ps == 4096 and zproc:
+                                    zproc.stdin.write(block2[off : off + ps])
+            if old:
+                old.close()
+    compressed = None
+    if zproc:
+        zproc.stdin.close()
+        zproc.wait()
+        compressed = zout.stat().st_size
+        zout.unlink()
+    total = {"size": 0, "files": 0, 4096: 0, 8192: 0}
+    for acc in parts.values():
+        for key in total:
+            total[key] += acc[key]
+    return {
+        "parts": {
+            p: {"size": a["size"], "files": a["files"], "pages4k": a[4096], "pages8k": a[8192]}
+            for p, a in sorted(parts.items())
+        },
+        "total": {
+            "size": total["size"],
+            "files": total["files"],
+            "pages4k": total[4096],
+            "pages8k": total[8192],
+            "pages4k_zstd3": compressed,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The data set
+# --------------------------------------------------------------------------------------------
+
+
+class Dataset:
+    """Builds version 1 of the mix under `root`, and turns it into version 2 with a workload.
+
+    PostgreSQL runs only while the data are built and the workload runs: every backup in the
+    main comparison is of a stopped cluster's files (the database-native comparison at the end
+    backs up the running server).
+    """
+
+    def __init__(self, work, root, size, smoke, runner, notes, strict):
+        self.work = Path(work)
+        self.root = Path(root)
+        self.size = size
+        self.smoke = smoke
+        self.runner = runner
+        self.notes = notes
+        self.strict = strict
+        self.rng = random.Random(20240901)
+        self.pg_dir = self.root / "pg"
+        self.pg_sock = self.work / "pgsock"
+        self.pg_log = self.work / "pg.log"
+        self.pg_port = 5432
+        self.pg_scale = None
+        self.parts = []
+        self.sqlite_path = self.root / "sqlite" / "bench.db"
+        self.sqlite_rows = 0
+        self.rocks_dir = self.root / "rocksdb"
+        self.rocks_keys = 0
+
+    def skip(self, what, why):
+        msg = f"{what} skipped: {why}"
+        if self.strict:
+            raise BenchError(msg + " (--strict: install it with scripts/install-test-deps.sh)")
+        self.notes.append(msg)
+        print("NOTE: " + msg, file=sys.stderr)
+
+    # -- version 1 -----------------------------------------------------------------------------
+
+    def build(self):
+        self.root.mkdir(parents=True)
+        os.chmod(self.work, 0o755)
+        os.chmod(self.root, 0o755)
+        self.build_files()
+        self.build_sqlite()
+        self.build_rocksdb()
+        self.build_postgres()
+
+    def build_files(self):
+        files = self.root / "files"
+        files.mkdir()
+        # Incompressible: random bytes, in one large and a few small files.
+        random_total = int(self.size * 0.10)
+        with open(files / "random.bin", "wb") as f:
+            left = random_total * 3 // 4
+            while left > 0:
+                f.write(os.urandom(min(left, 4 * MIB)))
+                left -= 4 * MIB
+        for i in range(4):
+            (files / f"blob{i}.bin").write_bytes(os.urandom(random_total // 16))
+        # Highly compressible: application logs.
+        logs = files / "logs"
+        logs.mkdir()
+        per_file = int(self.size * 0.10) // 4
+        for i in range(4):
+            self.write_log(logs / f"app{i}.log", per_file, i * 10_000_000)
+        self.parts.append("files")
+
+    def write_log(self, path, size, seq, mode="wb"):
+        paths = ["/api/v1/orders", "/api/v1/users", "/healthz", "/api/v1/search", "/login"]
+        levels = ["INFO", "INFO", "INFO", "WARN", "DEBUG"]
+        rng = self.rng
+        written = 0
+        base = datetime.datetime(2024, 9, 1)
+        with open(path, mode) as f:
+            while written < size:
+                lines = []
+                for _ in range(1000):
+                    seq += 1
+                    ts = base + datetime.timedelta(milliseconds=seq * 7)
+                    lines.append(
+                        f"{ts.isoformat()}Z {rng.choice(levels)} request id={seq} "
+                        f"path={rng.choice(paths)}/{rng.randrange(100000)} status=200 "
+                        f"ms={rng.randrange(500)} user=u{rng.randrange(5000)}\n"
+                    )
+                chunk = "".join(lines).encode()
+                f.write(chunk)
+                written += len(chunk)
+
+    def build_sqlite(self):
+        self.sqlite_path.parent.mkdir()
+        # About 85 bytes per row with its index, measured on this schema.
+        self.sqlite_rows = max(5000, int(self.size * 0.25 / 85))
+        con = sqlite3.connect(self.sqlite_path)
+        con.executescript("""
+            PRAGMA journal_mode=WAL;
+            CREATE TABLE orders(id INTEGER PRIMARY KEY, customer INTEGER NOT NULL,
+                                amount INTEGER NOT NULL, status TEXT NOT NULL, note TEXT);
+            CREATE INDEX orders_customer ON orders(customer);
+            """)
+        rng = self.rng
+        statuses = ["new", "paid", "shipped", "delivered", "returned"]
+
+        def rows(start, count):
+            for i in range(start, start + count):
+                yield (
+                    i,
+                    rng.randrange(100_000),
+                    rng.randrange(1, 100_000),
+                    rng.choice(statuses),
+                    rng.randbytes(8).hex(),
+                )
+
+        con.executemany("INSERT INTO orders VALUES (?,?,?,?,?)", rows(1, self.sqlite_rows))
+        con.commit()
+        con.close()  # the last connection checkpoints and removes the WAL
+        self.parts.append("sqlite")
+
+    def build_rocksdb(self):
+        try:
+            import rocksdict  # noqa: F401  (scripts/install/rocksdb.sh)
+        except ImportError:
+            self.skip("RocksDB part", "the Python module rocksdict is not installed")
+            return
+        self.rocks_keys = max(2000, int(self.size * 0.15 / 230))
+        self.rocks_write(0, self.rocks_keys, flush=True)
+        self.parts.append("rocksdb")
+
+    def rocks_write(self, first, count, flush):
+        import rocksdict
+
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        # format_version 5: Debian's ldb (RocksDB 7.8), the native peer, cannot read 6.
+        table = rocksdict.BlockBasedOptions()
+        table.set_format_version(5)
+        opts.set_block_based_table_factory(table)
+        db = rocksdict.Rdict(str(self.rocks_dir), opts)
+        rng = self.rng
+        filler = b"status=active;region=eu-west;plan=standard;" * 2
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for n, i in enumerate(range(first, first + count)):
+            key = b"user:%012d" % i
+            batch.put(key, rng.randbytes(100) + filler)
+            if n % 10_000 == 9_999:
+                db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        db.write(batch)
+        if flush:
+            db.flush()
+        db.close()
+
+    def pg_available(self):
+        if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pgbench").exists():
+            return "PostgreSQL 15 is not installed (scripts/install/postgres.sh)"
+        if os.geteuid() == 0:
+            try:
+                subprocess.run(["id", "-u", PG_USER], check=True, capture_output=True)
+            except subprocess.CalledProcessError:
+                return f"user {PG_USER} is missing (scripts/install/postgres.sh)"
+        return None
+
+    def pg_conninfo(self):
+        return f"host={self.pg_sock} port={self.pg_port} user={PG_USER} dbname=postgres"
+
+    def pg_client_args(self):
+        return ["-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", PG_USER]
+
+    def build_postgres(self):
+        why = self.pg_available()
+        if why:
+            self.skip("PostgreSQL part", why)
+            return
+        user = PG_USER if os.geteuid() == 0 else None
+        self.pg_sock.mkdir()
+        self.pg_dir.mkdir()
+        self.pg_log.touch()
+        for p in (self.pg_sock, self.pg_dir, self.pg_log):
+            if user:
+                shutil.chown(p, user, user)
+        os.chmod(self.pg_dir, 0o700)
+        initdb = [PG_BIN / "initdb", "-D", self.pg_dir, "-U", PG_USER, "--no-sync"]
+        if self.smoke:
+            initdb.append("--wal-segsize=1")  # keeps the smoke cluster at ~30 MB
+        self.runner.run("pg-initdb", as_db_user(initdb))
+        with open(self.pg_dir / "postgresql.conf", "a") as f:
+            f.write(
+                "\n# bench/run.py\nlisten_addresses = ''\nfsync = on\n"
+                + ("max_wal_size = 4MB\nmin_wal_size = 2MB\n" if self.smoke else "max_wal_size = 512MB\n")
+            )
+        self.pg_start()
+        try:
+            # pgbench scale 1 is ~15 MiB of tables and indexes.
+            self.pg_scale = 1 if self.smoke else max(1, round(self.size * 0.33 / (15.6 * MIB)))
+            self.runner.run(
+                "pgbench-init",
+                [PG_BIN / "pgbench", "-i", "-q", "-s", str(self.pg_scale)]
+                + self.pg_client_args()
+                + ["postgres"],
+            )
+            self.pg_sql("CHECKPOINT")
+        finally:
+            self.pg_stop()
+        self.parts.append("pg")
+
+    def pg_start(self):
+        self.runner.run(
+            "pg-start",
+            as_db_user(
+                [
+                    PG_BIN / "pg_ctl",
+                    "-D",
+                    self.pg_dir,
+                    "-l",
+                    self.pg_log,
+                    "-w",
+                    "-t",
+                    "120",
+                    "-o",
+                    f"-p {self.pg_port} -k {self.pg_sock}",
+                    "start",
+                ]
+            ),
+        )
+
+    def pg_stop(self):
+        self.runner.run(
+            "pg-stop",
+            as_db_user([PG_BIN / "pg_ctl", "-D", self.pg_dir, "-m", "fast", "-w", "stop"]),
+            check=False,
+        )
+
+    def pg_sql(self, sql):
+        return self.runner.run(
+            "psql",
+            [PG_BIN / "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+            + self.pg_client_args()
+            + ["-d", "postgres", "-c", sql],
+        ).stdout.strip()
+
+    # -- version 2 -----------------------------------------------------------------------------
+
+    def workload(self):
+        """A live-like burst of writes: the second version of every part."""
+        rng = self.rng
+        if "pg" in self.parts:
+            self.pg_start()
+            try:
+                # ~200 transactions per scale unit touch a few % of pgbench_accounts' pages.
+                per_client = max(100, self.pg_scale * 100)
+                self.runner.run(
+                    "pgbench-run",
+                    [PG_BIN / "pgbench", "-n", "-c", "2", "-j", "2", "-t", str(per_client)]
+                    + self.pg_client_args()
+                    + ["postgres"],
+                )
+                self.pg_sql("CHECKPOINT")
+            finally:
+                self.pg_stop()
+        if "sqlite" in self.parts:
+            con = sqlite3.connect(self.sqlite_path)
+            updates = max(50, self.sqlite_rows // 500)
+            for _ in range(updates):
+                con.execute(
+                    "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id = ?",
+                    (rng.randrange(1, self.sqlite_rows + 1),),
+                )
+            start = self.sqlite_rows + 1
+            inserts = max(50, self.sqlite_rows // 100)
+            con.executemany(
+                "INSERT INTO orders VALUES (?,?,?,?,?)",
+                (
+                    (i, rng.randrange(100_000), rng.randrange(1, 100_000), "new", rng.randbytes(8).hex())
+                    for i in range(start, start + inserts)
+                ),
+            )
+            con.commit()
+            con.close()
+        if "rocksdb" in self.parts:
+            # New keys plus overwrites of existing ones, left in the memtable/WAL as a live
+            # database would have them.
+            self.rocks_write(self.rocks_keys, max(100, self.rocks_keys // 20), flush=False)
+            self.rocks_write(rng.randrange(self.rocks_keys // 2), max(50, self.rocks_keys // 50), flush=True)
+        if "files" in self.parts:
+            self.write_log(
+                self.root / "files" / "logs" / "app3.log",
+                max(4096, int(self.size * 0.005)),
+                99_000_000,
+                mode="ab",
+            )
+            (self.root / "files" / "logs" / "app4.log").write_bytes(b"")
+            self.write_log(
+                self.root / "files" / "logs" / "app4.log",
+                max(4096, int(self.size * 0.002)),
+                98_000_000,
+                mode="ab",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# The tools
+# --------------------------------------------------------------------------------------------
+
+
+class Tool:
+    """One backup program: full backup, incremental backup, restore of the latest."""
+
+    name = "tool"
+    dedup_peer = False  # a deduplicating backup program (the "peers" of the targets)
+
+    def __init__(self, work):
+        self.work = Path(work)
+        self.repo = self.work / "repos" / self.name
+        self.cache = self.work / "cache" / self.name
+
+    def version(self):
+        return ""
+
+    def setup(self, runner):
+        self.repo.parent.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def backup_cmd(self, step, data):
+        raise NotImplementedError
+
+    def restore_cmd(self, target):
+        raise NotImplementedError
+
+    def env(self):
+        return {}
+
+    def cwd(self):
+        return self.work
+
+    def reported(self, measured):
+        return {}
+
+
+def first_line(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+class Backstop(Tool):
+    dedup_peer = False
+
+    def __init__(self, work, binary, name="backstop", extra=()):
+        self.name = name
+        super().__init__(work)
+        self.binary = str(binary)
+        # `--no-encryption` is a flag of `init` only; everything else goes to every command.
+        self.init_extra = [f for f in extra if f == "--no-encryption"]
+        self.extra = [f for f in extra if f != "--no-encryption"]
+
+    def version(self):
+        flags = " ".join(self.init_extra + self.extra)
+        return first_line([self.binary, "--version"]) + (f" ({flags})" if flags else "")
+
+    def env(self):
+        return {
+            "BACKSTOP_PASSWORD": PASSWORD,
+            "XDG_CACHE_HOME": str(self.cache),
+            "XDG_CONFIG_HOME": str(self.cache),
+        }
+
+    def base(self):
+        return [self.binary, "--repo", str(self.repo)] + self.extra
+
+    def setup(self, runner):
+        super().setup(runner)
+        runner.run(f"{self.name}-init", self.base() + ["-q", "init"] + self.init_extra, env=self.env())
+
+    def backup_cmd(self, step, data):
+        return self.base() + ["-q", "--json", "backup", str(data)]
+
+    def restore_cmd(self, target):
+        return self.base() + ["-q", "restore", "latest", str(target)]
+
+    def reported(self, measured):
+        try:
+            result = json.loads(measured.stdout)["result"]
+            return {"bytes_added": result.get("bytes_added"), "bytes_read": result.get("bytes_read")}
+        except (ValueError, KeyError, TypeError):
+            return {}
+
+
+class Restic(Tool):
+    name = "restic"
+    dedup_peer = True
+
+    def version(self):
+        return first_line(["restic", "version"])
+
+    def env(self):
+        return {"RESTIC_PASSWORD": PASSWORD}
+
+    def base(self):
+        return ["restic", "--repo", str(self.repo), "--cache-dir", str(self.cache), "-q"]
+
+    def setup(self, runner):
+        super().setup(runner)
+        runner.run("restic-init", self.base() + ["init"], env=self.env())
+
+    def backup_cmd(self, step, data):
+        return self.base() + ["backup", data.name]
+
+    def restore_cmd(self, target):
+        return self.base() + ["restore", "latest", "--target", str(target)]
+
+
+class Rustic(Tool):
+    name = "rustic"
+    dedup_peer = True
+
+    def version(self):
+        return first_line(["rustic", "--version"])
+
+    def env(self):
+        return {"RUSTIC_PASSWORD": PASSWORD}
+
+    def base(self):
+        return ["rustic", "--repository", str(self.repo), "--cache-dir", str(self.cache)]
+
+    def setup(self, runner):
+        super().setup(runner)
+        runner.run("rustic-init", self.base() + ["init"], env=self.env())
+
+    def backup_cmd(self, step, data):
+        return self.base() + ["backup", data.name]
+
+    def restore_cmd(self, target):
+        return self.base() + ["restore", "latest", str(target)]
+
+
+class Borg(Tool):
+    name = "borg"
+    dedup_peer = True
+
+    def version(self):
+        return first_line(["borg", "--version"])
+
+    def env(self):
+        return {
+            "BORG_PASSPHRASE": PASSWORD,
+            "BORG_BASE_DIR": str(self.cache),
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def setup(self, runner):
+        super().setup(runner)
+        runner.run("borg-init", ["borg", "init", "--encryption", "repokey", str(self.repo)], env=self.env())
+
+    def backup_cmd(self, step, data):
+        # zstd level 3, as Backstop's default and the tar pipeline (borg's default is lz4).
+        return ["borg", "create", "--compression", "zstd,3", f"{self.repo}::{step}", data.name]
+
+    def restore_cmd(self, target):
+        return ["bash", "-c", f'cd "{target}" && borg extract "{self.repo}::incremental"']
+
+
+class TarZstd(Tool):
+    """GNU tar's --listed-incremental (changed files are stored whole) through zstd -T0 -3."""
+
+    name = "tar+zstd"
+
+    def version(self):
+        return first_line(["tar", "--version"]) + "; " + first_line(["zstd", "--version"])
+
+    def backup_cmd(self, step, data):
+        self.repo.mkdir(exist_ok=True)
+        return [
+            "bash",
+            "-c",
+            f'set -o pipefail; tar -C "{data.parent}" --listed-incremental="{self.repo}/snar" '
+            f'-cf - "{data.name}" | zstd -T0 -3 -q -o "{self.repo}/{step}.tar.zst"',
+        ]
+
+    def restore_cmd(self, target):
+        one = (
+            'set -o pipefail; zstd -dc "{r}/{s}.tar.zst" | tar -C "{t}" --listed-incremental=/dev/null -xf -'
+        )
+        return [
+            "bash",
+            "-c",
+            " && ".join(one.format(r=self.repo, s=s, t=target) for s in ("full", "incremental")),
+        ]
+
+
+class CopyAll(Tool):
+    """`cp -a`, the copy limit: every backup is a full copy, a restore copies it back."""
+
+    name = "cp-a"
+
+    def version(self):
+        return first_line(["cp", "--version"])
+
+    def backup_cmd(self, step, data):
+        self.repo.mkdir(exist_ok=True)
+        # A real copy: GNU cp 9 clones (reflinks) by default where the filesystem can.
+        return ["cp", "-a", "--reflink=never", str(data), str(self.repo / step)]
+
+    def restore_cmd(self, target):
+        return ["cp", "-a", "--reflink=never", str(self.repo / "incremental"), str(Path(target) / "data")]
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def parse_size(text):
+    units = {
+        "": 1,
+        "k": 1024,
+        "kib": 1024,
+        "m": MIB,
+        "mib": MIB,
+        "g": GIB,
+        "gib": GIB,
+        "kb": 1000,
+        "mb": 10**6,
+        "gb": 10**9,
+    }
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num) :]
+    if unit not in units:
+        raise argparse.ArgumentTypeError(f"unknown size unit in {text!r} (use e.g. 1GiB, 512MiB)")
+    return int(float(num) * units[unit])
+
+
+def find_backstop(args):
+    if args.backstop:
+        return Path(args.backstop).resolve()
+    if os.environ.get("BACKSTOP_BIN"):
+        return Path(os.environ["BACKSTOP_BIN"]).resolve()
+    print("building backstop: cargo build --release -p backstop-cli", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "-p", "backstop-cli"], cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    if not target.is_absolute():
+        target = ROOT / target
+    return target / "release" / "backstop"
+
+
+def restored_root(target):
+    """Where a tool put the tree: restic, borg, rustic, tar and cp restore `data/` under the
+    target (they store the relative path given); Backstop restores the tree's contents."""
+    entries = os.listdir(target)
+    if entries == ["data"] and os.path.isdir(os.path.join(target, "data")):
+        return Path(target) / "data"
+    return Path(target)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.smoke = args.smoke
+        self.size = args.size or (4 * MIB if args.smoke else GIB)
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        base = Path(args.work) if args.work else Path("/var/tmp")
+        base.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="backstop-bench-", dir=base))
+        self.data = self.work / "data"
+        self.v1 = self.work / "v1"
+        timeout = 300 if self.smoke else 3600
+        self.runner = Runner(self.out / "logs", timeout)
+        self.notes = []
+        self.results = []  # one dict per (tool, step)
+        self.native = []
+        self.failures = []
+        self.loads = [("start", os.getloadavg())]
+        self.dataset = Dataset(
+            self.work, self.data, self.size, self.smoke, self.runner, self.notes, args.strict
+        )
+
+    def note(self, msg):
+        self.notes.append(msg)
+        print("NOTE: " + msg, file=sys.stderr)
+
+    def tools(self, backstop_bin):
+        tools = [Backstop(self.work, backstop_bin)]
+        for spec in self.args.variant:
+            label, _, flags = spec.partition("=")
+            tools.append(Backstop(self.work, backstop_bin, name=f"backstop[{label}]", extra=flags.split()))
+        optional = {"restic": Restic, "borg": Borg, "rustic": Rustic}
+        for name, cls in optional.items():
+            if self.args.only is not None and name not in self.args.only:
+                continue
+            if shutil.which(name):
+                tools.append(cls(self.work))
+            elif name == "rustic":
+                self.note("rustic not installed (optional: cargo install rustic-rs); left out")
+            elif self.args.strict:
+                raise BenchError(f"{name} is not installed (--strict): run scripts/install/bench.sh")
+            else:
+                self.note(f"{name} not installed (scripts/install/bench.sh); left out")
+        if self.args.only is None or "tar+zstd" in self.args.only:
+            if shutil.which("zstd"):
+                tools.append(TarZstd(self.work))
+            elif self.args.strict:
+                raise BenchError("zstd is not installed (--strict): run scripts/install/bench.sh")
+            else:
+                self.note("zstd not installed; tar+zstd left out")
+        if self.args.only is None or "cp-a" in self.args.only:
+            tools.append(CopyAll(self.work))
+        return tools
+
+    def settle(self):
+        """Writes back the previous step's dirty pages, so no tool pays for another's writes.
+        Left out in smoke mode, where other builds' writes would make `sync` the slowest part."""
+        if not self.smoke:
+            os.sync()
+
+    def step(self, tool, step, data_bytes):
+        """One measured step of one tool, preceded by an untimed warm-up and `sync`."""
+        self.loads.append((f"{tool.name} {step}", os.getloadavg()))
+        if step == "restore":
+            read_tree(tool.repo)
+            target = self.work / "restore" / tool.name
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            argv = tool.restore_cmd(target)
+        else:
+            read_tree(self.data)
+            argv = tool.backup_cmd(step, self.data)
+        self.settle()
+        before = tree_bytes(tool.repo) if tool.repo.exists() else 0
+        progress(f"  {tool.name:<22} {step:<12}", end="")
+        m = self.runner.run(f"{tool.name}-{step}", argv, cwd=tool.cwd(), env=tool.env())
+        after = tree_bytes(tool.repo)
+        row = {
+            "tool": tool.name,
+            "step": step,
+            "wall_s": round(m.wall, 3),
+            "user_s": round(m.user, 3),
+            "sys_s": round(m.sys, 3),
+            "cpu_s": round(m.cpu, 3),
+            "peak_rss_mib": round(m.maxrss_kib / 1024, 1),
+            "repo_bytes": after,
+            "bytes_added": after - before if step != "restore" else None,
+            "data_bytes": data_bytes,
+            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 else None,
+        }
+        row.update({f"reported_{k}": v for k, v in tool.reported(m).items()})
+        if step == "restore":
+            problems = compare_trees(self.data, restored_root(target))
+            row["verified"] = not problems
+            if problems:
+                self.failures.append(
+                    f"{tool.name}: restore differs from version 2: "
+                    + "; ".join(problems[:10])
+                    + (f" … ({len(problems)} differences)" if len(problems) > 10 else "")
+                )
+            shutil.rmtree(target)
+        print(
+            f" {m.wall:8.2f} s wall {m.cpu:8.2f} s CPU {row['peak_rss_mib']:8.1f} MiB RSS"
+            + (
+                f" +{row['bytes_added'] / MIB:9.1f} MiB"
+                if row["bytes_added"] is not None
+                else ("  verified" if row.get("verified") else "  MISMATCH")
+            ),
+            file=sys.stderr,
+        )
+        self.results.append(row)
+
+    def run(self):
+        backstop_bin = find_backstop(self.args)
+        if not self.runner.gnu_time:
+            self.note(
+                f"{GNU_TIME} is missing (scripts/install/bench.sh): peak RSS is measured with wait4() "
+                "and includes the harness's own memory"
+            )
+        if not Path(backstop_bin).is_file():
+            raise BenchError(f"no backstop binary at {backstop_bin} (build it, or pass --backstop)")
+        progress(f"work directory: {self.work}")
+        started = time.monotonic()
+        progress(f"building version 1 ({self.size / MIB:.0f} MiB target)")
+        self.dataset.build()
+        v1_bytes = tree_bytes(self.data)
+        part_sizes_v1 = {p.name: tree_bytes(p) for p in sorted(self.data.iterdir())}
+        # Version 1 is kept aside only to count the pages the workload changed.
+        subprocess.run(["cp", "-a", str(self.data), str(self.v1)], check=True)
+
+        tools = self.tools(backstop_bin)
+        self.versions = {t.name: t.version() for t in tools}
+        for t in tools:
+            t.setup(self.runner)
+        order = list(tools)
+
+        progress("full backups of version 1")
+        for t in order:
+            self.step(t, "full", v1_bytes)
+        order = order[1:] + order[:1]  # alternate who goes first
+
+        progress("workload (version 2)")
+        self.dataset.workload()
+        v2_bytes = tree_bytes(self.data)
+        part_sizes_v2 = {p.name: tree_bytes(p) for p in sorted(self.data.iterdir())}
+        progress("incremental backups of version 2")
+        for t in order:
+            self.step(t, "incremental", v2_bytes)
+        order = order[1:] + order[:1]
+        progress("restores of the latest backup")
+        for t in order:
+            self.step(t, "restore", v2_bytes)
+
+        progress("counting changed pages (incremental lower bound)")
+        self.lower_bound = page_diff(self.v1, self.data, self.out / "logs")
+        shutil.rmtree(self.v1)
+
+        if not self.args.skip_native:
+            progress("database-native peers")
+            self.run_native(backstop_bin)
+
+        self.loads.append(("end", os.getloadavg()))
+        self.meta = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "smoke": self.smoke,
+            "target_size": self.size,
+            "v1_bytes": v1_bytes,
+            "v2_bytes": v2_bytes,
+            "parts_v1": part_sizes_v1,
+            "parts_v2": part_sizes_v2,
+            "pg_scale": self.dataset.pg_scale,
+            "sqlite_rows": self.dataset.sqlite_rows,
+            "rocksdb_keys": self.dataset.rocks_keys,
+            "host": platform.node(),
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
+            "loadavg": [(label, [round(x, 2) for x in la]) for label, la in self.loads],
+            "versions": self.versions,
+            "backstop_bin": str(backstop_bin),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+
+    # -- database-native peers -----------------------------------------------------------------
+
+    def native_step(self, db, tool, argv, out_path, env=None, cwd=None):
+        read_tree(self.data)
+        self.settle()
+        try:
+            m = self.runner.run(f"native-{db}-{tool}", argv, env=env, cwd=cwd)
+        except BenchError as e:
+            self.note(f"native {db}: {tool} failed: {str(e).splitlines()[0]} (see {self.runner.logdir})")
+            return None
+        row = {
+            "db": db,
+            "tool": tool,
+            "wall_s": round(m.wall, 3),
+            "cpu_s": round(m.cpu, 3),
+            "peak_rss_mib": round(m.maxrss_kib / 1024, 1),
+            "bytes": tree_bytes(out_path),
+        }
+        self.native.append(row)
+        return row
+
+    def native_backstop(self, db, backstop_bin, kind, location):
+        repo = self.work / "native" / f"backstop-{db}"
+        env = {"BACKSTOP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(self.work / "cache" / "native")}
+        self.runner.run(f"native-{db}-backstop-init", [backstop_bin, "--repo", repo, "-q", "init"], env=env)
+        return self.native_step(
+            db,
+            f"backstop --source {kind}",
+            [backstop_bin, "--repo", repo, "-q", "backup", "--source", kind, location],
+            repo,
+            env=env,
+        )
+
+    def run_native(self, backstop_bin):
+        native = self.work / "native"
+        native.mkdir()
+        ds = self.dataset
+        # SQLite: the online backup API through the shell.
+        if "sqlite" in ds.parts:
+            if shutil.which("sqlite3"):
+                out = native / "sqlite-backup.db"
+                self.native_step(
+                    "sqlite", "sqlite3 .backup", ["sqlite3", ds.sqlite_path, f".backup '{out}'"], out
+                )
+            else:
+                self.note("native sqlite: the sqlite3 shell is not installed (scripts/install/sqlite.sh)")
+            self.native_backstop("sqlite", backstop_bin, "sqlite", str(ds.sqlite_path))
+        # RocksDB: Debian's ldb (RocksDB 7.8) BackupEngine.
+        if "rocksdb" in ds.parts:
+            ldb = shutil.which("ldb") or shutil.which("rocksdb_ldb")
+            self.native_backstop("rocksdb", backstop_bin, "rocksdb", str(ds.rocks_dir))
+            if ldb:
+                out = native / "ldb-backup"
+                self.native_step(
+                    "rocksdb",
+                    "ldb backup",
+                    [
+                        ldb,
+                        f"--db={ds.rocks_dir}",
+                        "--ignore_unknown_options",
+                        "backup",
+                        f"--backup_dir={out}",
+                        "--num_threads=2",
+                    ],
+                    out,
+                )
+            else:
+                self.note("native rocksdb: ldb is not installed (scripts/install/rocksdb.sh)")
+        # Berkeley DB: an environment written by the bdb tests' writer for a few seconds.
+        self.run_native_bdb(backstop_bin, native)
+        # PostgreSQL: pg_basebackup and Backstop's PostgreSQL source against the running server.
+        if "pg" in ds.parts:
+            ds.pg_start()
+            try:
+                out = native / "pg_basebackup"
+                self.native_step(
+                    "postgres",
+                    "pg_basebackup",
+                    [PG_BIN / "pg_basebackup", "-D", out, "-Fp", "-X", "stream", "-c", "fast", "--no-sync"]
+                    + ds.pg_client_args(),
+                    out,
+                )
+                self.native_backstop("postgres", backstop_bin, "postgres", ds.pg_conninfo())
+            finally:
+                ds.pg_stop()
+
+    def run_native_bdb(self, backstop_bin, native):
+        hotbackup = shutil.which("db5.3_hotbackup") or shutil.which("db_hotbackup")
+        writer = ROOT / "crates" / "backstop" / "tests" / "support" / "bdb_writer.py"
+        if not hotbackup:
+            self.note(
+                "native bdb: db5.3_hotbackup is not installed (scripts/install/bdb.sh); no Berkeley DB comparison"
+            )
+            return
+        probe = subprocess.run([sys.executable, "-c", "import berkeleydb"], capture_output=True)
+        if probe.returncode != 0 or not writer.exists():
+            self.note(
+                "native bdb: the berkeleydb Python module (scripts/install/bdb.sh) or the test writer is "
+                "missing; no Berkeley DB comparison"
+            )
+            return
+        env_dir = native / "bdb-env"
+        seconds = 1 if self.smoke else 15
+        self.runner.run(
+            "bdb-writer",
+            [
+                sys.executable,
+                writer,
+                "run",
+                "--home",
+                env_dir,
+                "--seq-file",
+                native / "bdb-seq",
+                "--data-dir",
+                "data",
+                "--accounts",
+                "20000" if self.smoke else "200000",
+                "--history-bytes",
+                "1000",
+                "--lg-max",
+                str(4 * MIB),
+                "--max-seconds",
+                str(seconds),
+            ],
+        )
+        self.native_backstop("bdb", backstop_bin, "bdb", str(env_dir))
+        out = native / "bdb-hotbackup"
+        self.native_step("bdb", "db5.3_hotbackup", [hotbackup, "-D", "-h", env_dir, "-b", out], out)
+        self.bdb_env_bytes = tree_bytes(env_dir)
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def mib(n):
+    return "–" if n is None else f"{n / MIB:,.1f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def write_report(bench, chart_name):
+    rows, meta, lb = bench.results, bench.meta, bench.lower_bound
+    get = {(r["tool"], r["step"]): r for r in rows}
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    lines = []
+    w = lines.append
+    w(f"# Backstop benchmark{' (smoke mode)' if meta['smoke'] else ''}\n")
+    w(
+        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} × {meta['cpu_model']}, {meta['mem_gib']} GiB, "
+        f"Linux {meta['kernel']}. Harness time {meta['seconds']} s.\n"
+    )
+    la = meta["loadavg"]
+    peak_load = max(x[1][0] for x in la)
+    w(
+        f"Load average (1/5/15 min) at start {la[0][1]}, at end {la[-1][1]}; highest 1-minute value at the "
+        f"start of a step {peak_load:.2f}"
+        + (
+            " (above the 2 cores: other processes were running, read the times with that in mind)."
+            if peak_load > 1.5
+            else "."
+        )
+        + "\n"
+    )
+    w(
+        "Method: every tool backs up the same directory (a stopped PostgreSQL cluster's files, an SQLite "
+        "file, a closed RocksDB directory, plain files), first version 1 (full), then version 2 "
+        "(incremental), then restores the latest backup. Before each timed step the harness reads the whole "
+        "source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
+        "page cache; nothing is dropped"
+        + ("" if meta["smoke"] else ", and runs `sync` so no tool pays for the previous one's dirty pages")
+        + ". Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
+        "harness; CPU time (user+sys) and peak RSS by GNU time around the tool's process (children "
+        "included; for a pipeline, the largest member's RSS). Repository bytes are apparent file sizes; "
+        "bytes added = growth of the repository in that step. restic, borg and Backstop encrypt; borg, "
+        "Backstop and tar use zstd level 3, restic its default (`auto`). Restores are compared byte for "
+        "byte (every path, kind, size, content, symlink target) with version 2.\n"
+    )
+    w("## Data set\n")
+    w(
+        f"Version 1: {mib(meta['v1_bytes'])} MiB; version 2: {mib(meta['v2_bytes'])} MiB "
+        f"(pgbench scale {meta['pg_scale']}, {meta['sqlite_rows']:,} SQLite rows, {meta['rocksdb_keys']:,} RocksDB keys).\n"
+    )
+    w("| part | v1 MiB | v2 MiB | changed 4 KiB pages MiB | changed 8 KiB pages MiB |")
+    w("| --- | ---: | ---: | ---: | ---: |")
+    for part, acc in lb["parts"].items():
+        w(
+            f"| {part} | {mib(meta['parts_v1'].get(part))} | {mib(acc['size'])} | {mib(acc['pages4k'])} | {mib(acc['pages8k'])} |"
+        )
+    t = lb["total"]
+    w(
+        f"| **total** | {mib(meta['v1_bytes'])} | {mib(t['size'])} | {mib(t['pages4k'])} | {mib(t['pages8k'])} |\n"
+    )
+    w("## Results\n")
+    w("| tool | step | wall s | CPU s | peak RSS MiB | MiB/s | repository MiB | added MiB | restore |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for tool in tools:
+        for step in ("full", "incremental", "restore"):
+            r = get.get((tool, step))
+            if not r:
+                continue
+            check = "" if step != "restore" else ("identical" if r.get("verified") else "**DIFFERS**")
+            w(
+                f"| {tool} | {step} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
+                f"{r['mib_per_s']} | {mib(r['repo_bytes'])} | {mib(r['bytes_added'])} | {check} |"
+            )
+    w("")
+    bs = {s: get.get(("backstop", s)) for s in ("full", "incremental", "restore")}
+    if all(bs.values()):
+        w("## Ratios Backstop / peer\n")
+        w("Below 1 means Backstop is faster, smaller or leaner.\n")
+        w(
+            "| peer | full wall | incr. wall | restore wall | full CPU | incr. CPU | full added | incr. added | "
+            "backup peak RSS | restore peak RSS |"
+        )
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for tool in tools:
+            if tool == "backstop":
+                continue
+            p = {s: get.get((tool, s)) for s in ("full", "incremental", "restore")}
+            if not all(p.values()):
+                continue
+            bs_rss = max(bs["full"]["peak_rss_mib"], bs["incremental"]["peak_rss_mib"])
+            p_rss = max(p["full"]["peak_rss_mib"], p["incremental"]["peak_rss_mib"])
+            w(
+                f"| {tool} | {ratio(bs['full']['wall_s'], p['full']['wall_s'])} | "
+                f"{ratio(bs['incremental']['wall_s'], p['incremental']['wall_s'])} | "
+                f"{ratio(bs['restore']['wall_s'], p['restore']['wall_s'])} | "
+                f"{ratio(bs['full']['cpu_s'], p['full']['cpu_s'])} | "
+                f"{ratio(bs['incremental']['cpu_s'], p['incremental']['cpu_s'])} | "
+                f"{ratio(bs['full']['bytes_added'], p['full']['bytes_added'])} | "
+                f"{ratio(bs['incremental']['bytes_added'], p['incremental']['bytes_added'])} | "
+                f"{ratio(bs_rss, p_rss)} | {ratio(bs['restore']['peak_rss_mib'], p['restore']['peak_rss_mib'])} |"
+            )
+        w("")
+        w("## Incremental lower bound\n")
+        added = bs["incremental"]["bytes_added"]
+        w(
+            f"Backstop added {mib(added)} MiB for version 2. The pages that differ between the versions: "
+            f"{mib(t['pages4k'])} MiB of 4 KiB pages (Backstop's bytes are {ratio(added, t['pages4k'])}× that), "
+            f"{mib(t['pages8k'])} MiB of 8 KiB pages ({ratio(added, t['pages8k'])}×); the changed 4 KiB pages "
+            f"compress with zstd -3 to {mib(t['pages4k_zstd3'])} MiB ({ratio(added, t['pages4k_zstd3'])}×). "
+            "Backstop's repository bytes are compressed, so the last figure is the like-for-like bound; "
+            "index, tree and snapshot objects come on top.\n"
+        )
+        w("## Targets of issue 9\n")
+        w(target_table(get, tools))
+    if bench.native:
+        w("## Database-native peers\n")
+        w(
+            "Full backup of each database with its own tool and with Backstop's source for it, on the same "
+            "files (PostgreSQL: the running server, the CPU of the server's WAL sender not counted; the others "
+            "closed). Bytes: the backup directory (native tools) or the fresh repository (Backstop, compressed "
+            "and encrypted).\n"
+        )
+        w("| database | tool | wall s | CPU s | peak RSS MiB | bytes stored MiB |")
+        w("| --- | --- | ---: | ---: | ---: | ---: |")
+        for r in bench.native:
+            w(
+                f"| {r['db']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | {mib(r['bytes'])} |"
+            )
+        w("")
+    w("## Versions\n")
+    for name, v in meta["versions"].items():
+        w(f"- {name}: {v}")
+    w("")
+    if bench.notes or bench.failures:
+        w("## Notes\n")
+        for n in bench.failures:
+            w(f"- **FAILED**: {n}")
+        for n in bench.notes:
+            w(f"- {n}")
+        w("")
+    w(f"![chart]({chart_name})\n")
+    return "\n".join(lines)
+
+
+def target_table(get, tools):
+    """Pass/fail of issue 9's targets, against the fastest deduplicating peer in this run."""
+    peers = [t for t in tools if t in ("restic", "borg", "rustic")]
+    out = ["| target | measured | result |", "| --- | --- | --- |"]
+
+    def wall(t, s):
+        r = get.get((t, s))
+        return r["wall_s"] if r else None
+
+    def row(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'met' if ok else '**not met**'} |")
+
+    b = {s: get[("backstop", s)] for s in ("full", "incremental", "restore")}
+    if peers:
+        for step, factor in (("full", 1.5), ("incremental", 2.0), ("restore", 2.0)):
+            fastest = min(peers, key=lambda t: wall(t, step) or 1e9)
+            fw = wall(fastest, step)
+            row(
+                f"{step}: ≥ {factor}× faster than the fastest peer ({fastest})",
+                f"{b[step]['wall_s']:.2f} s vs {fw:.2f} s = {fw / b[step]['wall_s']:.2f}×",
+                fw / b[step]["wall_s"] >= factor,
+            )
+    restic = {s: get.get(("restic", s)) for s in ("full", "incremental")}
+    if all(restic.values()):
+        row(
+            "full: repository no larger than restic's",
+            f"{mib(b['full']['repo_bytes'])} vs {mib(restic['full']['repo_bytes'])} MiB",
+            b["full"]["repo_bytes"] <= restic["full"]["repo_bytes"],
+        )
+        row(
+            "incremental: bytes added ≤ 40% of restic's",
+            f"{mib(b['incremental']['bytes_added'])} vs {mib(restic['incremental']['bytes_added'])} MiB = "
+            f"{100 * b['incremental']['bytes_added'] / max(1, restic['incremental']['bytes_added']):.0f}%",
+            b["incremental"]["bytes_added"] <= 0.4 * restic["incremental"]["bytes_added"],
+        )
+    cp = get.get(("cp-a", "restore"))
+    if cp:
+        row(
+            "restore: within 2× of `cp -a`",
+            f"{b['restore']['wall_s']:.2f} s vs {cp['wall_s']:.2f} s = {b['restore']['wall_s'] / cp['wall_s']:.2f}×",
+            b["restore"]["wall_s"] <= 2 * cp["wall_s"],
+        )
+    peak = max(b[s]["peak_rss_mib"] for s in b)
+    row("peak RSS ≤ 64 MiB for backup and restore", f"{peak:.1f} MiB", peak <= 64)
+    return (
+        "\n".join(out)
+        + "\n\nThe 50-earlier-backups RSS target and the per-blob index memory are not measured here.\n"
+    )
+
+
+def write_chart(bench, out_dir):
+    """chart.png with matplotlib when it is importable, else a hand-drawn chart.svg."""
+    rows = bench.results
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    get = {(r["tool"], r["step"]): r for r in rows}
+    steps = ["full", "incremental", "restore"]
+    panels = [
+        (
+            "wall time (s)",
+            [[(get.get((t, s)) or {}).get("wall_s") or 0 for t in tools] for s in steps],
+            steps,
+        ),
+        (
+            "bytes added (MiB)",
+            [[((get.get((t, s)) or {}).get("bytes_added") or 0) / MIB for t in tools] for s in steps[:2]],
+            steps[:2],
+        ),
+        (
+            "peak RSS (MiB)",
+            [[(get.get((t, s)) or {}).get("peak_rss_mib") or 0 for t in tools] for s in steps],
+            steps,
+        ),
+    ]
+    lb = bench.lower_bound["total"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        path = out_dir / "chart.svg"
+        path.write_text(svg_chart(tools, panels, lb))
+        bench.note(
+            "matplotlib is not importable: drew chart.svg by hand (pip install matplotlib for chart.png)"
+        )
+        return path.name
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for ax, (title, series, labels) in zip(axes, panels):
+        width = 0.8 / len(series)
+        for i, (vals, label) in enumerate(zip(series, labels)):
+            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(tools))]
+            bars = ax.bar(xs, vals, width, label=label, color=colors[i])
+            ax.bar_label(
+                bars, fmt="%.1f" if max(vals or [0]) < 100 else "%.0f", fontsize=7, rotation=90, padding=2
+            )
+        ax.set_xticks(range(len(tools)))
+        ax.set_xticklabels(tools, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.margins(y=0.15)
+        if title.startswith("bytes"):
+            ax.set_yscale("log")  # cp -a's full copies would flatten every other bar
+            ax.set_title(title + ", log scale")
+            ax.axhline(
+                lb["pages4k"] / MIB, color="red", linestyle="--", linewidth=1, label="changed 4 KiB pages"
+            )
+            if lb.get("pages4k_zstd3"):
+                ax.axhline(
+                    lb["pages4k_zstd3"] / MIB,
+                    color="purple",
+                    linestyle=":",
+                    linewidth=1,
+                    label="… compressed (zstd -3)",
+                )
+        ax.legend(fontsize=8)
+    meta = bench.meta
+    fig.suptitle(
+        f"Backstop vs peers on a {meta['v1_bytes'] / MIB:.0f} MiB database mix "
+        f"({meta['cpus']} cores, load {meta['loadavg'][0][1][0]:.1f}; lower is better)"
+    )
+    fig.tight_layout()
+    path = out_dir / "chart.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def svg_chart(tools, panels, lb):
+    """Three grouped bar charts as plain SVG (no dependency)."""
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    pw, ph, top, left = 380, 300, 40, 50
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{pw * 3 + 40}" height="{ph + 140}" '
+        'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>'
+    ]
+    for p, (title, series, labels) in enumerate(panels):
+        x0 = 20 + p * pw
+        top_val = max([v for s in series for v in s] + [1e-9]) * 1.15
+        parts.append(f'<text x="{x0 + pw / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>')
+        parts.append(
+            f'<line x1="{x0 + left}" y1="{top + ph - 60}" x2="{x0 + pw - 10}" y2="{top + ph - 60}" stroke="black"/>'
+        )
+        plot_h = ph - 60
+        group = (pw - left - 20) / max(1, len(tools))
+        bw = group * 0.8 / len(series)
+        for i, vals in enumerate(series):
+            for j, v in enumerate(vals):
+                h = plot_h * v / top_val
+                x = x0 + left + j * group + group * 0.1 + i * bw
+                y = top + plot_h - h
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{h:.1f}" fill="{colors[i]}"/>'
+                )
+                parts.append(
+                    f'<text x="{x + bw / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="8">{v:.1f}</text>'
+                )
+        for j, t in enumerate(tools):
+            x = x0 + left + j * group + group / 2
+            parts.append(
+                f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="end" '
+                f'transform="rotate(-30 {x:.1f} {top + plot_h + 14})">{t}</text>'
+            )
+        for i, label in enumerate(labels):
+            parts.append(
+                f'<rect x="{x0 + left + i * 90}" y="{top + ph + 30}" width="10" height="10" fill="{colors[i]}"/>'
+                f'<text x="{x0 + left + i * 90 + 14}" y="{top + ph + 39}">{label}</text>'
+            )
+        if title.startswith("bytes"):
+            y = top + plot_h - plot_h * (lb["pages4k"] / MIB) / top_val
+            parts.append(
+                f'<line x1="{x0 + left}" y1="{y:.1f}" x2="{x0 + pw - 10}" y2="{y:.1f}" stroke="red" '
+                'stroke-dasharray="4"/>'
+            )
+            parts.append(
+                f'<text x="{x0 + pw - 10}" y="{y - 3:.1f}" text-anchor="end" fill="red">changed 4 KiB pages</text>'
+            )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--smoke", action="store_true", help="tiny data set (a few MiB), seconds; what CI runs")
+    ap.add_argument("--size", type=parse_size, help="target size of version 1 (default 1GiB; smoke 4MiB)")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "out"),
+        help="where report.md, report.json, the chart and logs go",
+    )
+    ap.add_argument("--backstop", help="the backstop binary (default $BACKSTOP_BIN, else a release build)")
+    ap.add_argument(
+        "--work",
+        help="parent of the scratch directory (default /var/tmp; must be traversable by "
+        f"the user {PG_USER} when run as root)",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        help="peers to run besides backstop (restic borg rustic tar+zstd cp-a); none given: backstop only",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="an extra Backstop configuration LABEL=FLAGS, repeatable: e.g. t1='--threads 1', "
+        "z1='--compression 1', plain='--no-encryption' (an unencrypted repository)",
+    )
+    ap.add_argument("--skip-native", action="store_true", help="leave out the database-native comparison")
+    ap.add_argument(
+        "--strict", action="store_true", help="fail instead of skipping when an installable tool is missing"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+
+    bench = Bench(args)
+    code = 0
+    try:
+        bench.run()
+        chart = write_chart(bench, bench.out)
+        report = write_report(bench, chart)
+        (bench.out / "report.md").write_text(report)
+        (bench.out / "report.json").write_text(
+            json.dumps(
+                {
+                    "meta": bench.meta,
+                    "results": bench.results,
+                    "lower_bound": bench.lower_bound,
+                    "native": bench.native,
+                    "notes": bench.notes,
+                    "failures": bench.failures,
+                },
+                indent=2,
+            )
+        )
+        print(report)
+        print(f"wrote {bench.out / 'report.md'}, report.json and {chart}", file=sys.stderr)
+        if bench.failures:
+            print("FAILED:\n" + "\n".join(bench.failures), file=sys.stderr)
+            code = 1
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        code = 1
+    finally:
+        if bench.dataset.pg_dir.exists() and (bench.dataset.pg_dir / "postmaster.pid").exists():
+            bench.dataset.pg_stop()
+        if args.keep:
+            print(f"kept {bench.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(bench.work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

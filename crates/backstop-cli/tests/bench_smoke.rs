@@ -1,0 +1,125 @@
+//! Runs the benchmark harness (bench/run.py) in smoke mode against the `backstop` binary built
+//! for the tests, so the harness cannot rot: every step of every installed tool must run, every
+//! restore must come back byte for byte, and the report and chart must be written. Measures
+//! nothing: timings of a few MiB under a parallel test run mean nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Fails under CI=true, otherwise skips loudly: the tool is installed by scripts/install/.
+fn missing(what: &str) {
+    assert!(
+        !in_ci(),
+        "{what} is missing under CI=true: run scripts/install-test-deps.sh"
+    );
+    eprintln!("SKIPPED: {what} missing, run scripts/install-test-deps.sh");
+}
+
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
+    if !have("python3", "--version") {
+        missing("python3");
+        return;
+    }
+    let harness: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/run.py");
+    assert!(harness.is_file(), "no harness at {}", harness.display());
+    let out = tempfile::tempdir().expect("temporary directory");
+
+    let mut cmd = Command::new("python3");
+    cmd.arg(&harness)
+        .arg("--smoke")
+        .arg("--backstop")
+        .arg(env!("CARGO_BIN_EXE_backstop"))
+        .arg("--out")
+        .arg(out.path());
+    if in_ci() {
+        // Every peer and database that scripts/install/ provides must take part.
+        cmd.arg("--strict");
+    }
+    let run = cmd.output().expect("running bench/run.py");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bench/run.py --smoke failed ({}):\n{stderr}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout)
+    );
+
+    let report_path = out.path().join("report.json");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).expect("report.json was written"),
+    )
+    .expect("report.json is JSON");
+    let failures = report["failures"].as_array().expect("failures list");
+    assert!(failures.is_empty(), "harness failures: {failures:?}");
+
+    let results = report["results"].as_array().expect("results list");
+    let row = |tool: &str, step: &str| {
+        results
+            .iter()
+            .find(|r| r["tool"] == tool && r["step"] == step)
+            .cloned()
+    };
+    let mut tools = vec!["backstop", "tar+zstd", "cp-a"];
+    for peer in ["restic", "borg"] {
+        if have(peer, "--help") {
+            tools.push(peer);
+        } else {
+            missing(peer);
+        }
+    }
+    for tool in &tools {
+        for step in ["full", "incremental", "restore"] {
+            let r = row(tool, step).unwrap_or_else(|| panic!("no {step} row for {tool}"));
+            assert!(
+                r["wall_s"].as_f64().is_some_and(|w| w > 0.0),
+                "{tool} {step}: no wall time in {r}"
+            );
+            if step == "restore" {
+                assert_eq!(r["verified"], true, "{tool}: restore differs: {r}");
+            } else {
+                assert!(
+                    r["bytes_added"].as_u64().is_some_and(|b| b > 0),
+                    "{tool} {step}: nothing added to the repository: {r}"
+                );
+            }
+        }
+    }
+
+    let parts = report["meta"]["parts_v1"]
+        .as_object()
+        .expect("data set parts");
+    for part in ["pg", "sqlite", "rocksdb", "files"] {
+        if !parts.contains_key(part) {
+            missing(&format!("the {part} part of the data set (see the notes)"));
+        }
+    }
+    let lower = &report["lower_bound"]["total"];
+    assert!(
+        lower["pages4k"].as_u64().is_some_and(|b| b > 0),
+        "the workload changed no page: {lower}"
+    );
+
+    let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    assert!(markdown.contains("| backstop | full |"), "{markdown}");
+    assert!(
+        out.path().join("chart.png").is_file() || out.path().join("chart.svg").is_file(),
+        "no chart written"
+    );
+    for note in report["notes"].as_array().into_iter().flatten() {
+        eprintln!("bench note: {note}");
+    }
+}
