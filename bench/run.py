@@ -22,7 +22,6 @@ import platform
 import random
 import shlex
 import shutil
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -367,6 +366,7 @@ class Dataset:
         self.sqlite_rows = 0
         self.rocks_dir = self.root / "rocksdb"
         self.rocks_keys = 0
+        self.rocks_next = 0
 
     def skip(self, what, why):
         msg = f"{what} skipped: {why}"
@@ -464,6 +464,7 @@ class Dataset:
             return
         self.rocks_keys = max(2000, int(self.size * 0.15 / 230))
         self.rocks_write(0, self.rocks_keys, flush=True)
+        self.rocks_next = self.rocks_keys
         self.parts.append("rocksdb")
 
     def rocks_write(self, first, count, flush):
@@ -521,7 +522,7 @@ class Dataset:
         os.chmod(self.pg_dir, 0o700)
         initdb = [PG_BIN / "initdb", "-D", self.pg_dir, "-U", PG_USER, "--no-sync"]
         if self.smoke:
-            initdb.append("--wal-segsize=1")  # keeps the smoke cluster at ~30 MB
+            initdb.append("--wal-segsize=1")  # 1 MiB WAL segments keep the smoke cluster small
         self.runner.run("pg-initdb", as_db_user(initdb))
         with open(self.pg_dir / "postgresql.conf", "a") as f:
             f.write(
@@ -582,59 +583,61 @@ class Dataset:
 
     def workload(self):
         """A live-like burst of writes: the second version of every part."""
-        rng = self.rng
         if "pg" in self.parts:
             self.pg_start()
             try:
-                # ~200 transactions per scale unit touch a few % of pgbench_accounts' pages.
-                per_client = max(100, self.pg_scale * 100)
-                self.runner.run(
-                    "pgbench-run",
-                    [PG_BIN / "pgbench", "-n", "-c", "2", "-j", "2", "-t", str(per_client)]
-                    + self.pg_client_args()
-                    + ["postgres"],
-                )
-                self.pg_sql("CHECKPOINT")
+                self.pg_workload()
             finally:
                 self.pg_stop()
         if "sqlite" in self.parts:
-            con = sqlite3.connect(self.sqlite_path)
-            updates = max(50, self.sqlite_rows // 500)
-            for _ in range(updates):
-                con.execute(
-                    "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id = ?",
-                    (rng.randrange(1, self.sqlite_rows + 1),),
-                )
-            start = self.sqlite_rows + 1
-            inserts = max(50, self.sqlite_rows // 100)
-            con.executemany(
-                "INSERT INTO orders VALUES (?,?,?,?,?)",
-                (
-                    (i, rng.randrange(100_000), rng.randrange(1, 100_000), "new", rng.randbytes(8).hex())
-                    for i in range(start, start + inserts)
-                ),
-            )
-            con.commit()
-            con.close()
+            self.sqlite_workload()
         if "rocksdb" in self.parts:
-            # New keys plus overwrites of existing ones, left in the memtable/WAL as a live
-            # database would have them.
-            self.rocks_write(self.rocks_keys, max(100, self.rocks_keys // 20), flush=False)
-            self.rocks_write(rng.randrange(self.rocks_keys // 2), max(50, self.rocks_keys // 50), flush=True)
+            self.rocks_workload()
         if "files" in self.parts:
-            self.write_log(
-                self.root / "files" / "logs" / "app3.log",
-                max(4096, int(self.size * 0.005)),
-                99_000_000,
-                mode="ab",
+            logs = self.root / "files" / "logs"
+            self.write_log(logs / "app3.log", max(4096, int(self.size * 0.005)), 99_000_000, mode="ab")
+            self.write_log(logs / "app4.log", max(4096, int(self.size * 0.002)), 98_000_000)
+
+    def pg_workload(self):
+        """pgbench transactions (~200 per scale unit: a few % of pgbench_accounts' pages), then a
+        checkpoint so the changed pages reach the data files. The server must be running."""
+        per_client = max(100, self.pg_scale * 100)
+        self.runner.run(
+            "pgbench-run",
+            [PG_BIN / "pgbench", "-n", "-c", "2", "-j", "2", "-t", str(per_client)]
+            + self.pg_client_args()
+            + ["postgres"],
+        )
+        self.pg_sql("CHECKPOINT")
+
+    def sqlite_workload(self):
+        """Updates 0.2 % of the rows at random and appends 1 %."""
+        rng = self.rng
+        con = sqlite3.connect(self.sqlite_path)
+        (rows,) = con.execute("SELECT max(id) FROM orders").fetchone()
+        for _ in range(max(50, rows // 500)):
+            con.execute(
+                "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id = ?",
+                (rng.randrange(1, rows + 1),),
             )
-            (self.root / "files" / "logs" / "app4.log").write_bytes(b"")
-            self.write_log(
-                self.root / "files" / "logs" / "app4.log",
-                max(4096, int(self.size * 0.002)),
-                98_000_000,
-                mode="ab",
-            )
+        con.executemany(
+            "INSERT INTO orders VALUES (?,?,?,?,?)",
+            (
+                (i, rng.randrange(100_000), rng.randrange(1, 100_000), "new", rng.randbytes(8).hex())
+                for i in range(rows + 1, rows + 1 + max(50, rows // 100))
+            ),
+        )
+        con.commit()
+        con.close()
+
+    def rocks_workload(self):
+        """5 % new keys, closed without a flush (so they are in the WAL, which the next open
+        replays into a new SST), then overwrites of 2 % of the existing keys, flushed."""
+        new = max(100, self.rocks_keys // 20)
+        self.rocks_write(self.rocks_next, new, flush=False)
+        self.rocks_next += new
+        overwrite = max(50, self.rocks_keys // 50)
+        self.rocks_write(self.rng.randrange(self.rocks_keys - overwrite), overwrite, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1082,87 +1085,133 @@ class Bench:
 
     # -- database-native peers -----------------------------------------------------------------
 
-    def native_step(self, db, tool, argv, out_path, env=None, cwd=None):
+    def native_measure(self, db, label, argv, grows, env=None):
+        """One backup of the native comparison: wall, CPU, peak RSS and the bytes `grows` (a
+        backup directory or repository) gained. None, with a note, when the command fails."""
         read_tree(self.data)
         self.settle()
+        before = tree_bytes(grows) if Path(grows).exists() else 0
         try:
-            m = self.runner.run(f"native-{db}-{tool}", argv, env=env, cwd=cwd)
+            m = self.runner.run(f"native-{db}-{label}", argv, env=env)
         except BenchError as e:
-            self.note(f"native {db}: {tool} failed: {str(e).splitlines()[0]} (see {self.runner.logdir})")
+            self.note(f"native {db}: {label} failed: {str(e).splitlines()[0]} (logs in {self.runner.logdir})")
             return None
-        row = {
-            "db": db,
-            "tool": tool,
+        return {
             "wall_s": round(m.wall, 3),
             "cpu_s": round(m.cpu, 3),
             "peak_rss_mib": round(m.maxrss_kib / 1024, 1),
-            "bytes": tree_bytes(out_path),
+            "bytes": tree_bytes(grows) - before,
         }
-        self.native.append(row)
-        return row
 
-    def native_backstop(self, db, backstop_bin, kind, location):
+    def native_compare(
+        self, db, native_label, native_cmds, second_kind, location, kind, workload, backstop_bin
+    ):
+        """Backstop's `--source KIND` and the database's own tool, each twice: a first backup,
+        then `workload`, then a second one (Backstop: incremental; the native tool: as
+        `second_kind` says). `native_cmds(n)` gives the native tool's argv and the path whose
+        growth counts for its n-th backup (None: the tool is missing)."""
         repo = self.work / "native" / f"backstop-{db}"
         env = {"BACKSTOP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(self.work / "cache" / "native")}
         self.runner.run(f"native-{db}-backstop-init", [backstop_bin, "--repo", repo, "-q", "init"], env=env)
-        return self.native_step(
-            db,
-            f"backstop --source {kind}",
-            [backstop_bin, "--repo", repo, "-q", "backup", "--source", kind, location],
-            repo,
-            env=env,
+        backstop_argv = [backstop_bin, "--repo", repo, "-q", "backup", "--source", kind, location]
+        rows = {"backstop": [], "native": []}
+        for n in (1, 2):
+            if n == 2:
+                workload()
+            # Backstop first: `db_hotbackup -u` removes log files from the live environment.
+            rows["backstop"].append(self.native_measure(db, f"backstop-{n}", backstop_argv, repo, env=env))
+            cmd = native_cmds(n)
+            if cmd:
+                rows["native"].append(self.native_measure(db, f"{native_label}-{n}", cmd[0], cmd[1]))
+        self.native.append(
+            {"db": db, "tool": f"backstop --source {kind}", "runs": rows["backstop"], "second": "incremental"}
         )
+        if rows["native"]:
+            self.native.append(
+                {"db": db, "tool": native_label, "runs": rows["native"], "second": second_kind}
+            )
 
     def run_native(self, backstop_bin):
         native = self.work / "native"
         native.mkdir()
         ds = self.dataset
-        # SQLite: the online backup API through the shell.
         if "sqlite" in ds.parts:
-            if shutil.which("sqlite3"):
-                out = native / "sqlite-backup.db"
-                self.native_step(
-                    "sqlite", "sqlite3 .backup", ["sqlite3", ds.sqlite_path, f".backup '{out}'"], out
-                )
-            else:
+            sqlite = shutil.which("sqlite3")
+            if not sqlite:
                 self.note("native sqlite: the sqlite3 shell is not installed (scripts/install/sqlite.sh)")
-            self.native_backstop("sqlite", backstop_bin, "sqlite", str(ds.sqlite_path))
-        # RocksDB: Debian's ldb (RocksDB 7.8) BackupEngine.
+
+            def sqlite_cmd(n):
+                out = native / f"sqlite-backup-{n}.db"
+                return ([sqlite, ds.sqlite_path, f".backup '{out}'"], out) if sqlite else None
+
+            self.native_compare(
+                "sqlite",
+                "sqlite3 .backup",
+                sqlite_cmd,
+                "full copy",
+                str(ds.sqlite_path),
+                "sqlite",
+                ds.sqlite_workload,
+                backstop_bin,
+            )
         if "rocksdb" in ds.parts:
             ldb = shutil.which("ldb") or shutil.which("rocksdb_ldb")
-            self.native_backstop("rocksdb", backstop_bin, "rocksdb", str(ds.rocks_dir))
-            if ldb:
-                out = native / "ldb-backup"
-                self.native_step(
-                    "rocksdb",
-                    "ldb backup",
-                    [
-                        ldb,
-                        f"--db={ds.rocks_dir}",
-                        "--ignore_unknown_options",
-                        "backup",
-                        f"--backup_dir={out}",
-                        "--num_threads=2",
-                    ],
-                    out,
-                )
-            else:
+            if not ldb:
                 self.note("native rocksdb: ldb is not installed (scripts/install/rocksdb.sh)")
-        # Berkeley DB: an environment written by the bdb tests' writer for a few seconds.
+            out = native / "ldb-backup"
+
+            def ldb_cmd(n):
+                # Debian's RocksDB 7.8 BackupEngine; a second backup shares the unchanged SSTs.
+                argv = [
+                    ldb,
+                    f"--db={ds.rocks_dir}",
+                    "--ignore_unknown_options",
+                    "backup",
+                    f"--backup_dir={out}",
+                    "--num_threads=2",
+                ]
+                return (argv, out) if ldb else None
+
+            self.native_compare(
+                "rocksdb",
+                "ldb backup",
+                ldb_cmd,
+                "incremental (shared SSTs)",
+                str(ds.rocks_dir),
+                "rocksdb",
+                ds.rocks_workload,
+                backstop_bin,
+            )
         self.run_native_bdb(backstop_bin, native)
-        # PostgreSQL: pg_basebackup and Backstop's PostgreSQL source against the running server.
         if "pg" in ds.parts:
             ds.pg_start()
             try:
-                out = native / "pg_basebackup"
-                self.native_step(
+
+                def basebackup_cmd(n):
+                    out = native / f"pg_basebackup-{n}"
+                    argv = [
+                        PG_BIN / "pg_basebackup",
+                        "-D",
+                        out,
+                        "-Fp",
+                        "-X",
+                        "stream",
+                        "-c",
+                        "fast",
+                        "--no-sync",
+                    ]
+                    return (argv + ds.pg_client_args(), out)
+
+                self.native_compare(
                     "postgres",
                     "pg_basebackup",
-                    [PG_BIN / "pg_basebackup", "-D", out, "-Fp", "-X", "stream", "-c", "fast", "--no-sync"]
-                    + ds.pg_client_args(),
-                    out,
+                    basebackup_cmd,
+                    "full copy (PostgreSQL 15 has no incremental)",
+                    ds.pg_conninfo(),
+                    "postgres",
+                    ds.pg_workload,
+                    backstop_bin,
                 )
-                self.native_backstop("postgres", backstop_bin, "postgres", ds.pg_conninfo())
             finally:
                 ds.pg_stop()
 
@@ -1171,44 +1220,59 @@ class Bench:
         writer = ROOT / "crates" / "backstop" / "tests" / "support" / "bdb_writer.py"
         if not hotbackup:
             self.note(
-                "native bdb: db5.3_hotbackup is not installed (scripts/install/bdb.sh); no Berkeley DB comparison"
+                "native bdb: db5.3_hotbackup is not installed (scripts/install/bdb.sh); no Berkeley DB run"
             )
             return
         probe = subprocess.run([sys.executable, "-c", "import berkeleydb"], capture_output=True)
         if probe.returncode != 0 or not writer.exists():
             self.note(
-                "native bdb: the berkeleydb Python module (scripts/install/bdb.sh) or the test writer is "
-                "missing; no Berkeley DB comparison"
+                "native bdb: the berkeleydb Python module (scripts/install/bdb.sh) or the bdb tests' writer "
+                "is missing; no Berkeley DB run"
             )
             return
         env_dir = native / "bdb-env"
-        seconds = 1 if self.smoke else 15
-        self.runner.run(
-            "bdb-writer",
-            [
-                sys.executable,
-                writer,
-                "run",
-                "--home",
-                env_dir,
-                "--seq-file",
-                native / "bdb-seq",
-                "--data-dir",
-                "data",
-                "--accounts",
-                "20000" if self.smoke else "200000",
-                "--history-bytes",
-                "1000",
-                "--lg-max",
-                str(4 * MIB),
-                "--max-seconds",
-                str(seconds),
-            ],
-        )
-        self.native_backstop("bdb", backstop_bin, "bdb", str(env_dir))
+
+        def write(seconds):
+            self.runner.run(
+                "bdb-writer",
+                [
+                    sys.executable,
+                    writer,
+                    "run",
+                    "--home",
+                    env_dir,
+                    "--seq-file",
+                    native / "bdb-seq",
+                    "--data-dir",
+                    "data",
+                    "--accounts",
+                    "20000" if self.smoke else "200000",
+                    "--history-bytes",
+                    "1000",
+                    "--lg-max",
+                    str(4 * MIB),
+                    "--max-seconds",
+                    str(seconds),
+                ],
+            )
+
+        write(1 if self.smoke else 15)
         out = native / "bdb-hotbackup"
-        self.native_step("bdb", "db5.3_hotbackup", [hotbackup, "-D", "-h", env_dir, "-b", out], out)
-        self.bdb_env_bytes = tree_bytes(env_dir)
+
+        def hotbackup_cmd(n):
+            # -u: the second run copies the new log files into the same directory.
+            return ([hotbackup] + (["-u"] if n == 2 else []) + ["-D", "-h", env_dir, "-b", out], out)
+
+        self.native_compare(
+            "bdb",
+            "db5.3_hotbackup",
+            hotbackup_cmd,
+            "update (-u: new logs)",
+            str(env_dir),
+            "bdb",
+            lambda: write(1 if self.smoke else 5),
+            backstop_bin,
+        )
 
 
 def cpu_model():
@@ -1264,9 +1328,9 @@ def write_report(bench, chart_name):
         "file, a closed RocksDB directory, plain files), first version 1 (full), then version 2 "
         "(incremental), then restores the latest backup. Before each timed step the harness reads the whole "
         "source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
-        "page cache; nothing is dropped"
-        + ("" if meta["smoke"] else ", and runs `sync` so no tool pays for the previous one's dirty pages")
-        + ". Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
+        "page cache"
+        + ("" if meta["smoke"] else ", and runs `sync`, so no tool pays for the previous one's dirty pages")
+        + "; nothing is dropped. Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
         "harness; CPU time (user+sys) and peak RSS by GNU time around the tool's process (children "
         "included; for a pipeline, the largest member's RSS). Repository bytes are apparent file sizes; "
         "bytes added = growth of the repository in that step. restic, borg and Backstop encrypt; borg, "
@@ -1345,16 +1409,27 @@ def write_report(bench, chart_name):
     if bench.native:
         w("## Database-native peers\n")
         w(
-            "Full backup of each database with its own tool and with Backstop's source for it, on the same "
-            "files (PostgreSQL: the running server, the CPU of the server's WAL sender not counted; the others "
-            "closed). Bytes: the backup directory (native tools) or the fresh repository (Backstop, compressed "
-            "and encrypted).\n"
+            "Each database backed up with its own tool and with Backstop's source for it, on the same files "
+            "(PostgreSQL: the running server, whose own CPU is not counted; the others closed): a first "
+            "backup, then a short workload (pgbench, SQLite updates, RocksDB writes, more Berkeley DB "
+            "transactions), then a second backup. Stored: what the backup added to its directory or (Backstop) "
+            "to its fresh repository, compressed and encrypted.\n"
         )
-        w("| database | tool | wall s | CPU s | peak RSS MiB | bytes stored MiB |")
-        w("| --- | --- | ---: | ---: | ---: | ---: |")
+        w(
+            "| database | tool | 1st wall s | 1st CPU s | peak RSS MiB | 1st stored MiB | 2nd wall s | "
+            "2nd stored MiB | 2nd backup is |"
+        )
+        w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in bench.native:
+            first, second = (r["runs"] + [None, None])[:2]
+            if not first:
+                w(f"| {r['db']} | {r['tool']} | failed | | | | | | |")
+                continue
+            rss = max(x["peak_rss_mib"] for x in r["runs"] if x)
+            sec = (f"{second['wall_s']:.2f} | {mib(second['bytes'])}") if second else "failed | –"
             w(
-                f"| {r['db']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | {mib(r['bytes'])} |"
+                f"| {r['db']} | {r['tool']} | {first['wall_s']:.2f} | {first['cpu_s']:.2f} | {rss:.1f} | "
+                f"{mib(first['bytes'])} | {sec} | {r['second']} |"
             )
         w("")
     w("## Versions\n")

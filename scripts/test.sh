@@ -13,4 +13,4 @@ export PATH="$HOME/.local/bin:$PATH"
 if [[ $# -gt 0 ]]; then
     exec cargo test "$@"
 fi
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast

@@ -215,6 +215,24 @@ pub(crate) struct BackupArgs {
     #[arg(long, value_name = "GLOB")]
     pub(crate) exclude: Vec<String>,
 
+    /// PostgreSQL: ask for an immediate checkpoint at the start (default: a spread one, as
+    /// `pg_basebackup` does)
+    #[arg(long, help_heading = "Source options")]
+    pub(crate) fast_checkpoint: bool,
+
+    /// PostgreSQL: the data directory, when the server's own path is not how this machine
+    /// sees it
+    #[arg(long, value_name = "DIR", help_heading = "Source options")]
+    pub(crate) pg_data_dir: Option<PathBuf>,
+
+    /// PostgreSQL: the backup label
+    #[arg(long, value_name = "LABEL", help_heading = "Source options")]
+    pub(crate) label: Option<String>,
+
+    /// SQLite: how the snapshot is taken (`auto`, `dbpage`, `backup-api`)
+    #[arg(long, value_name = "METHOD", help_heading = "Source options")]
+    pub(crate) sqlite_method: Option<String>,
+
     /// Berkeley DB: directory of the db5.3_* utilities (default: found on PATH)
     #[arg(long, value_name = "DIR", help_heading = "Source options")]
     pub(crate) db_tools: Option<PathBuf>,
@@ -373,13 +391,13 @@ pub(crate) struct RestoreArgs {
 /// Keeps a Berkeley DB hot standby in sync with a live environment.
 #[derive(Debug, Args)]
 pub(crate) struct StandbyArgs {
-    /// The live environment's home directory (not needed with --promote)
-    #[arg(value_name = "ENV_HOME", required_unless_present = "promote")]
-    pub(crate) env_home: Option<PathBuf>,
-
     /// The standby directory
     #[arg(value_name = "STANDBY_DIR")]
     pub(crate) standby: PathBuf,
+
+    /// The live environment's home directory, to refresh from
+    #[arg(long = "env", value_name = "ENV_HOME", required_unless_present_any = ["promote", "from_repo"])]
+    pub(crate) env_home: Option<PathBuf>,
 
     /// Refresh from the repository's latest backup instead of the live environment
     #[arg(long, conflicts_with = "promote")]

@@ -20,6 +20,14 @@ pub(crate) struct SourceSpec {
     /// Whether the excludes came from the command line (an error for other kinds) rather than
     /// the config file (ignored for other kinds).
     pub(crate) excludes_from_flags: bool,
+    /// PostgreSQL: immediate checkpoint.
+    pub(crate) fast_checkpoint: bool,
+    /// PostgreSQL: the data directory as this machine sees it.
+    pub(crate) pg_data_dir: Option<PathBuf>,
+    /// PostgreSQL: the backup label.
+    pub(crate) label: Option<String>,
+    /// SQLite: the snapshot method.
+    pub(crate) sqlite_method: Option<String>,
     /// Berkeley DB: where the utilities are.
     pub(crate) db_tools: Option<PathBuf>,
     /// Berkeley DB: extra data directories.
@@ -56,8 +64,27 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
     let path = PathBuf::from(&spec.location);
     let source: Box<dyn Source> = match spec.kind {
         SourceKind::Dir => Box::new(backstop::DirSource::new(path).with_excludes(spec.excludes)),
-        SourceKind::Sqlite => Box::new(sqlite::SqliteSource::new(path)),
-        SourceKind::Postgres => Box::new(postgres::PostgresSource::new(spec.location)),
+        SourceKind::Sqlite => {
+            let mut source = sqlite::SqliteSource::new(path);
+            if let Some(method) = &spec.sqlite_method {
+                let method: sqlite::SqliteMethod = method.parse().map_err(|e| {
+                    Exit::new(Code::Usage, format!("--sqlite-method {method}: {e}"))
+                })?;
+                source = source.with_method(method);
+            }
+            Box::new(source)
+        }
+        SourceKind::Postgres => {
+            let mut source = postgres::PostgresSource::new(spec.location)
+                .with_fast_checkpoint(spec.fast_checkpoint);
+            if let Some(dir) = spec.pg_data_dir {
+                source = source.with_data_dir(dir);
+            }
+            if let Some(label) = spec.label {
+                source = source.with_label(label);
+            }
+            Box::new(source)
+        }
         SourceKind::Bdb => {
             let mut source =
                 bdb::BdbSource::new(path).with_tools(bdb_tools(spec.db_tools.as_deref()));

@@ -153,6 +153,8 @@ mod metadata_cache {
         // The cache is not the truth: a backup deleted by another process disappears.
         let other = BackupEngine::open(log.clone(), options()).unwrap();
         other.delete_backup(1).unwrap();
+        drop(other);
+        log.take();
         let ids: Vec<u64> = engine
             .list_backups()
             .unwrap()
@@ -195,6 +197,135 @@ mod metadata_cache {
         engine.list_backups().unwrap();
         let gets = log.take();
         assert!(metadata(&gets).is_empty(), "gets: {gets:?}");
+    }
+}
+
+/// The backup-id race of docs/object-storage.md ("Two backups, one id"), made deterministic
+/// with a store that holds one backup's snapshot put until the other backup has committed.
+mod backup_id_race {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use backstop::store::ObjectMeta;
+    use backstop::{
+        BackupEngine, BackupOptions, DirSource, EngineOptions, InitOptions, MemoryStore, PutMode,
+        Store, StoreError,
+    };
+
+    #[derive(Debug, Default)]
+    struct Gate {
+        /// (a put is waiting, the gate is open)
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    /// Holds puts of `snapshots/` until the gate opens.
+    #[derive(Clone, Debug)]
+    struct Gated {
+        inner: MemoryStore,
+        gate: Arc<Gate>,
+    }
+
+    impl Store for Gated {
+        fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+            if key.starts_with("snapshots/") {
+                let mut state = self.gate.state.lock().unwrap();
+                state.0 = true;
+                self.gate.changed.notify_all();
+                while !state.1 {
+                    state = self.gate.changed.wait(state).unwrap();
+                }
+            }
+            self.inner.put(key, bytes, mode)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, StoreError> {
+            self.inner.get_range(key, range)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.list(prefix)
+        }
+        fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+            self.inner.head(key)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    /// B lists the snapshots and picks id N, then waits; A picks N too, writes, lists (sees
+    /// only itself) and keeps N; then B writes and lists (sees both). When B's key sorts
+    /// first, the current rule ("the larger key moves") lets B keep N as well.
+    #[test]
+    #[ignore = "demonstrates the backup-id hole in Repository::commit_snapshot (docs/object-storage.md); un-ignore once fixed"]
+    fn two_backups_never_report_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("file"), name).unwrap();
+        }
+        // B's random suffix decides whether it sorts first: try until it does (p = 1/2 each).
+        for attempt in 0..40 {
+            let store = MemoryStore::new();
+            BackupEngine::init(
+                store.clone(),
+                InitOptions::default(),
+                EngineOptions::default(),
+            )
+            .unwrap();
+            let gate = Arc::new(Gate::default());
+            let a = BackupEngine::open(store.clone(), EngineOptions::default()).unwrap();
+            let b = BackupEngine::open(
+                Gated {
+                    inner: store.clone(),
+                    gate: gate.clone(),
+                },
+                EngineOptions::default(),
+            )
+            .unwrap();
+            let (id_a, id_b) = std::thread::scope(|s| {
+                let b_thread = s.spawn(|| {
+                    b.create_backup(
+                        &mut DirSource::new(dir.path().join("b")),
+                        &BackupOptions::default(),
+                    )
+                    .unwrap()
+                    .id
+                });
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !gate.state.lock().unwrap().0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "B never reached its snapshot put"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let id_a = a
+                    .create_backup(
+                        &mut DirSource::new(dir.path().join("a")),
+                        &BackupOptions::default(),
+                    )
+                    .unwrap()
+                    .id;
+                gate.state.lock().unwrap().1 = true;
+                gate.changed.notify_all();
+                (id_a, b_thread.join().unwrap())
+            });
+            let snapshots: Vec<String> = store
+                .keys()
+                .into_iter()
+                .filter(|k| k.starts_with("snapshots/"))
+                .collect();
+            assert_ne!(
+                id_a, id_b,
+                "attempt {attempt}: both backups reported id {id_a}; snapshots: {snapshots:?}"
+            );
+        }
     }
 }
 
@@ -585,11 +716,21 @@ mod s3 {
             return;
         };
         let data = world.path("data");
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
         for d in 0..100 {
             let dir = data.join(format!("dir-{d:03}"));
             std::fs::create_dir_all(&dir).unwrap();
             for f in 0..100 {
-                std::fs::write(dir.join(format!("file-{f:03}")), format!("{d}/{f}\n")).unwrap();
+                let path = dir.join(format!("file-{f:03}"));
+                std::fs::write(&path, format!("{d}/{f}\n")).unwrap();
+                // Files changed within the last seconds may change again unseen in the same
+                // timestamp, so the engine reads them again next time; these are older.
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(an_hour_ago)
+                    .unwrap();
             }
         }
         world.json(&["init"]);
@@ -608,6 +749,7 @@ mod s3 {
         );
         assert_eq!(envelope["result"]["files"], 10_000);
         assert_eq!(envelope["result"]["bytes_added"], 0, "{envelope}");
+        assert_eq!(envelope["result"]["bytes_read"], 0, "{envelope}");
         assert!(
             ops.len() <= 40,
             "an unchanged backup made {} requests: {by_op:?}",
@@ -751,7 +893,9 @@ mod s3 {
         );
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(
-            stderr.contains("kept failing after retries"),
+            stderr
+                .lines()
+                .any(|l| l.starts_with("error:") && l.contains("kept failing after retries")),
             "the error does not say the store kept failing: {stderr}"
         );
         eprintln!("long outage: failed after {took:?}: {stderr}");

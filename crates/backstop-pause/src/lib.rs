@@ -312,7 +312,9 @@ impl PauseController {
             };
             // Wake at the lease's end even if nobody notifies: expiry is noticed, not pushed.
             let wake = pause.lease_until.map_or(give_up, |l| l.min(give_up));
-            let wait = wake.saturating_duration_since(now).max(Duration::from_millis(1));
+            let wait = wake
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
             state = self
                 .inner
                 .changed
@@ -325,7 +327,11 @@ impl PauseController {
     /// Pauses: closes the gate, waits up to `drain_timeout` for the requests in flight to
     /// finish, and holds the gate closed for `lease` from then on unless renewed. When draining
     /// times out the gate opens again and the pause fails.
-    pub fn pause(&self, lease: Duration, drain_timeout: Duration) -> Result<PauseTicket, PauseError> {
+    pub fn pause(
+        &self,
+        lease: Duration,
+        drain_timeout: Duration,
+    ) -> Result<PauseTicket, PauseError> {
         self.check_lease(lease)?;
         let started = Instant::now();
         let mut state = lock(&self.inner.state);
@@ -340,7 +346,11 @@ impl PauseController {
             drained_at: None,
             lease_until: None,
         });
-        tracing::info!(pause_id = id, in_flight = state.in_flight, "pausing: draining requests");
+        tracing::info!(
+            pause_id = id,
+            in_flight = state.in_flight,
+            "pausing: draining requests"
+        );
         let deadline = started + drain_timeout;
         while state.in_flight > 0 {
             let now = Instant::now();
@@ -483,7 +493,10 @@ mod tests {
         // The gate closes at once, before draining is done.
         let start = Instant::now();
         while gate.enter().is_ok() {
-            assert!(start.elapsed() < Duration::from_secs(10), "the gate never closed");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the gate never closed"
+            );
             std::thread::yield_now();
         }
         assert!(!gate.status().drained);
@@ -505,7 +518,10 @@ mod tests {
         let err = gate
             .pause(Duration::from_secs(10), Duration::from_millis(50))
             .unwrap_err();
-        assert!(matches!(err, PauseError::DrainTimeout { in_flight: 1, .. }), "{err}");
+        assert!(
+            matches!(err, PauseError::DrainTimeout { in_flight: 1, .. }),
+            "{err}"
+        );
         assert!(!gate.status().paused);
         assert!(gate.enter().is_ok());
     }
@@ -524,7 +540,10 @@ mod tests {
         let start = Instant::now();
         let guard = gate.enter().unwrap();
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(50), "entered after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(50),
+            "entered after {waited:?}"
+        );
         assert!(waited < Duration::from_secs(5), "entered after {waited:?}");
         drop(guard);
         assert_eq!(
@@ -545,14 +564,19 @@ mod tests {
     #[test]
     fn one_pause_at_a_time_and_leases_are_bounded() {
         let gate = PauseController::with_options(WhilePaused::Reject, Duration::from_secs(60));
-        let first = gate.pause(Duration::from_secs(10), Duration::from_secs(1)).unwrap();
+        let first = gate
+            .pause(Duration::from_secs(10), Duration::from_secs(1))
+            .unwrap();
         assert_eq!(
             gate.pause(Duration::from_secs(10), Duration::from_secs(1)),
             Err(PauseError::AlreadyPaused {
                 pause_id: first.pause_id
             })
         );
-        assert!(gate.renew(first.pause_id, Duration::from_secs(3600)).is_err());
+        assert!(
+            gate.renew(first.pause_id, Duration::from_secs(3600))
+                .is_err()
+        );
         assert!(gate.renew(first.pause_id, Duration::from_secs(30)).is_ok());
         assert!(gate.resume(Some(first.pause_id + 1)).is_err());
         assert!(gate.resume(None).unwrap().is_some());

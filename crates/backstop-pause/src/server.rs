@@ -229,11 +229,7 @@ mod tests {
             .into()
     }
 
-    fn call(
-        agent: &ureq::Agent,
-        post: bool,
-        url: &str,
-    ) -> (u16, serde_json::Value) {
+    fn call(agent: &ureq::Agent, post: bool, url: &str) -> (u16, serde_json::Value) {
         let mut response = if post {
             agent.post(url).send_empty().unwrap()
         } else {

@@ -21,6 +21,7 @@ pub mod dir;
 mod entry;
 mod error;
 pub mod eventstore;
+pub mod group;
 pub mod hold;
 pub mod restore_profile;
 #[cfg(any(test, feature = "testing"))]

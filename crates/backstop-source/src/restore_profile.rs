@@ -68,6 +68,7 @@ pub fn apply(
     match profile.kind.as_str() {
         "" | "none" | "dir" => Ok(Vec::new()),
         "eventstore" => crate::eventstore::restore_fixup(profile, target, params),
+        "group" => crate::group::restore_fixup(profile, target, params),
         #[cfg(feature = "sqlite")]
         "sqlite" => crate::sqlite::restore_fixup(profile, target, params),
         #[cfg(feature = "postgres")]

@@ -10,8 +10,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 
 use crate::memory::check_range;
@@ -32,7 +32,9 @@ pub struct S3StoreOptions {
     pub part_size: usize,
     /// Parts uploaded at once per object (default 4).
     pub max_concurrent_parts: usize,
-    /// Retries of one request on throttling, 5xx answers and connection errors (default 10).
+    /// Retries of one request on throttling, 5xx answers and connection errors (default 10),
+    /// backing off from 0.5 s, doubling up to 15 s between tries (with jitter): the default
+    /// rides out about a minute of outage.
     pub max_retries: usize,
     /// Time after which a request is not retried any more (default 2 minutes): the bound on how
     /// long a put or get may keep trying before it reports a `Transient` error.
@@ -388,7 +390,14 @@ impl S3Store {
         let retry = RetryConfig {
             max_retries: options.max_retries,
             retry_timeout: options.retry_timeout,
-            ..RetryConfig::default()
+            // object_store starts at 100 ms, so its 10 retries are spent within about 2 s of
+            // connection refusals: a server restart would fail every backup. From 0.5 s,
+            // doubling up to 15 s, the default retries ride out about a minute of outage.
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
         };
         let client = builder
             .with_virtual_hosted_style_request(!path_style)

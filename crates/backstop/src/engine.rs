@@ -207,6 +207,32 @@ impl BackupEngine {
         crate::archive::delete(&self.repo, archive, name)
     }
 
+    /// Deletes archived PostgreSQL WAL (the `wal` archive) that no kept backup needs: segments
+    /// before the start segment of the oldest PostgreSQL backup still in the repository.
+    /// Timeline history files and unrecognised names are kept; with no PostgreSQL backup,
+    /// nothing is deleted. Returns the names deleted.
+    #[cfg(feature = "postgres")]
+    pub fn prune_wal_archive(&self) -> Result<Vec<String>> {
+        let oldest = self
+            .repo
+            .list_backups()?
+            .into_iter()
+            .find(|b| b.source_kind == "postgres");
+        let Some(needed_from) =
+            oldest.and_then(|b| backstop_source::postgres::wal_needed_from(&b.source_meta))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut deleted = Vec::new();
+        for name in crate::archive::list(&self.repo, "wal")? {
+            if !backstop_source::postgres::wal_archive_name_needed(&name, &needed_from) {
+                crate::archive::delete(&self.repo, "wal", &name)?;
+                deleted.push(name);
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Adds a password that opens the same master key; returns the new key's id.
     pub fn add_key(&self, new_password: &str) -> Result<String> {
         self.repo.add_key(new_password)

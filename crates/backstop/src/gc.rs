@@ -34,7 +34,7 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let (keep, drop_packs, old_index_objects) = {
         let index = repo.index_read();
         let mut by_pack: BTreeMap<usize, Vec<PackEntry>> = BTreeMap::new();
-        for (id, loc) in &index.blobs {
+        for (id, loc) in index.iter() {
             by_pack
                 .entry(loc.pack as usize)
                 .or_default()

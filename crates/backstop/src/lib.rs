@@ -50,6 +50,9 @@ mod repo;
 mod restore;
 mod verify;
 
+#[doc(hidden)]
+pub mod testing_support;
+
 pub use backstop_source::{
     self as source, CancelToken, ChangeModel, Content, Entry, EntryKind, Phase, RestoreProfile,
     Session, SessionContext, SessionOutcome, Source, SourceError, dir::DirSource,

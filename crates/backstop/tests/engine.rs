@@ -2,6 +2,11 @@
 //! corruption, crash safety, passwords and format versions. These are the properties every
 //! database source relies on, so they are tested here without any database.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,6 +1,11 @@
 //! Property test: random trees (files of random sizes and contents, nested directories,
 //! symlinks, modes and mtimes) come back from a backup byte for byte.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -12,6 +12,8 @@ use crate::repo::Settings;
 #[derive(Serialize)]
 struct Deleted {
     deleted: Vec<BackupId>,
+    /// Archived PostgreSQL WAL files deleted because no kept backup needs them.
+    wal_deleted: Vec<String>,
 }
 
 pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
@@ -19,7 +21,17 @@ pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
     let deleted = engine
         .purge_old(args.keep_last)
         .with_context(|| format!("keeping the newest {} backups", args.keep_last))?;
-    report_deleted(settings, "purge", deleted)
+    // PostgreSQL WAL the kept backups no longer need goes with them.
+    let wal_deleted = engine
+        .prune_wal_archive()
+        .context("pruning the WAL archive")?;
+    if !wal_deleted.is_empty() && !settings.printer.json {
+        settings.printer.status(format!(
+            "deleted {} archived WAL file(s) older than the oldest kept PostgreSQL backup",
+            wal_deleted.len()
+        ))?;
+    }
+    report_deleted(settings, "purge", deleted, wal_deleted)
 }
 
 pub(super) fn delete(settings: &Settings, args: &DeleteArgs) -> Result<()> {
@@ -27,13 +39,24 @@ pub(super) fn delete(settings: &Settings, args: &DeleteArgs) -> Result<()> {
     engine
         .delete_backup(args.backup)
         .with_context(|| format!("deleting backup {}", quoted(args.backup)))?;
-    report_deleted(settings, "delete", vec![args.backup])
+    report_deleted(settings, "delete", vec![args.backup], Vec::new())
 }
 
-fn report_deleted(settings: &Settings, command: &str, deleted: Vec<BackupId>) -> Result<()> {
+fn report_deleted(
+    settings: &Settings,
+    command: &str,
+    deleted: Vec<BackupId>,
+    wal_deleted: Vec<String>,
+) -> Result<()> {
     let printer = settings.printer;
     if printer.json {
-        return printer.json(command, &Deleted { deleted });
+        return printer.json(
+            command,
+            &Deleted {
+                deleted,
+                wal_deleted,
+            },
+        );
     }
     if deleted.is_empty() {
         return printer.status("no backups deleted");

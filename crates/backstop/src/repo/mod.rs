@@ -41,44 +41,97 @@ pub(crate) struct ReadRun {
 }
 
 /// The union of every index object: blob id → location.
+///
+/// Blobs loaded from index objects live in one vector sorted by id (52 bytes a blob, no hash
+/// table overhead: `docs/format.md` has the measurement); blobs added since the last load
+/// (this process's own backup) live in a small hash map until the next reload merges them.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub(crate) packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
-    pub(crate) blobs: HashMap<BlobId, BlobLocation>,
+    sorted: Vec<(BlobId, BlobLocation)>,
+    recent: HashMap<BlobId, BlobLocation>,
     /// Keys of the index objects loaded.
     pub(crate) objects: Vec<String>,
 }
 
 impl Index {
-    pub(crate) fn add_pack(&mut self, pack: &IndexPack) {
-        let pos = match self.pack_pos.get(&pack.id) {
+    fn pack_position(&mut self, id: PackId, size: u64) -> u32 {
+        match self.pack_pos.get(&id) {
             Some(pos) => *pos,
             None => {
                 let pos = self.packs.len() as u32;
-                self.packs.push((pack.id, pack.size));
-                self.pack_pos.insert(pack.id, pos);
+                self.packs.push((id, size));
+                self.pack_pos.insert(id, pos);
                 pos
             }
-        };
-        for e in &pack.entries {
-            self.blobs.entry(e.id).or_insert(BlobLocation {
-                pack: pos,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-                kind: e.kind,
-                compressed: e.compressed,
-            });
         }
     }
 
+    fn location(pos: u32, e: &PackEntry) -> BlobLocation {
+        BlobLocation {
+            pack: pos,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+            kind: e.kind,
+            compressed: e.compressed,
+        }
+    }
+
+    /// Adds a pack written by this process (kept in the small map until the next reload).
+    pub(crate) fn add_pack(&mut self, pack: &IndexPack) {
+        let pos = self.pack_position(pack.id, pack.size);
+        for e in &pack.entries {
+            if self.sorted_get(&e.id).is_none() {
+                self.recent.entry(e.id).or_insert(Self::location(pos, e));
+            }
+        }
+    }
+
+    /// Adds the packs of one index object while loading (call `finish_loading` after the last).
+    fn load_packs(&mut self, packs: Vec<IndexPack>) {
+        for pack in packs {
+            let pos = self.pack_position(pack.id, pack.size);
+            self.sorted
+                .extend(pack.entries.iter().map(|e| (e.id, Self::location(pos, e))));
+        }
+    }
+
+    /// Sorts what was loaded; the first listing of a blob wins.
+    fn finish_loading(&mut self) {
+        // A stable sort keeps the first listing of a duplicate first; dedup keeps it.
+        self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        self.sorted.dedup_by(|later, first| later.0 == first.0);
+        self.sorted.shrink_to_fit();
+    }
+
+    fn sorted_get(&self, id: &BlobId) -> Option<&BlobLocation> {
+        self.sorted
+            .binary_search_by(|(probe, _)| probe.cmp(id))
+            .ok()
+            .and_then(|i| self.sorted.get(i))
+            .map(|(_, loc)| loc)
+    }
+
+    fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
+        self.sorted_get(id).or_else(|| self.recent.get(id))
+    }
+
+    /// Every blob with its location.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
+        self.sorted
+            .iter()
+            .map(|(id, loc)| (id, loc))
+            .chain(self.recent.iter())
+    }
+
     pub(crate) fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.get(id).is_some()
     }
 
     pub(crate) fn locate(&self, id: &BlobId) -> Option<(PackId, PackEntry)> {
-        let loc = self.blobs.get(id)?;
+        let loc = self.get(id)?;
         let (pack, _) = *self.packs.get(loc.pack as usize)?;
         Some((
             pack,
@@ -347,11 +400,10 @@ impl Repository {
             let file: IndexFile =
                 format::open_object("index", ObjectType::Index, &bytes, self.key())
                     .map_err(|e| damaged(&key, e))?;
-            for pack in &file.packs {
-                index.add_pack(pack);
-            }
+            index.load_packs(file.packs);
             index.objects.push(key);
         }
+        index.finish_loading();
         *self
             .index
             .write()

@@ -1,0 +1,46 @@
+//! Support for the engine's examples and benchmarks (not part of the stable API).
+
+use backstop_store::{PutMode, Store};
+
+use crate::format::{self, BlobKind, ContentId, IndexFile, IndexPack, ObjectType, PackEntry};
+
+/// Writes unencrypted index objects listing `blobs` synthetic blobs, `per_object` per index
+/// object, in packs of 1,000 blobs; the packs themselves are not written.
+pub fn write_synthetic_index(
+    store: &dyn Store,
+    blobs: usize,
+    per_object: usize,
+) -> crate::Result<()> {
+    let mut n = 0usize;
+    while n < blobs {
+        let mut file = IndexFile::default();
+        let end = (n + per_object).min(blobs);
+        while n < end {
+            let pack_end = (n + 1000).min(end);
+            let entries = (n..pack_end)
+                .enumerate()
+                .map(|(i, b)| PackEntry {
+                    id: ContentId::hash(&(b as u64).to_le_bytes()),
+                    kind: BlobKind::Data,
+                    offset: (i * 16384) as u32,
+                    length: 16384,
+                    raw_length: 16384,
+                    compressed: false,
+                })
+                .collect();
+            file.packs.push(IndexPack {
+                id: ContentId::hash(format!("pack {n}").as_bytes()),
+                size: 16384 * 1000,
+                entries,
+            });
+            n = pack_end;
+        }
+        let bytes = format::seal_object(ObjectType::Index, &file, None);
+        store.put(
+            &format!("index/{}", ContentId::hash(&bytes).to_hex()),
+            &bytes,
+            PutMode::Create,
+        )?;
+    }
+    Ok(())
+}
