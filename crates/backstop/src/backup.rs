@@ -127,6 +127,7 @@ pub(crate) fn create_backup(
             stats: SnapshotStats::default(),
             warnings: Vec::new(),
             failed: &failed,
+            chunker: chunk::Chunker::default(),
         };
         let walked = walker.walk(session);
         let walked = walked.and_then(|outcome| walker.flush_tree().map(|()| outcome));
@@ -305,6 +306,7 @@ struct Walker<'a> {
     stats: SnapshotStats,
     warnings: Vec<String>,
     failed: &'a AtomicBool,
+    chunker: chunk::Chunker,
 }
 
 /// Stops a read when the backup is cancelled or the packer failed, and counts progress.
@@ -469,7 +471,8 @@ impl Walker<'_> {
         let mut chunks = Vec::new();
         let key = self.repo.key();
         let mut send_error = false;
-        let result = chunk::for_each_chunk(&mut guarded, chunking, |data| {
+        let mut chunker = std::mem::take(&mut self.chunker);
+        let result = chunker.for_each_chunk(&mut guarded, chunking, |data| {
             let id = format::blob_id(&data, key);
             chunks.push(id);
             if !self.repo.index_read().contains(&id) && self.pending.insert(id) {
@@ -488,6 +491,7 @@ impl Walker<'_> {
             }
             Ok(())
         });
+        self.chunker = chunker;
         let read = guarded.read;
         self.stats.bytes_read += read;
         if let Err(e) = result {

@@ -30,6 +30,63 @@ impl Chunking {
     }
 }
 
+/// Cuts files into chunks, reusing one read buffer across files (FastCDC's own streaming
+/// chunker zeroes a fresh buffer per file and shifts it after every chunk; profiles showed that
+/// as a fifth of a backup's CPU).
+#[derive(Debug, Default)]
+pub(crate) struct Chunker {
+    buf: Vec<u8>,
+}
+
+impl Chunker {
+    /// Feeds every chunk of `reader` to `sink`, in order. Stops at the first error of either.
+    pub(crate) fn for_each_chunk<R: Read>(
+        &mut self,
+        mut reader: R,
+        chunking: Chunking,
+        mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Chunking::Content { min, avg, max } = chunking else {
+            return for_each_chunk(reader, chunking, sink);
+        };
+        let max_len = max as usize;
+        // Room for several chunks, so the tail is moved to the front only once per few chunks.
+        let capacity = (4 * max_len).max(1 << 20);
+        if self.buf.len() < capacity {
+            self.buf.resize(capacity, 0);
+        }
+        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        loop {
+            if !eof && end - start < max_len {
+                self.buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                while end < capacity && !eof {
+                    let Some(free) = self.buf.get_mut(end..capacity) else { break };
+                    match reader.read(free) {
+                        Ok(0) => eof = true,
+                        Ok(n) => end += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let Some(available) = self.buf.get(start..end) else { break };
+            if available.is_empty() {
+                return Ok(());
+            }
+            // With fewer than `max` bytes left before the end of the file, the end of the slice
+            // is the end of the data, as FastCDC assumes.
+            let cdc = fastcdc::v2020::FastCDC::new(available, min, avg, max);
+            let (_, cut) = cdc.cut(0, available.len());
+            let len = if cut == 0 { available.len() } else { cut };
+            sink(available.get(..len).unwrap_or(available).to_vec())?;
+            start += len;
+        }
+        Ok(())
+    }
+}
+
 /// Feeds every chunk of `reader` to `sink`, in order. Stops at the first error of either.
 pub(crate) fn for_each_chunk<R: Read>(
     reader: R,
@@ -37,17 +94,7 @@ pub(crate) fn for_each_chunk<R: Read>(
     mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
     match chunking {
-        Chunking::Content { min, avg, max } => {
-            let chunker = fastcdc::v2020::StreamCDC::new(reader, min, avg, max);
-            for chunk in chunker {
-                let chunk = chunk.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(io) => io,
-                    other => io::Error::other(other.to_string()),
-                })?;
-                sink(chunk.data)?;
-            }
-            Ok(())
-        }
+        Chunking::Content { .. } => Chunker::default().for_each_chunk(reader, chunking, sink),
         Chunking::Fixed { size } => {
             let mut reader = reader;
             loop {

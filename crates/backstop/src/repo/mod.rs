@@ -269,11 +269,20 @@ impl Repository {
                 },
             ));
         }
-        if init.chunk_min == 0 || init.chunk_min > init.chunk_avg || init.chunk_avg > init.chunk_max
-        {
+        // FastCDC's own bounds: 64 B..1 MiB, 256 B..4 MiB, 1 KiB..16 MiB.
+        let sizes_ok = (64..=1 << 20).contains(&init.chunk_min)
+            && (256..=4 << 20).contains(&init.chunk_avg)
+            && (1024..=16 << 20).contains(&init.chunk_max)
+            && init.chunk_min <= init.chunk_avg
+            && init.chunk_avg <= init.chunk_max;
+        if !sizes_ok {
             return Err(Error::msg(
                 ErrorKind::InvalidInput,
-                "chunk sizes must satisfy 0 < min <= avg <= max",
+                format!(
+                    "chunk sizes {}/{}/{} are out of range: min 64 B..1 MiB, average 256 B..4 MiB, \
+                     max 1 KiB..16 MiB, and min <= average <= max",
+                    init.chunk_min, init.chunk_avg, init.chunk_max
+                ),
             ));
         }
         let config = Config {
@@ -677,7 +686,7 @@ impl Repository {
 
     pub(crate) fn add_key(&self, password: &str) -> Result<String> {
         let master = self.require_key()?;
-        let file = KeyFile::wrap(master, password, &self.config.id, 64 * 1024, 3)
+        let file = KeyFile::wrap(master, password, &self.config.id, 32 * 1024, 3)
             .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
         write_key_file(&*self.store, &file)
     }
