@@ -76,6 +76,22 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "BACKSTOP_THREADS", global = true, value_name = "N")]
     pub(crate) threads: Option<usize>,
 
+    /// Local cache of repository metadata [default: $XDG_CACHE_HOME/backstop]
+    #[arg(long, env = "BACKSTOP_CACHE_DIR", global = true, value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+
+    /// Use no local metadata cache
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    pub(crate) no_cache: bool,
+
+    /// Limit uploads to the repository, e.g. `50MiB` per second (0: no limit)
+    #[arg(long, global = true, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
+    pub(crate) limit_upload: Option<u64>,
+
+    /// Limit downloads from the repository, e.g. `100MiB` per second (0: no limit)
+    #[arg(long, global = true, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
+    pub(crate) limit_download: Option<u64>,
+
     /// Print results as JSON on stdout: {"command": NAME, "result": ...}
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -302,6 +318,31 @@ pub(crate) struct DemoArgs {
     /// Transfers the writer commits between two backups
     #[arg(long, default_value_t = 2_000)]
     pub(crate) transfers_between: i64,
+}
+
+/// `1048576`, `512KiB`, `50MiB`, `1GiB` (per second).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte rate"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {

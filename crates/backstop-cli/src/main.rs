@@ -29,6 +29,21 @@ fn main() -> ExitCode {
     interrupt::install();
 
     let result = commands::run(&cli);
+    if cli.global.verbose > 0 {
+        if let Some(c) = output::request_counts() {
+            eprintln!(
+                "store requests: {} put, {} get ({} ranged), {} list, {} head, {} delete; {} up, {} down",
+                c.puts,
+                c.gets,
+                c.range_gets,
+                c.lists,
+                c.heads,
+                c.deletes,
+                output::size(c.bytes_up),
+                output::size(c.bytes_down)
+            );
+        }
+    }
     let Err(err) = result else {
         return ExitCode::SUCCESS;
     };

@@ -21,11 +21,32 @@ pub(crate) struct Printer {
 /// document, so stdout always holds exactly one.
 static JSON_RESULT_PRINTED: AtomicBool = AtomicBool::new(false);
 
-/// The `--json` envelope: `{"command": "list", "result": ...}`.
+/// The `--json` envelope: `{"command": "list", "result": ..., "requests": {...}}`.
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
     command: &'a str,
     result: &'a T,
+    /// Store requests the command made (absent for commands that open no repository).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests: Option<backstop_store::RequestCounts>,
+}
+
+/// The counter around the repository's store, once a command opened one.
+static REQUEST_COUNTER: std::sync::OnceLock<
+    std::sync::Arc<backstop_store::CountingStore<std::sync::Arc<dyn backstop::Store>>>,
+> = std::sync::OnceLock::new();
+
+/// Remembers the store's request counter for the `--json` envelope (the first one wins: a
+/// command opens one repository).
+pub(crate) fn record_request_counter(
+    counter: std::sync::Arc<backstop_store::CountingStore<std::sync::Arc<dyn backstop::Store>>>,
+) {
+    let _ = REQUEST_COUNTER.set(counter);
+}
+
+/// Requests made so far, if a repository was opened.
+pub(crate) fn request_counts() -> Option<backstop_store::RequestCounts> {
+    REQUEST_COUNTER.get().map(|c| c.counts())
 }
 
 /// The `--json` envelope of a failure: `{"command": "list", "error": {...}}`.
@@ -63,9 +84,17 @@ impl Printer {
     pub(crate) fn json<T: Serialize>(&self, command: &str, result: &T) -> Result<()> {
         JSON_RESULT_PRINTED.store(true, Ordering::SeqCst);
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &Envelope { command, result })
-            .map_err(std::io::Error::from)
-            .context("writing to stdout")?;
+        let requests = request_counts();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &Envelope {
+                command,
+                result,
+                requests,
+            },
+        )
+        .map_err(std::io::Error::from)
+        .context("writing to stdout")?;
         writeln!(out).context("writing to stdout")?;
         Ok(())
     }

@@ -29,6 +29,17 @@ pub(crate) struct Settings {
     pub(crate) printer: Printer,
     /// Progress bars on stderr: only when a person watches and asked for no JSON or quiet.
     pub(crate) show_progress: bool,
+    limit_upload: Option<u64>,
+    limit_download: Option<u64>,
+}
+
+/// `$XDG_CACHE_HOME/backstop`, or `~/.cache/backstop`.
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("backstop"))
 }
 
 impl Settings {
@@ -51,8 +62,15 @@ impl Settings {
         if let Some(threads) = global.threads.or(config.threads) {
             engine = engine.with_threads(threads);
         }
-        if let Some(dir) = config.cache_dir {
-            engine = engine.with_cache_dir(dir);
+        if !global.no_cache {
+            let dir = global
+                .cache_dir
+                .clone()
+                .or(config.cache_dir)
+                .or_else(default_cache_dir);
+            if let Some(dir) = dir {
+                engine = engine.with_cache_dir(dir);
+            }
         }
         let printer = Printer::new(global.json, global.quiet);
         let show_progress = !global.json && !global.quiet && std::io::stderr().is_terminal();
@@ -63,6 +81,8 @@ impl Settings {
             config_excludes: config.excludes,
             printer,
             show_progress,
+            limit_upload: global.limit_upload,
+            limit_download: global.limit_download,
         }
     }
 
@@ -85,6 +105,23 @@ impl Settings {
     }
 
     fn store(&self, must_exist: bool) -> Result<Arc<dyn Store>> {
+        let store = self.raw_store(must_exist)?;
+        // Every request is counted for the `--json` envelope and the verbose summary, then
+        // throttled if asked.
+        let counting = Arc::new(backstop_store::CountingStore::new(store));
+        crate::output::record_request_counter(Arc::clone(&counting));
+        let store: Arc<dyn Store> = counting;
+        if self.limit_upload.is_some() || self.limit_download.is_some() {
+            let limits = backstop_store::ThrottleLimits::new(
+                self.limit_upload.unwrap_or(0),
+                self.limit_download.unwrap_or(0),
+            );
+            return Ok(Arc::new(backstop_store::ThrottleStore::new(store, limits)));
+        }
+        Ok(store)
+    }
+
+    fn raw_store(&self, must_exist: bool) -> Result<Arc<dyn Store>> {
         let repo = self.repo()?;
         // A plain path that does not exist is no repository; saying so here gives a clearer
         // message than the engine's missing config object. URLs are left to the engine.

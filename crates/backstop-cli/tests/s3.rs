@@ -17,8 +17,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A directory's contents: relative path -> bytes, or `None` for a directory.
+type Tree = BTreeMap<String, Option<Vec<u8>>>;
+
 /// Every file under `root` (relative path -> bytes), and every directory (-> None).
-fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+fn tree(root: &Path) -> Tree {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -175,7 +178,6 @@ mod metadata_cache {
 
     /// The same through `EngineOptions::cache_dir`, once the engine wraps its store with it.
     #[test]
-    #[ignore = "needs the engine to wrap its store in CachingStore when EngineOptions::cache_dir is set"]
     fn engine_options_cache_dir_caches_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -262,7 +264,6 @@ mod backup_id_race {
     /// only itself) and keeps N; then B writes and lists (sees both). When B's key sorts
     /// first, the current rule ("the larger key moves") lets B keep N as well.
     #[test]
-    #[ignore = "demonstrates the backup-id hole in Repository::commit_snapshot (docs/object-storage.md); un-ignore once fixed"]
     fn two_backups_never_report_the_same_id() {
         let dir = tempfile::tempdir().unwrap();
         for name in ["a", "b"] {
@@ -343,7 +344,7 @@ mod s3 {
 
     use serde_json::Value;
 
-    use super::{pseudo_random, tree};
+    use super::{Tree, pseudo_random, tree};
 
     use super::s3_server::{self, ACCESS_KEY, Kind, S3Server, SECRET_KEY};
 
@@ -454,7 +455,7 @@ mod s3 {
             envelope["result"]["id"].as_u64().unwrap()
         }
 
-        fn restore_and_compare(&self, id: u64, expected: &BTreeMap<String, Option<Vec<u8>>>) {
+        fn restore_and_compare(&self, id: u64, expected: &Tree) {
             let target = self.path(&format!("restore-{id}-{}", rand_suffix()));
             let output = self.run(&["restore", &id.to_string(), target.to_str().unwrap()]);
             assert!(
@@ -604,7 +605,7 @@ mod s3 {
         world.json(&["init"]);
         let sources = [world.path("source-a"), world.path("source-b")];
         // Every backup that reported success, with what it must restore to.
-        let mut committed: Vec<(u64, BTreeMap<String, Option<Vec<u8>>>)> = Vec::new();
+        let mut committed: Vec<(u64, Tree)> = Vec::new();
         let mut deleted: HashSet<u64> = HashSet::new();
         let (mut backups_ok, mut backups_locked, mut gcs_ok, mut gcs_locked) = (0, 0, 0, 0);
         for round in 0..10u64 {
@@ -760,7 +761,6 @@ mod s3 {
     /// What the lead wires in the CLI: `--json` envelopes carry the store requests the
     /// command made, as `backstop_store::RequestCounts` serializes them.
     #[test]
-    #[ignore = "needs the CLI to report request counts: a `requests` object in the --json envelope"]
     fn json_output_reports_the_requests_the_server_saw() {
         let Some(world) = World::new("reported") else {
             return;
@@ -786,9 +786,10 @@ mod s3 {
             count(&["ListObjectsV2"]),
             "{envelope}"
         );
-        assert_eq!(
-            field("deletes") as usize,
-            count(&["DeleteObject"]),
+        // The last request (the lock's delete) may not be in the server's log yet when the
+        // command returns: the server logs after it answers.
+        assert!(
+            field("deletes") as usize >= count(&["DeleteObject"]) && field("deletes") <= 1,
             "{envelope}"
         );
         assert!(field("bytes_up") > 3 << 20, "{envelope}");

@@ -17,7 +17,7 @@ use backstop_store::{
 };
 
 mod support {
-    pub mod s3_server;
+    pub(crate) mod s3_server;
 }
 use support::s3_server::{ACCESS_KEY, Kind, S3Server, SECRET_KEY, free_port};
 

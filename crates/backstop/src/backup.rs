@@ -76,7 +76,7 @@ pub(crate) fn create_backup(
 ) -> Result<BackupInfo> {
     let started = Instant::now();
     let time_unix = crate::repo::now_unix();
-    let _lock = lock::acquire(&repo.store, false, "a backup")?;
+    let lock = lock::acquire(&repo.store, false, "a backup")?;
     repo.reload_index()?;
 
     let source_kind = source.kind().to_owned();
@@ -161,6 +161,7 @@ pub(crate) fn create_backup(
         ));
     }
 
+    lock.check_held()?;
     if !packed.packs.is_empty() {
         repo.write_index(packed.packs)?;
     }
@@ -191,7 +192,9 @@ pub(crate) fn create_backup(
         warnings,
         restore_profile: session_outcome.restore_profile,
     };
+    lock.check_held()?;
     repo.commit_snapshot(&mut snapshot)?;
+    drop(lock);
     Ok(snapshot.info())
 }
 
@@ -321,10 +324,7 @@ struct GuardedReader<'a, R> {
 impl<R: Read> Read for GuardedReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "cancelled",
-            ));
+            return Err(std::io::Error::other("cancelled"));
         }
         if self.failed.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the store failed"));

@@ -62,7 +62,9 @@ impl Chunker {
                 end -= start;
                 start = 0;
                 while end < capacity && !eof {
-                    let Some(free) = self.buf.get_mut(end..capacity) else { break };
+                    let Some(free) = self.buf.get_mut(end..capacity) else {
+                        break;
+                    };
                     match reader.read(free) {
                         Ok(0) => eof = true,
                         Ok(n) => end += n,
@@ -71,7 +73,9 @@ impl Chunker {
                     }
                 }
             }
-            let Some(available) = self.buf.get(start..end) else { break };
+            let Some(available) = self.buf.get(start..end) else {
+                break;
+            };
             if available.is_empty() {
                 return Ok(());
             }

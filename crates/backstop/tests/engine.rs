@@ -717,14 +717,21 @@ fn local_store_repository_round_trip() {
 fn a_damaged_key_file_is_reported_as_corrupt_not_as_a_wrong_password() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    let key = store.keys().into_iter().find(|k| k.starts_with("keys/")).unwrap();
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("keys/"))
+        .unwrap();
     store.corrupt(&key, |b| {
         let i = b.len() / 2;
         b[i] ^= 0x01;
     });
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert!(err.to_string().contains(&key), "the message must name the key object: {err}");
+    assert!(
+        err.to_string().contains(&key),
+        "the message must name the key object: {err}"
+    );
 }
 
 #[test]
@@ -733,7 +740,9 @@ fn a_full_disk_fails_the_backup_with_storage_full_and_keeps_earlier_backups() {
     sample_tree(data.path());
     let base = MemoryStore::new();
     let engine = BackupEngine::init(base.clone(), encrypted(), opts()).unwrap();
-    engine.create_backup(&mut DirSource::new(data.path()), &BackupOptions::default()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
     std::fs::write(data.path().join("new"), pseudo_random(500_000, 77)).unwrap();
     let full = Arc::new(FaultStore::with_plan(
         base.clone(),
@@ -746,7 +755,10 @@ fn a_full_disk_fails_the_backup_with_storage_full_and_keeps_earlier_backups() {
         .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
-    assert!(err.to_string().contains("packs/"), "the message must name the object: {err}");
+    assert!(
+        err.to_string().contains("packs/"),
+        "the message must name the object: {err}"
+    );
     let engine = BackupEngine::open(base, opts()).unwrap();
     assert_eq!(engine.list_backups().unwrap().len(), 1);
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());

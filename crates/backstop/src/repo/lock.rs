@@ -7,6 +7,7 @@
 //! running backup is about to reference.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -46,8 +47,49 @@ pub(crate) struct LockedError {
 pub(crate) struct LockGuard {
     store: Arc<dyn Store>,
     key: String,
+    /// When the lock object was last written successfully (Unix seconds).
+    refreshed: Arc<AtomicI64>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The lock was lost while held: a gc may have taken over.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the repository lock `{key}` was lost while this operation ran ({why}); a gc may have \
+     removed its data, so nothing was committed: run it again"
+)]
+pub(crate) struct LockLostError {
+    key: String,
+    why: String,
+}
+
+impl LockGuard {
+    /// Checks, right before a commit, that the lock is still ours: refreshed recently enough
+    /// that nobody treats it as stale, and still in the store.
+    pub(crate) fn check_held(&self) -> Result<()> {
+        let age = now_unix() - self.refreshed.load(Ordering::SeqCst);
+        if age > STALE_AFTER_SECS / 2 {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                LockLostError {
+                    key: self.key.clone(),
+                    why: format!("not refreshed for {age} s"),
+                },
+            ));
+        }
+        match self.store.head(&self.key) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Err(Error::new(
+                ErrorKind::Locked,
+                LockLostError {
+                    key: self.key.clone(),
+                    why: "it was removed".into(),
+                },
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Drop for LockGuard {
@@ -84,9 +126,11 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
     let bytes = serde_json::to_vec(&info)
         .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a lock: {e}")))?;
     store.put(&key, &bytes, PutMode::Overwrite)?;
+    let refreshed = Arc::new(AtomicI64::new(info.time_unix));
     let mut guard = LockGuard {
         store: Arc::clone(store),
         key: key.clone(),
+        refreshed: Arc::clone(&refreshed),
         stop: None,
         refresher: None,
     };
@@ -126,10 +170,17 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
         .spawn(move || {
             let mut info = info;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(REFRESH_EVERY) {
+                // A lock someone removed (a gc that judged it stale) is never recreated: the
+                // holder must notice at its next `check_held` instead.
+                if store2.head(&key).is_err() {
+                    tracing::warn!(key = %key, "the repository lock was removed by another process");
+                    return;
+                }
                 info.time_unix = now_unix();
                 if let Ok(bytes) = serde_json::to_vec(&info) {
-                    if let Err(e) = store2.put(&key, &bytes, PutMode::Overwrite) {
-                        tracing::warn!(error = %e, "could not refresh the repository lock");
+                    match store2.put(&key, &bytes, PutMode::Overwrite) {
+                        Ok(()) => refreshed.store(info.time_unix, Ordering::SeqCst),
+                        Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),
                     }
                 }
             }

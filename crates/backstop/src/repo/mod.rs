@@ -314,6 +314,13 @@ impl Repository {
         // The config goes last: until it exists, the store holds no repository.
         let bytes = format::seal_object(ObjectType::Config, &config, None);
         store.put(CONFIG_KEY, &bytes, PutMode::Create)?;
+        let store: Arc<dyn Store> = match &options.cache_dir {
+            Some(dir) => Arc::new(backstop_store::CachingStore::new(
+                store,
+                dir.join(&config.id),
+            )),
+            None => store,
+        };
         Ok(Self {
             store,
             config,
@@ -348,6 +355,15 @@ impl Repository {
                 },
             ));
         }
+        // Immutable metadata (index and snapshot objects) is served from the local cache when
+        // there is one; the store stays the truth for everything else.
+        let store: Arc<dyn Store> = match &options.cache_dir {
+            Some(dir) => Arc::new(backstop_store::CachingStore::new(
+                store,
+                dir.join(&config.id),
+            )),
+            None => store,
+        };
         let (key, key_id) = if config.encrypted {
             let password = options
                 .password
@@ -568,32 +584,41 @@ impl Repository {
     /// point. Two writers that pick the same id both keep their snapshot: the one with the
     /// larger key moves to a fresh id (see docs/format.md, "Backup ids").
     pub(crate) fn commit_snapshot(&self, snapshot: &mut Snapshot) -> Result<BackupId> {
-        let suffix = random_hex(4);
-        let next = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
-        snapshot.id = next;
-        let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
-        let key = snapshot_key(next, &suffix);
-        self.store.put(&key, &bytes, PutMode::Create)?;
-        let lowest = self
-            .store
-            .list(&format!("snapshots/{next:010}-"))?
-            .into_iter()
-            .map(|m| m.key)
-            .min()
-            .unwrap_or_else(|| key.clone());
-        if lowest == key {
-            return Ok(next);
+        // 128 random bits: two snapshots never share a key, even on a store that ignores
+        // create-if-absent.
+        let suffix = random_hex(16);
+        let mut previous: Option<String> = None;
+        for attempt in 0..16u32 {
+            let next = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
+            snapshot.id = next;
+            let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
+            let key = snapshot_key(next, &suffix);
+            self.store.put(&key, &bytes, PutMode::Create)?;
+            // The backup is now visible under `key`; only then may an earlier copy go.
+            if let Some(old) = previous.take() {
+                self.store.delete(&old)?;
+            }
+            let others = self
+                .store
+                .list(&format!("snapshots/{next:010}-"))?
+                .into_iter()
+                .filter(|m| m.key != key)
+                .count();
+            // Of two backups that wrote the same id, the one that listed second sees the
+            // other (each lists after its own put), so at least one moves; both may, and then
+            // both check again at their new ids.
+            if others == 0 {
+                return Ok(next);
+            }
+            previous = Some(key);
+            let jitter = rand::random::<u64>() % (20 * u64::from(attempt + 1));
+            std::thread::sleep(std::time::Duration::from_millis(jitter));
         }
-        // Another backup committed the same id at the same time and its key sorts first: this
-        // one moves to a fresh id. It is written under the new id before the old copy goes,
-        // so the backup is never invisible.
-        let moved = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
-        snapshot.id = moved;
-        let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
-        self.store
-            .put(&snapshot_key(moved, &suffix), &bytes, PutMode::Create)?;
-        self.store.delete(&key)?;
-        Ok(moved)
+        Err(Error::msg(
+            ErrorKind::Transient,
+            "could not find a free backup id after 16 attempts (many backups committing at \
+             once); the backup is stored under a duplicate id, retry or run `backstop list`",
+        ))
     }
 
     pub(crate) fn delete_snapshot(&self, id: BackupId) -> Result<()> {
