@@ -123,8 +123,11 @@ fn main() -> AppResult<()> {
     }
     let count = AtomicU64::new(0);
     while !stop.load(Ordering::SeqCst) {
-        // The whole transfer is one request: a pause cannot begin while it is half done.
-        let guard = controller.enter()?;
+        // The whole transfer is one request: a pause cannot begin while it is half done. A
+        // request turned away after waiting out a long pause is retried, as a client would.
+        let Ok(guard) = controller.enter() else {
+            continue;
+        };
         let n = count.fetch_add(1, Ordering::SeqCst);
         transfer(n, &mut pg, &sqlite, args.gap)?;
         drop(guard);

@@ -110,6 +110,8 @@ pub struct PauseStatus {
     pub pause_id: Option<u64>,
     /// Requests inside the gate now.
     pub in_flight: u64,
+    /// Requests waiting at the closed gate.
+    pub waiting: u64,
     /// Milliseconds left on the lease of the pause in effect.
     pub lease_remaining_ms: Option<u64>,
     /// The last pause that ended, and why.
@@ -189,6 +191,8 @@ struct Pause {
 #[derive(Debug, Default)]
 struct State {
     in_flight: u64,
+    /// Requests held at the closed gate.
+    waiting: u64,
     pause: Option<Pause>,
     last_id: u64,
     last_ended: Option<(u64, EndReason)>,
@@ -315,12 +319,14 @@ impl PauseController {
             let wait = wake
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1));
+            state.waiting += 1;
             state = self
                 .inner
                 .changed
                 .wait_timeout(state, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.waiting -= 1;
         }
     }
 
@@ -377,6 +383,9 @@ impl PauseController {
             Some(pause) if pause.id == id => {
                 pause.drained_at = Some(now);
                 pause.lease_until = Some(now + lease);
+                // Requests waiting at the gate sleep until the lease's end, which they learn
+                // only now.
+                self.inner.changed.notify_all();
             }
             // Resumed by someone else while draining.
             _ => return Err(state.ended(id)),
@@ -399,6 +408,7 @@ impl PauseController {
         match state.pause.as_mut() {
             Some(pause) if pause.id == pause_id && pause.drained_at.is_some() => {
                 pause.lease_until = Some(now + lease);
+                self.inner.changed.notify_all();
                 Ok(PauseTicket {
                     pause_id,
                     lease_ms: millis(lease),
@@ -450,6 +460,7 @@ impl PauseController {
             drained: pause.is_some_and(|p| p.drained_at.is_some()),
             pause_id: pause.map(|p| p.id),
             in_flight: state.in_flight,
+            waiting: state.waiting,
             lease_remaining_ms: pause
                 .and_then(|p| p.lease_until)
                 .map(|until| millis(until.saturating_duration_since(now))),
@@ -559,6 +570,49 @@ mod tests {
             }
         );
         assert!(gate.renew(ticket.pause_id, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_request_that_waited_through_the_drain_gets_in_when_the_lease_ends() {
+        let gate = PauseController::with_options(
+            WhilePaused::Wait(Duration::from_secs(60)),
+            Duration::from_secs(60),
+        );
+        let in_flight = gate.enter().unwrap();
+        let pauser = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.pause(Duration::from_millis(200), Duration::from_secs(10))
+            })
+        };
+        let start = Instant::now();
+        while !gate.status().paused {
+            assert!(start.elapsed() < Duration::from_secs(10), "never paused");
+            std::thread::yield_now();
+        }
+        // This request arrives while the pause is still draining, before any lease exists.
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                drop(gate.enter().unwrap());
+                start.elapsed()
+            })
+        };
+        while gate.status().waiting == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the request never waited"
+            );
+            std::thread::yield_now();
+        }
+        drop(in_flight);
+        pauser.join().unwrap().unwrap();
+        let waited = waiter.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(5),
+            "waited {waited:?} for a 200 ms lease"
+        );
     }
 
     #[test]

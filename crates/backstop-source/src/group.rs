@@ -430,11 +430,14 @@ struct HttpApp {
     lease: Duration,
     drain_timeout: Duration,
     pause_id: Option<u64>,
+    /// How long the application took to drain (its requests waited that long too).
+    drained_in_ms: u64,
 }
 
 #[derive(serde::Deserialize)]
 struct Ticket {
     pause_id: u64,
+    drained_in_ms: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -459,6 +462,7 @@ impl HttpApp {
             lease: options.lease,
             drain_timeout: options.drain_timeout,
             pause_id: None,
+            drained_in_ms: 0,
         }
     }
 
@@ -518,6 +522,7 @@ impl HttpApp {
             ))
         })?;
         self.pause_id = Some(ticket.pause_id);
+        self.drained_in_ms = ticket.drained_in_ms;
         let (status, body) = self.call(false, "/status")?;
         let confirmed = status == 200
             && serde_json::from_str::<Status>(&body)
@@ -614,6 +619,8 @@ struct Window<'a> {
     keeper: Option<JoinHandle<()>>,
     commands: Vec<(String, Box<dyn Session + 'a>)>,
     start: SystemTime,
+    /// The longest drain of an HTTP application before the window started.
+    drain_ms: u64,
 }
 
 impl<'a> Window<'a> {
@@ -705,7 +712,15 @@ impl<'a> Window<'a> {
             )));
         }
         let start = SystemTime::now();
-        tracing::info!("every application is paused; the group's window begins");
+        let drain_ms = lock(&shared.apps)
+            .iter()
+            .map(|a| a.drained_in_ms)
+            .max()
+            .unwrap_or(0);
+        tracing::info!(
+            drain_ms,
+            "every application is paused; the group's window begins"
+        );
         let keeper = {
             let shared = Arc::clone(&shared);
             let cancel = cancel.clone();
@@ -721,6 +736,7 @@ impl<'a> Window<'a> {
             keeper: None,
             commands,
             start,
+            drain_ms,
         };
         // On an error `window` is dropped here, which resumes everything.
         window.keeper = Some(keeper.map_err(|e| {
@@ -740,7 +756,7 @@ impl<'a> Window<'a> {
 
     /// Ends the window: records its end, resumes every application, and fails if any of them
     /// was no longer paused (then the window did not hold).
-    fn close(mut self) -> Result<(SystemTime, SystemTime, Vec<String>), SourceError> {
+    fn close(mut self) -> Result<ClosedWindow, SourceError> {
         self.check()?;
         let end = SystemTime::now();
         let mut problems = self.stop_keeper();
@@ -753,7 +769,12 @@ impl<'a> Window<'a> {
             }
         }
         if problems.is_empty() {
-            Ok((self.start, end, warnings))
+            Ok(ClosedWindow {
+                start: self.start,
+                end,
+                drain_ms: self.drain_ms,
+                warnings,
+            })
         } else {
             Err(SourceError::Hold(problems.join("; ")))
         }
@@ -782,6 +803,14 @@ impl Drop for Window<'_> {
         // Dropping the held sessions runs the resume commands.
         self.commands.clear();
     }
+}
+
+/// A window that was closed as planned.
+struct ClosedWindow {
+    start: SystemTime,
+    end: SystemTime,
+    drain_ms: u64,
+    warnings: Vec<String>,
 }
 
 enum Paused<'a> {
@@ -922,7 +951,7 @@ struct GroupSession<'a> {
     handles: Mutex<Vec<(usize, u64)>>,
     /// From the first snapshot point to the last.
     snapshot_span: Option<(SystemTime, SystemTime)>,
-    pause_window: Option<(SystemTime, SystemTime, Vec<String>)>,
+    pause_window: Option<ClosedWindow>,
 }
 
 impl<'a> GroupSession<'a> {
@@ -989,10 +1018,11 @@ impl<'a> GroupSession<'a> {
 
     fn close_window(&mut self) -> Result<(), SourceError> {
         if let Some(window) = self.window.take() {
-            let (start, end, warnings) = window.close()?;
+            let closed = window.close()?;
+            let (start, end) = (closed.start, closed.end);
             let ms = end.duration_since(start).unwrap_or_default().as_millis();
             tracing::info!(group = %self.group, pause_ms = %ms, "applications resumed");
-            self.pause_window = Some((start, end, warnings));
+            self.pause_window = Some(closed);
         }
         if let Some((first, _)) = self.snapshot_span {
             // Whole-session members take their snapshot up to here.
@@ -1140,12 +1170,19 @@ impl Session for GroupSession<'_> {
             meta.insert("snapshot.end".into(), unix_ms(last).to_string());
         }
         let mut pause_window = None;
-        if let Some((start, end, app_warnings)) = self.pause_window.take() {
+        if let Some(closed) = self.pause_window.take() {
+            let ClosedWindow {
+                start,
+                end,
+                drain_ms,
+                warnings: app_warnings,
+            } = closed;
             let ms = end.duration_since(start).unwrap_or_default().as_millis();
             for (key, value) in [
                 ("pause.start", unix_ms(start).to_string()),
                 ("pause.end", unix_ms(end).to_string()),
                 ("pause.ms", ms.to_string()),
+                ("pause.drain_ms", drain_ms.to_string()),
             ] {
                 meta.insert(key.into(), value.clone());
                 profile = profile.with_param(key, value);

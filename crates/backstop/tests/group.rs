@@ -20,7 +20,7 @@ mod group_app;
 #[path = "support/pg_cluster.rs"]
 mod pg_cluster;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,11 +117,15 @@ impl Restored {
 
 /// Restores backup `id` into `root/group`, starts PostgreSQL on the `pg` member (recovery to
 /// the end of the backup, then promotion; `check` adds pg_amcheck) and reads both balances.
-fn restore_and_read(engine: &BackupEngine, id: u64, root: &Path, check: bool) -> Restored {
+fn restore_and_read(
+    engine: &BackupEngine,
+    id: u64,
+    root: &Path,
+    check: bool,
+    options: &RestoreOptions,
+) -> Restored {
     let target = root.join("group");
-    let info = engine
-        .restore(id, &target, &RestoreOptions::default())
-        .unwrap();
+    let info = engine.restore(id, &target, options).unwrap();
     assert!(
         info.fixups
             .iter()
@@ -162,6 +166,18 @@ fn restore_and_read(engine: &BackupEngine, id: u64, root: &Path, check: bool) ->
     }
 }
 
+/// An error and its sources, one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 fn median(values: &mut [u64]) -> u64 {
     values.sort_unstable();
     values[values.len() / 2]
@@ -176,6 +192,8 @@ fn paused_group_backups_restore_to_consistent_pairs() {
     let engine = engine();
     let mut backups = Vec::new();
     let mut pauses = Vec::new();
+    let mut drains = Vec::new();
+    let mut windows = Vec::new();
     for _ in 0..20 {
         let mut group = shop.group(true);
         let info = engine
@@ -184,7 +202,9 @@ fn paused_group_backups_restore_to_consistent_pairs() {
         assert_eq!(info.source_kind, "group");
         let (start, end) = info.pause_window.expect("a paused window is recorded");
         assert!(start <= end);
+        windows.push((start, end));
         pauses.push(info.source_meta["pause.ms"].parse::<u64>().unwrap());
+        drains.push(info.source_meta["pause.drain_ms"].parse::<u64>().unwrap());
         backups.push(info.id);
     }
     let transfers = shop.app.take().unwrap().stop();
@@ -193,7 +213,15 @@ fn paused_group_backups_restore_to_consistent_pairs() {
     for (n, id) in backups.iter().enumerate() {
         let root = work.path().join(format!("r{n}"));
         let check = n == 0 || n == backups.len() - 1;
-        let restored = restore_and_read(&engine, *id, &root, check);
+        // The first backup is restored to a moment inside its window, the others as they are.
+        let options = if n == 0 {
+            let (start, end) = windows[0];
+            RestoreOptions::default()
+                .with_fixup_option("target-time", format!("@{}", (start + end) / 2.0))
+        } else {
+            RestoreOptions::default()
+        };
+        let restored = restore_and_read(&engine, *id, &root, check, &options);
         assert!(
             restored.adds_up(),
             "backup {id} restored a half-done transfer although the application was paused: \
@@ -207,11 +235,25 @@ fn paused_group_backups_restore_to_consistent_pairs() {
         std::fs::remove_dir_all(&root).unwrap();
     }
     assert!(last_ops > 0, "the application made no transfers");
+    // A moment outside every paused window is refused, naming the window.
+    let before = format!("@{}", windows[0].0 - 3600.0);
+    let err = engine
+        .restore(
+            backups[0],
+            &work.path().join("refused"),
+            &RestoreOptions::default().with_fixup_option("target-time", before),
+        )
+        .unwrap_err();
+    let err = error_chain(&err);
+    assert!(err.contains("outside every paused window"), "{err}");
     let max = *pauses.iter().max().unwrap();
     let med = median(&mut pauses);
+    let drain_max = *drains.iter().max().unwrap();
+    let drain_med = median(&mut drains);
     eprintln!(
-        "group backups with the pause: 20 restored pairs add up; pause length median {med} ms, \
-         max {max} ms; {transfers} transfers meanwhile"
+        "group backups with the pause: 20 restored pairs add up; paused window median {med} ms, \
+         max {max} ms; draining before it median {drain_med} ms, max {drain_max} ms; \
+         {transfers} transfers meanwhile"
     );
     assert!(max < 10_000, "a pause lasted {max} ms");
 }
@@ -235,7 +277,7 @@ fn without_the_pause_the_sum_breaks() {
             .unwrap();
         assert!(info.pause_window.is_none());
         let root = work.path().join(format!("r{tries}"));
-        let restored = restore_and_read(&engine, info.id, &root, false);
+        let restored = restore_and_read(&engine, info.id, &root, false, &RestoreOptions::default());
         if !restored.adds_up() {
             broken += 1;
             eprintln!("unpaused backup {}: {restored:?} does not add up", info.id);
@@ -252,6 +294,18 @@ fn without_the_pause_the_sum_breaks() {
 
 /// Lease of the killed backup's pause.
 const KILL_LEASE: Duration = Duration::from_secs(3);
+/// What the helper process prints once the application is paused.
+const HELD: &str = "GROUP-PAUSE-HELD";
+
+/// Kills the helper process if the test fails before it does.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn a_killed_backup_leaves_the_application_paused_only_until_the_lease_ends() {
@@ -261,29 +315,34 @@ fn a_killed_backup_leaves_the_application_paused_only_until_the_lease_ends() {
     let shop = Shop::start(2);
     let url = shop.app.as_ref().unwrap().url().to_owned();
     // The backup process: this test binary, running the ignored helper below.
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "hold_a_group_pause",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("GROUP_TEST_PAUSE_URL", &url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the backup process ended early")
-            .unwrap();
-        if line.trim() == "paused" {
-            break;
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "hold_a_group_pause",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("GROUP_TEST_PAUSE_URL", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            // libtest prints `test … ... ` before the helper's own output on the same line.
+            if line.contains(HELD) && tx.send(()).is_err() {
+                break;
+            }
         }
-    }
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the backup process did not report a paused application");
     // Paused: no transfer completes while the child keeps renewing its lease (it renews every
     // third of it, so it outlives one lease).
     let held = shop.pg_ops();
@@ -292,9 +351,9 @@ fn a_killed_backup_leaves_the_application_paused_only_until_the_lease_ends() {
         assert_eq!(shop.pg_ops(), held, "the application ran while paused");
         std::thread::sleep(Duration::from_millis(100));
     }
-    child.kill().unwrap();
+    child.0.kill().unwrap();
     let killed = Instant::now();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     pg_cluster::wait_for("the application to resume after the lease", || {
         shop.pg_ops() > held
     });
@@ -332,7 +391,7 @@ fn hold_a_group_pause() {
     // The member roots, then the directory's first phase, stored inside the window.
     session.next_phase().unwrap();
     session.next_phase().unwrap().unwrap();
-    writeln!(std::io::stdout(), "paused").unwrap();
+    writeln!(std::io::stdout(), "\n{HELD}").unwrap();
     std::io::stdout().flush().unwrap();
     loop {
         std::thread::park();

@@ -468,21 +468,17 @@ impl Repository {
                 },
             )
         })?;
-        let key = format::pack_key(pack);
-        let stored = self
-            .store
-            .get_range(
-                &key,
-                u64::from(entry.offset)..u64::from(entry.offset) + u64::from(entry.length),
-            )
-            .map_err(|e| {
-                if e.kind() == StoreErrorKind::NotFound {
-                    Error::new(ErrorKind::Corrupt, e)
-                } else {
-                    e.into()
-                }
-            })?;
-        format::decode_blob(&entry, &stored, self.key()).map_err(|e| damaged(&key, e))
+        let start = u64::from(entry.offset);
+        let run = ReadRun {
+            pack,
+            start,
+            len: u64::from(entry.length),
+            entries: vec![entry],
+        };
+        let mut blobs = self.read_run(&run)?;
+        blobs
+            .pop()
+            .ok_or_else(|| Error::msg(ErrorKind::Corrupt, "an empty read of a blob"))
     }
 
     /// Reads a run of adjacent blobs of one pack with one ranged read, checking each.
@@ -492,6 +488,7 @@ impl Repository {
             .store
             .get_range(&key, run.start..run.start + run.len)
             .map_err(|e| {
+                // An index entry whose pack is gone is damage, not a missing backup.
                 if e.kind() == StoreErrorKind::NotFound {
                     Error::new(ErrorKind::Corrupt, e)
                 } else {
