@@ -1558,6 +1558,139 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SourceError> {
 #[path = "../../backstop/tests/support/pg_cluster.rs"]
 mod pg_cluster;
 
+/// PostgreSQL's page checksum (`pg_checksum_page`): 32 parallel FNV-1a-like lanes over the page
+/// as little-endian u32 words, with `pd_checksum` taken as zero, two extra rounds of zeros, the
+/// lanes XORed together, the block number XORed in, then reduced to 1..=65535. Reimplemented from
+/// the algorithm's description in PostgreSQL's `checksum_impl.h`; the lane seeds are the
+/// constants that format fixes.
+pub fn page_checksum(page: &[u8], block_number: u32) -> u16 {
+    const BASE_OFFSETS: [u32; 32] = [
+        0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A, 0x79FF467A, 0x9BB9F8A3, 0x217E7CD2,
+        0x83E13D2C, 0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA, 0x7B093B5D, 0x98DAFF3C,
+        0xF718902A, 0x0B1C9CDB, 0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE, 0x92BEC979,
+        0xCCA6C0B2, 0x304A0979, 0x85AA43D4, 0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E,
+        0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
+    ];
+    const FNV_PRIME: u32 = 16_777_619;
+    fn round(sum: &mut u32, value: u32) {
+        let tmp = *sum ^ value;
+        *sum = tmp.wrapping_mul(FNV_PRIME) ^ (tmp >> 17);
+    }
+    let mut sums = BASE_OFFSETS;
+    for (i, word) in page.chunks_exact(4).enumerate() {
+        // Bytes 8..10 are pd_checksum itself, counted as zero.
+        let mut bytes = [word[0], word[1], word[2], word[3]];
+        if i == 2 {
+            bytes[0] = 0;
+            bytes[1] = 0;
+        }
+        if let Some(sum) = sums.get_mut(i % 32) {
+            round(sum, u32::from_le_bytes(bytes));
+        }
+    }
+    for _ in 0..2 {
+        for sum in &mut sums {
+            round(sum, 0);
+        }
+    }
+    let folded = sums.iter().fold(0u32, |acc, s| acc ^ s) ^ block_number;
+    (folded % 65535 + 1) as u16
+}
+
+/// Streams a relation file unchanged while checking each whole page's checksum. Pages that are
+/// new (all header zero), or whose LSN is at or past the backup's start (written during the
+/// backup, possibly torn; WAL replay rewrites them) are not checked, as `pg_basebackup` does.
+struct ChecksumReader {
+    inner: std::fs::File,
+    path: PathBuf,
+    page: Vec<u8>,
+    filled: usize,
+    block_size: usize,
+    block: u32,
+    start_lsn: u64,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChecksumReader {
+    fn new(
+        inner: std::fs::File,
+        path: PathBuf,
+        block_size: usize,
+        first_block: u32,
+        start_lsn: u64,
+        failures: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        Self {
+            inner,
+            path,
+            page: vec![0; block_size],
+            filled: 0,
+            block_size,
+            block: first_block,
+            start_lsn,
+            failures,
+        }
+    }
+
+    fn check_page(&mut self) {
+        let page = &self.page;
+        let header_u16 = |at: usize| {
+            page.get(at..at + 2)
+                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        let lsn_hi = page
+            .get(0..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let lsn_lo = page
+            .get(4..8)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let lsn = (u64::from(lsn_hi) << 32) | u64::from(lsn_lo);
+        let stored = header_u16(8);
+        let pd_upper = header_u16(14);
+        let is_new = pd_upper == 0;
+        if !is_new && lsn < self.start_lsn {
+            let computed = page_checksum(page, self.block);
+            if computed != stored {
+                let message = format!(
+                    "page checksum failure in `{}` block {}: stored {stored:#06x}, computed \
+                     {computed:#06x} (the page was not modified during the backup: this is \
+                     damage in the live cluster)",
+                    self.path.display(),
+                    self.block
+                );
+                tracing::warn!("{message}");
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.push(message);
+                }
+            }
+        }
+        self.block = self.block.wrapping_add(1);
+    }
+}
+
+impl std::io::Read for ChecksumReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut rest = buf.get(..n).unwrap_or_default();
+        while !rest.is_empty() {
+            let take = (self.block_size - self.filled).min(rest.len());
+            if let (Some(dst), Some(src)) = (
+                self.page.get_mut(self.filled..self.filled + take),
+                rest.get(..take),
+            ) {
+                dst.copy_from_slice(src);
+            }
+            self.filled += take;
+            rest = rest.get(take..).unwrap_or_default();
+            if self.filled == self.block_size {
+                self.check_page();
+                self.filled = 0;
+            }
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::pg_cluster::{self, PgCluster};
@@ -1960,138 +2093,5 @@ mod tests {
         assert!(restored_rows >= committed_before);
         assert_eq!(restored.psql("SELECT count(*) FROM in_ts"), "5000");
         assert_eq!(restored.psql("SELECT count(*) FROM scratch"), "0");
-    }
-}
-
-/// PostgreSQL's page checksum (`pg_checksum_page`): 32 parallel FNV-1a-like lanes over the page
-/// as little-endian u32 words, with `pd_checksum` taken as zero, two extra rounds of zeros, the
-/// lanes XORed together, the block number XORed in, then reduced to 1..=65535. Reimplemented from
-/// the algorithm's description in PostgreSQL's `checksum_impl.h`; the lane seeds are the
-/// constants that format fixes.
-pub fn page_checksum(page: &[u8], block_number: u32) -> u16 {
-    const BASE_OFFSETS: [u32; 32] = [
-        0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A, 0x79FF467A, 0x9BB9F8A3, 0x217E7CD2,
-        0x83E13D2C, 0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA, 0x7B093B5D, 0x98DAFF3C,
-        0xF718902A, 0x0B1C9CDB, 0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE, 0x92BEC979,
-        0xCCA6C0B2, 0x304A0979, 0x85AA43D4, 0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E,
-        0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
-    ];
-    const FNV_PRIME: u32 = 16_777_619;
-    fn round(sum: &mut u32, value: u32) {
-        let tmp = *sum ^ value;
-        *sum = tmp.wrapping_mul(FNV_PRIME) ^ (tmp >> 17);
-    }
-    let mut sums = BASE_OFFSETS;
-    for (i, word) in page.chunks_exact(4).enumerate() {
-        // Bytes 8..10 are pd_checksum itself, counted as zero.
-        let mut bytes = [word[0], word[1], word[2], word[3]];
-        if i == 2 {
-            bytes[0] = 0;
-            bytes[1] = 0;
-        }
-        if let Some(sum) = sums.get_mut(i % 32) {
-            round(sum, u32::from_le_bytes(bytes));
-        }
-    }
-    for _ in 0..2 {
-        for sum in &mut sums {
-            round(sum, 0);
-        }
-    }
-    let folded = sums.iter().fold(0u32, |acc, s| acc ^ s) ^ block_number;
-    (folded % 65535 + 1) as u16
-}
-
-/// Streams a relation file unchanged while checking each whole page's checksum. Pages that are
-/// new (all header zero), or whose LSN is at or past the backup's start (written during the
-/// backup, possibly torn; WAL replay rewrites them) are not checked, as `pg_basebackup` does.
-struct ChecksumReader {
-    inner: std::fs::File,
-    path: PathBuf,
-    page: Vec<u8>,
-    filled: usize,
-    block_size: usize,
-    block: u32,
-    start_lsn: u64,
-    failures: Arc<Mutex<Vec<String>>>,
-}
-
-impl ChecksumReader {
-    fn new(
-        inner: std::fs::File,
-        path: PathBuf,
-        block_size: usize,
-        first_block: u32,
-        start_lsn: u64,
-        failures: Arc<Mutex<Vec<String>>>,
-    ) -> Self {
-        Self {
-            inner,
-            path,
-            page: vec![0; block_size],
-            filled: 0,
-            block_size,
-            block: first_block,
-            start_lsn,
-            failures,
-        }
-    }
-
-    fn check_page(&mut self) {
-        let page = &self.page;
-        let header_u16 = |at: usize| {
-            page.get(at..at + 2)
-                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
-        };
-        let lsn_hi = page
-            .get(0..4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let lsn_lo = page
-            .get(4..8)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let lsn = (u64::from(lsn_hi) << 32) | u64::from(lsn_lo);
-        let stored = header_u16(8);
-        let pd_upper = header_u16(14);
-        let is_new = pd_upper == 0;
-        if !is_new && lsn < self.start_lsn {
-            let computed = page_checksum(page, self.block);
-            if computed != stored {
-                let message = format!(
-                    "page checksum failure in `{}` block {}: stored {stored:#06x}, computed \
-                     {computed:#06x} (the page was not modified during the backup: this is \
-                     damage in the live cluster)",
-                    self.path.display(),
-                    self.block
-                );
-                tracing::warn!("{message}");
-                if let Ok(mut failures) = self.failures.lock() {
-                    failures.push(message);
-                }
-            }
-        }
-        self.block = self.block.wrapping_add(1);
-    }
-}
-
-impl std::io::Read for ChecksumReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut rest = buf.get(..n).unwrap_or_default();
-        while !rest.is_empty() {
-            let take = (self.block_size - self.filled).min(rest.len());
-            if let (Some(dst), Some(src)) = (
-                self.page.get_mut(self.filled..self.filled + take),
-                rest.get(..take),
-            ) {
-                dst.copy_from_slice(src);
-            }
-            self.filled += take;
-            rest = rest.get(take..).unwrap_or_default();
-            if self.filled == self.block_size {
-                self.check_page();
-                self.filled = 0;
-            }
-        }
-        Ok(n)
     }
 }

@@ -8,6 +8,8 @@
 //! reports the growth of the resident set while the index loads. The blobs' packs are not
 //! written (verify would report them missing); only the index matters here.
 
+#![allow(clippy::print_stdout, reason = "an example reports on stdout")]
+
 use backstop::{EngineOptions, InitOptions, MemoryStore, ReadOnlyEngine};
 
 fn rss_kib() -> u64 {

@@ -9,6 +9,8 @@
 //! 256 MiB. Peak RSS is the process's high-water mark (VmHWM) measured separately for backup and
 //! restore (each runs in a child process of this example so the marks do not mix).
 
+#![allow(clippy::print_stdout, reason = "an example reports on stdout")]
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -101,7 +101,7 @@ impl Index {
     /// Sorts what was loaded; the first listing of a blob wins.
     fn finish_loading(&mut self) {
         // A stable sort keeps the first listing of a duplicate first; dedup keeps it.
-        self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        self.sorted.sort_by_key(|a| a.0);
         self.sorted.dedup_by(|later, first| later.0 == first.0);
         self.sorted.shrink_to_fit();
     }
