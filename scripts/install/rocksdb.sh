@@ -17,3 +17,9 @@ if ! python3 -c 'import rocksdict' >/dev/null 2>&1; then
     python3 -m pip install --quiet 'rocksdict==0.3.29' \
         || python3 -m pip install --quiet --break-system-packages 'rocksdict==0.3.29'
 fi
+
+# The `rocksdb-embedded` feature (rust-rocksdb 0.20 with default features off) links Debian's
+# librocksdb and runs bindgen, which needs libclang.
+if ! dpkg -s librocksdb-dev libclang-dev >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends librocksdb-dev libclang-dev
+fi

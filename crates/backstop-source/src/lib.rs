@@ -33,6 +33,8 @@ pub mod bdb;
 pub mod postgres;
 #[cfg(feature = "rocksdb-dir")]
 pub mod rocksdb;
+#[cfg(feature = "rocksdb-embedded")]
+pub mod rocksdb_embedded;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

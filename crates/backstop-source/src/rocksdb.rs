@@ -736,6 +736,44 @@ fn bytes_entry(name: &str, bytes: Vec<u8>, md: &Metadata) -> Entry {
     entry
 }
 
+/// The entry for the file `name` of a RocksDB checkpoint (the embedded source): table and blob
+/// files immutable with the same identity as this source gives them (so either source skips
+/// what the other stored), RocksDB's other files as `Any`, and `None` for what a restore does
+/// not need (`LOCK`, info logs, temporary files).
+#[cfg(feature = "rocksdb-embedded")]
+pub(crate) fn checkpoint_entry(name: &str, path: &Path) -> Result<Option<Entry>, SourceError> {
+    let kind = classify(name);
+    if kind == FileKind::Skip {
+        return Ok(None);
+    }
+    let md = std::fs::symlink_metadata(path)
+        .map_err(|e| SourceError::io("reading metadata of a checkpoint file", path, e))?;
+    if !md.is_file() {
+        return Ok(None);
+    }
+    let file = Linked {
+        name: name.to_owned(),
+        link: path.to_path_buf(),
+        md,
+    };
+    if matches!(kind, FileKind::Table | FileKind::Blob) {
+        let identity = fingerprint(&file, kind)?.ok_or_else(|| {
+            SourceError::Procedure(format!(
+                "`{}` in a RocksDB checkpoint has no footer; the checkpoint is incomplete, \
+                 back up again",
+                path.display()
+            ))
+        })?;
+        return Ok(Some(file_entry(
+            &file,
+            ChangeModel::Immutable {
+                identity: Some(identity),
+            },
+        )));
+    }
+    Ok(Some(file_entry(&file, ChangeModel::Any)))
+}
+
 /// A snapshot being stored; dropping it removes the staging directory.
 #[derive(Debug)]
 struct RocksDbSession {
