@@ -211,6 +211,11 @@ pub(crate) struct BackupArgs {
     #[arg(value_name = "PATH_OR_URL")]
     pub(crate) location: String,
 
+    /// Back up the group named PATH_OR_URL (`[groups.NAME]` in the config file): its databases
+    /// as one consistent group, with its applications paused around the snapshot points
+    #[arg(long)]
+    pub(crate) group: bool,
+
     /// Tag the backup (repeatable)
     #[arg(long, value_name = "TAG")]
     pub(crate) tag: Vec<String>,
@@ -427,6 +432,11 @@ pub(crate) struct RestoreArgs {
     /// Any other option for the source's restore procedure (repeatable), e.g. `verify=true`
     #[arg(long = "fixup", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) fixups: Vec<(String, String)>,
+
+    /// Restore the group NAME to --target-time, which must lie inside one of its paused
+    /// windows; ID `latest` picks the group backup whose window holds that time
+    #[arg(long, value_name = "NAME", requires = "target_time")]
+    pub(crate) group: Option<String>,
 }
 
 /// Keeps a Berkeley DB hot standby in sync with a live environment.

@@ -24,6 +24,9 @@ pub(crate) struct ConfigFile {
     pub(crate) excludes: Vec<String>,
     /// Directory for the engine's local metadata cache.
     pub(crate) cache_dir: Option<PathBuf>,
+    /// Databases backed up together (`[groups.NAME]`, see `commands/group.rs`).
+    #[serde(default)]
+    pub(crate) groups: std::collections::BTreeMap<String, crate::commands::group::GroupConfig>,
 }
 
 /// Where the configuration file is looked for when neither `--config` nor `BACKSTOP_CONFIG`

@@ -180,7 +180,8 @@ impl GroupApp {
     }
 }
 
-/// Timings of the HTTP pause protocol. Plain data; durations in config files are seconds.
+/// Timings of the pause protocol (the lease applies to HTTP applications; command applications
+/// have their own timeouts in their [`HoldConfig`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PauseOptions {
     /// How long an application stays paused without a renewal; the keeper renews every third of
@@ -969,6 +970,8 @@ impl<'a> GroupSession<'a> {
         let entries = phase
             .entries
             .into_iter()
+            // The member's root directory is stored by the `members` phase already.
+            .filter(|entry| !(entry.path.is_empty() && entry.kind == crate::EntryKind::Dir))
             .map(|mut entry| {
                 entry.path = if entry.path.is_empty() {
                     name.clone()
@@ -1410,14 +1413,13 @@ pub(crate) fn restore_fixup(
         let member_prefixed = key
             .split_once('.')
             .is_some_and(|(m, _)| members.contains(&m));
+        // An option some kind takes but no member of this group has (the CLI always passes
+        // `restore-command`) is ignored; anything else is a mistake worth stopping for.
         let known = GROUP_OPTIONS.contains(&key.as_str())
             || member_prefixed
-            || members.iter().any(|m| {
-                profile
-                    .params
-                    .get(&format!("kind.{m}"))
-                    .is_some_and(|kind| takes_option(kind, key))
-            });
+            || ["postgres", "sqlite", "bdb"]
+                .iter()
+                .any(|kind| takes_option(kind, key));
         if !known {
             return Err(SourceError::Procedure(format!(
                 "restore option `{key}` is not understood by group `{}`: give one moment for \
@@ -1788,6 +1790,42 @@ mod tests {
     }
 
     #[test]
+    fn cancelling_inside_the_window_resumes_the_applications() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("paused");
+        let log = Log::with_marker(&marker);
+        let hold = HoldConfig {
+            pause_command: Some(format!("touch {}", shell_quote(&marker))),
+            resume_command: Some(format!("rm {}", shell_quote(&marker))),
+            ..HoldConfig::default()
+        };
+        let mut group = GroupSource::new("g")
+            .unwrap()
+            .with_member(fake("dir", "files", &log))
+            .unwrap()
+            .with_app(GroupApp::command("app", hold));
+        let ctx = SessionContext::default();
+        let mut session = group.begin(&ctx).unwrap();
+        session.next_phase().unwrap();
+        // The whole-session member's first phase: the engine would be storing it now.
+        session.next_phase().unwrap().unwrap();
+        assert!(marker.exists());
+        ctx.cancel.cancel();
+        let start = Instant::now();
+        while marker.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not resumed after cancellation"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(
+            session.next_phase().unwrap_err(),
+            SourceError::Cancelled
+        ));
+    }
+
+    #[test]
     fn parent_meta_is_split_per_member() {
         let log = Log::default();
         let mut group = GroupSource::new("g")
@@ -1900,6 +1938,14 @@ mod tests {
         .to_string();
         assert!(err.contains("`lite` (sqlite)"), "{err}");
 
+        // Options of kinds the group lacks are ignored, unknown ones refused.
+        let only_files = group_profile(&[("files", "dir")], (1000, 2000));
+        restore_fixup(
+            &only_files,
+            dir.path(),
+            &params(&[("restore-command", "x")]),
+        )
+        .unwrap();
         let err = restore_fixup(&profile, dir.path(), &params(&[("target-lsn", "0/1")]))
             .unwrap_err()
             .to_string();

@@ -5,6 +5,7 @@ mod backup;
 mod bdb;
 mod demo;
 mod docs;
+pub(crate) mod group;
 mod init;
 mod inspect;
 mod key;
@@ -33,10 +34,12 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
     let settings = &Settings::resolve(&cli.global)?;
     match &cli.command {
         Command::Init(args) => init::run(settings, args),
+        Command::Backup(args) if args.group => group::backup(settings, &cli.global, args),
         Command::Backup(args) => backup::run(settings, args),
         Command::List => inspect::list(settings),
         Command::Info(args) => inspect::info(settings, args),
         Command::Verify(args) => verify::run(settings, args),
+        Command::Restore(args) if args.group.is_some() => group::restore(settings, args),
         Command::Restore(args) => restore::run(settings, args),
         Command::Purge(args) => retention::purge(settings, args),
         Command::Delete(args) => retention::delete(settings, args),
