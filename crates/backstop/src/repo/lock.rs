@@ -28,6 +28,17 @@ struct LockInfo {
     pid: u32,
     time_unix: i64,
     purpose: String,
+    /// Boot id and PID namespace of the holder: its pid means something here only when both
+    /// match ours (containers may share a host name but not a PID namespace).
+    #[serde(default)]
+    pid_scope: Option<String>,
+}
+
+/// This process's boot id and PID namespace, as one string.
+fn pid_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{} {}", boot.trim(), ns.display()))
 }
 
 /// Another process holds a conflicting lock.
@@ -104,11 +115,16 @@ impl Drop for LockGuard {
     }
 }
 
-fn is_stale(info: &LockInfo, now: i64) -> bool {
-    if now - info.time_unix > STALE_AFTER_SECS {
+/// Whether a lock protects nothing any more. `age` is how long ago it was last written, by
+/// the store's clock when the store reports modification times (so hosts with skewed clocks
+/// agree), else by the holder's own timestamp.
+fn is_stale(info: &LockInfo, age: i64) -> bool {
+    if age > STALE_AFTER_SECS {
         return true;
     }
     info.host == hostname()
+        && info.pid_scope.is_some()
+        && info.pid_scope == pid_scope()
         && info.pid != std::process::id()
         && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
 }
@@ -121,6 +137,7 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
         pid: std::process::id(),
         time_unix: now_unix(),
         purpose: purpose.to_owned(),
+        pid_scope: pid_scope(),
     };
     let key = format!("locks/{}", random_hex(16));
     let bytes = serde_json::to_vec(&info)
@@ -134,8 +151,14 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
         stop: None,
         refresher: None,
     };
+    let listed = store.list("locks/")?;
+    // The store's clock, from our own just-written lock, when the store reports mtimes.
+    let store_now = listed
+        .iter()
+        .find(|m| m.key == key)
+        .and_then(|m| m.modified_unix);
     let now = now_unix();
-    for meta in store.list("locks/")? {
+    for meta in listed {
         if meta.key == key {
             continue;
         }
@@ -145,7 +168,11 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
             Err(e) => return Err(e.into()),
         };
         // A damaged or stale lock protects nothing; the exclusive locker (gc) removes it.
-        let Some(other) = other.filter(|o| !is_stale(o, now)) else {
+        let age = |o: &LockInfo| match (store_now, meta.modified_unix) {
+            (Some(store_now), Some(written)) => store_now - written,
+            _ => now - o.time_unix,
+        };
+        let Some(other) = other.filter(|o| !is_stale(o, age(o))) else {
             if exclusive {
                 store.delete(&meta.key)?;
             }
