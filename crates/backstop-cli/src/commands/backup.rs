@@ -36,20 +36,7 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<()> {
     })?;
 
     let progress = Arc::new(CliProgress::new(settings.show_progress, "storing"));
-    let mut options = BackupOptions::default()
-        .with_progress(progress.clone())
-        .with_cancel(interrupt::cancel_token())
-        .with_full_read(args.full_read);
-    for tag in &args.tag {
-        options = options.with_tag(tag.clone());
-    }
-    for (key, value) in &args.meta {
-        options = options.with_metadata(key.clone(), value.clone());
-    }
-    if let Some(message) = &args.message {
-        options = options.with_message(message.clone());
-    }
-
+    let options = backup_options(args, progress.clone());
     let result = engine.create_backup(&mut *source, &options);
     progress.finish();
     let info = result.map_err(anyhow::Error::new).map_err(|err| {
@@ -105,4 +92,23 @@ fn summary(printer: Printer, info: &BackupInfo) -> Result<()> {
         printer.status(format!("  warning: {warning}"))?;
     }
     Ok(())
+}
+
+/// The engine's backup options from the command line: tags, metadata, message, full read,
+/// progress and Ctrl-C.
+pub(super) fn backup_options(args: &BackupArgs, progress: Arc<CliProgress>) -> BackupOptions {
+    let mut options = BackupOptions::default()
+        .with_progress(progress)
+        .with_cancel(interrupt::cancel_token())
+        .with_full_read(args.full_read);
+    for tag in &args.tag {
+        options = options.with_tag(tag.clone());
+    }
+    for (key, value) in &args.meta {
+        options = options.with_metadata(key.clone(), value.clone());
+    }
+    if let Some(message) = &args.message {
+        options = options.with_message(message.clone());
+    }
+    options
 }

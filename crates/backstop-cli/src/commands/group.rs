@@ -23,7 +23,7 @@ use backstop::source::group::{
     self, GroupApp, GroupBackup, GroupMember, GroupSource, PauseOptions,
 };
 use backstop::source::hold::HoldConfig;
-use backstop::{BackupOptions, BackupSelector, ErrorKind};
+use backstop::{BackupSelector, ErrorKind};
 use clap::ValueEnum as _;
 use serde::Deserialize;
 
@@ -213,19 +213,7 @@ pub(super) fn backup(settings: &Settings, global: &GlobalArgs, args: &BackupArgs
     let mut source = build(name, group_config(global, name)?)?;
     let engine = settings.open()?;
     let progress = Arc::new(CliProgress::new(settings.show_progress, "storing"));
-    let mut options = BackupOptions::default()
-        .with_progress(progress.clone())
-        .with_cancel(interrupt::cancel_token())
-        .with_full_read(args.full_read);
-    for tag in &args.tag {
-        options = options.with_tag(tag.clone());
-    }
-    for (key, value) in &args.meta {
-        options = options.with_metadata(key.clone(), value.clone());
-    }
-    if let Some(message) = &args.message {
-        options = options.with_message(message.clone());
-    }
+    let options = super::backup::backup_options(args, progress.clone());
     let result = engine.create_backup(&mut source, &options);
     progress.finish();
     let info = result.map_err(anyhow::Error::new).map_err(|err| {
