@@ -551,11 +551,12 @@ pub fn concurrent_puts(store: &dyn Store) {
     }
 }
 
-/// Threads racing to create the same key: exactly one wins, the rest get `AlreadyExists`, and
-/// the object holds the winner's bytes whole.
-pub fn concurrent_create_has_one_winner(store: &dyn Store) {
+/// Eight threads race `PutMode::Create` on one fresh key; returns the key and the winners
+/// (threads whose create succeeded), after checking every loser got `AlreadyExists`. The key's
+/// scratch prefix is cleaned up when the returned guard drops.
+fn race_creates<'a>(store: &'a dyn Store, name: &str) -> (Scratch<'a>, String, Vec<usize>) {
     const THREADS: usize = 8;
-    let scratch = Scratch::new(store, "race");
+    let scratch = Scratch::new(store, name);
     let key = scratch.key("snapshot");
     let results: Vec<(usize, Result<(), StoreError>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
@@ -589,6 +590,13 @@ pub fn concurrent_create_has_one_winner(store: &dyn Store) {
             ),
         }
     }
+    (scratch, key, winners)
+}
+
+/// Threads racing to create the same key: exactly one wins, the rest get `AlreadyExists`, and
+/// the object holds the winner's bytes whole.
+pub fn concurrent_create_has_one_winner(store: &dyn Store) {
+    let (_scratch, key, winners) = race_creates(store, "race");
     assert_eq!(
         winners.len(),
         1,
@@ -608,41 +616,7 @@ pub fn concurrent_create_has_one_winner(store: &dyn Store) {
 /// wins, the others get `AlreadyExists`, and the object holds exactly one winner's bytes, whole
 /// (puts stay atomic even when they overwrite each other).
 pub fn concurrent_creates_leave_one_whole_object(store: &dyn Store) {
-    const THREADS: usize = 8;
-    let scratch = Scratch::new(store, "race-best-effort");
-    let key = scratch.key("snapshot");
-    let results: Vec<(usize, Result<(), StoreError>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let key = &key;
-                scope.spawn(move || {
-                    (
-                        t,
-                        store.put(key, &pattern(10_000 + t, t as u64), PutMode::Create),
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
-    assert_eq!(
-        results.len(),
-        THREADS,
-        "{}: a racing thread panicked",
-        store.describe()
-    );
-    let mut winners = Vec::new();
-    for (t, result) in results {
-        match result {
-            Ok(()) => winners.push(t),
-            Err(err) => assert_eq!(
-                err.kind(),
-                StoreErrorKind::AlreadyExists,
-                "{}: a losing create failed with the wrong kind: {err}",
-                store.describe()
-            ),
-        }
-    }
+    let (_scratch, key, winners) = race_creates(store, "race-best-effort");
     let got = ok(store, "get", store.get(&key));
     assert!(
         winners
