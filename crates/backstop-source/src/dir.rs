@@ -7,11 +7,13 @@ use crate::{
     Source, SourceError,
 };
 
-/// Backs up a directory tree as it is. Files are chunked by content; nothing is held.
+/// Backs up a directory tree as it is. Files are chunked by content, database page files by
+/// page; nothing is held.
 #[derive(Clone, Debug)]
 pub struct DirSource {
     root: PathBuf,
     excludes: Vec<String>,
+    recognise_pages: bool,
 }
 
 impl DirSource {
@@ -20,6 +22,7 @@ impl DirSource {
         Self {
             root: root.into(),
             excludes: Vec::new(),
+            recognise_pages: true,
         }
     }
 
@@ -28,6 +31,16 @@ impl DirSource {
     #[must_use]
     pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
         self.excludes = excludes;
+        self
+    }
+
+    /// Whether database files found in the tree (SQLite and Berkeley DB files by their
+    /// headers, PostgreSQL relation files by their place in a cluster directory) are cut at their
+    /// page size rather than by content, so that an incremental backup stores about the pages
+    /// that changed. On by default; see [`crate::recognise`].
+    #[must_use]
+    pub fn with_page_recognition(mut self, on: bool) -> Self {
+        self.recognise_pages = on;
         self
     }
 
@@ -60,9 +73,12 @@ impl Source for DirSource {
         }
         let excludes = build_globset(&self.excludes)?;
         let mut warnings = Vec::new();
-        let entries = walk_tree(&self.root, &excludes, ctx, &mut warnings)?;
+        let mut entries = walk_tree(&self.root, &excludes, ctx, &mut warnings)?;
+        if self.recognise_pages {
+            crate::recognise::mark_page_files(&mut entries);
+        }
         Ok(Box::new(DirSession {
-            phase: Some(Phase::new("files", entries)),
+            phase: Some(Phase::unordered("files", entries)),
             warnings,
         }))
     }

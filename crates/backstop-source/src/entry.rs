@@ -9,14 +9,28 @@ pub struct Phase {
     pub name: String,
     /// The entries, stored in this order.
     pub entries: Vec<Entry>,
+    /// Whether the engine may read the phase's files in any order, on several threads (it still
+    /// stores them in this order and finishes the phase before the next). Only for entries whose
+    /// content is a file on disk or bytes, never [`Content::Session`].
+    pub parallel: bool,
 }
 
 impl Phase {
-    /// A named phase with entries.
+    /// A named phase whose files are read one after another, in order.
     pub fn new(name: impl Into<String>, entries: Vec<Entry>) -> Self {
         Self {
             name: name.into(),
             entries,
+            parallel: false,
+        }
+    }
+
+    /// A named phase whose files may be read in any order and at the same time (see
+    /// [`Phase::parallel`]).
+    pub fn unordered(name: impl Into<String>, entries: Vec<Entry>) -> Self {
+        Self {
+            parallel: true,
+            ..Self::new(name, entries)
         }
     }
 }

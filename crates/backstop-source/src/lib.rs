@@ -23,6 +23,7 @@ mod error;
 pub mod eventstore;
 pub mod group;
 pub mod hold;
+pub mod recognise;
 pub mod restore_profile;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
