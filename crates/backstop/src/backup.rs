@@ -34,18 +34,85 @@ const TREE_NODES_PER_BLOB: usize = 2048;
 /// A file modified this close before it was read may change again within the same timestamp.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
+/// Work for a seal worker: one blob, or a frame of small blobs compressed and sealed together.
 struct Job {
-    id: BlobId,
     kind: BlobKind,
     data: Vec<u8>,
+    /// The blobs in `data`, in order: id and raw length.
+    blobs: Vec<(BlobId, u32)>,
+}
+
+impl Job {
+    fn framed(&self) -> bool {
+        self.blobs.len() > 1
+    }
 }
 
 struct Sealed {
-    id: BlobId,
     kind: BlobKind,
     stored: Vec<u8>,
-    raw_length: u32,
     compressed: bool,
+    blobs: Vec<(BlobId, u32)>,
+    framed: bool,
+}
+
+/// Hands new blobs to the seal workers, gathering small data blobs into frames.
+struct Dispatch {
+    job_tx: Option<Sender<Job>>,
+    /// Blobs queued in this backup but not yet in the index.
+    pending: HashSet<BlobId>,
+    frame: Job,
+}
+
+impl Dispatch {
+    fn new(job_tx: Sender<Job>) -> Self {
+        Self {
+            job_tx: Some(job_tx),
+            pending: HashSet::new(),
+            frame: empty_frame(),
+        }
+    }
+
+    /// Queues a blob unless the repository or this backup already has it; `false` when the
+    /// pipeline has stopped.
+    fn offer(&mut self, repo: &Repository, id: BlobId, kind: BlobKind, data: Vec<u8>) -> bool {
+        if repo.index_read().contains(&id) || !self.pending.insert(id) {
+            return true;
+        }
+        if kind != BlobKind::Data || data.len() >= format::FRAME_TARGET {
+            return self.send(Job {
+                kind,
+                blobs: vec![(id, data.len() as u32)],
+                data,
+            });
+        }
+        self.frame.blobs.push((id, data.len() as u32));
+        self.frame.data.extend_from_slice(&data);
+        if self.frame.data.len() >= format::FRAME_TARGET {
+            return self.flush_frame();
+        }
+        true
+    }
+
+    fn flush_frame(&mut self) -> bool {
+        if self.frame.blobs.is_empty() {
+            return true;
+        }
+        let frame = std::mem::replace(&mut self.frame, empty_frame());
+        self.send(frame)
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.job_tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
+}
+
+fn empty_frame() -> Job {
+    Job {
+        kind: BlobKind::Data,
+        data: Vec::with_capacity(2 * format::FRAME_TARGET),
+        blobs: Vec::new(),
+    }
 }
 
 #[derive(Default)]
@@ -100,8 +167,9 @@ pub(crate) fn create_backup(
 
     let threads = repo.options.worker_threads();
     let level = repo.options.compression_level;
-    let (job_tx, job_rx) = bounded::<Job>(threads * 2);
-    let (sealed_tx, sealed_rx) = bounded::<Sealed>(threads * 2);
+    // Short queues: a job is up to one maximum-size chunk, and what waits is memory.
+    let (job_tx, job_rx) = bounded::<Job>(threads);
+    let (sealed_tx, sealed_rx) = bounded::<Sealed>(threads);
     let failed = AtomicBool::new(false);
     let store_error: Mutex<Option<Error>> = Mutex::new(None);
 
@@ -116,29 +184,39 @@ pub(crate) fn create_backup(
         let packer = scope.spawn(|| packer(repo, sealed_rx, &failed, &store_error));
 
         let mut walker = Walker {
-            repo,
-            options,
-            job_tx: Some(job_tx),
-            pending: HashSet::new(),
-            parent_nodes: &parent_nodes,
-            parent_by_identity: &parent_by_identity,
-            tree: Vec::new(),
-            tree_ids: Vec::new(),
-            stats: SnapshotStats::default(),
-            warnings: Vec::new(),
-            failed: &failed,
+            files: FileStorer {
+                repo,
+                options,
+                dispatch: Mutex::new(Dispatch::new(job_tx)),
+                parent_nodes: &parent_nodes,
+                parent_by_identity: &parent_by_identity,
+                failed: &failed,
+                threads,
+            },
+            out: TreeBuilder::default(),
             chunker: chunk::Chunker::default(),
         };
         let walked = walker.walk(session);
-        let walked = walked.and_then(|outcome| walker.flush_tree().map(|()| outcome));
+        let walked = walked.and_then(|outcome| walker.out.flush(&walker.files).map(|()| outcome));
+        let walked = walked.and_then(|outcome| {
+            if walker.files.dispatch().flush_frame() {
+                Ok(outcome)
+            } else {
+                Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"))
+            }
+        });
         let Walker {
-            job_tx,
-            tree_ids,
-            stats,
-            warnings,
+            files,
+            out:
+                TreeBuilder {
+                    tree_ids,
+                    stats,
+                    warnings,
+                    ..
+                },
             ..
         } = walker;
-        drop(job_tx);
+        drop(files);
         let packed = packer
             .join()
             .unwrap_or_else(|_| Err(Error::msg(ErrorKind::Io, "the packer thread panicked")));
@@ -220,11 +298,11 @@ fn seal_worker(
     for job in rx {
         let (stored, compressed) = format::encode_blob(&job.data, level, key);
         let sealed = Sealed {
-            id: job.id,
             kind: job.kind,
             stored,
-            raw_length: job.data.len() as u32,
             compressed,
+            framed: job.framed(),
+            blobs: job.blobs,
         };
         if tx.send(sealed).is_err() {
             return;
@@ -240,7 +318,9 @@ fn packer(
 ) -> Result<PackerStats> {
     let target = repo.config.pack_size as usize;
     let mut stats = PackerStats::default();
-    let mut buf: Vec<u8> = Vec::new();
+    // One buffer for every pack, sized once: growing it by doubling past the target would
+    // hold twice the pack size.
+    let mut buf: Vec<u8> = Vec::with_capacity(target + (1 << 20));
     let mut entries: Vec<PackEntry> = Vec::new();
     let flush = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>, stats: &mut PackerStats| {
         if entries.is_empty() {
@@ -261,24 +341,42 @@ fn packer(
         repo.index_write().add_pack(&index_pack);
         stats.bytes_added += pack.len() as u64;
         stats.packs.push(index_pack);
+        *buf = pack;
+        buf.clear();
         Ok::<(), Error>(())
     };
     for sealed in rx {
         if failed.load(Ordering::SeqCst) {
             continue; // drain so the senders never block
         }
+        // Cut before a unit that would carry the pack past its target, so the buffer never
+        // outgrows the target (one pack may still be a single larger unit).
+        if !buf.is_empty() && buf.len() + sealed.stored.len() > target {
+            if let Err(e) = flush(&mut buf, &mut entries, &mut stats) {
+                failed.store(true, Ordering::SeqCst);
+                *store_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                continue;
+            }
+        }
         let offset = buf.len() as u32;
         buf.extend_from_slice(&sealed.stored);
-        entries.push(PackEntry {
-            id: sealed.id,
-            kind: sealed.kind,
-            offset,
-            length: sealed.stored.len() as u32,
-            raw_length: sealed.raw_length,
-            compressed: sealed.compressed,
-        });
-        stats.bytes_added_raw += u64::from(sealed.raw_length);
-        stats.blobs_added += 1;
+        let mut within = 0u32;
+        for (id, raw_length) in sealed.blobs {
+            entries.push(PackEntry {
+                id,
+                kind: sealed.kind,
+                offset,
+                length: sealed.stored.len() as u32,
+                raw_length,
+                compressed: sealed.compressed,
+                within: sealed.framed.then_some(within),
+            });
+            within += raw_length;
+            stats.bytes_added_raw += u64::from(raw_length);
+            stats.blobs_added += 1;
+        }
         if buf.len() >= target {
             if let Err(e) = flush(&mut buf, &mut entries, &mut stats) {
                 failed.store(true, Ordering::SeqCst);
@@ -298,18 +396,38 @@ fn packer(
 }
 
 struct Walker<'a> {
-    repo: &'a Repository,
-    options: &'a BackupOptions,
-    job_tx: Option<Sender<Job>>,
-    pending: HashSet<BlobId>,
-    parent_nodes: &'a BTreeMap<String, Node>,
-    parent_by_identity: &'a HashMap<String, Node>,
+    files: FileStorer<'a>,
+    out: TreeBuilder,
+    chunker: chunk::Chunker,
+}
+
+/// The snapshot's file list as it grows, cut into tree blobs, with the counts.
+#[derive(Default)]
+struct TreeBuilder {
     tree: Vec<Node>,
     tree_ids: Vec<BlobId>,
     stats: SnapshotStats,
     warnings: Vec<String>,
+}
+
+/// What storing one file needs, shared by the threads that read files of an unordered phase.
+struct FileStorer<'a> {
+    repo: &'a Repository,
+    options: &'a BackupOptions,
+    dispatch: Mutex<Dispatch>,
+    parent_nodes: &'a BTreeMap<String, Node>,
+    parent_by_identity: &'a HashMap<String, Node>,
     failed: &'a AtomicBool,
-    chunker: chunk::Chunker,
+    threads: usize,
+}
+
+/// One file's outcome: its node (`None`: it vanished and is not stored), the bytes read and
+/// any warnings.
+#[derive(Default)]
+struct StoredFile {
+    node: Option<Node>,
+    read: u64,
+    warnings: Vec<String>,
 }
 
 /// Stops a read when the backup is cancelled or the packer failed, and counts progress.
@@ -347,6 +465,191 @@ impl Walker<'_> {
         Ok(session.finish()?)
     }
 
+    fn store_phase(&mut self, session: &dyn Session, phase: Phase) -> Result<()> {
+        let bytes: u64 = phase.entries.iter().map(|e| e.size).sum();
+        self.files
+            .options
+            .progress
+            .phase(&phase.name, phase.entries.len() as u64, bytes);
+        tracing::debug!(phase = %phase.name, entries = phase.entries.len(), parallel = phase.parallel, "storing phase");
+        if let Some(entry) = phase.entries.iter().find(|e| !is_safe_path(&e.path)) {
+            return Err(Error::new(
+                ErrorKind::Source,
+                BackupError::BadPath(entry.path.clone()),
+            ));
+        }
+        let files = phase
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .count();
+        if phase.parallel && self.files.threads > 1 && files > 1 {
+            return self.store_unordered(phase.entries);
+        }
+        for entry in phase.entries {
+            self.files.check_running()?;
+            let stored = match &entry.kind {
+                EntryKind::File => {
+                    let mut chunker = std::mem::take(&mut self.chunker);
+                    let stored = self.files.store_file(&mut chunker, Some(session), &entry);
+                    self.chunker = chunker;
+                    stored?
+                }
+                _ => StoredFile {
+                    node: Some(other_node(&entry)),
+                    ..StoredFile::default()
+                },
+            };
+            self.out.add(&self.files, stored)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a phase whose files may be read in any order, on several threads, keeping the
+    /// nodes in the phase's order.
+    fn store_unordered(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let threads = self.files.threads;
+        let (entry_tx, entry_rx) = bounded::<(usize, Entry)>(threads * 4);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<StoredFile>)>();
+        let stop = AtomicBool::new(false);
+        let files = &self.files;
+        let out = &mut self.out;
+        let count = entries.len();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let rx = entry_rx.clone();
+                let tx = done_tx.clone();
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut chunker = chunk::Chunker::default();
+                    for (seq, entry) in rx {
+                        let stored = if stop.load(Ordering::Relaxed) {
+                            Ok(StoredFile::default())
+                        } else {
+                            files.store_file(&mut chunker, None, &entry)
+                        };
+                        if stored.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        if tx.send((seq, stored)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(entry_rx);
+            drop(done_tx);
+            let mut ready: BTreeMap<usize, Result<StoredFile>> = BTreeMap::new();
+            let mut next = 0usize;
+            let mut first_error: Option<Error> = None;
+            let take_ready = |walker_add: &mut dyn FnMut(StoredFile) -> Result<()>,
+                              ready: &mut BTreeMap<usize, Result<StoredFile>>,
+                              next: &mut usize,
+                              first_error: &mut Option<Error>| {
+                while let Some(result) = ready.remove(next) {
+                    *next += 1;
+                    match result.and_then(&mut *walker_add) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            };
+            let mut add = |stored: StoredFile| -> Result<()> { out.add(files, stored) };
+            for (seq, entry) in entries.into_iter().enumerate() {
+                if stop.load(Ordering::Relaxed) || files.check_running().is_err() {
+                    break;
+                }
+                if entry.kind == EntryKind::File {
+                    if entry_tx.send((seq, entry)).is_err() {
+                        break;
+                    }
+                } else {
+                    ready.insert(
+                        seq,
+                        Ok(StoredFile {
+                            node: Some(other_node(&entry)),
+                            ..StoredFile::default()
+                        }),
+                    );
+                }
+                while let Ok((seq, result)) = done_rx.try_recv() {
+                    ready.insert(seq, result);
+                }
+                take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+            }
+            drop(entry_tx);
+            for (seq, result) in &done_rx {
+                ready.insert(seq, result);
+                take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+            }
+            take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            files.check_running()?;
+            if next != count {
+                return Err(Error::msg(
+                    ErrorKind::Io,
+                    format!("the phase stopped after {next} of its {count} entries"),
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl TreeBuilder {
+    /// Adds a stored entry's node to the tree, in order, and counts it.
+    fn add(&mut self, files: &FileStorer<'_>, stored: StoredFile) -> Result<()> {
+        self.stats.bytes_read += stored.read;
+        self.warnings.extend(stored.warnings);
+        let Some(node) = stored.node else {
+            return Ok(());
+        };
+        match node.kind {
+            NODE_DIR => self.stats.dirs += 1,
+            NODE_FILE => {
+                self.stats.files += 1;
+                self.stats.size += node.size;
+            }
+            _ => {}
+        }
+        self.tree.push(node);
+        if self.tree.len() >= TREE_NODES_PER_BLOB {
+            self.flush(files)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, files: &FileStorer<'_>) -> Result<()> {
+        if self.tree.is_empty() {
+            return Ok(());
+        }
+        let blob = TreeBlob {
+            nodes: std::mem::take(&mut self.tree),
+        };
+        let mut raw = Vec::new();
+        ciborium::into_writer(&blob, &mut raw)
+            .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a tree blob: {e}")))?;
+        let id = format::blob_id(&raw, files.repo.key());
+        self.tree_ids.push(id);
+        if !files.dispatch().offer(files.repo, id, BlobKind::Tree, raw) {
+            return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
+        }
+        Ok(())
+    }
+}
+
+impl FileStorer<'_> {
+    fn dispatch(&self) -> std::sync::MutexGuard<'_, Dispatch> {
+        self.dispatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check_running(&self) -> Result<()> {
         if self.options.cancel.is_cancelled() {
             return Err(Error::msg(
@@ -356,44 +659,6 @@ impl Walker<'_> {
         }
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::msg(ErrorKind::Io, "storing a pack failed"));
-        }
-        Ok(())
-    }
-
-    fn store_phase(&mut self, session: &dyn Session, phase: Phase) -> Result<()> {
-        let bytes: u64 = phase.entries.iter().map(|e| e.size).sum();
-        self.options
-            .progress
-            .phase(&phase.name, phase.entries.len() as u64, bytes);
-        tracing::debug!(phase = %phase.name, entries = phase.entries.len(), "storing phase");
-        for entry in phase.entries {
-            self.check_running()?;
-            if !is_safe_path(&entry.path) {
-                return Err(Error::new(
-                    ErrorKind::Source,
-                    BackupError::BadPath(entry.path),
-                ));
-            }
-            let node = match &entry.kind {
-                EntryKind::Dir => {
-                    self.stats.dirs += 1;
-                    base_node(&entry, NODE_DIR)
-                }
-                EntryKind::Symlink { target } => {
-                    let mut node = base_node(&entry, NODE_SYMLINK);
-                    node.target = Some(target.clone());
-                    node
-                }
-                EntryKind::File => match self.store_file(session, &entry)? {
-                    Some(node) => {
-                        self.stats.files += 1;
-                        self.stats.size += node.size;
-                        node
-                    }
-                    None => continue,
-                },
-            };
-            self.push_node(node)?;
         }
         Ok(())
     }
@@ -425,30 +690,51 @@ impl Walker<'_> {
         same.then(|| node.clone())
     }
 
-    fn store_file(&mut self, session: &dyn Session, entry: &Entry) -> Result<Option<Node>> {
-        self.options.progress.file(&entry.path);
+    /// Reads, cuts and queues one file. `session` is `None` on the threads of an unordered
+    /// phase, whose entries must not need it.
+    fn store_file(
+        &self,
+        chunker: &mut chunk::Chunker,
+        session: Option<&dyn Session>,
+        entry: &Entry,
+    ) -> Result<StoredFile> {
+        let progress = &*self.options.progress;
+        progress.file(&entry.path);
+        let mut out = StoredFile::default();
         if let Some(parent) = self.unchanged_from_parent(entry) {
-            self.options.progress.unchanged(&entry.path, parent.size);
+            progress.unchanged(&entry.path, parent.size);
             let mut node = base_node(entry, NODE_FILE);
             node.size = parent.size;
             node.chunks = parent.chunks;
             node.fs = entry.fs_identity.or(parent.fs);
             node.identity = identity_of(entry);
             node.racy = parent.racy;
-            return Ok(Some(node));
+            out.node = Some(node);
+            return Ok(out);
         }
         let read_started_ns = now_ns();
         let reader: Box<dyn Read + Send> = match &entry.content {
             Content::None => Box::new(std::io::empty()),
             Content::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
-            Content::Session(handle) => session.open(*handle)?,
+            Content::Session(handle) => match session {
+                Some(session) => session.open(*handle)?,
+                None => {
+                    return Err(Error::msg(
+                        ErrorKind::Source,
+                        format!(
+                            "`{}` is read through the source's session, which an unordered phase cannot do; the source must put it in an ordered phase",
+                            entry.path
+                        ),
+                    ));
+                }
+            },
             Content::File(path) => match std::fs::File::open(path) {
                 Ok(f) => Box::new(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let msg = format!("`{}` vanished before it was read; not stored", entry.path);
-                    self.options.progress.warning(&msg);
-                    self.warnings.push(msg);
-                    return Ok(None);
+                    progress.warning(&msg);
+                    out.warnings.push(msg);
+                    return Ok(out);
                 }
                 Err(e) => return Err(crate::error::io_error("opening", path, e)),
             },
@@ -462,38 +748,27 @@ impl Walker<'_> {
             inner: reader,
             cancel: &self.options.cancel,
             failed: self.failed,
-            progress: &*self.options.progress,
+            progress,
             read: 0,
         };
         let config = &self.repo.config;
         let cdc = (config.chunk_min, config.chunk_avg, config.chunk_max);
         let chunking = Chunking::for_change(&entry.change, cdc);
         let mut chunks = Vec::new();
-        let key = self.repo.key();
+        let repo = self.repo;
+        let key = repo.key();
         let mut send_error = false;
-        let mut chunker = std::mem::take(&mut self.chunker);
         let result = chunker.for_each_chunk(&mut guarded, chunking, |data| {
             let id = format::blob_id(&data, key);
             chunks.push(id);
-            if !self.repo.index_read().contains(&id) && self.pending.insert(id) {
-                let sent = self.job_tx.as_ref().is_some_and(|tx| {
-                    tx.send(Job {
-                        id,
-                        kind: BlobKind::Data,
-                        data,
-                    })
-                    .is_ok()
-                });
-                if !sent {
-                    send_error = true;
-                    return Err(std::io::Error::other("the pipeline stopped"));
-                }
+            if !self.dispatch().offer(repo, id, BlobKind::Data, data) {
+                send_error = true;
+                return Err(std::io::Error::other("the pipeline stopped"));
             }
             Ok(())
         });
-        self.chunker = chunker;
         let read = guarded.read;
-        self.stats.bytes_read += read;
+        out.read = read;
         if let Err(e) = result {
             self.check_running()?;
             if send_error {
@@ -501,8 +776,8 @@ impl Walker<'_> {
             }
             if e.kind() == std::io::ErrorKind::NotFound {
                 let msg = format!("`{}` vanished while it was read; not stored", entry.path);
-                self.warnings.push(msg);
-                return Ok(None);
+                out.warnings.push(msg);
+                return Ok(out);
             }
             return Err(Error::new(
                 ErrorKind::Source,
@@ -518,16 +793,16 @@ impl Walker<'_> {
                     "`{}` shrank while it was read: {read} of the {} bytes expected were stored",
                     entry.path, entry.size
                 );
-                self.options.progress.warning(&msg);
-                self.warnings.push(msg);
+                progress.warning(&msg);
+                out.warnings.push(msg);
             }
             ChangeModel::Any if matches!(entry.content, Content::File(_)) && read != entry.size => {
                 let msg = format!(
                     "`{}` changed size while it was read ({} bytes listed, {read} stored)",
                     entry.path, entry.size
                 );
-                self.options.progress.warning(&msg);
-                self.warnings.push(msg);
+                progress.warning(&msg);
+                out.warnings.push(msg);
             }
             _ => {}
         }
@@ -537,43 +812,20 @@ impl Walker<'_> {
         node.fs = entry.fs_identity;
         node.identity = identity_of(entry);
         node.racy = entry.mtime_ns.saturating_add(RACY_WINDOW_NS) >= read_started_ns;
-        Ok(Some(node))
+        out.node = Some(node);
+        Ok(out)
     }
+}
 
-    fn push_node(&mut self, node: Node) -> Result<()> {
-        self.tree.push(node);
-        if self.tree.len() >= TREE_NODES_PER_BLOB {
-            self.flush_tree()?;
+/// The node of a directory or symlink entry.
+fn other_node(entry: &Entry) -> Node {
+    match &entry.kind {
+        EntryKind::Symlink { target } => {
+            let mut node = base_node(entry, NODE_SYMLINK);
+            node.target = Some(target.clone());
+            node
         }
-        Ok(())
-    }
-
-    fn flush_tree(&mut self) -> Result<()> {
-        if self.tree.is_empty() {
-            return Ok(());
-        }
-        let blob = TreeBlob {
-            nodes: std::mem::take(&mut self.tree),
-        };
-        let mut raw = Vec::new();
-        ciborium::into_writer(&blob, &mut raw)
-            .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a tree blob: {e}")))?;
-        let id = format::blob_id(&raw, self.repo.key());
-        self.tree_ids.push(id);
-        if !self.repo.index_read().contains(&id) && self.pending.insert(id) {
-            let sent = self.job_tx.as_ref().is_some_and(|tx| {
-                tx.send(Job {
-                    id,
-                    kind: BlobKind::Tree,
-                    data: raw,
-                })
-                .is_ok()
-            });
-            if !sent {
-                return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
-            }
-        }
-        Ok(())
+        _ => base_node(entry, NODE_DIR),
     }
 }
 

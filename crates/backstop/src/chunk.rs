@@ -46,18 +46,23 @@ impl Chunker {
         chunking: Chunking,
         mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<()> {
-        let Chunking::Content { min, avg, max } = chunking else {
-            return for_each_chunk(reader, chunking, sink);
+        let max_len = match chunking {
+            Chunking::Content { max, .. } => max as usize,
+            Chunking::Fixed { size } => size.max(1) as usize,
         };
-        let max_len = max as usize;
-        // Room for several chunks, so the tail is moved to the front only once per few chunks.
-        let capacity = (4 * max_len).max(1 << 20);
+        // One maximal chunk plus 1 MiB: a cut found inside the buffer is final (FastCDC decides
+        // a boundary from the bytes before it), so more data is read only when no cut was
+        // found in what is there; the unread tail moved to the front is then usually short.
+        // Page files are read in large reads, not one system call per page. One buffer per
+        // reading thread, so its size is resident memory.
+        let capacity = max_len + (1 << 20);
         if self.buf.len() < capacity {
             self.buf.resize(capacity, 0);
         }
         let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        let mut need_more = true;
         loop {
-            if !eof && end - start < max_len {
+            if need_more && !eof {
                 self.buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
@@ -77,13 +82,41 @@ impl Chunker {
                 break;
             };
             if available.is_empty() {
-                return Ok(());
+                if eof {
+                    return Ok(());
+                }
+                // Everything read so far was cut exactly; that is not the end of the data.
+                need_more = true;
+                continue;
             }
-            // With fewer than `max` bytes left before the end of the file, the end of the slice
-            // is the end of the data, as FastCDC assumes.
-            let cdc = fastcdc::v2020::FastCDC::new(available, min, avg, max);
-            let (_, cut) = cdc.cut(0, available.len());
-            let len = if cut == 0 { available.len() } else { cut };
+            let complete = eof || available.len() >= max_len;
+            let len = match chunking {
+                Chunking::Content { min, avg, max } => {
+                    // Short of `avg` bytes FastCDC changes its masks, so it may only see a
+                    // short slice at the end of the data.
+                    if !complete && available.len() < avg as usize {
+                        None
+                    } else {
+                        let cdc = fastcdc::v2020::FastCDC::new(available, min, avg, max);
+                        let (_, cut) = cdc.cut(0, available.len());
+                        match cut {
+                            0 => complete.then_some(available.len()),
+                            // Without a boundary FastCDC returns the slice's length: a
+                            // real cut only at `max` or the end of the data.
+                            n if n >= available.len() => complete.then_some(n),
+                            n => Some(n),
+                        }
+                    }
+                }
+                Chunking::Fixed { .. } => {
+                    (complete || available.len() >= max_len).then(|| max_len.min(available.len()))
+                }
+            };
+            let Some(len) = len else {
+                need_more = true;
+                continue;
+            };
+            need_more = false;
             sink(available.get(..len).unwrap_or(available).to_vec())?;
             start += len;
         }
@@ -91,29 +124,14 @@ impl Chunker {
     }
 }
 
-/// Feeds every chunk of `reader` to `sink`, in order. Stops at the first error of either.
+/// Feeds every chunk of `reader` to `sink`, in order, with a fresh buffer.
+#[cfg(test)]
 pub(crate) fn for_each_chunk<R: Read>(
     reader: R,
     chunking: Chunking,
-    mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
+    sink: impl FnMut(Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
-    match chunking {
-        Chunking::Content { .. } => Chunker::default().for_each_chunk(reader, chunking, sink),
-        Chunking::Fixed { size } => {
-            let mut reader = reader;
-            loop {
-                let mut buf = Vec::with_capacity(size as usize);
-                let n = (&mut reader).take(u64::from(size)).read_to_end(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                sink(buf)?;
-                if n < size as usize {
-                    return Ok(());
-                }
-            }
-        }
-    }
+    Chunker::default().for_each_chunk(reader, chunking, sink)
 }
 
 #[cfg(test)]
@@ -167,5 +185,64 @@ mod tests {
             "only {shared} of {} chunks survived",
             before.len()
         );
+    }
+
+    /// Reads at most `step` bytes per call, like a pipe or a slow source.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cuts_match_fastcdc_on_the_whole_input_whatever_the_read_sizes() {
+        let mut data = vec![0u8; 3 << 20];
+        let mut x = 99u64;
+        for (i, b) in data.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Long runs of zeros in places, so some chunks reach the maximum size.
+            *b = if (i / 300_000) % 3 == 1 { 0 } else { x as u8 };
+        }
+        let (min, avg, max) = (16 * 1024, 64 * 1024, 256 * 1024);
+        let reference: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, min, avg, max)
+            .map(|c| c.length)
+            .collect();
+        for step in [1 << 20, 100_000, 4097, 777] {
+            let mut lengths = Vec::new();
+            Chunker::default()
+                .for_each_chunk(
+                    Trickle { data: &data, step },
+                    Chunking::Content { min, avg, max },
+                    |c| {
+                        lengths.push(c.len());
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(lengths, reference, "reads of {step} bytes");
+            let mut pages = 0usize;
+            Chunker::default()
+                .for_each_chunk(
+                    Trickle { data: &data, step },
+                    Chunking::Fixed { size: 8192 },
+                    |c| {
+                        assert_eq!(c.len(), 8192);
+                        pages += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(pages, data.len() / 8192, "reads of {step} bytes");
+        }
     }
 }

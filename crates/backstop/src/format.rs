@@ -124,7 +124,7 @@ pub(crate) enum ObjectType {
 }
 
 /// Why stored bytes could not be decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum FormatError {
     #[error("{what} is truncated ({len} bytes)")]
     Truncated { what: &'static str, len: usize },
@@ -281,6 +281,11 @@ pub(crate) struct PackEntry {
     pub(crate) raw_length: u32,
     /// Whether the stored bytes are zstd-compressed (before sealing).
     pub(crate) compressed: bool,
+    /// Set when the blob shares its stored bytes (a frame) with other small blobs: where its raw
+    /// bytes start in the frame's decoded bytes. `offset`, `length` and `compressed` then describe
+    /// the whole frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) within: Option<u32>,
 }
 
 /// The header at the end of a pack.
@@ -347,8 +352,16 @@ pub(crate) fn encode_blob(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (V
     }
 }
 
-/// Decodes a stored blob and checks it against its id.
-pub(crate) fn decode_blob(
+/// The most a frame may decode to; frames are cut at [`FRAME_TARGET`], so anything larger is
+/// damage, not data.
+pub(crate) const MAX_FRAME: usize = 4 * FRAME_TARGET;
+/// Small blobs are stored together in frames of about this many raw bytes: 8 KiB pages
+/// compressed one by one come out nearly twice as large as in 128 KiB groups.
+pub(crate) const FRAME_TARGET: usize = 128 * 1024;
+
+/// Decodes the stored unit an entry points at (the blob itself, or the frame it shares):
+/// authenticated and decompressed, but not yet checked against the blob's id.
+pub(crate) fn decode_unit(
     entry: &PackEntry,
     stored: &[u8],
     key: Option<&MasterKey>,
@@ -360,20 +373,64 @@ pub(crate) fn decode_blob(
             .map_err(|_| FormatError::Auth { what })?,
         None => stored.to_vec(),
     };
-    let raw = if entry.compressed {
-        crate::compress::decompress(&body, entry.raw_length as usize).map_err(|e| {
-            FormatError::Decode {
-                what,
-                detail: format!("zstd: {e}"),
-            }
-        })?
-    } else {
-        body
-    };
-    if raw.len() != entry.raw_length as usize || blob_id(&raw, key) != entry.id {
-        return Err(FormatError::Checksum { what });
+    if !entry.compressed {
+        return Ok(body);
     }
-    Ok(raw)
+    let raw_len = match entry.within {
+        None => entry.raw_length as usize,
+        Some(_) => {
+            let declared = crate::compress::declared_size(&body).ok_or(FormatError::Decode {
+                what,
+                detail: "the frame does not declare its size".into(),
+            })?;
+            usize::try_from(declared)
+                .ok()
+                .filter(|&n| n <= MAX_FRAME)
+                .ok_or(FormatError::Decode {
+                    what,
+                    detail: format!("the frame declares {declared} bytes, more than {MAX_FRAME}"),
+                })?
+        }
+    };
+    crate::compress::decompress(&body, raw_len).map_err(|e| FormatError::Decode {
+        what,
+        detail: format!("zstd: {e}"),
+    })
+}
+
+/// Cuts an entry's blob out of its decoded unit and checks it against its id.
+pub(crate) fn blob_from_unit(
+    entry: &PackEntry,
+    unit: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let start = entry.within.unwrap_or(0) as usize;
+    let raw = start
+        .checked_add(entry.raw_length as usize)
+        .and_then(|end| unit.get(start..end))
+        .filter(|raw| entry.within.is_some() || raw.len() == unit.len())
+        .ok_or(FormatError::Checksum { what: "blob" })?;
+    if blob_id(raw, key) != entry.id {
+        return Err(FormatError::Checksum { what: "blob" });
+    }
+    Ok(raw.to_vec())
+}
+
+/// Decodes a stored blob and checks it against its id.
+pub(crate) fn decode_blob(
+    entry: &PackEntry,
+    stored: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>, FormatError> {
+    let unit = decode_unit(entry, stored, key)?;
+    if entry.within.is_none() {
+        // The unit is the blob: check it in place rather than copy it.
+        if unit.len() != entry.raw_length as usize || blob_id(&unit, key) != entry.id {
+            return Err(FormatError::Checksum { what: "blob" });
+        }
+        return Ok(unit);
+    }
+    blob_from_unit(entry, &unit, key)
 }
 
 /// The id of raw blob bytes.
@@ -564,6 +621,7 @@ mod tests {
             length: stored.len() as u32,
             raw_length: 23,
             compressed,
+            within: None,
         };
         let header = PackHeader {
             entries: vec![entry],
@@ -574,5 +632,50 @@ mod tests {
             decode_blob(&entry, &stored, Some(&key)).unwrap(),
             b"hello hello hello hello"
         );
+    }
+
+    #[test]
+    fn framed_blobs_decode_one_by_one_and_refuse_a_wrong_place() {
+        let key = MasterKey::random();
+        let pages: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| [b"page ".as_slice(), &[i; 8187]].concat())
+            .collect();
+        let frame = pages.concat();
+        let (stored, compressed) = encode_blob(&frame, 3, Some(&key));
+        assert!(compressed);
+        let entry = |i: usize| PackEntry {
+            id: blob_id(&pages[i], Some(&key)),
+            kind: BlobKind::Data,
+            offset: 0,
+            length: stored.len() as u32,
+            raw_length: 8192,
+            compressed,
+            within: Some(i as u32 * 8192),
+        };
+        for (i, page) in pages.iter().enumerate() {
+            assert_eq!(&decode_blob(&entry(i), &stored, Some(&key)).unwrap(), page);
+        }
+        let unit = decode_unit(&entry(0), &stored, Some(&key)).unwrap();
+        assert_eq!(unit, frame);
+        let mut wrong = entry(1);
+        wrong.within = Some(8191);
+        assert!(matches!(
+            blob_from_unit(&wrong, &unit, Some(&key)),
+            Err(FormatError::Checksum { .. })
+        ));
+        wrong.within = Some(3 * 8192);
+        assert!(blob_from_unit(&wrong, &unit, Some(&key)).is_err());
+        // A header without the field (written before frames existed) still reads.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&entry(0), &mut cbor).unwrap();
+        let plain = PackEntry {
+            within: None,
+            ..entry(0)
+        };
+        let mut old = Vec::new();
+        ciborium::into_writer(&plain, &mut old).unwrap();
+        assert!(old.len() < cbor.len());
+        let back: PackEntry = ciborium::from_reader(old.as_slice()).unwrap();
+        assert_eq!(back, plain);
     }
 }

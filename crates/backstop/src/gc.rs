@@ -38,14 +38,7 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
             by_pack
                 .entry(loc.pack as usize)
                 .or_default()
-                .push(PackEntry {
-                    id: *id,
-                    kind: loc.kind,
-                    offset: loc.offset,
-                    length: loc.length,
-                    raw_length: loc.raw_length,
-                    compressed: loc.compressed,
-                });
+                .push(loc.entry(*id));
         }
         let mut keep = Vec::new();
         let mut drop_packs = Vec::new();

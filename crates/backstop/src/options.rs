@@ -36,7 +36,7 @@ impl Default for InitOptions {
             chunk_min: 256 * 1024,
             chunk_avg: 1024 * 1024,
             chunk_max: 4 * 1024 * 1024,
-            pack_size: 16 * 1024 * 1024,
+            pack_size: 8 * 1024 * 1024,
             // Above OWASP's Argon2id minimums (19 MiB, t=2) while keeping a backup's peak memory
             // low: the key derivation is the largest allocation of a small backup.
             kdf_memory_kib: 32 * 1024,

@@ -6,12 +6,20 @@
 //! created only after every file, so a backup cannot write outside the target. A marker file,
 //! `.backstop-restore-incomplete`, exists in the target from the first byte written until the
 //! restore and its fix-ups have succeeded, so a failed restore never looks complete.
+//!
+//! Speed and memory: files are cut into segments of whole read runs (16 MiB of raw bytes), whose
+//! offsets in the file follow from the index's raw lengths, so several workers write one large
+//! file at once with positioned writes. Blobs are decoded and written one at a time, and the
+//! bytes all reads hold at once (stored plus decoded) stay within a shared budget, so memory
+//! does not grow with compression ratios or file sizes. Writeback of each written segment
+//! starts at once; the one `syncfs` at the end remains the durability point.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
@@ -21,7 +29,7 @@ use crate::error::io_error;
 use crate::format::{NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, Snapshot};
 use crate::info::RestoreInfo;
 use crate::options::{ExistingTarget, RestoreOptions};
-use crate::repo::Repository;
+use crate::repo::{ReadRun, Repository, RunError};
 use crate::{Error, ErrorKind, Result};
 
 /// Name of the marker of an unfinished restore.
@@ -63,6 +71,16 @@ pub(crate) fn restore(
     target: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreInfo> {
+    restore_tuned(repo, snapshot, target, options, Tuning::default())
+}
+
+fn restore_tuned(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    target: &Path,
+    options: &RestoreOptions,
+    tuning: Tuning,
+) -> Result<RestoreInfo> {
     let started = Instant::now();
     prepare_target(target, options.existing)?;
     let marker = target.join(INCOMPLETE_MARKER);
@@ -99,7 +117,7 @@ pub(crate) fn restore(
             dirs.create(parent)?;
         }
     }
-    let bytes = restore_files(repo, snapshot, target, &nodes, options)?;
+    let bytes = restore_files(repo, snapshot, target, &nodes, options, tuning)?;
     info.bytes = bytes;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
     for node in nodes.iter().filter(|n| n.kind == NODE_SYMLINK) {
@@ -158,11 +176,11 @@ fn sync_filesystem(target: &Path) -> Result<()> {
 fn read_runs(
     repo: &Repository,
     chunks: &[crate::format::BlobId],
+    max_run: u64,
     context: &str,
-) -> Result<Vec<crate::repo::ReadRun>> {
-    const MAX_RUN: u64 = 8 << 20;
+) -> Result<Vec<ReadRun>> {
     let index = repo.index_read();
-    let mut runs: Vec<crate::repo::ReadRun> = Vec::new();
+    let mut runs: Vec<ReadRun> = Vec::new();
     for id in chunks {
         let (pack, entry) = index.locate(id).ok_or_else(|| {
             Error::new(
@@ -174,22 +192,11 @@ fn read_runs(
             )
         })?;
         if let Some(run) = runs.last_mut() {
-            let end = run.start + run.len;
-            if run.pack == pack
-                && u64::from(entry.offset) == end
-                && run.len + u64::from(entry.length) <= MAX_RUN
-            {
-                run.len += u64::from(entry.length);
-                run.entries.push(entry);
+            if run.try_push(pack, entry, max_run) {
                 continue;
             }
         }
-        runs.push(crate::repo::ReadRun {
-            pack,
-            start: u64::from(entry.offset),
-            len: u64::from(entry.length),
-            entries: vec![entry],
-        });
+        runs.push(ReadRun::new(pack, entry));
     }
     Ok(runs)
 }
@@ -281,46 +288,188 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
     filetime::set_file_mtime(path, mtime).map_err(|e| io_error("setting the mtime of", path, e))
 }
 
+/// Segments of at least this many bytes have their writeback started as soon as they are
+/// written.
+const EARLY_WRITEBACK_FROM: u64 = 1 << 20;
+
+/// How a restore cuts its work and how much memory it lets blobs take.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    /// Raw bytes of a file one worker restores at a time: larger files are cut into segments
+    /// that workers write in parallel, each at its own offset.
+    segment_bytes: u64,
+    /// Stored bytes one ranged read fetches at most.
+    max_run: u64,
+    /// Stored plus decoded bytes of all reads in flight, over all workers (one read may exceed
+    /// it when nothing else is in flight, so a large blob cannot stall the restore).
+    memory_budget: u64,
+    /// Small blobs are gathered into writes of this many bytes; larger ones are written from
+    /// where they were decoded, without a copy.
+    write_buffer: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 16 << 20,
+            max_run: 8 << 20,
+            memory_budget: 32 << 20,
+            write_buffer: 1 << 20,
+        }
+    }
+}
+
+/// A byte budget shared by the workers: a read waits until its bytes fit.
+struct Budget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, bytes: u64) -> BudgetGuard<'_> {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        while *used > 0 && *used + bytes > self.limit {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += bytes;
+        BudgetGuard {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+struct BudgetGuard<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *used -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
+/// One file being restored, shared by the workers writing its segments.
+struct FileJob<'a> {
+    node: &'a Node,
+    path: PathBuf,
+    /// Created by whichever worker gets to the file first.
+    file: Mutex<Option<Arc<File>>>,
+    /// Segments not yet written; the worker that writes the last one closes the file and sets
+    /// its metadata.
+    remaining: AtomicUsize,
+}
+
+impl FileJob<'_> {
+    fn open(&self) -> Result<Arc<File>> {
+        let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = slot.as_ref() {
+            return Ok(Arc::clone(file));
+        }
+        remove_existing(&self.path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.path)
+            .map_err(|e| io_error("creating", &self.path, e))?;
+        if self.remaining.load(Ordering::Relaxed) > 1 {
+            // Segments may finish out of order: the file has its final size from the start.
+            file.set_len(self.node.size)
+                .map_err(|e| io_error("setting the size of", &self.path, e))?;
+        }
+        let file = Arc::new(file);
+        *slot = Some(Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Drops the shared handle: the file is closed once the last writer lets go of it.
+    fn close(&self) {
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// A part of a file: whole runs, and where their bytes go in the file.
+struct Segment<'a> {
+    job: Arc<FileJob<'a>>,
+    offset: u64,
+    runs: Vec<ReadRun>,
+}
+
 fn restore_files(
     repo: &Repository,
     snapshot: &Snapshot,
     target: &Path,
     nodes: &[Node],
     options: &RestoreOptions,
+    tuning: Tuning,
 ) -> Result<u64> {
     let threads = repo.options.worker_threads();
-    let (tx, rx) = bounded::<&Node>(threads * 4);
+    let (tx, rx) = bounded::<Segment<'_>>(threads * 4);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let failed = AtomicBool::new(false);
+    let record = |e: Error| {
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+        failed.store(true, Ordering::Relaxed);
+    };
     let bytes = AtomicU64::new(0);
+    let budget = Budget::new(tuning.memory_budget);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx = rx.clone();
-            let first_error = &first_error;
-            let bytes = &bytes;
+            let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
             scope.spawn(move || {
-                for node in rx {
-                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                let mut out = SegmentWriter::new(tuning.write_buffer);
+                for segment in rx {
+                    if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match restore_one(repo, snapshot, target, node, options) {
+                    match restore_segment(repo, snapshot, &segment, options, budget, &mut out) {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
-                        Err(e) => {
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                        }
+                        Err(e) => record(e),
                     }
                 }
             });
         }
         drop(rx);
         for node in nodes.iter().filter(|n| n.kind == NODE_FILE) {
-            if options.cancel.is_cancelled() {
+            if options.cancel.is_cancelled() || failed.load(Ordering::Relaxed) {
                 break;
             }
-            if tx.send(node).is_err() {
+            let segments = match plan_file(repo, snapshot, target, node, tuning) {
+                Ok(segments) => segments,
+                Err(e) => {
+                    record(e);
+                    break;
+                }
+            };
+            options.progress.file(&node.path);
+            if segments.into_iter().any(|s| tx.send(s).is_err()) {
                 break;
             }
         }
@@ -328,7 +477,7 @@ fn restore_files(
     });
     if let Some(e) = first_error
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
     {
         return Err(e);
     }
@@ -341,71 +490,200 @@ fn restore_files(
     Ok(bytes.into_inner())
 }
 
-fn restore_one(
+fn damaged_file(snapshot: &Snapshot, node: &Node, source: Error) -> Error {
+    Error::new(
+        source.kind(),
+        RestoreError::Damaged {
+            backup: snapshot.id,
+            path: node.path.clone(),
+            source,
+        },
+    )
+}
+
+/// Cuts a file into segments at run boundaries, each at the offset the index's raw lengths
+/// give, after checking that those lengths add up to the file's size.
+fn plan_file<'a>(
     repo: &Repository,
     snapshot: &Snapshot,
     target: &Path,
-    node: &Node,
-    options: &RestoreOptions,
-) -> Result<u64> {
-    options.progress.file(&node.path);
-    let path = target.join(&node.path);
-    remove_existing(&path)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| io_error("creating", &path, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut written = 0u64;
+    node: &'a Node,
+    tuning: Tuning,
+) -> Result<Vec<Segment<'a>>> {
     let context = format!("`{}` of backup {}", node.path, snapshot.id);
-    let damaged = |source: Error| {
-        Error::new(
-            source.kind(),
-            RestoreError::Damaged {
-                backup: snapshot.id,
-                path: node.path.clone(),
-                source,
-            },
-        )
-    };
-    for run in read_runs(repo, &node.chunks, &context).map_err(damaged)? {
+    let runs = read_runs(repo, &node.chunks, tuning.max_run, &context)
+        .map_err(|e| damaged_file(snapshot, node, e))?;
+    let total: u64 = runs.iter().map(ReadRun::raw_len).sum();
+    if total != node.size {
+        return Err(damaged_file(
+            snapshot,
+            node,
+            Error::msg(
+                ErrorKind::Corrupt,
+                format!(
+                    "its chunks hold {total} bytes, the file list says {}",
+                    node.size
+                ),
+            ),
+        ));
+    }
+    let mut parts: Vec<(u64, Vec<ReadRun>)> = vec![(0, Vec::new())];
+    let mut offset = 0u64;
+    let mut in_part = 0u64;
+    for run in runs {
+        if in_part >= tuning.segment_bytes {
+            parts.push((offset, Vec::new()));
+            in_part = 0;
+        }
+        let raw = run.raw_len();
+        offset += raw;
+        in_part += raw;
+        if let Some((_, part)) = parts.last_mut() {
+            part.push(run);
+        }
+    }
+    let job = Arc::new(FileJob {
+        node,
+        path: target.join(&node.path),
+        file: Mutex::new(None),
+        remaining: AtomicUsize::new(parts.len()),
+    });
+    Ok(parts
+        .into_iter()
+        .map(|(offset, runs)| Segment {
+            job: Arc::clone(&job),
+            offset,
+            runs,
+        })
+        .collect())
+}
+
+/// Writes one segment; the last segment of a file also closes it and sets its metadata.
+fn restore_segment(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    segment: &Segment<'_>,
+    options: &RestoreOptions,
+    budget: &Budget,
+    out: &mut SegmentWriter,
+) -> Result<u64> {
+    let job = &segment.job;
+    let node = job.node;
+    let file = job.open()?;
+    out.start(segment.offset);
+    for run in &segment.runs {
         if options.cancel.is_cancelled() {
             return Err(Error::msg(
                 ErrorKind::Cancelled,
                 "the restore was cancelled",
             ));
         }
-        for data in repo.read_run(&run).map_err(damaged)? {
-            out.write_all(&data)
-                .map_err(|e| io_error("writing", &path, e))?;
-            written += data.len() as u64;
+        let _held = budget.acquire(run.memory_bound());
+        let read = repo.read_run(run, |_, data| {
+            out.write(&file, data)?;
             options.progress.bytes(data.len() as u64);
+            Ok::<(), std::io::Error>(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(RunError::Repo(e)) => return Err(damaged_file(snapshot, node, e)),
+            Err(RunError::Sink(e)) => return Err(io_error("writing", &job.path, e)),
         }
     }
-    if written != node.size {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            RestoreError::Damaged {
-                backup: snapshot.id,
-                path: node.path.clone(),
-                source: Error::msg(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "its chunks hold {written} bytes, the file list says {}",
-                        node.size
-                    ),
+    out.flush(&file)
+        .map_err(|e| io_error("writing", &job.path, e))?;
+    let expected: u64 = segment.runs.iter().map(ReadRun::raw_len).sum();
+    let written = out.position() - segment.offset;
+    if written != expected {
+        return Err(damaged_file(
+            snapshot,
+            node,
+            Error::msg(
+                ErrorKind::Corrupt,
+                format!(
+                    "its part at byte {} holds {written} bytes, the index says {expected}",
+                    segment.offset
                 ),
-            },
+            ),
         ));
     }
-    // Durability comes from one syncfs at the end of the restore, not an fsync per file.
-    let file = out
-        .into_inner()
-        .map_err(|e| io_error("writing", &path, e.into_error()))?;
+    if written >= EARLY_WRITEBACK_FROM {
+        // The kernel would hold these pages dirty until the final syncfs (background writeback
+        // starts only at a share of RAM): starting their writeback now overlaps the disk with
+        // the decoding of what follows. On Linux, POSIX_FADV_DONTNEED starts writeback of
+        // dirty pages without waiting for it (sync_file_range needs unsafe code); it drops
+        // only pages that are already clean. Advice only: the syncfs stays the durability
+        // point, so an error here changes nothing.
+        let _ = rustix::fs::fadvise(
+            &*file,
+            segment.offset,
+            std::num::NonZeroU64::new(written),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
     drop(file);
-    apply_metadata(&path, node)?;
+    if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Durability comes from one syncfs at the end of the restore, not an fsync per file.
+        job.close();
+        apply_metadata(&job.path, node)?;
+    }
     Ok(written)
+}
+
+/// Positioned writes of a segment: small blobs are gathered into one write, large ones are
+/// written from where they were decoded.
+struct SegmentWriter {
+    buf: Vec<u8>,
+    capacity: usize,
+    /// File offset of the first byte of `buf`.
+    at: u64,
+}
+
+impl SegmentWriter {
+    fn new(capacity: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            capacity,
+            at: 0,
+        }
+    }
+
+    fn start(&mut self, offset: u64) {
+        self.buf.clear();
+        self.at = offset;
+    }
+
+    /// The file offset after everything written so far.
+    fn position(&self) -> u64 {
+        self.at + self.buf.len() as u64
+    }
+
+    fn write(&mut self, file: &File, data: &[u8]) -> std::io::Result<()> {
+        let large = data.len() >= self.capacity / 4;
+        // Buffered bytes come first in the file, so they go out before a large blob does.
+        if large || self.buf.len() + data.len() > self.capacity {
+            self.flush(file)?;
+        }
+        if large {
+            file.write_all_at(data, self.at)?;
+            self.at += data.len() as u64;
+        } else {
+            if self.buf.capacity() < self.capacity {
+                self.buf.reserve_exact(self.capacity - self.buf.len());
+            }
+            self.buf.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, file: &File) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            file.write_all_at(&self.buf, self.at)?;
+            self.at += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Reads one file of a snapshot into memory.
@@ -457,6 +735,7 @@ mod tests {
             length: stored.len() as u32,
             raw_length: raw.len() as u32,
             compressed,
+            within: None,
         };
         let header = PackHeader {
             entries: vec![entry],
@@ -544,5 +823,228 @@ mod tests {
                 "a failed restore must stay marked"
             );
         }
+    }
+
+    /// Small segments, runs and budget, so a file of a few hundred KiB takes the paths a
+    /// large file takes with the defaults.
+    fn small_tuning() -> Tuning {
+        Tuning {
+            segment_bytes: 64 * 1024,
+            max_run: 32 * 1024,
+            memory_budget: 48 * 1024,
+            write_buffer: 8 * 1024,
+        }
+    }
+
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Backs up a directory with one large file (random, then text-like) and one small file
+    /// into a fresh encrypted repository with small chunks.
+    fn backed_up_large_file() -> (
+        Arc<backstop_store::MemoryStore>,
+        crate::BackupEngine,
+        Vec<u8>,
+        tempfile::TempDir,
+    ) {
+        let source = tempfile::tempdir().unwrap();
+        let mut big = noise(300 * 1024, 7);
+        big.extend(
+            b"insert into accounts values (1, 'balance'); "
+                .iter()
+                .cycle()
+                .take(200 * 1024),
+        );
+        std::fs::write(source.path().join("big.db"), &big).unwrap();
+        std::fs::write(source.path().join("small"), b"tiny").unwrap();
+        let store = Arc::new(backstop_store::MemoryStore::new());
+        let engine = crate::BackupEngine::init(
+            Arc::clone(&store),
+            InitOptions::default()
+                .with_kdf(8 * 1024, 1)
+                .with_password("pw")
+                .with_chunk_sizes(1024, 4096, 16 * 1024),
+            EngineOptions::default().with_password("pw"),
+        )
+        .unwrap();
+        engine
+            .create_backup(
+                &mut crate::DirSource::new(source.path()),
+                &crate::BackupOptions::default(),
+            )
+            .unwrap();
+        (store, engine, big, source)
+    }
+
+    fn big_node(repo: &Repository, snapshot: &Snapshot) -> Node {
+        let mut found = None;
+        repo.for_each_node(snapshot, |n| {
+            if n.path == "big.db" {
+                found = Some(n);
+            }
+            Ok(())
+        })
+        .unwrap();
+        found.unwrap()
+    }
+
+    #[test]
+    fn a_file_of_many_segments_restores_byte_exact() {
+        let (_store, engine, big, _source) = backed_up_large_file();
+        let repo = &engine.repo;
+        let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
+        let node = big_node(repo, &snapshot);
+        let outer = tempfile::tempdir().unwrap();
+        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
+        assert!(segments.len() >= 4, "{} segments", segments.len());
+        let target = outer.path().join("target");
+        let info = restore_tuned(
+            repo,
+            &snapshot,
+            &target,
+            &RestoreOptions::default(),
+            small_tuning(),
+        )
+        .unwrap();
+        assert_eq!(info.bytes, big.len() as u64 + 4);
+        let restored = std::fs::read(target.join("big.db")).unwrap();
+        let first_difference = restored.iter().zip(&big).position(|(a, b)| a != b);
+        assert_eq!((restored.len(), first_difference), (big.len(), None));
+        assert_eq!(std::fs::read(target.join("small")).unwrap(), b"tiny");
+        assert!(!target.join(INCOMPLETE_MARKER).exists());
+    }
+
+    #[test]
+    fn a_damaged_blob_in_a_middle_segment_fails_naming_the_file() {
+        let (store, engine, _big, _source) = backed_up_large_file();
+        let repo = &engine.repo;
+        let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
+        let node = big_node(repo, &snapshot);
+        let outer = tempfile::tempdir().unwrap();
+        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
+        let middle = &segments[segments.len() / 2];
+        assert!(middle.offset > 0);
+        let run = &middle.runs[0];
+        let entry = &run.entries[0];
+        let at = entry.offset as usize + entry.length as usize / 2;
+        assert!(store.corrupt(&format::pack_key(run.pack), |bytes| bytes[at] ^= 0x40));
+
+        let target = outer.path().join("target");
+        let err = restore_tuned(
+            repo,
+            &snapshot,
+            &target,
+            &RestoreOptions::default(),
+            small_tuning(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        let message = err.to_string();
+        assert!(message.contains("`big.db`"), "{message}");
+        assert!(
+            message.contains(&format!("backup {}", snapshot.id)),
+            "{message}"
+        );
+        assert!(target.join(INCOMPLETE_MARKER).exists());
+    }
+
+    #[test]
+    fn chunks_that_do_not_add_up_to_the_file_size_are_refused_before_writing() {
+        let (_store, engine, _big, _source) = backed_up_large_file();
+        let repo = &engine.repo;
+        let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
+        let mut node = big_node(repo, &snapshot);
+        node.size += 1;
+        let forged = forged_snapshot(repo, vec![node]);
+        let target = tempfile::tempdir().unwrap().path().join("target");
+        let err = restore(repo, &forged, &target, &RestoreOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        let chain = format!(
+            "{err} / {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(chain.contains("big.db"), "{chain}");
+        assert!(
+            !target.join("big.db").exists(),
+            "nothing is written for such a file"
+        );
+        assert!(target.join(INCOMPLETE_MARKER).exists());
+    }
+
+    /// Stores `pages` as one frame, the way small blobs are packed together, and returns a
+    /// snapshot whose one file is those pages in `order`.
+    fn framed_snapshot(repo: &Repository, pages: &[Vec<u8>], order: &[usize]) -> Snapshot {
+        let frame = pages.concat();
+        let (stored, compressed) = format::encode_blob(&frame, 3, repo.key());
+        let mut within = 0u32;
+        let entries: Vec<PackEntry> = pages
+            .iter()
+            .map(|page| {
+                let entry = PackEntry {
+                    id: format::blob_id(page, repo.key()),
+                    kind: BlobKind::Data,
+                    offset: 0,
+                    length: stored.len() as u32,
+                    raw_length: page.len() as u32,
+                    compressed,
+                    within: Some(within),
+                };
+                within += page.len() as u32;
+                entry
+            })
+            .collect();
+        let header = PackHeader {
+            entries: entries.clone(),
+        };
+        let pack = format::finish_pack(stored, &header, repo.key());
+        let pack_id = format::ContentId::hash(&pack);
+        repo.store
+            .put(
+                &format::pack_key(pack_id),
+                &pack,
+                backstop_store::PutMode::Create,
+            )
+            .unwrap();
+        repo.write_index(vec![IndexPack {
+            id: pack_id,
+            size: pack.len() as u64,
+            entries: entries.clone(),
+        }])
+        .unwrap();
+        repo.reload_index().unwrap();
+        let mut node = file_node("pages.db");
+        node.chunks = order.iter().map(|&i| entries[i].id).collect();
+        node.size = order.iter().map(|&i| pages[i].len() as u64).sum();
+        forged_snapshot(repo, vec![node])
+    }
+
+    #[test]
+    fn blobs_sharing_a_frame_restore_in_file_order() {
+        let store = Arc::new(backstop_store::MemoryStore::new());
+        let init = InitOptions::default()
+            .with_kdf(8 * 1024, 1)
+            .with_password("pw");
+        let repo =
+            Repository::init(store, &init, EngineOptions::default().with_password("pw")).unwrap();
+        let pages: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| [vec![i; 100], noise(8092, u64::from(i) + 1)].concat())
+            .collect();
+        // Out of frame order and with a repeat, as a file that moved and copied pages has.
+        let order = [2, 0, 1, 1, 3];
+        let snapshot = framed_snapshot(&repo, &pages, &order);
+        let target = tempfile::tempdir().unwrap().path().join("target");
+        restore(&repo, &snapshot, &target, &RestoreOptions::default()).unwrap();
+        let expected: Vec<u8> = order.iter().flat_map(|&i| pages[i].clone()).collect();
+        assert!(std::fs::read(target.join("pages.db")).unwrap() == expected);
     }
 }

@@ -26,6 +26,7 @@ pub fn write_synthetic_index(
                     length: 16384,
                     raw_length: 16384,
                     compressed: false,
+                    within: None,
                 })
                 .collect();
             file.packs.push(IndexPack {

@@ -77,12 +77,12 @@ pub(crate) fn verify(
     if read_share == 0 {
         return Ok(report);
     }
-    for (pack, entries) in &packs {
+    for (pack, mut entries) in packs {
         // A stable choice per pack id: the same subset each run unless the share changes.
         if read_share < 100 && u32::from(pack.0[0]) * 100 / 256 >= u32::from(read_share) {
             continue;
         }
-        let key = format::pack_key(*pack);
+        let key = format::pack_key(pack);
         if !listed.contains_key(&key) {
             continue; // already reported
         }
@@ -97,7 +97,7 @@ pub(crate) fn verify(
         };
         report.packs_read += 1;
         report.bytes_read += bytes.len() as u64;
-        if format::ContentId::hash(&bytes) != *pack {
+        if format::ContentId::hash(&bytes) != pack {
             report.problems.push(format!(
                 "pack `{key}` does not match its name (hash mismatch)"
             ));
@@ -109,8 +109,19 @@ pub(crate) fn verify(
                 continue;
             }
         };
-        for entry in entries {
-            if !header.entries.contains(entry) {
+        // Sorted by id for lookups: a pack of page-sized blobs lists tens of thousands.
+        let mut listed = header.entries;
+        listed.sort_unstable_by_key(|e| e.id);
+        entries.sort_unstable_by_key(|e| (e.offset, e.within));
+        // Blobs of one frame share their stored bytes: decode each frame once.
+        let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
+        for entry in &entries {
+            let in_header = listed
+                .binary_search_by_key(&entry.id, |e| e.id)
+                .ok()
+                .and_then(|i| listed.get(i))
+                .is_some_and(|e| e == entry);
+            if !in_header {
                 report.problems.push(format!(
                     "pack `{key}`: its header does not list blob {} as the index does",
                     entry.id
@@ -124,7 +135,22 @@ pub(crate) fn verify(
                     .push(format!("pack `{key}`: blob {} lies outside it", entry.id));
                 continue;
             };
-            if let Err(e) = format::decode_blob(entry, stored, repo.key()) {
+            let checked = if entry.within.is_none() {
+                format::decode_blob(entry, stored, repo.key()).map(drop)
+            } else {
+                if unit
+                    .as_ref()
+                    .is_none_or(|(offset, _)| *offset != entry.offset)
+                {
+                    unit = Some((entry.offset, format::decode_unit(entry, stored, repo.key())));
+                }
+                match unit.as_ref().map(|(_, u)| u) {
+                    Some(Ok(frame)) => format::blob_from_unit(entry, frame, repo.key()).map(drop),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = checked {
                 report
                     .problems
                     .push(format!("pack `{key}`: blob {}: {e}", entry.id));

@@ -27,11 +27,43 @@ pub(crate) struct BlobLocation {
     pub(crate) offset: u32,
     pub(crate) length: u32,
     pub(crate) raw_length: u32,
+    /// [`PackEntry::within`], with `u32::MAX` for none (an `Option` would cost 4 more bytes).
+    within: u32,
     pub(crate) kind: BlobKind,
     pub(crate) compressed: bool,
 }
 
+impl BlobLocation {
+    fn new(pack: u32, e: &PackEntry) -> Self {
+        Self {
+            pack,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+            within: e.within.unwrap_or(u32::MAX),
+            kind: e.kind,
+            compressed: e.compressed,
+        }
+    }
+
+    /// The pack entry this location was made from.
+    pub(crate) fn entry(&self, id: BlobId) -> PackEntry {
+        PackEntry {
+            id,
+            kind: self.kind,
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+            compressed: self.compressed,
+            within: (self.within != u32::MAX).then_some(self.within),
+        }
+    }
+}
+
 /// Blobs stored next to each other in one pack, read with one ranged read.
+///
+/// Consecutive entries of one frame (same `offset`, see [`PackEntry::within`]) share their
+/// stored bytes: the run holds those bytes once and [`Repository::read_run`] decodes them once.
 #[derive(Clone, Debug)]
 pub(crate) struct ReadRun {
     pub(crate) pack: PackId,
@@ -40,9 +72,82 @@ pub(crate) struct ReadRun {
     pub(crate) entries: Vec<PackEntry>,
 }
 
+impl ReadRun {
+    /// A run of one blob.
+    pub(crate) fn new(pack: PackId, entry: PackEntry) -> Self {
+        Self {
+            pack,
+            start: u64::from(entry.offset),
+            len: u64::from(entry.length),
+            entries: vec![entry],
+        }
+    }
+
+    /// Appends `entry` if it continues the run (the next stored unit, or the same frame as the
+    /// last entry) and the run stays within `max_len` stored bytes.
+    pub(crate) fn try_push(&mut self, pack: PackId, entry: PackEntry, max_len: u64) -> bool {
+        if pack != self.pack {
+            return false;
+        }
+        let same_frame = self.entries.last().is_some_and(|last| {
+            entry.within.is_some() && last.offset == entry.offset && last.length == entry.length
+        });
+        if same_frame {
+            self.entries.push(entry);
+            return true;
+        }
+        let end = self.start + self.len;
+        if u64::from(entry.offset) == end && self.len + u64::from(entry.length) <= max_len {
+            self.len += u64::from(entry.length);
+            self.entries.push(entry);
+            return true;
+        }
+        false
+    }
+
+    /// The raw bytes the run's blobs add up to.
+    pub(crate) fn raw_len(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.raw_length)).sum()
+    }
+
+    /// An upper bound of the memory reading the run takes at once: its stored bytes, plus the
+    /// largest decoded unit and its decrypted copy.
+    pub(crate) fn memory_bound(&self) -> u64 {
+        let unit = self
+            .entries
+            .iter()
+            .map(|e| {
+                let raw = match e.within {
+                    Some(_) if e.compressed => format::MAX_FRAME as u64,
+                    Some(_) => u64::from(e.length),
+                    None => u64::from(e.raw_length),
+                };
+                raw + u64::from(e.length)
+            })
+            .max()
+            .unwrap_or(0);
+        self.len + unit
+    }
+}
+
+/// Why [`Repository::read_run`] stopped: the repository's bytes, or the caller's sink.
+#[derive(Debug)]
+pub(crate) enum RunError<E> {
+    /// Reading, authenticating, decoding or checking the stored bytes failed.
+    Repo(Error),
+    /// The sink returned this error.
+    Sink(E),
+}
+
+impl<E> From<Error> for RunError<E> {
+    fn from(e: Error) -> Self {
+        Self::Repo(e)
+    }
+}
+
 /// The union of every index object: blob id → location.
 ///
-/// Blobs loaded from index objects live in one vector sorted by id (52 bytes a blob, no hash
+/// Blobs loaded from index objects live in one vector sorted by id (56 bytes a blob, no hash
 /// table overhead: `docs/format.md` has the measurement); blobs added since the last load
 /// (this process's own backup) live in a small hash map until the next reload merges them.
 #[derive(Debug, Default)]
@@ -68,23 +173,12 @@ impl Index {
         }
     }
 
-    fn location(pos: u32, e: &PackEntry) -> BlobLocation {
-        BlobLocation {
-            pack: pos,
-            offset: e.offset,
-            length: e.length,
-            raw_length: e.raw_length,
-            kind: e.kind,
-            compressed: e.compressed,
-        }
-    }
-
     /// Adds a pack written by this process (kept in the small map until the next reload).
     pub(crate) fn add_pack(&mut self, pack: &IndexPack) {
         let pos = self.pack_position(pack.id, pack.size);
         for e in &pack.entries {
             if self.sorted_get(&e.id).is_none() {
-                self.recent.entry(e.id).or_insert(Self::location(pos, e));
+                self.recent.entry(e.id).or_insert(BlobLocation::new(pos, e));
             }
         }
     }
@@ -93,8 +187,11 @@ impl Index {
     fn load_packs(&mut self, packs: Vec<IndexPack>) {
         for pack in packs {
             let pos = self.pack_position(pack.id, pack.size);
-            self.sorted
-                .extend(pack.entries.iter().map(|e| (e.id, Self::location(pos, e))));
+            self.sorted.extend(
+                pack.entries
+                    .iter()
+                    .map(|e| (e.id, BlobLocation::new(pos, e))),
+            );
         }
     }
 
@@ -133,17 +230,7 @@ impl Index {
     pub(crate) fn locate(&self, id: &BlobId) -> Option<(PackId, PackEntry)> {
         let loc = self.get(id)?;
         let (pack, _) = *self.packs.get(loc.pack as usize)?;
-        Some((
-            pack,
-            PackEntry {
-                id: *id,
-                kind: loc.kind,
-                offset: loc.offset,
-                length: loc.length,
-                raw_length: loc.raw_length,
-                compressed: loc.compressed,
-            },
-        ))
+        Some((pack, loc.entry(*id)))
     }
 
     pub(crate) fn pack_size(&self, id: &PackId) -> Option<u64> {
@@ -468,51 +555,90 @@ impl Repository {
                 },
             )
         })?;
-        let start = u64::from(entry.offset);
-        let run = ReadRun {
-            pack,
-            start,
-            len: u64::from(entry.length),
-            entries: vec![entry],
-        };
-        let mut blobs = self.read_run(&run)?;
-        blobs
-            .pop()
-            .ok_or_else(|| Error::msg(ErrorKind::Corrupt, "an empty read of a blob"))
+        if entry.within.is_none() {
+            // A blob of its own decodes into a buffer of its own: hand that over, uncopied.
+            let key = format::pack_key(pack);
+            let start = u64::from(entry.offset);
+            let stored = self.read_stored(&key, start..start + u64::from(entry.length))?;
+            return format::decode_blob(&entry, &stored, self.key()).map_err(|e| damaged(&key, e));
+        }
+        let mut blob = None;
+        let read = self.read_run(&ReadRun::new(pack, entry), |_, raw| {
+            blob = Some(raw.to_vec());
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(RunError::Repo(e)) => return Err(e),
+            Err(RunError::Sink(never)) => match never {},
+        }
+        blob.ok_or_else(|| Error::msg(ErrorKind::Corrupt, "an empty read of a blob"))
     }
 
-    /// Reads a run of adjacent blobs of one pack with one ranged read, checking each.
-    pub(crate) fn read_run(&self, run: &ReadRun) -> Result<Vec<Vec<u8>>> {
+    /// Stored bytes of a pack.
+    fn read_stored(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.store.get_range(key, range).map_err(|e| {
+            // An index entry whose pack is gone is damage, not a missing backup.
+            if e.kind() == StoreErrorKind::NotFound {
+                Error::new(ErrorKind::Corrupt, e)
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Reads a run of adjacent blobs of one pack with one ranged read and hands each blob to
+    /// `sink` in order, after it has been authenticated, decoded and checked against its id.
+    ///
+    /// Blobs are decoded one at a time, so the memory a run takes is its stored bytes plus one
+    /// decoded unit ([`ReadRun::memory_bound`]), whatever the blobs decompress to. A frame
+    /// shared by consecutive entries is decoded once.
+    pub(crate) fn read_run<E>(
+        &self,
+        run: &ReadRun,
+        mut sink: impl FnMut(&PackEntry, &[u8]) -> Result<(), E>,
+    ) -> Result<(), RunError<E>> {
         let key = format::pack_key(run.pack);
-        let bytes = self
-            .store
-            .get_range(&key, run.start..run.start + run.len)
-            .map_err(|e| {
-                // An index entry whose pack is gone is damage, not a missing backup.
-                if e.kind() == StoreErrorKind::NotFound {
-                    Error::new(ErrorKind::Corrupt, e)
-                } else {
-                    e.into()
+        let bytes = self.read_stored(&key, run.start..run.start + run.len)?;
+        // The decoded frame of the previous entry, by its offset in the pack.
+        let mut frame: Option<(u32, Vec<u8>)> = None;
+        for entry in &run.entries {
+            let stored = u64::from(entry.offset)
+                .checked_sub(run.start)
+                .and_then(|from| usize::try_from(from).ok())
+                .and_then(|from| bytes.get(from..from.checked_add(entry.length as usize)?))
+                .ok_or_else(|| {
+                    damaged(
+                        &key,
+                        FormatError::Truncated {
+                            what: "pack",
+                            len: bytes.len(),
+                        },
+                    )
+                })?;
+            if entry.within.is_some() {
+                if frame
+                    .as_ref()
+                    .is_none_or(|(offset, _)| *offset != entry.offset)
+                {
+                    let unit = format::decode_unit(entry, stored, self.key())
+                        .map_err(|e| damaged(&key, e))?;
+                    frame = Some((entry.offset, unit));
                 }
-            })?;
-        run.entries
-            .iter()
-            .map(|entry| {
-                let from = (u64::from(entry.offset) - run.start) as usize;
-                let stored = bytes
-                    .get(from..from + entry.length as usize)
-                    .ok_or_else(|| {
-                        damaged(
-                            &key,
-                            FormatError::Truncated {
-                                what: "pack",
-                                len: bytes.len(),
-                            },
-                        )
-                    })?;
-                format::decode_blob(entry, stored, self.key()).map_err(|e| damaged(&key, e))
-            })
-            .collect()
+                let unit = frame.as_ref().map_or(&[][..], |(_, unit)| unit.as_slice());
+                let raw = blob_in_frame(entry, unit, self.key()).map_err(|e| damaged(&key, e))?;
+                sink(entry, raw).map_err(RunError::Sink)?;
+            } else if self.key().is_none() && !entry.compressed {
+                // Stored as is: check the bytes where they lie instead of copying them.
+                check_blob(entry, stored, None).map_err(|e| damaged(&key, e))?;
+                sink(entry, stored).map_err(RunError::Sink)?;
+            } else {
+                let raw =
+                    format::decode_blob(entry, stored, self.key()).map_err(|e| damaged(&key, e))?;
+                sink(entry, &raw).map_err(RunError::Sink)?;
+            }
+        }
+        Ok(())
     }
 
     // ---- snapshots ------------------------------------------------------------------------
@@ -819,6 +945,29 @@ fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey
         ErrorKind::WrongKey,
         RepoError::WrongPassword { count: keys.len() },
     ))
+}
+
+/// Checks that `raw` is the whole blob `entry` names.
+fn check_blob(entry: &PackEntry, raw: &[u8], key: Option<&MasterKey>) -> Result<(), FormatError> {
+    if raw.len() != entry.raw_length as usize || format::blob_id(raw, key) != entry.id {
+        return Err(FormatError::Checksum { what: "blob" });
+    }
+    Ok(())
+}
+
+/// The blob `entry` names, cut out of its decoded frame and checked, without a copy.
+fn blob_in_frame<'a>(
+    entry: &PackEntry,
+    unit: &'a [u8],
+    key: Option<&MasterKey>,
+) -> Result<&'a [u8], FormatError> {
+    let start = entry.within.unwrap_or(0) as usize;
+    let raw = start
+        .checked_add(entry.raw_length as usize)
+        .and_then(|end| unit.get(start..end))
+        .ok_or(FormatError::Checksum { what: "blob" })?;
+    check_blob(entry, raw, key)?;
+    Ok(raw)
 }
 
 impl Snapshot {
