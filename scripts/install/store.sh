@@ -29,3 +29,22 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
         exit 1
     }
 fi
+
+# The other object services with a test server (crates/backstop-store/tests/services.rs,
+# crates/backstop-cli/tests/services.rs):
+# - Azurite (npm `azurite`, Microsoft's Azure Storage emulator; `azurite-blob` serves blobs);
+if ! command -v azurite-blob >/dev/null 2>&1; then
+    if ! command -v npm >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends nodejs npm
+    fi
+    npm install --global --silent 'azurite@3'
+    command -v azurite-blob >/dev/null 2>&1 || {
+        echo "azurite was installed but azurite-blob is not on PATH ($(npm prefix -g)/bin?)" >&2
+        exit 1
+    }
+fi
+
+# - rclone (Debian), whose `rclone serve webdav` is the WebDAV server.
+if ! command -v rclone >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends rclone
+fi

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod exit;
 mod interrupt;
+mod malloc;
 mod output;
 mod password;
 mod progress;
@@ -23,6 +24,7 @@ use crate::exit::Code;
 use crate::output::Printer;
 
 fn main() -> ExitCode {
+    malloc::limit_arenas();
     // clap prints usage errors itself and exits with code 2.
     let cli = Cli::parse();
     init_logging(&cli.global);

@@ -6,36 +6,56 @@
 //! no appends, no renames, slow listings and no read-after-list consistency.
 //!
 //! Implementations here: [`MemoryStore`] (tests, examples), [`LocalStore`] (a directory) and,
-//! with the `s3` feature, `S3Store` (any S3-compatible object store). [`open_url`] picks one from
-//! a URL such as `/srv/backups`, `file:///srv/backups` or `s3://bucket/prefix`.
+//! each behind the feature of the same name, `S3Store` (`s3`: any S3-compatible object store),
+//! `GcsStore` (`gcs`: Google Cloud Storage), `AzureStore` (`azure`: Azure Blob Storage) and
+//! `WebDavStore` (`webdav`: a WebDAV server), all through the `object_store` crate.
+//! [`open_url`] picks one from a URL such as `/srv/backups`, `file:///srv/backups`,
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+//! `webdav+https://host/path`.
 //! Wrappers compose: [`FaultStore`] injects failures for crash-safety tests, [`CountingStore`]
 //! counts requests and bytes, [`CachingStore`] keeps the immutable metadata objects in a local
 //! directory, [`ThrottleStore`] limits upload and download bandwidth.
 
+#[cfg(feature = "azure")]
+mod azure;
 mod cache;
 mod counting;
 mod error;
 mod fault;
+#[cfg(feature = "gcs")]
+mod gcs;
 mod local;
 mod memory;
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure", feature = "webdav"))]
+mod object;
 #[cfg(feature = "s3")]
 mod s3;
 mod throttle;
 mod url;
+#[cfg(feature = "webdav")]
+mod webdav;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
 
+#[cfg(feature = "azure")]
+pub use azure::AzureStore;
 pub use cache::{CacheStats, CachingStore, is_cacheable};
 pub use counting::{CountingStore, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use fault::{FaultPlan, FaultStore};
+#[cfg(feature = "gcs")]
+pub use gcs::GcsStore;
 pub use local::{LocalStore, LocalStoreOptions};
 pub use memory::MemoryStore;
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure", feature = "webdav"))]
+pub use object::CloudStoreOptions;
 #[cfg(feature = "s3")]
 pub use s3::{S3Credentials, S3Store, S3StoreOptions};
 pub use throttle::{ThrottleLimits, ThrottleStore};
 pub use url::{SUPPORTED_SCHEMES, open_url};
+#[cfg(feature = "webdav")]
+pub use webdav::WebDavStore;
 
 use std::ops::Range;
 

@@ -1,23 +1,17 @@
 //! A store on any S3-compatible object store (AWS S3, MinIO, Garage, Ceph, R2…) through the
-//! `object_store` crate, driven from the synchronous [`Store`] trait by an internal tokio runtime.
+//! `object_store` crate, driven from the synchronous [`Store`](crate::Store) trait by an internal tokio runtime.
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::list::{PaginatedListOptions, PaginatedListStore};
-use object_store::path::Path;
-use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
-    PutPayload, RetryConfig, WriteMultipart,
+use object_store::aws::AmazonS3Builder;
+use object_store::list::PaginatedListStore;
+use object_store::{ObjectStore, RetryConfig};
+
+use crate::StoreError;
+use crate::object::{
+    Capabilities, CloudStoreOptions, MIB, ObjectStoreAdapter, forward_store, parse_container_url,
 };
-
-use crate::memory::check_range;
-use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
-
-const MIB: usize = 1024 * 1024;
 
 /// The URL parameters [`S3Store::from_url`] understands.
 const URL_PARAMETERS: &str = "endpoint, region, path_style, profile, max_retries, retry_timeout";
@@ -134,44 +128,26 @@ impl S3StoreOptions {
     }
 }
 
-/// The runtime that drives the async client; shut down without blocking, so dropping the store
-/// inside some other async context does not panic.
-#[derive(Debug)]
-struct Runtime(Option<tokio::runtime::Runtime>);
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 /// Objects in an S3 bucket under an optional key prefix: the key `packs/ab/ab12` of
 /// `s3://bucket/repo` is the S3 object `repo/packs/ab/ab12`.
 ///
 /// - Puts up to [`S3StoreOptions::multipart_threshold`] are one PUT request; `PutMode::Create`
 ///   sends `If-None-Match: *`, which AWS S3, MinIO and R2 honour (some servers, Garage among them,
-///   ignore it and overwrite: `Create` is best effort, as the [`Store`] contract says).
+///   ignore it and overwrite: `Create` is best effort, as the [`Store`](crate::Store) contract says).
 /// - Larger puts are multipart uploads with parts sent in parallel; S3 shows the object only
 ///   once the upload completes, so readers never see a part of it. `Create` is then a HEAD
 ///   check before the upload, which a concurrent writer can race.
 /// - Every request is retried with exponential backoff on throttling, 5xx answers and
 ///   connection errors, within [`S3StoreOptions::retry_timeout`]; what still fails is reported
-///   as [`StoreErrorKind::Transient`].
+///   as [`StoreErrorKind::Transient`](crate::StoreErrorKind::Transient).
 ///
 /// The methods block the calling thread. Call them from plain threads (or `spawn_blocking`), not
 /// from inside an async task: that is refused with an error rather than deadlocking.
 #[derive(Clone)]
 pub struct S3Store {
-    client: Arc<AmazonS3>,
-    runtime: Arc<Runtime>,
+    adapter: ObjectStoreAdapter,
     bucket: String,
-    /// Empty, or the bucket prefix with a trailing `/`.
-    prefix: String,
     endpoint: Option<String>,
-    options: S3StoreOptions,
-    multipart_uploads: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -179,43 +155,23 @@ impl std::fmt::Debug for S3Store {
         // Never the credentials.
         f.debug_struct("S3Store")
             .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.adapter.prefix())
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
 }
 
+const SERVICE: &str = "S3";
+
 fn config_error(url: &str, message: impl Into<String>) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Other,
-        "",
-        format!("S3 URL `{url}`: {}", message.into()),
-    )
+    crate::object::config_error(SERVICE, url, message)
 }
 
 fn parse_bool(url: &str, name: &str, value: &str) -> Result<bool, StoreError> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(config_error(
-            url,
-            format!("`{name}={value}` is not a boolean; use true or false"),
-        )),
-    }
+    crate::object::parse_bool(url, SERVICE, name, value)
 }
 
-fn parse_number(url: &str, name: &str, value: &str) -> Result<usize, StoreError> {
-    value.parse().map_err(|_| {
-        config_error(
-            url,
-            format!("`{name}={value}` is not a whole number (retry_timeout is in seconds)"),
-        )
-    })
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
+use crate::object::env;
 
 /// Settings from the AWS shared config and credentials files, which `object_store` does not
 /// read: `~/.aws/credentials` (`[name]`) and `~/.aws/config` (`[profile name]`, `[default]`).
@@ -297,29 +253,9 @@ impl S3Store {
 
     /// Like [`S3Store::from_url`], with explicit options.
     /// URL parameters override the matching `options` (`max_retries`, `retry_timeout`).
-    pub fn from_url_with_options(
-        url: &str,
-        mut options: S3StoreOptions,
-    ) -> Result<Self, StoreError> {
-        let parsed = ::url::Url::parse(url).map_err(|err| {
-            config_error(
-                url,
-                format!("not a URL ({err}); expected s3://bucket/prefix"),
-            )
-        })?;
-        if parsed.scheme() != "s3" {
-            return Err(config_error(url, "the scheme must be s3://"));
-        }
-        let bucket = parsed.host_str().unwrap_or_default().to_owned();
-        if bucket.is_empty() {
-            return Err(config_error(url, "no bucket; expected s3://bucket/prefix"));
-        }
-        let prefix = parsed.path().trim_matches('/');
-        if !prefix.is_empty() {
-            validate_key(prefix).map_err(|_| {
-                config_error(url, format!("the prefix `{prefix}` breaks the key rules"))
-            })?;
-        }
+    pub fn from_url_with_options(url: &str, options: S3StoreOptions) -> Result<Self, StoreError> {
+        let (parsed, bucket, prefix) = parse_container_url(url, SERVICE, &["s3"])?;
+        let mut cloud = options.cloud();
         let (mut endpoint, mut region, mut path_style, mut profile_name) = (None, None, true, None);
         for (name, value) in parsed.query_pairs() {
             match name.as_ref() {
@@ -327,16 +263,13 @@ impl S3Store {
                 "region" => region = Some(value.into_owned()),
                 "path_style" => path_style = parse_bool(url, "path_style", &value)?,
                 "profile" => profile_name = Some(value.into_owned()),
-                "max_retries" => options.max_retries = parse_number(url, "max_retries", &value)?,
-                "retry_timeout" => {
-                    options.retry_timeout =
-                        Duration::from_secs(parse_number(url, "retry_timeout", &value)? as u64);
-                }
                 other => {
-                    return Err(config_error(
-                        url,
-                        format!("unknown parameter `{other}`; supported: {URL_PARAMETERS}"),
-                    ));
+                    if !cloud.apply_parameter(url, SERVICE, other, &value)? {
+                        return Err(config_error(
+                            url,
+                            format!("unknown parameter `{other}`; supported: {URL_PARAMETERS}"),
+                        ));
+                    }
                 }
             }
         }
@@ -381,55 +314,41 @@ impl S3Store {
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .or_else(|| env("AWS_ENDPOINT"))
             .or(profile.endpoint_url);
-        let mut client_options = ClientOptions::new().with_timeout(options.request_timeout);
         if let Some(endpoint) = &endpoint {
             builder = builder.with_endpoint(endpoint);
-            // Plain HTTP only when the user's endpoint says so (a local MinIO or test server).
-            client_options = client_options.with_allow_http(endpoint.starts_with("http://"));
         }
-        let retry = RetryConfig {
-            max_retries: options.max_retries,
-            retry_timeout: options.retry_timeout,
-            // object_store starts at 100 ms, so its 10 retries are spent within about 2 s of
-            // connection refusals: a server restart would fail every backup. From 0.5 s,
-            // doubling up to 15 s, the default retries ride out about a minute of outage.
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(500),
-                max_backoff: Duration::from_secs(15),
-                base: 2.0,
-            },
-        };
+        let retry: RetryConfig = cloud.retry_config();
         let client = builder
             .with_virtual_hosted_style_request(!path_style)
             .with_retry(retry)
-            .with_client_options(client_options)
+            .with_client_options(cloud.client_options(endpoint.as_deref()))
             .build()
             .map_err(|err| {
                 StoreError::with_source(
-                    StoreErrorKind::Other,
+                    crate::StoreErrorKind::Other,
                     "",
                     format!("cannot configure the S3 client for `{url}`"),
                     err,
                 )
             })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("backstop-s3")
-            .enable_all()
-            .build()
-            .map_err(|err| StoreError::from_io("", "cannot start the S3 client's runtime", err))?;
-        Ok(Self {
-            client: Arc::new(client),
-            runtime: Arc::new(Runtime(Some(runtime))),
-            bucket,
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
+        let client = Arc::new(client);
+        let adapter = ObjectStoreAdapter::new(
+            SERVICE,
+            Arc::clone(&client) as Arc<dyn ObjectStore>,
+            Some(client as Arc<dyn PaginatedListStore>),
+            &prefix,
+            // Multipart `Create` falls back to a HEAD check before the upload.
+            Capabilities {
+                conditional_put: true,
+                multipart: true,
+                list_drops_exact_match: false,
             },
+            cloud,
+        )?;
+        Ok(Self {
+            adapter,
+            bucket,
             endpoint,
-            options,
-            multipart_uploads: Arc::default(),
         })
     }
 
@@ -440,275 +359,34 @@ impl S3Store {
 
     /// Multipart uploads started so far (by this store and its clones).
     pub fn multipart_uploads(&self) -> u64 {
-        self.multipart_uploads.load(Ordering::Relaxed)
+        self.adapter.multipart_uploads()
     }
 
-    fn block_on<F: Future>(&self, key: &str, future: F) -> Result<F::Output, StoreError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(StoreError::new(
-                StoreErrorKind::Other,
-                key,
-                "S3Store was called from inside an async runtime, where blocking would stall it; \
-                 call it from a plain thread or tokio::task::spawn_blocking",
-            ));
-        }
-        let runtime = self.runtime.0.as_ref().ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Other,
-                key,
-                "the S3 client's runtime is shut down",
-            )
-        })?;
-        Ok(runtime.block_on(future))
-    }
-
-    fn path(&self, key: &str) -> Result<Path, StoreError> {
-        validate_key(key)?;
-        Path::parse(format!("{}{key}", self.prefix)).map_err(|err| {
-            StoreError::with_source(
-                StoreErrorKind::InvalidKey,
-                key,
-                "key is not a valid S3 path",
-                err,
-            )
-        })
-    }
-
-    fn key_of(&self, location: &Path) -> String {
-        let full: &str = location.as_ref();
-        full.strip_prefix(&self.prefix).unwrap_or(full).to_owned()
-    }
-
-    fn meta_of(&self, meta: object_store::ObjectMeta) -> ObjectMeta {
-        ObjectMeta {
-            key: self.key_of(&meta.location),
-            size: meta.size,
-            modified_unix: Some(meta.last_modified.timestamp()),
-        }
-    }
-
-    async fn put_multipart(&self, path: &Path, bytes: &[u8]) -> Result<(), object_store::Error> {
-        let upload = self
-            .client
-            .put_multipart_opts(path, PutMultipartOptions::default())
-            .await?;
-        self.multipart_uploads.fetch_add(1, Ordering::Relaxed);
-        let mut writer =
-            WriteMultipart::new_with_chunk_size(upload, self.options.part_size.max(5 * MIB));
-        for chunk in bytes.chunks(self.options.part_size.max(5 * MIB)) {
-            if let Err(err) = writer
-                .wait_for_capacity(self.options.max_concurrent_parts.max(1))
-                .await
-            {
-                // S3 keeps the parts of an unfinished upload (and bills them) until it is
-                // aborted; if the abort fails too, a bucket lifecycle rule is the backstop.
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(path = %path, error = %abort, "cannot abort multipart upload");
-                }
-                return Err(err);
-            }
-            writer.write(chunk);
-        }
-        writer.finish().await.map(|_| ())
-    }
-}
-
-/// Whether a failure that outlived the client's own retries may still go away: throttling,
-/// 5xx answers, timeouts, connection errors.
-fn is_transient(err: &object_store::Error) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = current {
-        if let Some(http) = error.downcast_ref::<object_store::client::HttpError>() {
-            use object_store::client::HttpErrorKind as K;
-            return matches!(
-                http.kind(),
-                K::Connect | K::Request | K::Timeout | K::Interrupted
-            );
-        }
-        // object_store keeps the HTTP status of a failed request in a private type, so the
-        // status is read from its message ("…non-2xx status code: 503 Service Unavailable…").
-        let text = error.to_string();
-        if let Some(at) = text.find("status code: ") {
-            let code = text.get(at + 13..at + 16).unwrap_or_default();
-            return code.starts_with('5') || code == "429";
-        }
-        current = error.source();
-    }
-    false
-}
-
-fn map_error(key: &str, what: &str, err: object_store::Error) -> StoreError {
-    use object_store::Error as E;
-    let kind = match &err {
-        E::NotFound { .. } => StoreErrorKind::NotFound,
-        // Precondition and NotModified only answer the `If-None-Match: *` of a Create.
-        E::AlreadyExists { .. } | E::Precondition { .. } | E::NotModified { .. } => {
-            StoreErrorKind::AlreadyExists
-        }
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => StoreErrorKind::PermissionDenied,
-        E::InvalidPath { .. } => StoreErrorKind::InvalidKey,
-        _ if is_transient(&err) => StoreErrorKind::Transient,
-        _ => StoreErrorKind::Other,
-    };
-    let message = match kind {
-        StoreErrorKind::Transient => {
-            format!("S3 {what} kept failing after retries; check the endpoint and the network")
-        }
-        StoreErrorKind::PermissionDenied => {
-            format!("S3 {what} was refused; check the credentials and the bucket policy")
-        }
-        StoreErrorKind::AlreadyExists => {
-            "object already exists and the put asked to create it".to_owned()
-        }
-        _ => format!("S3 {what} failed"),
-    };
-    StoreError::with_source(kind, key, message, err)
-}
-
-impl Store for S3Store {
-    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        if bytes.len() > self.options.multipart_threshold {
-            if mode == PutMode::Create {
-                match self.head(key) {
-                    Ok(_) => {
-                        return Err(StoreError::new(
-                            StoreErrorKind::AlreadyExists,
-                            key,
-                            "object already exists and the put asked to create it",
-                        ));
-                    }
-                    Err(err) if err.kind() == StoreErrorKind::NotFound => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            return self
-                .block_on(key, self.put_multipart(&path, bytes))?
-                .map_err(|err| map_error(key, "multipart upload", err));
-        }
-        let opts = PutOptions {
-            mode: match mode {
-                PutMode::Overwrite => object_store::PutMode::Overwrite,
-                PutMode::Create => object_store::PutMode::Create,
-            },
-            ..PutOptions::default()
-        };
-        let payload = PutPayload::from(bytes.to_vec());
-        self.block_on(key, self.client.put_opts(&path, payload, opts))?
-            .map(|_| ())
-            .map_err(|err| map_error(key, "put", err))
-    }
-
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(key)?;
-        self.block_on(key, async {
-            let result = self.client.get(&path).await?;
-            result.bytes().await
-        })?
-        .map(Vec::from)
-        .map_err(|err| map_error(key, "get", err))
-    }
-
-    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(key)?;
-        // S3 cannot express an empty range, and clamps or refuses ranges past the end in ways
-        // that differ between servers, so the size decides those cases.
-        if range.start >= range.end {
-            let meta = self.head(key)?;
-            check_range(key, &range, meta.size)?;
-            return Ok(Vec::new());
-        }
-        let requested = range.end - range.start;
-        match self.block_on(key, self.client.get_range(&path, range.clone()))? {
-            Ok(bytes) if bytes.len() as u64 == requested => Ok(Vec::from(bytes)),
-            Ok(bytes) => {
-                let size = self.head(key)?.size;
-                check_range(key, &range, size)?;
-                Err(StoreError::new(
-                    StoreErrorKind::Other,
-                    key,
-                    format!(
-                        "S3 returned {} bytes for range {}..{} of an object of {size} bytes",
-                        bytes.len(),
-                        range.start,
-                        range.end
-                    ),
-                ))
-            }
-            Err(err @ object_store::Error::NotFound { .. }) => {
-                Err(map_error(key, "ranged get", err))
-            }
-            Err(err) => {
-                // A range past the end is refused (416) or reported as a bad range by the
-                // client; the object's size tells that apart from a real failure.
-                if let Ok(meta) = self.head(key) {
-                    check_range(key, &range, meta.size)?;
-                }
-                Err(map_error(key, "ranged get", err))
-            }
-        }
-    }
-
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        split_prefix(prefix)?;
-        let full = format!("{}{prefix}", self.prefix);
-        let full_prefix = if full.is_empty() {
-            None
-        } else {
-            Some(full.as_str())
-        };
-        let mut out = Vec::new();
-        let mut page_token = None;
-        loop {
-            let opts = PaginatedListOptions {
-                page_token: page_token.take(),
-                ..Default::default()
-            };
-            let page = self
-                .block_on(prefix, self.client.list_paginated(full_prefix, opts))?
-                .map_err(|err| map_error(prefix, "list", err))?;
-            out.extend(
-                page.result
-                    .objects
-                    .into_iter()
-                    .map(|meta| self.meta_of(meta)),
-            );
-            match page.page_token {
-                Some(token) => page_token = Some(token),
-                None => break,
-            }
-        }
-        Ok(out)
-    }
-
-    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        let path = self.path(key)?;
-        self.block_on(key, self.client.head(&path))?
-            .map(|meta| ObjectMeta {
-                key: key.to_owned(),
-                ..self.meta_of(meta)
-            })
-            .map_err(|err| map_error(key, "head", err))
-    }
-
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        match self.block_on(key, self.client.delete(&path))? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(err) => Err(map_error(key, "delete", err)),
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+    fn description(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.adapter.prefix())
             .trim_end_matches('/')
             .to_owned()
+    }
+}
+
+forward_store!(S3Store);
+
+impl S3StoreOptions {
+    /// The settings the shared object-store adapter uses.
+    fn cloud(&self) -> CloudStoreOptions {
+        CloudStoreOptions::default()
+            .with_multipart_threshold(self.multipart_threshold)
+            .with_part_size(self.part_size)
+            .with_max_concurrent_parts(self.max_concurrent_parts)
+            .with_retries(self.max_retries, self.retry_timeout)
+            .with_request_timeout(self.request_timeout)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Store, StoreErrorKind};
 
     #[test]
     fn url_parameters_are_checked() {
@@ -731,8 +409,11 @@ mod tests {
             "s3://bucket/p?endpoint=http://127.0.0.1:1&region=us-east-1&max_retries=2&retry_timeout=7",
         )
         .unwrap();
-        assert_eq!(store.options.max_retries, 2);
-        assert_eq!(store.options.retry_timeout, Duration::from_secs(7));
+        assert_eq!(store.adapter.options().max_retries, 2);
+        assert_eq!(
+            store.adapter.options().retry_timeout,
+            Duration::from_secs(7)
+        );
     }
 
     #[test]
@@ -773,11 +454,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.describe(), "s3://bucket/repo/one");
-        let path = store.path("packs/ab/cd").unwrap();
+        let path = store.adapter.path("packs/ab/cd").unwrap();
         assert_eq!(path.as_ref(), "repo/one/packs/ab/cd");
-        assert_eq!(store.key_of(&path), "packs/ab/cd");
+        assert_eq!(store.adapter.key_of(&path), "packs/ab/cd");
         assert_eq!(
-            store.path("../x").unwrap_err().kind(),
+            store.adapter.path("../x").unwrap_err().kind(),
             StoreErrorKind::InvalidKey
         );
         assert!(!format!("{store:?}").contains("secret"));

@@ -1,4 +1,5 @@
-//! Opens a store from the URL a user gives: a path, `file://`, `memory://` or `s3://`.
+//! Opens a store from the URL a user gives: a path, `file://`, `memory://`, or an object
+//! service (`s3://`, `gs://`, `az://`, `webdav+https://`) when this build has its feature.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,11 +7,22 @@ use std::sync::Arc;
 use crate::{LocalStore, MemoryStore, Store, StoreError, StoreErrorKind};
 
 /// The URL schemes [`open_url`] understands in this build (a plain path needs none).
-#[cfg(feature = "s3")]
-pub const SUPPORTED_SCHEMES: &[&str] = &["file", "memory", "s3"];
-/// The URL schemes [`open_url`] understands in this build (a plain path needs none).
-#[cfg(not(feature = "s3"))]
-pub const SUPPORTED_SCHEMES: &[&str] = &["file", "memory"];
+pub const SUPPORTED_SCHEMES: &[&str] = &[
+    "file",
+    "memory",
+    #[cfg(feature = "s3")]
+    "s3",
+    #[cfg(feature = "gcs")]
+    "gs",
+    #[cfg(feature = "azure")]
+    "az",
+    #[cfg(feature = "azure")]
+    "azure",
+    #[cfg(feature = "webdav")]
+    "webdav+http",
+    #[cfg(feature = "webdav")]
+    "webdav+https",
+];
 
 fn supported() -> String {
     let schemes: Vec<String> = SUPPORTED_SCHEMES
@@ -35,6 +47,12 @@ fn url_error(url: &str, message: impl std::fmt::Display) -> StoreError {
 /// | `/srv/backups`, `backups`, `file:///srv/backups` | [`LocalStore`] (fsync on) |
 /// | `memory://` | a new, empty [`MemoryStore`] (tests) |
 /// | `s3://bucket/prefix?endpoint=…&region=…&path_style=…&profile=…&max_retries=…&retry_timeout=…` | `S3Store` (feature `s3`) |
+/// | `gs://bucket/prefix?endpoint=…&anonymous=…` | `GcsStore` (feature `gcs`) |
+/// | `az://container/prefix?account=…&endpoint=…&use_emulator=…`, `azure://…` | `AzureStore` (feature `azure`) |
+/// | `webdav+http://host:port/path`, `webdav+https://…` | `WebDavStore` (feature `webdav`) |
+///
+/// `sftp://`, `hdfs://` and `webhdfs://` are refused with an error naming the alternatives:
+/// the `object_store` crate has no client for them.
 ///
 /// Nothing is contacted or created here; the first request reports an unreachable server or a
 /// missing bucket.
@@ -67,9 +85,34 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         #[cfg(feature = "s3")]
         "s3" => Ok(Arc::new(crate::S3Store::from_url(url)?)),
         #[cfg(not(feature = "s3"))]
-        "s3" => Err(url_error(
+        "s3" => Err(missing_feature(url, "S3", "s3")),
+        #[cfg(feature = "gcs")]
+        "gs" => Ok(Arc::new(crate::GcsStore::from_url(url)?)),
+        #[cfg(not(feature = "gcs"))]
+        "gs" => Err(missing_feature(url, "Google Cloud Storage", "gcs")),
+        #[cfg(feature = "azure")]
+        "az" | "azure" => Ok(Arc::new(crate::AzureStore::from_url(url)?)),
+        #[cfg(not(feature = "azure"))]
+        "az" | "azure" => Err(missing_feature(url, "Azure Blob Storage", "azure")),
+        #[cfg(feature = "webdav")]
+        "webdav+http" | "webdav+https" => Ok(Arc::new(crate::WebDavStore::from_url(url)?)),
+        #[cfg(not(feature = "webdav"))]
+        "webdav+http" | "webdav+https" => Err(missing_feature(url, "WebDAV", "webdav")),
+        "webdav" | "dav" | "davs" => Err(url_error(
             url,
-            "this build has no S3 support; build backstop with the `s3` feature",
+            "say which protocol carries WebDAV: webdav+https://host/path or webdav+http://host/path",
+        )),
+        "sftp" | "ssh" => Err(url_error(
+            url,
+            "SFTP repositories are not supported in this version; alternatives: mount the \
+             remote directory (sshfs) and give its path, serve it over WebDAV \
+             (`rclone serve webdav`, then webdav+https://…), or use an S3-compatible server",
+        )),
+        "hdfs" | "webhdfs" => Err(url_error(
+            url,
+            "HDFS repositories are not supported in this version; alternatives: the HDFS NFS \
+             gateway or a FUSE mount (give its path), or an S3-compatible gateway in front of \
+             the cluster (s3://…)",
         )),
         other => Err(url_error(
             url,
@@ -79,6 +122,18 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             ),
         )),
     }
+}
+
+/// The error for a service this build left out.
+#[cfg_attr(
+    all(feature = "s3", feature = "gcs", feature = "azure", feature = "webdav"),
+    expect(dead_code, reason = "every service is built in")
+)]
+fn missing_feature(url: &str, service: &str, feature: &str) -> StoreError {
+    url_error(
+        url,
+        format!("this build has no {service} support; build backstop with the `{feature}` feature"),
+    )
 }
 
 /// Splits `scheme://rest`; `None` for a plain path (which may contain `:` but not a scheme).
@@ -120,12 +175,30 @@ mod tests {
 
     #[test]
     fn unknown_schemes_list_the_supported_ones() {
-        let err = open_url("gs://bucket/prefix").unwrap_err();
+        let err = open_url("ftp://host/prefix").unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("unsupported scheme `gs://`"), "{message}");
+        assert!(message.contains("unsupported scheme `ftp://`"), "{message}");
         for scheme in SUPPORTED_SCHEMES {
             assert!(message.contains(&format!("{scheme}://")), "{message}");
         }
         assert!(open_url("").is_err());
+    }
+
+    #[test]
+    fn sftp_and_hdfs_name_the_alternatives() {
+        for url in [
+            "sftp://host/backups",
+            "hdfs://namenode/backups",
+            "webhdfs://nn/b",
+        ] {
+            let message = open_url(url).unwrap_err().to_string();
+            assert!(
+                message.contains("not supported in this version"),
+                "{message}"
+            );
+            assert!(message.contains("alternatives"), "{message}");
+        }
+        let message = open_url("webdav://host/x").unwrap_err().to_string();
+        assert!(message.contains("webdav+https://"), "{message}");
     }
 }
