@@ -29,7 +29,7 @@ use crate::error::io_error;
 use crate::format::{NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, Snapshot};
 use crate::info::RestoreInfo;
 use crate::options::{ExistingTarget, RestoreOptions};
-use crate::repo::{ReadRun, Repository, RunError};
+use crate::repo::{FrameCache, ReadRun, Repository, RunError};
 use crate::{Error, ErrorKind, Result};
 
 /// Name of the marker of an unfinished restore.
@@ -291,6 +291,9 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
 /// Segments of at least this many bytes have their writeback started as soon as they are
 /// written.
 const EARLY_WRITEBACK_FROM: u64 = 1 << 20;
+/// Decoded frames each segment keeps: a page file restored after incremental backups returns to
+/// the same old frames between its changed pages.
+const FRAME_CACHE: usize = 4 << 20;
 
 /// How a restore cuts its work and how much memory it lets blobs take.
 #[derive(Clone, Copy, Debug)]
@@ -571,6 +574,7 @@ fn restore_segment(
     let node = job.node;
     let file = job.open()?;
     out.start(segment.offset);
+    let mut frames = FrameCache::new(FRAME_CACHE);
     for run in &segment.runs {
         if options.cancel.is_cancelled() {
             return Err(Error::msg(
@@ -579,7 +583,7 @@ fn restore_segment(
             ));
         }
         let _held = budget.acquire(run.memory_bound());
-        let read = repo.read_run(run, |_, data| {
+        let read = repo.read_run_cached(run, &mut frames, |_, data| {
             out.write(&file, data)?;
             options.progress.bytes(data.len() as u64);
             Ok::<(), std::io::Error>(())

@@ -130,6 +130,56 @@ impl ReadRun {
     }
 }
 
+/// Recently decoded frames, by pack and offset, up to a byte limit (0: none kept). Only checked
+/// bytes go in: a frame is authenticated and decompressed before it is kept, and every blob cut
+/// from it is still hashed against its id.
+#[derive(Debug, Default)]
+pub(crate) struct FrameCache {
+    limit: usize,
+    held: usize,
+    frames: std::collections::VecDeque<(PackId, u32, Vec<u8>)>,
+}
+
+impl FrameCache {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    fn get(&self, pack: PackId, offset: u32) -> Option<&[u8]> {
+        self.frames
+            .iter()
+            .find(|(p, o, _)| *p == pack && *o == offset)
+            .map(|(_, _, unit)| unit.as_slice())
+    }
+
+    fn take(&mut self, pack: PackId, offset: u32) -> Option<Vec<u8>> {
+        let i = self
+            .frames
+            .iter()
+            .position(|(p, o, _)| *p == pack && *o == offset)?;
+        let (_, _, unit) = self.frames.remove(i)?;
+        self.held -= unit.len();
+        Some(unit)
+    }
+
+    fn put(&mut self, pack: PackId, offset: u32, unit: Vec<u8>) {
+        if unit.len() > self.limit {
+            return;
+        }
+        self.held += unit.len();
+        self.frames.push_back((pack, offset, unit));
+        while self.held > self.limit {
+            match self.frames.pop_front() {
+                Some((_, _, old)) => self.held -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Why [`Repository::read_run`] stopped: the repository's bytes, or the caller's sink.
 #[derive(Debug)]
 pub(crate) enum RunError<E> {
@@ -596,9 +646,33 @@ impl Repository {
     pub(crate) fn read_run<E>(
         &self,
         run: &ReadRun,
+        sink: impl FnMut(&PackEntry, &[u8]) -> Result<(), E>,
+    ) -> Result<(), RunError<E>> {
+        self.read_run_cached(run, &mut FrameCache::new(0), sink)
+    }
+
+    /// [`Repository::read_run`], keeping decoded frames in `frames`: after an incremental
+    /// backup a page file's blocks alternate between old and new frames, and without the cache
+    /// every return to an old frame would read and decode it again.
+    pub(crate) fn read_run_cached<E>(
+        &self,
+        run: &ReadRun,
+        frames: &mut FrameCache,
         mut sink: impl FnMut(&PackEntry, &[u8]) -> Result<(), E>,
     ) -> Result<(), RunError<E>> {
         let key = format::pack_key(run.pack);
+        let all_cached = run
+            .entries
+            .iter()
+            .all(|e| e.within.is_some() && frames.get(run.pack, e.offset).is_some());
+        if all_cached {
+            for entry in &run.entries {
+                let unit = frames.get(run.pack, entry.offset).unwrap_or_default();
+                let raw = blob_in_frame(entry, unit, self.key()).map_err(|e| damaged(&key, e))?;
+                sink(entry, raw).map_err(RunError::Sink)?;
+            }
+            return Ok(());
+        }
         let bytes = self.read_stored(&key, run.start..run.start + run.len)?;
         // The decoded frame of the previous entry, by its offset in the pack.
         let mut frame: Option<(u32, Vec<u8>)> = None;
@@ -621,8 +695,14 @@ impl Repository {
                     .as_ref()
                     .is_none_or(|(offset, _)| *offset != entry.offset)
                 {
-                    let unit = format::decode_unit(entry, stored, self.key())
-                        .map_err(|e| damaged(&key, e))?;
+                    if let Some((offset, unit)) = frame.take() {
+                        frames.put(run.pack, offset, unit);
+                    }
+                    let unit = match frames.take(run.pack, entry.offset) {
+                        Some(unit) => unit,
+                        None => format::decode_unit(entry, stored, self.key())
+                            .map_err(|e| damaged(&key, e))?,
+                    };
                     frame = Some((entry.offset, unit));
                 }
                 let unit = frame.as_ref().map_or(&[][..], |(_, unit)| unit.as_slice());
@@ -637,6 +717,9 @@ impl Repository {
                     format::decode_blob(entry, stored, self.key()).map_err(|e| damaged(&key, e))?;
                 sink(entry, &raw).map_err(RunError::Sink)?;
             }
+        }
+        if let Some((offset, unit)) = frame {
+            frames.put(run.pack, offset, unit);
         }
         Ok(())
     }
