@@ -458,6 +458,9 @@ fn http_status(err: &object_store::Error) -> Option<u16> {
     None
 }
 
+/// How long a put answered with 423 Locked (WebDAV) is tried again.
+const LOCKED_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Whether a failure that outlived the client's own retries may still go away: throttling,
 /// 5xx answers, timeouts, connection errors, and WebDAV's 423 Locked (another client is
 /// writing the same file).
@@ -533,19 +536,34 @@ impl Store for ObjectStoreAdapter {
             ..PutOptions::default()
         };
         let payload = PutPayload::from(bytes.to_vec());
-        match self.block_on(key, self.client.put_opts(&path, payload, opts))? {
-            Ok(_) => Ok(()),
-            // A WebDAV server locks a file while one client writes it: for a create, another
-            // writer is creating the same key, which is what `AlreadyExists` reports.
-            Err(err) if mode == PutMode::Create && http_status(&err) == Some(423) => {
-                Err(StoreError::with_source(
-                    StoreErrorKind::AlreadyExists,
-                    key,
-                    "another client is creating the object and the put asked to create it",
-                    err,
-                ))
+        // A WebDAV server answers 423 Locked while another client writes the same file or
+        // creates the same parent collection (MKCOL); both pass within moments, so a locked put
+        // is tried again for a bounded time before the lock is taken as the answer.
+        let locked_until = std::time::Instant::now() + LOCKED_RETRY_FOR;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            let put = self.client.put_opts(&path, payload.clone(), opts.clone());
+            match self.block_on(key, put)? {
+                Ok(_) => return Ok(()),
+                Err(err)
+                    if http_status(&err) == Some(423)
+                        && std::time::Instant::now() < locked_until =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                // Still locked: for a create, another writer is creating the same key, which is
+                // what `AlreadyExists` reports.
+                Err(err) if mode == PutMode::Create && http_status(&err) == Some(423) => {
+                    return Err(StoreError::with_source(
+                        StoreErrorKind::AlreadyExists,
+                        key,
+                        "another client is creating the object and the put asked to create it",
+                        err,
+                    ));
+                }
+                Err(err) => return Err(self.map_error(key, "put", err)),
             }
-            Err(err) => Err(self.map_error(key, "put", err)),
         }
     }
 
