@@ -291,8 +291,9 @@ fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
 /// Segments of at least this many bytes have their writeback started as soon as they are
 /// written.
 const EARLY_WRITEBACK_FROM: u64 = 1 << 20;
-/// Decoded frames each segment keeps: a page file restored after incremental backups returns to
-/// the same old frames between its changed pages.
+/// Decoded frames each worker keeps: a page file restored after incremental backups returns to
+/// the same old frames between its changed pages, and the small files of a directory share
+/// frames (on an object store, one request per frame instead of one per file).
 const FRAME_CACHE: usize = 4 << 20;
 
 /// How a restore cuts its work and how much memory it lets blobs take.
@@ -446,11 +447,21 @@ fn restore_files(
             let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
             scope.spawn(move || {
                 let mut out = SegmentWriter::new(tuning.write_buffer);
+                let mut frames = FrameCache::new(FRAME_CACHE);
                 for segment in rx {
                     if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    match restore_segment(repo, snapshot, &segment, options, budget, &mut out) {
+                    let restored = restore_segment(
+                        repo,
+                        snapshot,
+                        &segment,
+                        options,
+                        budget,
+                        &mut out,
+                        &mut frames,
+                    );
+                    match restored {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -569,12 +580,12 @@ fn restore_segment(
     options: &RestoreOptions,
     budget: &Budget,
     out: &mut SegmentWriter,
+    frames: &mut FrameCache,
 ) -> Result<u64> {
     let job = &segment.job;
     let node = job.node;
     let file = job.open()?;
     out.start(segment.offset);
-    let mut frames = FrameCache::new(FRAME_CACHE);
     for run in &segment.runs {
         if options.cancel.is_cancelled() {
             return Err(Error::msg(
@@ -583,7 +594,7 @@ fn restore_segment(
             ));
         }
         let _held = budget.acquire(run.memory_bound());
-        let read = repo.read_run_cached(run, &mut frames, |_, data| {
+        let read = repo.read_run_cached(run, frames, |_, data| {
             out.write(&file, data)?;
             options.progress.bytes(data.len() as u64);
             Ok::<(), std::io::Error>(())

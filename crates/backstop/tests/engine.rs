@@ -810,3 +810,38 @@ fn restoring_pages_that_alternate_between_frames_reads_each_frame_about_once() {
         read.bytes_down
     );
 }
+
+/// On an object store every request costs a round trip: the small files of a directory, stored
+/// side by side, must not cost a request each when restored.
+/// Files under 128 KiB share frames, and each restore worker keeps decoded frames.
+#[test]
+fn restoring_many_small_files_takes_few_requests() {
+    let (files, size) = (2000u64, 3000);
+    let data = tempfile::tempdir().unwrap();
+    for i in 0..files {
+        let dir = data.path().join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), pseudo_random(size, i + 1)).unwrap();
+    }
+    let store = Arc::new(backstop::store::CountingStore::new(MemoryStore::new()));
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let before = store.counts();
+    engine
+        .restore(
+            backstop::BackupSelector::Latest,
+            target.path(),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    let used = store.counts().since(&before);
+    assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
+    assert!(
+        used.gets < 150,
+        "{} requests to restore {files} files of {size} bytes",
+        used.gets
+    );
+}
