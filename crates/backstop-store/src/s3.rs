@@ -10,31 +10,20 @@ use object_store::{ObjectStore, RetryConfig};
 
 use crate::StoreError;
 use crate::object::{
-    Capabilities, CloudStoreOptions, MIB, ObjectStoreAdapter, forward_store, parse_container_url,
+    Capabilities, CloudStoreOptions, ObjectStoreAdapter, forward_store, parse_container_url,
 };
 
 /// The URL parameters [`S3Store::from_url`] understands.
 const URL_PARAMETERS: &str = "endpoint, region, path_style, profile, max_retries, retry_timeout";
 
-/// How an [`S3Store`] talks to the server.
-#[derive(Clone, Debug)]
+/// How an [`S3Store`] talks to the server: the settings every object store shares, plus
+/// credentials.
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct S3StoreOptions {
-    /// Objects larger than this are uploaded in parts (default 16 MiB).
-    pub multipart_threshold: usize,
-    /// Size of each part (default 8 MiB; S3 requires at least 5 MiB except for the last).
-    pub part_size: usize,
-    /// Parts uploaded at once per object (default 4).
-    pub max_concurrent_parts: usize,
-    /// Retries of one request on throttling, 5xx answers and connection errors (default 10),
-    /// backing off from 0.5 s, doubling up to 15 s between tries (with jitter): the default
-    /// rides out about a minute of outage.
-    pub max_retries: usize,
-    /// Time after which a request is not retried any more (default 2 minutes): the bound on how
-    /// long a put or get may keep trying before it reports a `Transient` error.
-    pub retry_timeout: Duration,
-    /// Time limit of one HTTP request (default 2 minutes).
-    pub request_timeout: Duration,
+    /// Multipart uploads, retries and timeouts (S3 requires parts of at least 5 MiB except the
+    /// last; the default retries ride out about a minute of outage).
+    pub cloud: CloudStoreOptions,
     /// Credentials to use instead of the environment, profile files and instance metadata.
     pub credentials: Option<S3Credentials>,
 }
@@ -75,43 +64,34 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
-impl Default for S3StoreOptions {
-    fn default() -> Self {
-        Self {
-            multipart_threshold: 16 * MIB,
-            part_size: 8 * MIB,
-            max_concurrent_parts: 4,
-            max_retries: 10,
-            retry_timeout: Duration::from_secs(120),
-            request_timeout: Duration::from_secs(120),
-            credentials: None,
-        }
-    }
-}
-
 impl S3StoreOptions {
     /// Sets the size above which objects are uploaded in parts.
     pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
-        self.multipart_threshold = bytes;
+        self.cloud = self.cloud.with_multipart_threshold(bytes);
         self
     }
 
     /// Sets the part size of multipart uploads (at least 5 MiB on AWS).
     pub fn with_part_size(mut self, bytes: usize) -> Self {
-        self.part_size = bytes;
+        self.cloud = self.cloud.with_part_size(bytes);
         self
     }
 
     /// Sets how many parts of one object are uploaded at once.
     pub fn with_max_concurrent_parts(mut self, parts: usize) -> Self {
-        self.max_concurrent_parts = parts;
+        self.cloud = self.cloud.with_max_concurrent_parts(parts);
         self
     }
 
     /// Sets the retry limits: attempts and total time per request.
     pub fn with_retries(mut self, max_retries: usize, retry_timeout: Duration) -> Self {
-        self.max_retries = max_retries;
-        self.retry_timeout = retry_timeout;
+        self.cloud = self.cloud.with_retries(max_retries, retry_timeout);
+        self
+    }
+
+    /// Sets the time limit of one HTTP request.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.cloud = self.cloud.with_request_timeout(timeout);
         self
     }
 
@@ -120,25 +100,19 @@ impl S3StoreOptions {
         self.credentials = Some(credentials);
         self
     }
-
-    /// Sets the time limit of one HTTP request.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
 }
 
 /// Objects in an S3 bucket under an optional key prefix: the key `packs/ab/ab12` of
 /// `s3://bucket/repo` is the S3 object `repo/packs/ab/ab12`.
 ///
-/// - Puts up to [`S3StoreOptions::multipart_threshold`] are one PUT request; `PutMode::Create`
+/// - Puts up to [`CloudStoreOptions::multipart_threshold`] are one PUT request; `PutMode::Create`
 ///   sends `If-None-Match: *`, which AWS S3, MinIO and R2 honour (some servers, Garage among them,
 ///   ignore it and overwrite: `Create` is best effort, as the [`Store`](crate::Store) contract says).
 /// - Larger puts are multipart uploads with parts sent in parallel; S3 shows the object only
 ///   once the upload completes, so readers never see a part of it. `Create` is then a HEAD
 ///   check before the upload, which a concurrent writer can race.
 /// - Every request is retried with exponential backoff on throttling, 5xx answers and
-///   connection errors, within [`S3StoreOptions::retry_timeout`]; what still fails is reported
+///   connection errors, within [`CloudStoreOptions::retry_timeout`]; what still fails is reported
 ///   as [`StoreErrorKind::Transient`](crate::StoreErrorKind::Transient).
 ///
 /// The methods block the calling thread. Call them from plain threads (or `spawn_blocking`), not
@@ -255,7 +229,7 @@ impl S3Store {
     /// URL parameters override the matching `options` (`max_retries`, `retry_timeout`).
     pub fn from_url_with_options(url: &str, options: S3StoreOptions) -> Result<Self, StoreError> {
         let (parsed, bucket, prefix) = parse_container_url(url, SERVICE, &["s3"])?;
-        let mut cloud = options.cloud();
+        let mut cloud = options.cloud.clone();
         let (mut endpoint, mut region, mut path_style, mut profile_name) = (None, None, true, None);
         for (name, value) in parsed.query_pairs() {
             match name.as_ref() {
@@ -370,18 +344,6 @@ impl S3Store {
 }
 
 forward_store!(S3Store);
-
-impl S3StoreOptions {
-    /// The settings the shared object-store adapter uses.
-    fn cloud(&self) -> CloudStoreOptions {
-        CloudStoreOptions::default()
-            .with_multipart_threshold(self.multipart_threshold)
-            .with_part_size(self.part_size)
-            .with_max_concurrent_parts(self.max_concurrent_parts)
-            .with_retries(self.max_retries, self.retry_timeout)
-            .with_request_timeout(self.request_timeout)
-    }
-}
 
 #[cfg(test)]
 mod tests {
