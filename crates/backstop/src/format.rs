@@ -398,22 +398,32 @@ pub(crate) fn decode_unit(
     })
 }
 
-/// Cuts an entry's blob out of its decoded unit and checks it against its id.
-pub(crate) fn blob_from_unit(
+/// Cuts an entry's blob out of its decoded unit, without a copy, and checks it against its id.
+pub(crate) fn blob_from_unit<'a>(
     entry: &PackEntry,
-    unit: &[u8],
+    unit: &'a [u8],
     key: Option<&MasterKey>,
-) -> Result<Vec<u8>, FormatError> {
+) -> Result<&'a [u8], FormatError> {
     let start = entry.within.unwrap_or(0) as usize;
     let raw = start
         .checked_add(entry.raw_length as usize)
         .and_then(|end| unit.get(start..end))
         .filter(|raw| entry.within.is_some() || raw.len() == unit.len())
         .ok_or(FormatError::Checksum { what: "blob" })?;
-    if blob_id(raw, key) != entry.id {
+    check_blob(entry, raw, key)?;
+    Ok(raw)
+}
+
+/// Checks raw blob bytes against the entry's length and id.
+pub(crate) fn check_blob(
+    entry: &PackEntry,
+    raw: &[u8],
+    key: Option<&MasterKey>,
+) -> Result<(), FormatError> {
+    if raw.len() != entry.raw_length as usize || blob_id(raw, key) != entry.id {
         return Err(FormatError::Checksum { what: "blob" });
     }
-    Ok(raw.to_vec())
+    Ok(())
 }
 
 /// Decodes a stored blob and checks it against its id.
@@ -425,12 +435,10 @@ pub(crate) fn decode_blob(
     let unit = decode_unit(entry, stored, key)?;
     if entry.within.is_none() {
         // The unit is the blob: check it in place rather than copy it.
-        if unit.len() != entry.raw_length as usize || blob_id(&unit, key) != entry.id {
-            return Err(FormatError::Checksum { what: "blob" });
-        }
+        check_blob(entry, &unit, key)?;
         return Ok(unit);
     }
-    blob_from_unit(entry, &unit, key)
+    blob_from_unit(entry, &unit, key).map(<[u8]>::to_vec)
 }
 
 /// The id of raw blob bytes.

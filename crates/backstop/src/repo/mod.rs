@@ -668,7 +668,8 @@ impl Repository {
         if all_cached {
             for entry in &run.entries {
                 let unit = frames.get(run.pack, entry.offset).unwrap_or_default();
-                let raw = blob_in_frame(entry, unit, self.key()).map_err(|e| damaged(&key, e))?;
+                let raw = format::blob_from_unit(entry, unit, self.key())
+                    .map_err(|e| damaged(&key, e))?;
                 sink(entry, raw).map_err(RunError::Sink)?;
             }
             return Ok(());
@@ -706,11 +707,12 @@ impl Repository {
                     frame = Some((entry.offset, unit));
                 }
                 let unit = frame.as_ref().map_or(&[][..], |(_, unit)| unit.as_slice());
-                let raw = blob_in_frame(entry, unit, self.key()).map_err(|e| damaged(&key, e))?;
+                let raw = format::blob_from_unit(entry, unit, self.key())
+                    .map_err(|e| damaged(&key, e))?;
                 sink(entry, raw).map_err(RunError::Sink)?;
             } else if self.key().is_none() && !entry.compressed {
                 // Stored as is: check the bytes where they lie instead of copying them.
-                check_blob(entry, stored, None).map_err(|e| damaged(&key, e))?;
+                format::check_blob(entry, stored, None).map_err(|e| damaged(&key, e))?;
                 sink(entry, stored).map_err(RunError::Sink)?;
             } else {
                 let raw =
@@ -1028,29 +1030,6 @@ fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey
         ErrorKind::WrongKey,
         RepoError::WrongPassword { count: keys.len() },
     ))
-}
-
-/// Checks that `raw` is the whole blob `entry` names.
-fn check_blob(entry: &PackEntry, raw: &[u8], key: Option<&MasterKey>) -> Result<(), FormatError> {
-    if raw.len() != entry.raw_length as usize || format::blob_id(raw, key) != entry.id {
-        return Err(FormatError::Checksum { what: "blob" });
-    }
-    Ok(())
-}
-
-/// The blob `entry` names, cut out of its decoded frame and checked, without a copy.
-fn blob_in_frame<'a>(
-    entry: &PackEntry,
-    unit: &'a [u8],
-    key: Option<&MasterKey>,
-) -> Result<&'a [u8], FormatError> {
-    let start = entry.within.unwrap_or(0) as usize;
-    let raw = start
-        .checked_add(entry.raw_length as usize)
-        .and_then(|end| unit.get(start..end))
-        .ok_or(FormatError::Checksum { what: "blob" })?;
-    check_blob(entry, raw, key)?;
-    Ok(raw)
 }
 
 impl Snapshot {
