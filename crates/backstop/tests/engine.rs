@@ -605,6 +605,54 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
     }
 }
 
+/// A script that deletes backup 3 must never delete a newer backup that took its id.
+#[test]
+fn ids_of_deleted_backups_are_never_given_out_again() {
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), fast_init(), opts()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f"), b"one").unwrap();
+    let backup = |engine: &BackupEngine| {
+        engine
+            .create_backup(&mut DirSource::new(d.path()), &BackupOptions::default())
+            .unwrap()
+            .id
+    };
+    assert_eq!(backup(&engine), 1);
+    assert_eq!(backup(&engine), 2);
+    engine.delete_backup(2).unwrap();
+    assert_eq!(
+        backup(&engine),
+        3,
+        "the id of the deleted latest backup came back"
+    );
+    engine.delete_backup(3).unwrap();
+    engine.delete_backup(1).unwrap();
+    assert!(engine.list_backups().unwrap().is_empty());
+    // Another process (a fresh open) sees the same: the repository remembers, not the engine.
+    let reopened = BackupEngine::open(store.clone(), opts()).unwrap();
+    assert_eq!(backup(&reopened), 4);
+    // Only the tombstone of the largest id is kept while it is the largest.
+    let tombstones: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("snapshots/") && k.ends_with(".deleted"))
+        .collect();
+    assert!(tombstones.len() <= 1, "tombstones pile up: {tombstones:?}");
+    reopened.delete_backup(4).unwrap();
+    let tombstones: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("snapshots/") && k.ends_with(".deleted"))
+        .collect();
+    assert_eq!(tombstones.len(), 1, "{tombstones:?}");
+    assert!(
+        tombstones[0].starts_with("snapshots/0000000004-"),
+        "{tombstones:?}"
+    );
+    assert_eq!(backup(&reopened), 5);
+}
+
 #[test]
 fn delete_purge_and_gc_free_space_and_keep_the_rest_restorable() {
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();

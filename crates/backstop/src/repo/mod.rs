@@ -378,10 +378,26 @@ fn snapshot_key(id: BackupId, suffix: &str) -> String {
     format!("snapshots/{id:010}-{suffix}")
 }
 
-fn parse_snapshot_key(key: &str) -> Option<BackupId> {
+/// What a deleted backup leaves behind so that its id is never given out again
+/// (`snapshots/<id>-<random>.deleted`, empty).
+const TOMBSTONE_SUFFIX: &str = ".deleted";
+
+/// A key under `snapshots/`: a backup, or the tombstone of a deleted one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SnapshotEntry {
+    id: BackupId,
+    key: String,
+    tombstone: bool,
+}
+
+fn parse_snapshot_key(key: &str) -> Option<SnapshotEntry> {
     let name = key.strip_prefix("snapshots/")?;
-    let (num, _) = name.split_once('-')?;
-    num.parse().ok()
+    let (num, rest) = name.split_once('-')?;
+    Some(SnapshotEntry {
+        id: num.parse().ok()?,
+        key: key.to_owned(),
+        tombstone: rest.ends_with(TOMBSTONE_SUFFIX),
+    })
 }
 
 impl Repository {
@@ -728,16 +744,26 @@ impl Repository {
 
     // ---- snapshots ------------------------------------------------------------------------
 
-    /// Keys of all snapshots, sorted by backup id.
-    pub(crate) fn snapshot_keys(&self) -> Result<Vec<(BackupId, String)>> {
-        let mut keys: Vec<(BackupId, String)> = self
+    /// Everything under `snapshots/`, backups and tombstones, sorted by backup id.
+    fn snapshot_entries(&self) -> Result<Vec<SnapshotEntry>> {
+        let mut entries: Vec<SnapshotEntry> = self
             .store
             .list("snapshots/")?
             .into_iter()
-            .filter_map(|m| parse_snapshot_key(&m.key).map(|id| (id, m.key)))
+            .filter_map(|m| parse_snapshot_key(&m.key))
             .collect();
-        keys.sort();
-        Ok(keys)
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Keys of all snapshots, sorted by backup id.
+    pub(crate) fn snapshot_keys(&self) -> Result<Vec<(BackupId, String)>> {
+        Ok(self
+            .snapshot_entries()?
+            .into_iter()
+            .filter(|e| !e.tombstone)
+            .map(|e| (e.id, e.key))
+            .collect())
     }
 
     fn read_snapshot(&self, key: &str) -> Result<Snapshot> {
@@ -789,15 +815,17 @@ impl Repository {
     }
 
     /// Writes a snapshot as the next backup id and returns the id. The write is the commit
-    /// point. Two writers that pick the same id both keep their snapshot: the one with the
-    /// larger key moves to a fresh id (see docs/format.md, "Backup ids").
+    /// point. Ids are never reused: the next id is 1 + the largest id of a backup or of a
+    /// deleted backup's tombstone. Two writers that pick the same id both keep their
+    /// snapshot, and any writer that sees another at its id moves to a fresh one (see
+    /// docs/format.md, "Backup ids").
     pub(crate) fn commit_snapshot(&self, snapshot: &mut Snapshot) -> Result<BackupId> {
         // 128 random bits: two snapshots never share a key, even on a store that ignores
         // create-if-absent.
         let suffix = random_hex(16);
         let mut previous: Option<String> = None;
         for attempt in 0..16u32 {
-            let next = self.snapshot_keys()?.last().map_or(1, |(id, _)| id + 1);
+            let next = self.snapshot_entries()?.last().map_or(1, |e| e.id + 1);
             snapshot.id = next;
             let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
             let key = snapshot_key(next, &suffix);
@@ -806,6 +834,7 @@ impl Repository {
             if let Some(old) = previous.take() {
                 self.store.delete(&old)?;
             }
+            // A tombstone at `next` counts too: a backup deleted meanwhile had this id.
             let others = self
                 .store
                 .list(&format!("snapshots/{next:010}-"))?
@@ -829,14 +858,36 @@ impl Repository {
         ))
     }
 
+    /// Deletes a backup's snapshot, leaving a tombstone so the id is not given out again.
+    ///
+    /// Order matters for that: the tombstone is written before the snapshot goes, and a
+    /// tombstone is removed only when a larger id was listed. Entries with an id ≥ n never
+    /// all vanish once one was seen (a moving backup writes its new key before deleting
+    /// the old one), so the largest id ever committed stays visible.
     pub(crate) fn delete_snapshot(&self, id: BackupId) -> Result<()> {
-        let keys = self.snapshot_keys()?;
-        let matching: Vec<_> = keys.iter().filter(|(i, _)| *i == id).collect();
+        let entries = self.snapshot_entries()?;
+        let matching: Vec<&SnapshotEntry> = entries
+            .iter()
+            .filter(|e| e.id == id && !e.tombstone)
+            .collect();
         if matching.is_empty() {
             return Err(Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)));
         }
-        for (_, key) in matching {
-            self.store.delete(key)?;
+        let largest = entries.last().map_or(id, |e| e.id);
+        if id >= largest {
+            let tombstone = format!("{}{TOMBSTONE_SUFFIX}", snapshot_key(id, &random_hex(16)));
+            self.store.put(&tombstone, &[], PutMode::Create)?;
+        }
+        for entry in matching {
+            self.store.delete(&entry.key)?;
+        }
+        // Tombstones below the largest id listed guard nothing any more.
+        for entry in entries.iter().filter(|e| e.tombstone && e.id < largest) {
+            match self.store.delete(&entry.key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
