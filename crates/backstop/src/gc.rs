@@ -73,18 +73,21 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     report.packs_deleted = (drop_packs.len() + orphans.len()) as u64;
     report.bytes_freed = drop_packs.iter().map(|(_, s)| *s).sum::<u64>()
         + orphans.iter().map(|(_, s)| *s).sum::<u64>();
-    let index_changes = !drop_packs.is_empty() || old_index_objects.len() > 1;
+    // Rewrite the index when packs go, or when its objects (one per backup) would fit in fewer.
+    let index_changes =
+        !drop_packs.is_empty() || old_index_objects.len() > crate::repo::index_object_count(&keep);
     if dry_run {
         return Ok(report);
     }
     if index_changes {
-        let new_key = if keep.is_empty() {
-            None
+        let new_keys = if keep.is_empty() {
+            Vec::new()
         } else {
-            Some(repo.write_index(keep)?)
+            repo.write_index(keep)?
         };
         for key in &old_index_objects {
-            if Some(key) != new_key.as_ref() {
+            // Index keys are content hashes: an unchanged object gets its old key back.
+            if !new_keys.contains(key) {
                 repo.store.delete(key)?;
                 report.indexes_rewritten += 1;
             }

@@ -378,6 +378,37 @@ fn snapshot_key(id: BackupId, suffix: &str) -> String {
     format!("snapshots/{id:010}-{suffix}")
 }
 
+/// The most blobs one index object lists (a pack's entries are never split, so an object may
+/// hold a few more). An object is encoded in memory at about 100 bytes a blob before
+/// compression; a backup of a million page-sized blobs writes several objects of a few MiB
+/// each instead of one that needs ~200 MiB to build (measured: the index of 84,000 blobs was
+/// the largest allocation of a 1 GiB backup, 24 MB).
+const INDEX_OBJECT_ENTRIES: usize = 16_384;
+
+/// How many of `packs` go into the next index object: packs until [`INDEX_OBJECT_ENTRIES`]
+/// blobs are reached, and at least one.
+fn index_batch_len(packs: &[IndexPack]) -> usize {
+    let mut entries = 0;
+    for (n, pack) in packs.iter().enumerate() {
+        entries += pack.entries.len();
+        if entries >= INDEX_OBJECT_ENTRIES {
+            return n + 1;
+        }
+    }
+    packs.len()
+}
+
+/// How many index objects [`Repository::write_index`] writes for `packs`.
+pub(crate) fn index_object_count(packs: &[IndexPack]) -> usize {
+    let mut count = 0;
+    let mut rest = packs;
+    while !rest.is_empty() {
+        rest = rest.get(index_batch_len(rest)..).unwrap_or_default();
+        count += 1;
+    }
+    count
+}
+
 /// What a deleted backup leaves behind so that its id is never given out again
 /// (`snapshots/<id>-<random>.deleted`, empty).
 const TOMBSTONE_SUFFIX: &str = ".deleted";
@@ -601,8 +632,19 @@ impl Repository {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes an index object listing `packs`; returns its key.
-    pub(crate) fn write_index(&self, packs: Vec<IndexPack>) -> Result<String> {
+    /// Writes index objects listing `packs`, each with at most about
+    /// [`INDEX_OBJECT_ENTRIES`] blobs; returns their keys.
+    pub(crate) fn write_index(&self, packs: Vec<IndexPack>) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut rest = packs;
+        while !rest.is_empty() {
+            let tail = rest.split_off(index_batch_len(&rest));
+            keys.push(self.write_index_object(std::mem::replace(&mut rest, tail))?);
+        }
+        Ok(keys)
+    }
+
+    fn write_index_object(&self, packs: Vec<IndexPack>) -> Result<String> {
         let file = IndexFile { packs };
         let bytes = format::seal_object(ObjectType::Index, &file, self.key());
         let key = format!("index/{}", format::ContentId::hash(&bytes).to_hex());
@@ -1138,4 +1180,76 @@ pub(crate) fn nodes_by_path(
         Ok(())
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use backstop_store::MemoryStore;
+
+    use super::*;
+    use crate::format::{BlobKind, ContentId, IndexPack, PackEntry};
+    use crate::options::{EngineOptions, InitOptions};
+
+    /// `packs` packs of `per_pack` made-up blobs each (the packs themselves are not written).
+    fn synthetic_packs(packs: usize, per_pack: usize) -> Vec<IndexPack> {
+        (0..packs)
+            .map(|p| IndexPack {
+                id: ContentId::hash(format!("pack {p}").as_bytes()),
+                size: (per_pack * 100) as u64,
+                entries: (0..per_pack)
+                    .map(|b| PackEntry {
+                        id: ContentId::hash(format!("blob {p}/{b}").as_bytes()),
+                        kind: BlobKind::Data,
+                        offset: (b * 100) as u32,
+                        length: 100,
+                        raw_length: 100,
+                        compressed: false,
+                        within: None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_index_is_written_as_several_objects_that_load_as_one() {
+        let store = MemoryStore::new();
+        let init = InitOptions::default()
+            .with_password("pw")
+            .with_kdf(8 * 1024, 1);
+        let repo = Repository::init(
+            Arc::new(store.clone()),
+            &init,
+            EngineOptions::default().with_password("pw"),
+        )
+        .unwrap();
+        // 40 packs of 1,000 blobs: objects of 17, 17 and 6 packs.
+        let packs = synthetic_packs(40, 1000);
+        assert_eq!(index_object_count(&packs), 3);
+        let keys = repo.write_index(packs.clone()).unwrap();
+        assert_eq!(keys.len(), 3);
+        let listed = store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("index/"))
+            .count();
+        assert_eq!(listed, 3);
+        repo.reload_index().unwrap();
+        let index = repo.index_read();
+        for pack in &packs {
+            for entry in &pack.entries {
+                assert!(
+                    index.contains(&entry.id),
+                    "blob {} is not indexed",
+                    entry.id.to_hex()
+                );
+            }
+        }
+        // A pack's entries are never split, and a small list stays one object.
+        assert_eq!(index_object_count(&synthetic_packs(1, 40_000)), 1);
+        assert_eq!(index_object_count(&synthetic_packs(5, 10)), 1);
+        assert_eq!(index_object_count(&[]), 0);
+    }
 }
