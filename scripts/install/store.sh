@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the S3-protocol servers the object-storage tests start on loopback ports:
+# Installs the S3-protocol servers the object-storage tests start on loopback ports (and, at the
+# end, the other services' servers: Azurite, rclone, OpenSSH):
 # - `moto_server` (PyPI: moto with its `server` extra): starts in about a second, keeps objects
 #   in memory, accepts any credentials (crates/backstop-store/tests/s3.rs);
 # - `s3s-fs` (crates.io, 0.14.1, its `binary` feature; about 3 minutes to build on 2 cores):
@@ -47,4 +48,22 @@ fi
 # - rclone (Debian), whose `rclone serve webdav` is the WebDAV server.
 if ! command -v rclone >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends rclone
+fi
+
+# - OpenSSH (Debian): `sshd` is the SFTP server the tests start on a loopback port (as the current
+#   user, with temporary keys); `ssh` is the client the SFTP store itself runs. Installing
+#   openssh-server must not start a system sshd on port 22: where no policy-rc.d forbids service
+#   starts, one is put in place for the install and removed after.
+if ! command -v ssh >/dev/null 2>&1 || ! { command -v sshd >/dev/null 2>&1 || [[ -x /usr/sbin/sshd ]]; }; then
+    policy=/usr/sbin/policy-rc.d
+    added_policy=false
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added_policy=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends openssh-server openssh-client
+    if [[ $added_policy == true ]]; then
+        rm -f "$policy"
+    fi
 fi

@@ -31,16 +31,14 @@ struct Envelope<'a, T: Serialize> {
     requests: Option<backstop_store::RequestCounts>,
 }
 
-/// The counter around the repository's store, once a command opened one.
-static REQUEST_COUNTER: std::sync::OnceLock<
-    std::sync::Arc<backstop_store::CountingStore<std::sync::Arc<dyn backstop::Store>>>,
-> = std::sync::OnceLock::new();
+/// The counters of the repository's store, once a command opened one. Only the counters: a
+/// static is never dropped, and the store must be (an SFTP store's ssh processes exit then).
+static REQUEST_COUNTER: std::sync::OnceLock<backstop_store::RequestCounter> =
+    std::sync::OnceLock::new();
 
 /// Remembers the store's request counter for the `--json` envelope (the first one wins: a
 /// command opens one repository).
-pub(crate) fn record_request_counter(
-    counter: std::sync::Arc<backstop_store::CountingStore<std::sync::Arc<dyn backstop::Store>>>,
-) {
+pub(crate) fn record_request_counter(counter: backstop_store::RequestCounter) {
     let _ = REQUEST_COUNTER.set(counter);
 }
 

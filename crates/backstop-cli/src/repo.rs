@@ -109,7 +109,7 @@ impl Settings {
         // Every request is counted for the `--json` envelope and the verbose summary, then
         // throttled if asked.
         let counting = Arc::new(backstop_store::CountingStore::new(store));
-        crate::output::record_request_counter(Arc::clone(&counting));
+        crate::output::record_request_counter(counting.counter());
         let store: Arc<dyn Store> = counting;
         if self.limit_upload.is_some() || self.limit_download.is_some() {
             let limits = backstop_store::ThrottleLimits::new(

@@ -69,6 +69,35 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// A handle on a [`CountingStore`]'s counters that does not keep the store itself alive
+/// (a store may own connections or helper processes that must close when it is dropped).
+#[derive(Clone, Debug)]
+pub struct RequestCounter {
+    counters: Arc<Counters>,
+}
+
+impl RequestCounter {
+    /// The counts so far.
+    pub fn counts(&self) -> RequestCounts {
+        self.counters.snapshot()
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            range_gets: self.range_gets.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            heads: self.heads.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Counts every request to the inner store. Clones share the counters.
 #[derive(Clone, Debug)]
 pub struct CountingStore<S> {
@@ -87,16 +116,13 @@ impl<S: Store> CountingStore<S> {
 
     /// The counts so far.
     pub fn counts(&self) -> RequestCounts {
-        let c = &self.counters;
-        RequestCounts {
-            puts: c.puts.load(Ordering::Relaxed),
-            gets: c.gets.load(Ordering::Relaxed),
-            range_gets: c.range_gets.load(Ordering::Relaxed),
-            lists: c.lists.load(Ordering::Relaxed),
-            heads: c.heads.load(Ordering::Relaxed),
-            deletes: c.deletes.load(Ordering::Relaxed),
-            bytes_up: c.bytes_up.load(Ordering::Relaxed),
-            bytes_down: c.bytes_down.load(Ordering::Relaxed),
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads the counters without keeping this store alive.
+    pub fn counter(&self) -> RequestCounter {
+        RequestCounter {
+            counters: Arc::clone(&self.counters),
         }
     }
 

@@ -8,10 +8,11 @@
 //! Implementations here: [`MemoryStore`] (tests, examples), [`LocalStore`] (a directory) and,
 //! each behind the feature of the same name, `S3Store` (`s3`: any S3-compatible object store),
 //! `GcsStore` (`gcs`: Google Cloud Storage), `AzureStore` (`azure`: Azure Blob Storage) and
-//! `WebDavStore` (`webdav`: a WebDAV server), all through the `object_store` crate.
+//! `WebDavStore` (`webdav`: a WebDAV server), all through the `object_store` crate, and
+//! `SftpStore` (`sftp`: an SSH server, through OpenDAL's SFTP service).
 //! [`open_url`] picks one from a URL such as `/srv/backups`, `file:///srv/backups`,
-//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
-//! `webdav+https://host/path`.
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+//! `webdav+https://host/path` or `sftp://user@host/path`.
 //! Wrappers compose: [`FaultStore`] injects failures for crash-safety tests, [`CountingStore`]
 //! counts requests and bytes, [`CachingStore`] keeps the immutable metadata objects in a local
 //! directory, [`ThrottleStore`] limits upload and download bandwidth.
@@ -30,6 +31,8 @@ mod memory;
 mod object;
 #[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "sftp")]
+mod sftp;
 mod throttle;
 mod url;
 #[cfg(feature = "webdav")]
@@ -41,7 +44,7 @@ pub mod conformance;
 #[cfg(feature = "azure")]
 pub use azure::AzureStore;
 pub use cache::{CacheStats, CachingStore, is_cacheable};
-pub use counting::{CountingStore, RequestCounts};
+pub use counting::{CountingStore, RequestCounter, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use fault::{FaultPlan, FaultStore};
 #[cfg(feature = "gcs")]
@@ -52,6 +55,8 @@ pub use memory::MemoryStore;
 pub use object::CloudStoreOptions;
 #[cfg(feature = "s3")]
 pub use s3::{S3Credentials, S3Store, S3StoreOptions};
+#[cfg(feature = "sftp")]
+pub use sftp::{HostKeyCheck, SFTP_KEY_ENV, SftpStore, SftpStoreOptions};
 pub use throttle::{ThrottleLimits, ThrottleStore};
 pub use url::{SUPPORTED_SCHEMES, open_url};
 #[cfg(feature = "webdav")]

@@ -1,5 +1,6 @@
 //! Opens a store from the URL a user gives: a path, `file://`, `memory://`, or an object
-//! service (`s3://`, `gs://`, `az://`, `webdav+https://`) when this build has its feature.
+//! service (`s3://`, `gs://`, `az://`, `webdav+https://`, `sftp://`) when this build has its
+//! feature.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub const SUPPORTED_SCHEMES: &[&str] = &[
     "webdav+http",
     #[cfg(feature = "webdav")]
     "webdav+https",
+    #[cfg(feature = "sftp")]
+    "sftp",
 ];
 
 fn supported() -> String {
@@ -50,9 +53,10 @@ fn url_error(url: &str, message: impl std::fmt::Display) -> StoreError {
 /// | `gs://bucket/prefix?endpoint=…&anonymous=…` | `GcsStore` (feature `gcs`) |
 /// | `az://container/prefix?account=…&endpoint=…&use_emulator=…`, `azure://…` | `AzureStore` (feature `azure`) |
 /// | `webdav+http://host:port/path`, `webdav+https://…` | `WebDavStore` (feature `webdav`) |
+/// | `sftp://[user@]host[:port]/path?key=…&known_hosts=…` | `SftpStore` (feature `sftp`) |
 ///
-/// `sftp://`, `hdfs://` and `webhdfs://` are refused with an error naming the alternatives:
-/// the `object_store` crate has no client for them.
+/// `hdfs://` and `webhdfs://` are refused with an error naming the alternatives: there is no
+/// client for them here. `ssh://` is refused with a pointer to `sftp://`.
 ///
 /// Nothing is contacted or created here; the first request reports an unreachable server or a
 /// missing bucket.
@@ -102,11 +106,16 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             url,
             "say which protocol carries WebDAV: webdav+https://host/path or webdav+http://host/path",
         )),
-        "sftp" | "ssh" => Err(url_error(
+        #[cfg(feature = "sftp")]
+        "sftp" => Ok(Arc::new(crate::SftpStore::from_url(url)?)),
+        #[cfg(not(feature = "sftp"))]
+        "sftp" => Err(missing_feature(url, "SFTP", "sftp")),
+        // `ssh://` names a shell login elsewhere (git, borg); Backstop only speaks SFTP, so
+        // the scheme says so.
+        "ssh" => Err(url_error(
             url,
-            "SFTP repositories are not supported in this version; alternatives: mount the \
-             remote directory (sshfs) and give its path, serve it over WebDAV \
-             (`rclone serve webdav`, then webdav+https://…), or use an S3-compatible server",
+            "Backstop reaches SSH servers over SFTP: write the repository as \
+             sftp://[user@]host[:port]/path",
         )),
         "hdfs" | "webhdfs" => Err(url_error(
             url,
@@ -126,7 +135,13 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// The error for a service this build left out.
 #[cfg_attr(
-    all(feature = "s3", feature = "gcs", feature = "azure", feature = "webdav"),
+    all(
+        feature = "s3",
+        feature = "gcs",
+        feature = "azure",
+        feature = "webdav",
+        feature = "sftp"
+    ),
     expect(dead_code, reason = "every service is built in")
 )]
 fn missing_feature(url: &str, service: &str, feature: &str) -> StoreError {
@@ -185,12 +200,8 @@ mod tests {
     }
 
     #[test]
-    fn sftp_and_hdfs_name_the_alternatives() {
-        for url in [
-            "sftp://host/backups",
-            "hdfs://namenode/backups",
-            "webhdfs://nn/b",
-        ] {
+    fn hdfs_names_the_alternatives() {
+        for url in ["hdfs://namenode/backups", "webhdfs://nn/b"] {
             let message = open_url(url).unwrap_err().to_string();
             assert!(
                 message.contains("not supported in this version"),
@@ -200,5 +211,24 @@ mod tests {
         }
         let message = open_url("webdav://host/x").unwrap_err().to_string();
         assert!(message.contains("webdav+https://"), "{message}");
+        let message = open_url("ssh://host/x").unwrap_err().to_string();
+        assert!(message.contains("sftp://"), "{message}");
+    }
+
+    #[test]
+    fn sftp_urls_open_sftp_stores_or_name_the_feature() {
+        let opened = open_url("sftp://backup@host:2222/srv/backups");
+        #[cfg(feature = "sftp")]
+        assert_eq!(
+            opened.unwrap().describe(),
+            "sftp://backup@host:2222/srv/backups (SFTP: create-if-absent is best effort)"
+        );
+        #[cfg(not(feature = "sftp"))]
+        assert!(
+            opened
+                .unwrap_err()
+                .to_string()
+                .contains("build backstop with the `sftp` feature")
+        );
     }
 }

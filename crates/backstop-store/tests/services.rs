@@ -1,8 +1,9 @@
 //! The store conformance suite against real servers of the other object services, started here
-//! on loopback ports: Azure Blob Storage (Azurite) and WebDAV (`rclone serve webdav`). Each store is held to what `LocalStore` promises, except
-//! where the service cannot (WebDAV has no conditional put, so its racing creates are held to
+//! on loopback ports: Azure Blob Storage (Azurite), WebDAV (`rclone serve webdav`) and SFTP
+//! (OpenSSH's `sshd`). Each store is held to what `LocalStore` promises, except where the
+//! service cannot (WebDAV and SFTP have no conditional put, so their racing creates are held to
 //! the best-effort rule, as on Garage). Plus what each does with large objects and bad
-//! credentials. Google Cloud Storage has no test server here: no installable emulator serves
+//! credentials, and that SFTP readers never see a half-written object. Google Cloud Storage has no test server here: no installable emulator serves
 //! what object_store's client sends (fake-gcs-server has no XML-API PUT, gcp-storage-emulator
 //! no HEAD), so `GcsStore` is covered by its unit tests only (see docs/object-storage.md).
 //!
@@ -15,17 +16,19 @@
 use std::time::Duration;
 
 use backstop_store::{
-    AzureStore, CloudStoreOptions, CountingStore, PutMode, Store, StoreErrorKind, WebDavStore,
-    conformance, open_url,
+    AzureStore, CloudStoreOptions, CountingStore, PutMode, SftpStore, Store, StoreErrorKind,
+    WebDavStore, conformance, open_url,
 };
 
 mod support {
     pub(crate) mod services;
+    pub(crate) mod sshd;
 }
 use support::services::{
     AZURITE_ACCOUNT, AZURITE_KEY, Service, ServiceServer, WEBDAV_PASSWORD, WEBDAV_USER,
     http_request,
 };
+use support::sshd::SshServer;
 
 /// Creates a container on Azurite with a Shared Key signed request
 /// (<https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key>): eleven
@@ -158,4 +161,165 @@ fn webdav_wrong_password_is_permission_denied() {
     .unwrap();
     let err = store.get("config").unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+}
+
+/// Files under `dir` whose name starts with `.tmp-` (a put's temporary file).
+fn temp_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sftp_store_conforms_on_sshd() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let store = open_url(&server.url_with_key("repo")).unwrap();
+    assert_eq!(
+        store.describe(),
+        format!(
+            "{} (SFTP: create-if-absent is best effort)",
+            server.url("repo")
+        )
+    );
+    // SFTP has no conditional put: racing creates can all win; each object stays whole.
+    conformance::run_all_without_atomic_create(&store);
+    assert!(store.list("").unwrap().is_empty(), "the suite cleans up");
+    // The objects are plain files under the repository's directory, with no temp files left.
+    store.put("packs/ab/cd", b"bytes", PutMode::Create).unwrap();
+    let repo = server.data_dir().join("repo");
+    assert_eq!(std::fs::read(repo.join("packs/ab/cd")).unwrap(), b"bytes");
+    assert_eq!(temp_files_under(&repo), Vec::<std::path::PathBuf>::new());
+    // A temp file left by an interrupted put is never listed, and its name is no key.
+    std::fs::write(repo.join("packs/ab/.tmp-0123456789abcdef"), b"torn").unwrap();
+    let listed: Vec<String> = store
+        .list("packs/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(listed, ["packs/ab/cd"]);
+    assert_eq!(
+        store
+            .get("packs/ab/.tmp-0123456789abcdef")
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::InvalidKey
+    );
+    // Dropping the store tells every pooled connection's ssh master to exit: the server sees
+    // the connections close (each close takes it a moment).
+    assert!(server.open_connections() > 0);
+    drop(store);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.open_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} SSH connections still open after the store was dropped",
+            server.open_connections()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sftp_readers_never_see_a_half_written_object() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let store = open_url(&server.url_with_key("repo")).unwrap();
+    const SIZE: usize = 4 << 20;
+    const WRITES: usize = 12;
+    store
+        .put("locks/lock", &vec![0; SIZE], PutMode::Overwrite)
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let bytes = store.get("locks/lock").unwrap();
+                let first = bytes.first().copied();
+                assert!(
+                    bytes.len() == SIZE && bytes.iter().all(|&b| Some(b) == first),
+                    "a reader saw {} bytes that are not one whole write",
+                    bytes.len()
+                );
+                reads += 1;
+            }
+            reads
+        });
+        // Overwrites with a different byte each time; written in place, a reader would see
+        // a truncated file or a mix of two writes.
+        for i in 1..=WRITES {
+            store
+                .put("locks/lock", &vec![i as u8; SIZE], PutMode::Overwrite)
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        reader.join().unwrap()
+    });
+    assert!(reads > 0, "the reader never read");
+    assert_eq!(store.get("locks/lock").unwrap(), vec![WRITES as u8; SIZE]);
+}
+
+#[test]
+fn sftp_refusals_and_outages_have_their_kinds() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    // The default host key check is strict, and this server's key is known nowhere (or, after
+    // an earlier run on the same port, known as a different key).
+    let strict = format!(
+        "{}?key={}&max_retries=1&retry_timeout=5",
+        server.url("repo"),
+        server.user_key().display()
+    );
+    let err = SftpStore::from_url(&strict)
+        .unwrap()
+        .get("config")
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("known_hosts"), "{err}");
+
+    let stranger = format!(
+        "{}?key={}&known_hosts=accept-any&max_retries=1&retry_timeout=5",
+        server.url("repo"),
+        server.stranger_key().display()
+    );
+    let err = SftpStore::from_url(&stranger)
+        .unwrap()
+        .get("config")
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+
+    // Nobody listens on the port any more: a connection failure, tried again, then transient.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("user_key");
+    std::fs::copy(server.user_key(), &key).unwrap();
+    let url = format!(
+        "{}?key={}&known_hosts=accept-any&max_retries=2&retry_timeout=20",
+        server.url("repo"),
+        key.display()
+    );
+    drop(server);
+    let started = std::time::Instant::now();
+    let err = SftpStore::from_url(&url)
+        .unwrap()
+        .get("config")
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("3 tries"), "{err}");
+    // Backing off 0.5 s, then 1 s.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
 }
