@@ -84,6 +84,11 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, conflicts_with = "cache_dir")]
     pub(crate) no_cache: bool,
 
+    /// How long `backup` and `gc` wait for a conflicting lock (a running gc, or the backups a
+    /// gc must wait for), e.g. `5m`; without it they fail at once with exit code 4
+    #[arg(long, env = "BACKSTOP_RETRY_LOCK", global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) retry_lock: Option<std::time::Duration>,
+
     /// Limit uploads to the repository, e.g. `50MiB` per second (0: no limit)
     #[arg(long, global = true, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
     pub(crate) limit_upload: Option<u64>,

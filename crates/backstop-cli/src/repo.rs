@@ -62,6 +62,9 @@ impl Settings {
         if let Some(threads) = global.threads.or(config.threads) {
             engine = engine.with_threads(threads);
         }
+        if let Some(wait) = global.retry_lock {
+            engine = engine.with_lock_wait(wait);
+        }
         if !global.no_cache {
             let dir = global
                 .cache_dir

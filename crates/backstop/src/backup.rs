@@ -146,7 +146,7 @@ pub(crate) fn create_backup(
 ) -> Result<BackupInfo> {
     let started = Instant::now();
     let time_unix = crate::repo::now_unix();
-    let lock = lock::acquire(&repo.store, false, "a backup")?;
+    let lock = lock::acquire_waiting(&repo.store, false, "a backup", repo.options.lock_wait)?;
     repo.reload_index()?;
 
     let source_kind = source.kind().to_owned();

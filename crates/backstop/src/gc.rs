@@ -14,7 +14,7 @@ use crate::info::GcReport;
 use crate::repo::{Repository, lock, referenced_blobs};
 
 pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
-    let _lock = lock::acquire(&repo.store, true, "gc")?;
+    let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
     let snapshots = repo.load_all_snapshots()?;
     let used = referenced_blobs(repo, &snapshots)?;

@@ -90,6 +90,9 @@ pub struct EngineOptions {
     pub compression_level: i32,
     /// Directory for the local metadata cache; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// How long a backup or gc waits for a conflicting lock (a gc, or the backups a gc waits
+    /// for) before giving up with [`crate::ErrorKind::Locked`]; zero fails at once.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -99,6 +102,7 @@ impl Default for EngineOptions {
             threads: 0,
             compression_level: 3,
             cache_dir: None,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -129,6 +133,13 @@ impl EngineOptions {
     #[must_use]
     pub fn with_cache_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Waits up to `wait` for a conflicting lock to go (restic's `--retry-lock`).
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 

@@ -893,3 +893,119 @@ fn restoring_many_small_files_takes_few_requests() {
         used.gets
     );
 }
+
+/// A store that tells a test how often another process's lock was read (once per attempt to
+/// take a lock while it exists; the attempt decides after the read).
+#[derive(Clone, Debug)]
+struct LockWatch {
+    inner: MemoryStore,
+    attempts: Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
+}
+
+impl LockWatch {
+    fn wait_for_attempts(&self, n: usize) {
+        let (count, changed) = &*self.attempts;
+        let mut count = count.lock().unwrap();
+        while *count < n {
+            count = changed.wait(count).unwrap();
+        }
+    }
+}
+
+impl backstop::Store for LockWatch {
+    fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        mode: backstop::PutMode,
+    ) -> Result<(), backstop::StoreError> {
+        self.inner.put(key, bytes, mode)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, backstop::StoreError> {
+        let got = self.inner.get(key);
+        if key.starts_with("locks/") {
+            let (count, changed) = &*self.attempts;
+            *count.lock().unwrap() += 1;
+            changed.notify_all();
+        }
+        got
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, backstop::StoreError> {
+        self.inner.get_range(key, range)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<backstop::store::ObjectMeta>, backstop::StoreError> {
+        self.inner.list(prefix)
+    }
+    fn head(&self, key: &str) -> Result<backstop::store::ObjectMeta, backstop::StoreError> {
+        self.inner.head(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), backstop::StoreError> {
+        self.inner.delete(key)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A gc of another host holds the repository: a backup told to wait takes the lock once the
+/// gc is done; one told not to wait fails at once; one whose wait runs out fails after it.
+#[test]
+fn a_backup_waits_for_a_gc_lock_when_told_to() {
+    use backstop::Store as _;
+    let store = LockWatch {
+        inner: MemoryStore::new(),
+        attempts: Arc::default(),
+    };
+    BackupEngine::init(store.clone(), fast_init(), opts()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let gc_lock = "locks/00000000000000000000000000000000";
+    let plant = || {
+        let info = format!(
+            r#"{{"exclusive":true,"host":"other-host","pid":1,"time_unix":{now},"purpose":"gc"}}"#
+        );
+        store
+            .put(gc_lock, info.as_bytes(), backstop::PutMode::Overwrite)
+            .unwrap();
+    };
+    plant();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f"), b"data").unwrap();
+    let backup = |wait: std::time::Duration| {
+        let engine = BackupEngine::open(store.clone(), opts().with_lock_wait(wait)).unwrap();
+        engine.create_backup(&mut DirSource::new(d.path()), &BackupOptions::default())
+    };
+
+    let err = backup(std::time::Duration::ZERO).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+
+    let started = std::time::Instant::now();
+    let err = backup(std::time::Duration::from_secs(1)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+
+    // The "gc" ends after the waiting backup was refused once.
+    let before = *store.attempts.0.lock().unwrap();
+    let releaser = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.wait_for_attempts(before + 1);
+            store.delete(gc_lock).unwrap();
+        })
+    };
+    let info = backup(std::time::Duration::from_secs(60)).unwrap();
+    releaser.join().unwrap();
+    // Its first attempt read the gc's lock (the releaser waited for that), so it succeeded by
+    // trying again.
+    assert_eq!(info.id, 1);
+    assert!(
+        store.inner.keys().iter().all(|k| !k.starts_with("locks/")),
+        "a lock was left behind"
+    );
+}

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backstop_store::{PutMode, Store, StoreErrorKind};
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,40 @@ fn is_stale(info: &LockInfo, age: i64) -> bool {
         && info.pid_scope == pid_scope()
         && info.pid != std::process::id()
         && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+}
+
+/// Takes a lock: shared (backups) or exclusive (gc), trying again while a conflicting lock is
+/// held, for up to `wait`. The waits grow from half a second to 15 s, with jitter so that
+/// several waiters do not retry in step.
+pub(crate) fn acquire_waiting(
+    store: &Arc<dyn Store>,
+    exclusive: bool,
+    purpose: &str,
+    wait: Duration,
+) -> Result<LockGuard> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match acquire(store, exclusive, purpose) {
+            Err(e) if e.kind() == ErrorKind::Locked => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+                let sleep = (pause + jitter).min(left);
+                tracing::info!(
+                    error = %e,
+                    retry_in_ms = sleep.as_millis() as u64,
+                    left_s = left.as_secs(),
+                    "waiting for the repository lock"
+                );
+                std::thread::sleep(sleep);
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Takes a lock: shared (backups) or exclusive (gc).
