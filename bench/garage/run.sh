@@ -203,8 +203,16 @@ setup_cluster() {
         done
         [[ -n ${NODE_ID[$n]} ]] || { note "node $n has no id: $(tail -5 "$WORK/n$n.log")"; return 1; }
     done
-    g node connect "${NODE_ID[2]}" >/dev/null || return 1
-    g node connect "${NODE_ID[3]}" >/dev/null || return 1
+    # `node id` reads the key file, which exists before the node listens: retry the connect
+    # until the peer's RPC port answers (a run failed here once with "Connection refused").
+    for n in 2 3; do
+        local connected=false
+        for _ in $(seq 100); do
+            if g node connect "${NODE_ID[$n]}" >/dev/null 2>&1; then connected=true; break; fi
+            sleep 0.1
+        done
+        [[ $connected == true ]] || { g node connect "${NODE_ID[$n]}"; return 1; }
+    done
     # Restarted nodes do not find each other again without bootstrap peers in their config;
     # the running nodes keep the configs they started with, the restarts read these.
     local peers="\"${NODE_ID[1]}\", \"${NODE_ID[2]}\", \"${NODE_ID[3]}\""
