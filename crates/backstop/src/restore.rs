@@ -12,7 +12,9 @@
 //! file at once with positioned writes. Blobs are decoded and written one at a time, and the
 //! bytes all reads hold at once (stored plus decoded) stay within a shared budget, so memory
 //! does not grow with compression ratios or file sizes. Writeback of each written segment
-//! starts at once; the one `syncfs` at the end remains the durability point.
+//! starts at once; the one `syncfs` at the end remains the durability point. Small files
+//! stored close together in one pack go to one worker as a group and are fetched with one
+//! ranged read (on an object store, one request instead of one per file).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -430,7 +432,7 @@ fn restore_files(
     tuning: Tuning,
 ) -> Result<u64> {
     let threads = repo.options.worker_threads();
-    let (tx, rx) = bounded::<Segment<'_>>(threads * 4);
+    let (tx, rx) = bounded::<Vec<Segment<'_>>>(threads * 4);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
     let record = |e: Error| {
@@ -448,14 +450,14 @@ fn restore_files(
             scope.spawn(move || {
                 let mut out = SegmentWriter::new(tuning.write_buffer);
                 let mut frames = FrameCache::new(FRAME_CACHE);
-                for segment in rx {
+                for group in rx {
                     if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let restored = restore_segment(
+                    let restored = restore_group(
                         repo,
                         snapshot,
-                        &segment,
+                        &group,
                         options,
                         budget,
                         &mut out,
@@ -471,6 +473,7 @@ fn restore_files(
             });
         }
         drop(rx);
+        let mut grouper = Grouper::new(tuning.max_run);
         for node in nodes.iter().filter(|n| n.kind == NODE_FILE) {
             if options.cancel.is_cancelled() || failed.load(Ordering::Relaxed) {
                 break;
@@ -483,9 +486,16 @@ fn restore_files(
                 }
             };
             options.progress.file(&node.path);
-            if segments.into_iter().any(|s| tx.send(s).is_err()) {
+            if grouper
+                .add(segments)
+                .into_iter()
+                .any(|group| tx.send(group).is_err())
+            {
                 break;
             }
+        }
+        if let Some(group) = grouper.finish() {
+            let _ = tx.send(group);
         }
         drop(tx);
     });
@@ -572,6 +582,151 @@ fn plan_file<'a>(
         .collect())
 }
 
+/// The most bytes one file may add to a joined read that none of its files needs (other files'
+/// blobs between theirs in the pack: a backup's reading threads interleave files). With 256
+/// KiB, 150 files of 140 KB still took 37 requests to restore; with 2 MiB, under 20. The span
+/// of a joined read stays within `Tuning::max_run`, so that bounds what is read for nothing.
+const GROUP_GAP: u64 = 2 << 20;
+
+/// Gathers whole small files whose stored bytes lie close together in one pack into one work
+/// item, so a worker fetches them with one ranged read instead of one per file (on an object
+/// store, a request each). Files of several segments, or too far from the group, go alone.
+struct Grouper<'a> {
+    max_run: u64,
+    group: Vec<Segment<'a>>,
+    /// The group's runs joined: where the next file must continue.
+    joined: Option<ReadRun>,
+}
+
+impl<'a> Grouper<'a> {
+    fn new(max_run: u64) -> Self {
+        Self {
+            max_run,
+            group: Vec::new(),
+            joined: None,
+        }
+    }
+
+    /// Takes a file's segments; returns the work items that are complete.
+    fn add(&mut self, mut segments: Vec<Segment<'a>>) -> Vec<Vec<Segment<'a>>> {
+        let mut done = Vec::new();
+        let single = match segments.as_slice() {
+            [segment] if segment.runs.len() == 1 => segments.pop(),
+            _ => None,
+        };
+        let Some(segment) = single else {
+            done.extend(self.finish());
+            done.extend(segments.into_iter().map(|s| vec![s]));
+            return done;
+        };
+        let Some(run) = segment.runs.first() else {
+            done.push(vec![segment]);
+            return done;
+        };
+        let continues = self
+            .joined
+            .as_mut()
+            .is_some_and(|joined| joined.try_span(run, self.max_run, GROUP_GAP));
+        if !continues {
+            done.extend(self.finish());
+            self.joined = Some(run.clone());
+        }
+        self.group.push(segment);
+        done
+    }
+
+    /// The group gathered so far, if any.
+    fn finish(&mut self) -> Option<Vec<Segment<'a>>> {
+        self.joined = None;
+        (!self.group.is_empty()).then(|| std::mem::take(&mut self.group))
+    }
+}
+
+/// Writes a work item: one segment, or several whole files read with joined runs.
+fn restore_group(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    group: &[Segment<'_>],
+    options: &RestoreOptions,
+    budget: &Budget,
+    out: &mut SegmentWriter,
+    frames: &mut FrameCache,
+) -> Result<u64> {
+    if let [segment] = group {
+        return restore_segment(repo, snapshot, segment, options, budget, out, frames);
+    }
+    let mut runs: Vec<ReadRun> = Vec::new();
+    for run in group.iter().flat_map(|s| &s.runs) {
+        if !runs
+            .last_mut()
+            .is_some_and(|last| last.try_span(run, u64::MAX, u64::MAX))
+        {
+            runs.push(run.clone());
+        }
+    }
+    // Blobs arrive in order; each segment takes as many as its runs hold.
+    let mut segments = group.iter();
+    let mut current: Option<(&Segment<'_>, Arc<File>, usize)> = None;
+    let mut written = 0u64;
+    for run in &runs {
+        if options.cancel.is_cancelled() {
+            return Err(Error::msg(
+                ErrorKind::Cancelled,
+                "the restore was cancelled",
+            ));
+        }
+        let _held = budget.acquire(run.memory_bound());
+        let read = repo.read_run_cached(run, frames, |_, data| {
+            loop {
+                match current.as_mut() {
+                    Some((_, _, left)) if *left > 0 => break,
+                    Some(_) => {
+                        if let Some((segment, file, _)) = current.take() {
+                            written += finish_segment(snapshot, segment, file, out)?;
+                        }
+                    }
+                    None => {}
+                }
+                let Some(segment) = segments.next() else {
+                    return Err(Error::msg(
+                        ErrorKind::Corrupt,
+                        "a joined read returned more blobs than its files hold",
+                    ));
+                };
+                let file = segment.job.open()?;
+                out.start(segment.offset);
+                let blobs = segment.runs.iter().map(|r| r.entries.len()).sum();
+                current = Some((segment, file, blobs));
+            }
+            if let Some((segment, file, left)) = current.as_mut() {
+                out.write(file, data)
+                    .map_err(|e| io_error("writing", &segment.job.path, e))?;
+                *left -= 1;
+            }
+            options.progress.bytes(data.len() as u64);
+            Ok::<(), Error>(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(RunError::Repo(e)) => {
+                let node = current.as_ref().map_or(group[0].job.node, |c| c.0.job.node);
+                return Err(damaged_file(snapshot, node, e));
+            }
+            Err(RunError::Sink(e)) => return Err(e),
+        }
+    }
+    if let Some((segment, file, _)) = current.take() {
+        written += finish_segment(snapshot, segment, file, out)?;
+    }
+    // Files of no bytes have no blobs and are never reached by the loop above.
+    for segment in segments {
+        let file = segment.job.open()?;
+        out.start(segment.offset);
+        written += finish_segment(snapshot, segment, file, out)?;
+    }
+    Ok(written)
+}
+
 /// Writes one segment; the last segment of a file also closes it and sets its metadata.
 fn restore_segment(
     repo: &Repository,
@@ -605,6 +760,19 @@ fn restore_segment(
             Err(RunError::Sink(e)) => return Err(io_error("writing", &job.path, e)),
         }
     }
+    finish_segment(snapshot, segment, file, out)
+}
+
+/// Ends a segment's writes: checks their length, starts writeback, and for a file's last
+/// segment closes the file and sets its metadata.
+fn finish_segment(
+    snapshot: &Snapshot,
+    segment: &Segment<'_>,
+    file: Arc<File>,
+    out: &mut SegmentWriter,
+) -> Result<u64> {
+    let job = &segment.job;
+    let node = job.node;
     out.flush(&file)
         .map_err(|e| io_error("writing", &job.path, e))?;
     let expected: u64 = segment.runs.iter().map(ReadRun::raw_len).sum();

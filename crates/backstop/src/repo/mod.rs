@@ -105,6 +105,27 @@ impl ReadRun {
         false
     }
 
+    /// Widens this run to also cover `other` (same pack) when the span of both stays within
+    /// `max_len` stored bytes and adds at most `max_gap` bytes that neither needs; `other`'s
+    /// blobs then come after this run's, in the order given (a run's blobs are cut out of the
+    /// fetched bytes by their offsets, so they need not be in pack order). Files backed up by
+    /// several threads lie interleaved in a pack; this lets a restore fetch them together.
+    pub(crate) fn try_span(&mut self, other: &ReadRun, max_len: u64, max_gap: u64) -> bool {
+        if other.pack != self.pack {
+            return false;
+        }
+        let start = self.start.min(other.start);
+        let end = (self.start + self.len).max(other.start + other.len);
+        let len = end - start;
+        if len > max_len || len > (self.len + other.len).saturating_add(max_gap) {
+            return false;
+        }
+        self.start = start;
+        self.len = len;
+        self.entries.extend_from_slice(&other.entries);
+        true
+    }
+
     /// The raw bytes the run's blobs add up to.
     pub(crate) fn raw_len(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.raw_length)).sum()
