@@ -410,6 +410,11 @@ pub(crate) struct RestoreArgs {
     #[arg(long)]
     pub(crate) raw: bool,
 
+    /// Do not flush the restored files to disk at the end: faster, but a machine crash soon
+    /// after can lose or tear them while the restore looks complete. For scratch restores only
+    #[arg(long)]
+    pub(crate) no_sync: bool,
+
     /// Point-in-time recovery: replay up to this time (PostgreSQL `recovery_target_time`)
     #[arg(long, value_name = "TIME")]
     pub(crate) target_time: Option<String>,

@@ -259,6 +259,12 @@ pub struct RestoreOptions {
     pub existing: ExistingTarget,
     /// Skip the source's restore fix-ups (raw files only).
     pub raw: bool,
+    /// Flush the restored files to disk before the restore reports success (the default).
+    /// Without it the restore ends as soon as the kernel holds every byte: faster, but a crash
+    /// of the machine shortly after can lose or tear restored files, and the marker of an
+    /// unfinished restore may be gone while they are (its removal can reach the disk first).
+    /// For scratch restores only: tests, a look at old files, a check that a backup restores.
+    pub sync: bool,
     /// Options for the fix-ups (`target-time`, `target-lsn`…).
     pub fixup_options: BTreeMap<String, String>,
     /// Progress observer.
@@ -272,6 +278,7 @@ impl Default for RestoreOptions {
         Self {
             existing: ExistingTarget::Refuse,
             raw: false,
+            sync: true,
             fixup_options: BTreeMap::new(),
             progress: Arc::new(NoProgress),
             cancel: CancelToken::new(),
@@ -284,6 +291,7 @@ impl std::fmt::Debug for RestoreOptions {
         f.debug_struct("RestoreOptions")
             .field("existing", &self.existing)
             .field("raw", &self.raw)
+            .field("sync", &self.sync)
             .field("fixup_options", &self.fixup_options)
             .finish_non_exhaustive()
     }
@@ -301,6 +309,14 @@ impl RestoreOptions {
     #[must_use]
     pub fn with_raw(mut self, raw: bool) -> Self {
         self.raw = raw;
+        self
+    }
+
+    /// Whether to flush the restored files to disk before reporting success (see
+    /// [`RestoreOptions::sync`]); on by default.
+    #[must_use]
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
         self
     }
 

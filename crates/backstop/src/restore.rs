@@ -160,9 +160,13 @@ fn restore_tuned(
                     },
                 )
             })?;
-    sync_filesystem(target)?;
+    if options.sync {
+        sync_filesystem(target)?;
+    }
     std::fs::remove_file(&marker).map_err(|e| io_error("removing", &marker, e))?;
-    sync_filesystem(target)?;
+    if options.sync {
+        sync_filesystem(target)?;
+    }
     info.duration_ms = started.elapsed().as_millis() as u64;
     Ok(info)
 }
@@ -448,7 +452,7 @@ fn restore_files(
             let rx = rx.clone();
             let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
             scope.spawn(move || {
-                let mut out = SegmentWriter::new(tuning.write_buffer);
+                let mut out = SegmentWriter::new(tuning.write_buffer, options.sync);
                 let mut frames = FrameCache::new(FRAME_CACHE);
                 for group in rx {
                     if failed.load(Ordering::Relaxed) {
@@ -802,7 +806,7 @@ fn finish_segment(
             ),
         ));
     }
-    if written >= EARLY_WRITEBACK_FROM {
+    if out.early_writeback && written >= EARLY_WRITEBACK_FROM {
         // The kernel would hold these pages dirty until the final syncfs (background writeback
         // starts only at a share of RAM): starting their writeback now overlaps the disk with
         // the decoding of what follows. On Linux, POSIX_FADV_DONTNEED starts writeback of
@@ -832,14 +836,18 @@ struct SegmentWriter {
     capacity: usize,
     /// File offset of the first byte of `buf`.
     at: u64,
+    /// Whether finished segments start their writeback at once (only worth it when the
+    /// restore ends with a sync, see [`RestoreOptions::sync`]).
+    early_writeback: bool,
 }
 
 impl SegmentWriter {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, early_writeback: bool) -> Self {
         Self {
             buf: Vec::new(),
             capacity,
             at: 0,
+            early_writeback,
         }
     }
 

@@ -28,7 +28,8 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         .with_progress(progress.clone())
         .with_cancel(interrupt::cancel_token())
         .with_existing(existing)
-        .with_raw(args.raw);
+        .with_raw(args.raw)
+        .with_sync(!args.no_sync);
     let targets = [
         ("target-time", &args.target_time),
         ("target-lsn", &args.target_lsn),
