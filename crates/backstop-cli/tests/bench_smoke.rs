@@ -82,14 +82,14 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
         }
     }
     for tool in &tools {
-        for step in ["full", "incremental", "restore"] {
+        for step in ["full", "incremental", "restore", "restore-nosync"] {
             let r = row(tool, step).unwrap_or_else(|| panic!("no {step} row for {tool}"));
             assert!(
                 r["wall_s"].as_f64().is_some_and(|w| w > 0.0),
                 "{tool} {step}: no wall time in {r}"
             );
-            if step == "restore" {
-                assert_eq!(r["verified"], true, "{tool}: restore differs: {r}");
+            if step.starts_with("restore") {
+                assert_eq!(r["verified"], true, "{tool} {step}: restore differs: {r}");
             } else {
                 assert!(
                     r["bytes_added"].as_u64().is_some_and(|b| b > 0),
