@@ -919,7 +919,8 @@ class Bench:
         timeout = 300 if self.smoke else 3600
         self.runner = Runner(self.out / "logs", timeout)
         self.notes = []
-        self.results = []  # one dict per (tool, step)
+        self.results = []  # one dict per (tool, step): its median run
+        self.runs = {}  # (tool, step) -> every run's dict, in order
         self.native = []
         self.history = None
         self.failures = []
@@ -1019,6 +1020,7 @@ class Bench:
                     + (f" … ({len(problems)} differences)" if len(problems) > 10 else "")
                 )
             shutil.rmtree(target)
+        row["run"] = len(self.runs.get((tool.name, step), [])) + 1
         print(
             f" {m.wall:8.2f} s wall {m.cpu:8.2f} s CPU {row['peak_rss_mib']:8.1f} MiB RSS"
             + (
@@ -1028,7 +1030,50 @@ class Bench:
             ),
             file=sys.stderr,
         )
-        self.results.append(row)
+        self.runs.setdefault((tool.name, step), []).append(row)
+
+    def phase(self, order, step, data_bytes, before_repeat=None):
+        """Runs `step` for every tool, `--repeat` times, rotating who goes first between the
+        rounds; `before_repeat(tool)` puts a tool's repository back before each round after the
+        first. Keeps per tool the run with the median wall time (its other columns with it), the
+        highest peak RSS of all runs, and every run's wall time."""
+        for round_ in range(self.args.repeat):
+            for t in order:
+                if round_ > 0 and before_repeat:
+                    before_repeat(t)
+                self.step(t, step, data_bytes)
+            order = order[1:] + order[:1]
+        for t in sorted(order, key=lambda t: self.tool_names.index(t.name)):
+            runs = self.runs[(t.name, step)]
+            by_wall = sorted(runs, key=lambda r: r["wall_s"])
+            row = dict(by_wall[(len(by_wall) - 1) // 2])
+            row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+            row["wall_runs"] = [r["wall_s"] for r in runs]
+            self.results.append(row)
+        return order
+
+    def reset(self, tool, saved=None):
+        """Empties a tool's repository and cache (a fresh `init`), or puts back a saved copy."""
+        for path in (tool.repo, tool.cache):
+            shutil.rmtree(path, ignore_errors=True)
+        if saved is None:
+            tool.setup(self.runner)
+            return
+        for path in (tool.repo, tool.cache):
+            copy = saved / path.parent.name / path.name
+            if copy.exists():
+                subprocess.run(["cp", "-a", "--reflink=never", str(copy), str(path)], check=True)
+
+    def save(self, tools, saved):
+        """Copies every tool's repository and cache under `saved`, for `reset`."""
+        for t in tools:
+            for path in (t.repo, t.cache):
+                if path.exists():
+                    (saved / path.parent.name).mkdir(parents=True, exist_ok=True)
+                    subprocess.run(
+                        ["cp", "-a", "--reflink=never", str(path), str(saved / path.parent.name / path.name)],
+                        check=True,
+                    )
 
     def run(self):
         backstop_bin = find_backstop(self.args)
@@ -1053,27 +1098,29 @@ class Bench:
         for t in tools:
             t.setup(self.runner)
         order = list(tools)
+        self.tool_names = [t.name for t in tools]
 
         progress("full backups of version 1")
-        for t in order:
-            self.step(t, "full", v1_bytes)
+        order = self.phase(order, "full", v1_bytes, before_repeat=self.reset)
         order = order[1:] + order[:1]  # alternate who goes first
+        saved = self.work / "after-full"
+        if self.args.repeat > 1:
+            # Every repetition of the incremental starts from the repository the full left.
+            self.save(tools, saved)
 
         progress("workload (version 2)")
         self.dataset.workload()
         v2_bytes = tree_bytes(self.data)
         part_sizes_v2 = {p.name: tree_bytes(p) for p in sorted(self.data.iterdir())}
         progress("incremental backups of version 2")
-        for t in order:
-            self.step(t, "incremental", v2_bytes)
+        order = self.phase(order, "incremental", v2_bytes, before_repeat=lambda t: self.reset(t, saved))
+        shutil.rmtree(saved, ignore_errors=True)
         order = order[1:] + order[:1]
         progress("restores of the latest backup, each followed by `sync` (timed)")
-        for t in order:
-            self.step(t, "restore", v2_bytes)
+        order = self.phase(order, "restore", v2_bytes)
         order = order[1:] + order[:1]
         progress("restores of the latest backup without a sync (Backstop: --no-sync)")
-        for t in order:
-            self.step(t, "restore-nosync", v2_bytes)
+        self.phase(order, "restore-nosync", v2_bytes)
 
         progress("peak RSS with 50 earlier backups in the repository")
         self.history = self.history_rss(backstop_bin, earlier=5 if self.smoke else 50)
@@ -1107,6 +1154,7 @@ class Bench:
             "versions": self.versions,
             "backstop_bin": str(backstop_bin),
             "seconds": round(time.monotonic() - started, 1),
+            "repeat": self.args.repeat,
         }
 
     # -- memory with history ---------------------------------------------------------------------
@@ -1421,8 +1469,16 @@ def write_report(bench, chart_name):
         f"| **total** | {mib(meta['v1_bytes'])} | {mib(t['size'])} | {mib(t['pages4k'])} | {mib(t['pages8k'])} |\n"
     )
     w("## Results\n")
-    w("| tool | step | wall s | CPU s | peak RSS MiB | MiB/s | repository MiB | added MiB | restore |")
-    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    repeat = meta.get("repeat", 1)
+    if repeat > 1:
+        w(
+            f"Each step ran {repeat} times per tool, rotating the order; each row is the run with the median "
+            "wall time (its CPU time and sizes with it), the peak RSS the highest of all runs, and the last "
+            "column every run's wall time in order.\n"
+        )
+    runs_head = " | wall s of every run" if repeat > 1 else ""
+    w(f"| tool | step | wall s | CPU s | peak RSS MiB | MiB/s | repository MiB | added MiB | restore{runs_head} |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---" + (" | ---" if repeat > 1 else "") + " |")
     for tool in tools:
         for step in STEPS:
             r = get.get((tool, step))
@@ -1432,6 +1488,7 @@ def write_report(bench, chart_name):
             w(
                 f"| {tool} | {step} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
                 f"{r['mib_per_s']} | {mib(r['repo_bytes'])} | {mib(r['bytes_added'])} | {check} |"
+                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
             )
     w("")
     bs = {s: get.get(("backstop", s)) for s in STEPS}
@@ -1741,6 +1798,13 @@ def main():
         "--strict", action="store_true", help="fail instead of skipping when an installable tool is missing"
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every timed step N times per tool, rotating the order; report the median run",
+    )
     args = ap.parse_args()
 
     bench = Bench(args)
