@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the S3-protocol servers the object-storage tests start on loopback ports (and, at the
-# end, the other services' servers: Azurite, rclone, OpenSSH):
+# end, the other services' servers: Azurite, rclone, OpenSSH, gcp-storage-emulator):
 # - `moto_server` (PyPI: moto with its `server` extra): starts in about a second, keeps objects
 #   in memory, accepts any credentials (crates/backstop-store/tests/s3.rs);
 # - `s3s-fs` (crates.io, 0.14.1, its `binary` feature; about 3 minutes to build on 2 cores):
@@ -48,6 +48,21 @@ fi
 # - rclone (Debian), whose `rclone serve webdav` is the WebDAV server.
 if ! command -v rclone >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends rclone
+fi
+
+# - gcp-storage-emulator (PyPI), a Google Cloud Storage emulator serving Google's JSON API (what
+#   the GCS store speaks); pinned, since the tests read its request log.
+if ! command -v gcp-storage-emulator >/dev/null 2>&1; then
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends python3 python3-pip
+    fi
+    # Plain pip first; Debian's system python refuses it (PEP 668), then the override is needed.
+    python3 -m pip install --quiet 'gcp-storage-emulator==2026.7.19' \
+        || python3 -m pip install --quiet --break-system-packages 'gcp-storage-emulator==2026.7.19'
+    command -v gcp-storage-emulator >/dev/null 2>&1 || {
+        echo "gcp-storage-emulator was installed but is not on PATH ($(python3 -m site --user-base)/bin?)" >&2
+        exit 1
+    }
 fi
 
 # - OpenSSH (Debian): `sshd` is the SFTP server the tests start on a loopback port (as the current

@@ -1,12 +1,14 @@
 //! The `backstop` binary on a real WebDAV server (`rclone serve webdav`, started here on a
-//! loopback port with basic authentication) and on a real SSH server (OpenSSH's `sshd`, with a
-//! temporary host key and user key): init, an encrypted backup, `verify --full` and a restore
-//! that matches the source byte for byte, the stored files holding no plaintext; plus the clear
-//! error for the service this version does not support (HDFS).
+//! loopback port with basic authentication), on a real SSH server (OpenSSH's `sshd`, with a
+//! temporary host key and user key) and on a Google Cloud Storage emulator
+//! (`gcp-storage-emulator`, found through `STORAGE_EMULATOR_HOST`): init, an encrypted backup,
+//! `verify --full` and a restore that matches the source byte for byte, the stored objects
+//! holding no plaintext; plus the clear error for the service this version does not support
+//! (HDFS).
 //!
-//! Needs the `webdav` and `sftp` features (default ones). Without `rclone` or `sshd` on the
-//! PATH the server tests fail under `CI=true` and skip loudly otherwise
-//! (`scripts/install/store.sh` installs them).
+//! Needs the `webdav`, `sftp` and `gcs` features (default ones). Without `rclone`, `sshd` or
+//! `gcp-storage-emulator` on the PATH the server tests fail under `CI=true` and skip loudly
+//! otherwise (`scripts/install/store.sh` installs them).
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -16,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 
 #[path = "../../backstop-store/tests/support/services.rs"]
 mod services;
-use services::{Service, ServiceServer, WEBDAV_PASSWORD, WEBDAV_USER};
+use services::{GCS_BUCKET, Service, ServiceServer, WEBDAV_PASSWORD, WEBDAV_USER};
 #[path = "../../backstop-store/tests/support/sshd.rs"]
 mod sshd;
 use sshd::SshServer;
@@ -283,6 +285,63 @@ fn encrypted_round_trip_on_sftp() {
         0,
         "ssh connections outlived the commands that opened them"
     );
+}
+
+#[test]
+fn encrypted_round_trip_on_gcs_emulator() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let marker = "PLAINTEXT-MARKER-gcs-3d9b";
+    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
+    std::fs::write(data.join("hello.txt"), format!("{marker}\n").repeat(100)).unwrap();
+    std::fs::write(data.join("sub/deeper/empty"), b"").unwrap();
+    std::fs::write(data.join("sub/random.bin"), pseudo_random(3 << 20, 13)).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            data.join(format!("sub/small-{i}.txt")),
+            format!("{marker} {i}"),
+        )
+        .unwrap();
+    }
+    // The URL names only the bucket and prefix, as for GCS itself: the emulator is found
+    // through the variable Google's libraries read, which also turns authentication off.
+    let url = format!("gs://{GCS_BUCKET}/backups/repo");
+    let env = [(
+        "STORAGE_EMULATOR_HOST",
+        std::ffi::OsString::from(server.addr().to_string()),
+    )];
+    let run = |args: &[&str]| backstop_with(scratch.path(), &url, args, &env);
+
+    let started = std::time::Instant::now();
+    let init: serde_json::Value = serde_json::from_slice(&run(&["--json", "init"]).stdout).unwrap();
+    assert_eq!(init["result"]["encrypted"], true, "{init}");
+    let backup: serde_json::Value =
+        serde_json::from_slice(&run(&["--json", "backup", data.to_str().unwrap()]).stdout).unwrap();
+    let id = backup["result"]["id"].as_u64().unwrap().to_string();
+    run(&["verify", "--full"]);
+    let target = scratch.path().join("restored");
+    run(&["restore", &id, target.to_str().unwrap()]);
+    assert!(tree(&target) == tree(&data), "the restore differs");
+    eprintln!(
+        "GCS emulator: init, backup, verify and restore took {:?}",
+        started.elapsed()
+    );
+
+    // What reached the emulator is ciphertext.
+    let store = backstop_store::open_url(&server.url(GCS_BUCKET, "backups/repo")).unwrap();
+    let objects = store.list("").unwrap();
+    assert!(objects.len() > 3, "objects on the server: {objects:?}");
+    for object in objects {
+        let bytes = store.get(&object.key).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{} holds the plaintext marker",
+            object.key
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub(crate) const MIB: usize = 1024 * 1024;
 #[non_exhaustive]
 pub struct CloudStoreOptions {
     /// Objects larger than this are uploaded in parts (default 16 MiB), where the service has
-    /// multipart uploads (not WebDAV).
+    /// multipart uploads (not WebDAV; not GCS, where every put is one upload request).
     pub multipart_threshold: usize,
     /// Size of each part (default 8 MiB, at least 5 MiB).
     pub part_size: usize,
@@ -255,8 +255,7 @@ impl Drop for Runtime {
 /// What a service can do beyond plain put/get/list/delete.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Capabilities {
-    /// The service has create-if-absent puts (`If-None-Match: *`, `x-goog-if-generation-match:
-    /// 0`); without it `PutMode::Create` is a HEAD check before the put, which a concurrent
+    /// The service has create-if-absent puts (`If-None-Match: *`); without it `PutMode::Create` is a HEAD check before the put, which a concurrent
     /// writer can race.
     pub(crate) conditional_put: bool,
     /// The service has multipart uploads.

@@ -5,11 +5,12 @@
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opendal::{EntryMode, Operator};
 
 use crate::memory::check_range;
+use crate::operator::{Client, RetryLimits, error_chain};
 use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
 
 const SERVICE: &str = "SFTP";
@@ -108,40 +109,6 @@ impl SftpStoreOptions {
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
-    }
-}
-
-/// The runtime that drives OpenDAL, and the operator whose pool holds the connections; dropped
-/// with the last clone of the store.
-#[derive(Debug)]
-struct Client {
-    operator: Option<Operator>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let operator = self.operator.take();
-        let Some(runtime) = self.runtime.take() else {
-            return;
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Blocking inside another runtime would panic: the connections' tasks are dropped
-            // whenever the runtime's threads get to it, and a process that exits first leaves
-            // its ssh masters running.
-            drop(operator);
-            runtime.shutdown_background();
-            return;
-        }
-        // Each connection's task owns an openssh session, whose drop tells the `ssh` master
-        // to exit. Those tasks only end inside the runtime, so the pool is dropped there and
-        // the shutdown waits for the tasks; otherwise every pooled connection would leave an
-        // `ssh` process (and the server its session) behind for good.
-        {
-            let _inside = runtime.enter();
-            drop(operator);
-        }
-        runtime.shutdown_timeout(Duration::from_secs(10));
     }
 }
 
@@ -372,14 +339,6 @@ impl SftpStore {
                 )
             })?
             .finish();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("backstop-sftp")
-            .enable_all()
-            .build()
-            .map_err(|err| {
-                StoreError::from_io("", "cannot start the SFTP client's runtime", err)
-            })?;
         let mut base = String::from("sftp://");
         if !user.is_empty() {
             base.push_str(user);
@@ -393,10 +352,7 @@ impl SftpStore {
         base.push_str(prefix);
         Ok(Self {
             operator: operator.clone(),
-            client: Arc::new(Client {
-                operator: Some(operator),
-                runtime: Some(runtime),
-            }),
+            client: Arc::new(Client::new(SERVICE, operator)?),
             options,
             base: base.trim_end_matches('/').to_owned(),
         })
@@ -439,62 +395,25 @@ impl SftpStore {
         key: &str,
         what: &str,
         max_retries: usize,
-        mut operation: F,
+        operation: F,
     ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: IntoFuture<Output = opendal::Result<T>>,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(StoreError::new(
-                StoreErrorKind::Other,
-                key,
-                "the SFTP store was called from inside an async runtime, where blocking would \
-                 stall it; call it from a plain thread or tokio::task::spawn_blocking",
-            ));
-        }
-        let runtime = self.client.runtime.as_ref().ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Other,
-                key,
-                "the SFTP client's runtime is shut down",
-            )
-        })?;
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(500);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let attempt = operation();
-            let limit = self.options.request_timeout;
-            // The timer is made inside the runtime, which it needs.
-            let result = runtime
-                .block_on(async move { tokio::time::timeout(limit, attempt).await })
-                .unwrap_or_else(|_| {
-                    Err(opendal::Error::new(
-                        opendal::ErrorKind::Unexpected,
-                        format!(
-                            "no answer within {} s",
-                            self.options.request_timeout.as_secs()
-                        ),
-                    )
-                    .set_temporary())
-                });
-            let err = match result {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            let kind = error_kind(&err);
-            let retry = kind == StoreErrorKind::Transient
-                && tries <= max_retries
-                && started.elapsed() + pause < self.options.retry_timeout;
-            if !retry {
-                return Err(map_error(key, what, kind, tries, err));
-            }
-            tracing::debug!(key, what, error = %err, "SFTP operation failed, trying again");
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(15));
-        }
+        let limits = RetryLimits {
+            max_retries,
+            retry_timeout: self.options.retry_timeout,
+            request_timeout: self.options.request_timeout,
+        };
+        self.client.run(
+            key,
+            what,
+            limits,
+            error_kind,
+            |kind, tries, err| map_error(key, what, kind, tries, err),
+            operation,
+        )
     }
 
     fn description(&self) -> String {
@@ -565,16 +484,7 @@ fn map_error(
     tries: usize,
     err: opendal::Error,
 ) -> StoreError {
-    let chain = {
-        let mut text = err.to_string();
-        let mut current = std::error::Error::source(&err);
-        while let Some(error) = current {
-            text.push('\n');
-            text.push_str(&error.to_string());
-            current = error.source();
-        }
-        text
-    };
+    let chain = error_chain(&err);
     let message = match kind {
         StoreErrorKind::Transient => format!(
             "{SERVICE} {what} kept failing ({tries} tries); check that the server is up and \

@@ -1,11 +1,12 @@
 //! The store conformance suite against real servers of the other object services, started here
-//! on loopback ports: Azure Blob Storage (Azurite), WebDAV (`rclone serve webdav`) and SFTP
-//! (OpenSSH's `sshd`). Each store is held to what `LocalStore` promises, except where the
-//! service cannot (WebDAV and SFTP have no conditional put, so their racing creates are held to
-//! the best-effort rule, as on Garage). Plus what each does with large objects and bad
-//! credentials, and that SFTP readers never see a half-written object. Google Cloud Storage has no test server here: no installable emulator serves
-//! what object_store's client sends (fake-gcs-server has no XML-API PUT, gcp-storage-emulator
-//! no HEAD), so `GcsStore` is covered by its unit tests only (see docs/object-storage.md).
+//! on loopback ports: Azure Blob Storage (Azurite), WebDAV (`rclone serve webdav`), SFTP
+//! (OpenSSH's `sshd`) and Google Cloud Storage (`gcp-storage-emulator`, Google's JSON API). Each
+//! store is held to what `LocalStore` promises, except where the service cannot (WebDAV and SFTP
+//! have no conditional put, and the GCS emulator ignores preconditions, so their racing creates
+//! are held to the best-effort rule, as on Garage). Plus what each does with large objects, bad
+//! credentials, missing buckets and outages, that SFTP readers never see a half-written object,
+//! and that GCS creates carry the `ifGenerationMatch=0` precondition real GCS enforces (read from
+//! the emulator's request log, since the emulator itself does not check it).
 //!
 //! Without a server on the PATH its tests fail under `CI=true` and skip loudly otherwise
 //! (install them with `scripts/install/store.sh`).
@@ -16,8 +17,8 @@
 use std::time::Duration;
 
 use backstop_store::{
-    AzureStore, CloudStoreOptions, CountingStore, PutMode, SftpStore, Store, StoreErrorKind,
-    WebDavStore, conformance, open_url,
+    AzureStore, CloudStoreOptions, CountingStore, GcsStore, PutMode, SftpStore, Store,
+    StoreErrorKind, WebDavStore, conformance, open_url,
 };
 
 mod support {
@@ -25,7 +26,7 @@ mod support {
     pub(crate) mod sshd;
 }
 use support::services::{
-    AZURITE_ACCOUNT, AZURITE_KEY, Service, ServiceServer, WEBDAV_PASSWORD, WEBDAV_USER,
+    AZURITE_ACCOUNT, AZURITE_KEY, GCS_BUCKET, Service, ServiceServer, WEBDAV_PASSWORD, WEBDAV_USER,
     http_request,
 };
 use support::sshd::SshServer;
@@ -322,4 +323,174 @@ fn sftp_refusals_and_outages_have_their_kinds() {
     assert!(err.to_string().contains("3 tries"), "{err}");
     // Backing off 0.5 s, then 1 s.
     assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+/// The request lines of uploads (`POST /upload/storage/v1/…`) the GCS emulator logged for the
+/// object `name` (whose `/` the request encodes as `%2F`).
+fn gcs_uploads_of(server: &ServiceServer, name: &str) -> Vec<String> {
+    let parameter = format!("name={}", name.replace('/', "%2F"));
+    server
+        .log()
+        .lines()
+        .filter(|line| line.contains("\"POST /upload/storage/v1/b/"))
+        .filter(|line| line.split(['?', '&', ' ']).any(|part| part == parameter))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn gcs_store_conforms_on_the_emulator() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    let store = open_url(&server.url(GCS_BUCKET, "repo")).unwrap();
+    assert_eq!(store.describe(), format!("gs://{GCS_BUCKET}/repo"));
+    // The emulator ignores `ifGenerationMatch=0`, so racing creates can all win there (each
+    // object stays whole); on GCS exactly one does. A create of an object that already exists
+    // is still refused: the store looks first.
+    let started = std::time::Instant::now();
+    conformance::run_all_without_atomic_create(&store);
+    eprintln!(
+        "GCS conformance suite on the emulator: {:?}",
+        started.elapsed()
+    );
+    assert!(store.list("").unwrap().is_empty(), "the suite cleans up");
+    // Every request was one of the JSON API's: no XML-API multipart upload (`?uploads`), which
+    // the emulator does not serve (it answers 501 to anything it does not know).
+    let log = server.log();
+    assert!(!log.contains("?uploads"), "{log}");
+    assert!(!log.contains("Method not implemented"), "{log}");
+}
+
+#[test]
+fn gcs_large_objects_go_up_in_one_request() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    // Part options that would split this object into five parts on the other services.
+    let store = CountingStore::new(
+        GcsStore::from_url_with_options(&server.url(GCS_BUCKET, "big"), small_parts()).unwrap(),
+    );
+    let big = pattern(24 << 20);
+    store.put("packs/big", &big, PutMode::Create).unwrap();
+    let uploads = gcs_uploads_of(&server, "big/packs/big");
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(uploads[0].contains("uploadType=media"), "{uploads:?}");
+    assert_eq!(store.head("packs/big").unwrap().size, 24 << 20);
+    assert!(
+        store.get("packs/big").unwrap() == big,
+        "the object came back different"
+    );
+    // Ranges across where the part boundaries would be, and the last bytes.
+    for range in [
+        (5 << 20) - 3..(5 << 20) + 3,
+        (10 << 20) - 1..(20 << 20) + 1,
+        (24 << 20) - 2..24 << 20,
+    ] {
+        let got = store
+            .get_range("packs/big", range.start as u64..range.end as u64)
+            .unwrap();
+        assert!(
+            got == big[range.clone()],
+            "range {range:?} came back different"
+        );
+    }
+    assert_eq!(
+        store
+            .get_range("packs/big", (24 << 20) - 1..(24 << 20) + 1)
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::InvalidRange
+    );
+    // One download per read: none was tried again.
+    let downloads = server
+        .log()
+        .lines()
+        .filter(|line| {
+            line.contains("\"GET /storage/v1/b/backstop-test/o/big%2Fpacks%2Fbig?alt=media")
+        })
+        .count();
+    assert_eq!(downloads, 5);
+    eprintln!("GCS store requests: {:?}", store.counts());
+}
+
+#[test]
+fn gcs_creates_carry_the_generation_precondition() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    let store = GcsStore::from_url(&server.url(GCS_BUCKET, "repo")).unwrap();
+    store.put("gen/created", b"one", PutMode::Create).unwrap();
+    store
+        .put("gen/overwritten", b"one", PutMode::Overwrite)
+        .unwrap();
+    store
+        .put("gen/overwritten", b"two", PutMode::Overwrite)
+        .unwrap();
+    let created = gcs_uploads_of(&server, "repo/gen/created");
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0].contains("&ifGenerationMatch=0"), "{created:?}");
+    let overwritten = gcs_uploads_of(&server, "repo/gen/overwritten");
+    assert_eq!(overwritten.len(), 2, "{overwritten:?}");
+    assert!(
+        overwritten
+            .iter()
+            .all(|line| !line.contains("ifGenerationMatch")),
+        "{overwritten:?}"
+    );
+    // A create of an existing object is refused before any upload: the emulator would have
+    // let it through.
+    let err = store
+        .put("gen/created", b"two", PutMode::Create)
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::AlreadyExists, "{err}");
+    assert_eq!(gcs_uploads_of(&server, "repo/gen/created").len(), 1);
+    assert_eq!(store.get("gen/created").unwrap(), b"one");
+}
+
+#[test]
+fn gcs_missing_bucket_is_named() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    let store = GcsStore::from_url(&server.url("no-such-bucket", "repo")).unwrap();
+    let err = store.put("config", b"x", PutMode::Create).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the bucket `no-such-bucket` does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.kind(), StoreErrorKind::Other, "{err}");
+    let err = store.list("").unwrap_err();
+    assert!(err.to_string().contains("`no-such-bucket`"), "{err}");
+    // A get cannot tell a missing bucket from a missing object.
+    assert_eq!(
+        store.get("config").unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
+}
+
+#[test]
+fn gcs_outage_is_transient_within_the_retry_bound() {
+    let Some(server) = ServiceServer::start(Service::GcsEmulator) else {
+        return;
+    };
+    let url = format!(
+        "{}&max_retries=2&retry_timeout=20",
+        server.url(GCS_BUCKET, "repo")
+    );
+    let store = GcsStore::from_url(&url).unwrap();
+    store.put("config", b"x", PutMode::Create).unwrap();
+    // Nobody listens on the port any more: connections are refused, tried again, then
+    // transient.
+    drop(server);
+    let started = std::time::Instant::now();
+    let err = store.get("config").unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("3 tries"), "{err}");
+    // Backing off 0.5 s, then 1 s; well inside the 20 s bound.
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    eprintln!("GCS outage reported after {elapsed:?}");
 }

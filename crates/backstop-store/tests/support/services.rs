@@ -4,9 +4,12 @@
 //! - Azure Blob Storage: Azurite (`azurite-blob`, npm), objects on disk, shared-key signatures
 //!   checked;
 //! - WebDAV: `rclone serve webdav` (Debian's `rclone`) over a directory, with basic
-//!   authentication.
+//!   authentication;
+//! - Google Cloud Storage: `gcp-storage-emulator` (PyPI), Google's JSON API with objects in
+//!   memory and one bucket, [`GCS_BUCKET`]; no authentication, and it ignores preconditions
+//!   (`ifGenerationMatch`). It logs every request line, which tests read.
 //!
-//! `scripts/install/store.sh` installs both. Without the program on the PATH a test fails
+//! `scripts/install/store.sh` installs them. Without the program on the PATH a test fails
 //! under `CI=true` and skips loudly otherwise.
 //!
 //! Shared by the store's tests and the CLI's (`#[path]` include), hence the `dead_code` allow.
@@ -29,11 +32,15 @@ pub(crate) const WEBDAV_USER: &str = "backstop";
 /// The password of [`WEBDAV_USER`].
 pub(crate) const WEBDAV_PASSWORD: &str = "backstop-test-password";
 
+/// The bucket the GCS emulator creates at start.
+pub(crate) const GCS_BUCKET: &str = "backstop-test";
+
 /// Which service to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Service {
     Azurite,
     RcloneWebDav,
+    GcsEmulator,
 }
 
 impl Service {
@@ -41,6 +48,7 @@ impl Service {
         match self {
             Service::Azurite => "azurite-blob",
             Service::RcloneWebDav => "rclone",
+            Service::GcsEmulator => "gcp-storage-emulator",
         }
     }
 }
@@ -150,8 +158,9 @@ impl ServiceServer {
     }
 
     /// A repository URL as a user would write it for `bucket` (ignored by WebDAV, whose
-    /// directories need no creating) and `prefix`; without credentials (the WebDAV store reads
-    /// them from `WEBDAV_USERNAME` / `WEBDAV_PASSWORD`, see [`ServiceServer::url_with_user`]).
+    /// directories need no creating; on the GCS emulator only [`GCS_BUCKET`] exists) and
+    /// `prefix`; without credentials (the WebDAV store reads them from `WEBDAV_USERNAME` /
+    /// `WEBDAV_PASSWORD`, see [`ServiceServer::url_with_user`]).
     pub(crate) fn url(&self, bucket: &str, prefix: &str) -> String {
         match self.service {
             Service::Azurite => format!(
@@ -159,6 +168,10 @@ impl ServiceServer {
                 self.endpoint()
             ),
             Service::RcloneWebDav => format!("webdav+http://{}/{bucket}/{prefix}", self.addr()),
+            Service::GcsEmulator => format!(
+                "gs://{bucket}/{prefix}?endpoint={}&anonymous=true",
+                self.endpoint()
+            ),
         }
     }
 
@@ -199,6 +212,12 @@ impl ServiceServer {
                     .arg("--cache-dir")
                     .arg(self.dir.path().join("rclone-cache"))
                     .args(["--config", "/dev/null"]);
+            }
+            Service::GcsEmulator => {
+                // Not `--quiet`: the request lines it logs are what tests read.
+                cmd.args(["start", "--host", "127.0.0.1", "--port", &port])
+                    .args(["--in-memory", "--default-bucket", GCS_BUCKET])
+                    .env("PYTHONUNBUFFERED", "1");
             }
         }
         cmd.current_dir(self.dir.path())
