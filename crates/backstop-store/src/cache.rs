@@ -377,6 +377,10 @@ impl<S: Store> Store for CachingStore<S> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        self.inner.remove_temp_files(min_age)
+    }
 }
 
 #[cfg(test)]

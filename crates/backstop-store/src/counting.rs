@@ -195,6 +195,17 @@ impl<S: Store> Store for CountingStore<S> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        // Counted as one listing and one delete per file removed, when any were; a walk that
+        // finds none is not counted (stores without temp files make no request at all).
+        let removed = self.inner.remove_temp_files(min_age)?;
+        if removed > 0 {
+            bump(&self.counters.lists, 1);
+            bump(&self.counters.deletes, removed);
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A short human description, such as `local:/srv/backups` or `s3://bucket/prefix`.
     fn describe(&self) -> String;
+
+    /// Removes what interrupted puts left behind and is older than `min_age` (the temp files
+    /// of stores that write one and rename it into place); returns how many were removed.
+    /// Stores whose unfinished puts leave nothing that costs space do nothing: the default.
+    /// Wrappers must forward it.
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        let _ = min_age;
+        Ok(0)
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -162,6 +171,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        (**self).remove_temp_files(min_age)
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -185,6 +197,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        (**self).remove_temp_files(min_age)
     }
 }
 

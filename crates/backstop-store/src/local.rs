@@ -465,6 +465,10 @@ impl Store for LocalStore {
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
     }
+
+    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+        LocalStore::remove_temp_files(self, min_age)
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use backstop_store::{
-    CachingStore, CountingStore, FaultStore, LocalStore, LocalStoreOptions, MemoryStore, Store,
-    ThrottleLimits, ThrottleStore, conformance,
+    CachingStore, CountingStore, FaultStore, LocalStore, LocalStoreOptions, MemoryStore, PutMode,
+    Store, ThrottleLimits, ThrottleStore, conformance,
 };
 
 #[test]
@@ -90,4 +90,35 @@ fn suite_leaves_nothing_behind() {
     let store = MemoryStore::new();
     conformance::run_all(&store);
     assert!(store.is_empty(), "left behind: {:?}", store.keys());
+}
+
+#[test]
+fn every_wrapper_passes_temp_file_cleanup_to_the_store_beneath() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let local = LocalStore::new(dir.path());
+    local
+        .put("packs/ab/abcd", b"pack", PutMode::Overwrite)
+        .unwrap();
+    // What a killed put leaves beside its key, backdated past the minimum age.
+    let temp = dir.path().join("packs/ab/.tmp-00000000000000aa");
+    std::fs::write(&temp, b"half").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&temp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // The stack the CLI builds, plus the test wrappers, each forwarding to the next.
+    let stack: Arc<dyn Store> = Arc::new(CountingStore::new(ThrottleStore::new(
+        CachingStore::new(FaultStore::new(local), cache.path()),
+        ThrottleLimits::new(1 << 30, 1 << 30),
+    )));
+    let minute = std::time::Duration::from_secs(60);
+    assert_eq!(stack.remove_temp_files(minute).unwrap(), 1);
+    assert!(!temp.exists());
+    assert_eq!(stack.get("packs/ab/abcd").unwrap(), b"pack");
+    // Stores without temp files have nothing to remove.
+    assert_eq!(MemoryStore::new().remove_temp_files(minute).unwrap(), 0);
 }

@@ -1,5 +1,5 @@
 //! Garbage collection: delete packs that no backup references and the leftovers of
-//! interrupted backups, under an exclusive lock.
+//! interrupted backups (packs no index lists, temp files of puts), under an exclusive lock.
 //!
 //! Order, so that a crash at any point loses nothing: (1) write a new index object listing the
 //! packs that stay, (2) delete the old index objects, (3) delete the unreferenced packs. A crash
@@ -7,11 +7,16 @@
 //! the next gc deletes.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use crate::Result;
 use crate::format::{self, IndexPack, PackEntry};
 use crate::info::GcReport;
 use crate::repo::{Repository, lock, referenced_blobs};
+
+/// Temp files younger than this may belong to a put still running (of a process that has not
+/// seen the gc lock yet, or that a slow link holds up): only older ones are removed.
+const TEMP_FILE_MIN_AGE: Duration = Duration::from_secs(3600);
 
 pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
@@ -99,6 +104,7 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     for (key, _) in &orphans {
         repo.store.delete(key)?;
     }
+    report.temp_files_removed = repo.store.remove_temp_files(TEMP_FILE_MIN_AGE)?;
     repo.reload_index()?;
     Ok(report)
 }

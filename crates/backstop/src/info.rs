@@ -163,6 +163,10 @@ pub struct GcReport {
     pub indexes_rewritten: u64,
     /// Packs kept because some of their blobs are still used.
     pub packs_kept: u64,
+    /// Temp files of interrupted puts removed (local and SFTP repositories; see
+    /// [`crate::Store::remove_temp_files`]), older than an hour.
+    #[serde(default)]
+    pub temp_files_removed: u64,
     /// Whether this was a dry run.
     pub dry_run: bool,
 }

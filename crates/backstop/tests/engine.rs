@@ -773,6 +773,49 @@ fn local_store_repository_round_trip() {
 }
 
 #[test]
+fn gc_removes_temp_files_of_interrupted_writes_once_they_are_an_hour_old() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let repo = tempfile::tempdir().unwrap();
+    let engine =
+        BackupEngine::init(backstop::LocalStore::new(repo.path()), encrypted(), opts()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    // What a put killed between writing its temp file and the rename leaves: one from two
+    // hours ago, one from now (a put that may still be running).
+    let pack_dir = std::fs::read_dir(repo.path().join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let old = pack_dir.join(".tmp-00000000000000aa");
+    let fresh = repo.path().join("snapshots").join(".tmp-00000000000000bb");
+    std::fs::write(&old, b"half a pack").unwrap();
+    std::fs::write(&fresh, b"half a snapshot").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+
+    let report = engine.gc(true).unwrap();
+    assert_eq!(report.temp_files_removed, 0, "a dry run removes nothing");
+    assert!(old.exists());
+    let report = engine.gc(false).unwrap();
+    assert_eq!(report.temp_files_removed, 1, "{report:?}");
+    assert!(!old.exists(), "the old temp file is still there");
+    assert!(
+        fresh.exists(),
+        "a temp file of a put that may be running was removed"
+    );
+    assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
+}
+
+#[test]
 fn a_damaged_key_file_is_reported_as_corrupt_not_as_a_wrong_password() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();

@@ -80,8 +80,16 @@ pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     } else {
         "deleted"
     };
+    let temps = if report.temp_files_removed > 0 {
+        format!(
+            ", {} temp files of interrupted writes removed",
+            report.temp_files_removed
+        )
+    } else {
+        String::new()
+    };
     printer.status(format!(
-        "{verb} {} packs ({}), kept {} packs, {} indexes rewritten",
+        "{verb} {} packs ({}), kept {} packs, {} indexes rewritten{temps}",
         report.packs_deleted,
         output::size(report.bytes_freed),
         report.packs_kept,
