@@ -753,8 +753,9 @@ fn archive_objects_round_trip_and_refuse_different_bytes() {
     assert!(engine.archive_put("wal", "../x", b"x").is_err());
 }
 
-#[test]
-fn local_store_repository_round_trip() {
+/// The sample tree (first directory) backed up once into an encrypted repository on a local
+/// disk (second directory).
+fn local_repository_with_one_backup() -> (tempfile::TempDir, tempfile::TempDir, BackupEngine) {
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
     let repo = tempfile::tempdir().unwrap();
@@ -763,6 +764,12 @@ fn local_store_repository_round_trip() {
     engine
         .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
         .unwrap();
+    (data, repo, engine)
+}
+
+#[test]
+fn local_store_repository_round_trip() {
+    let (data, repo, _) = local_repository_with_one_backup();
     let engine = ReadOnlyEngine::open(backstop::LocalStore::new(repo.path()), opts()).unwrap();
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
     let target = tempfile::tempdir().unwrap();
@@ -774,14 +781,7 @@ fn local_store_repository_round_trip() {
 
 #[test]
 fn gc_removes_temp_files_of_interrupted_writes_once_they_are_an_hour_old() {
-    let data = tempfile::tempdir().unwrap();
-    sample_tree(data.path());
-    let repo = tempfile::tempdir().unwrap();
-    let engine =
-        BackupEngine::init(backstop::LocalStore::new(repo.path()), encrypted(), opts()).unwrap();
-    engine
-        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
-        .unwrap();
+    let (_data, repo, engine) = local_repository_with_one_backup();
     // What a put killed between writing its temp file and the rename leaves: one from two
     // hours ago, one from now (a put that may still be running).
     let pack_dir = std::fs::read_dir(repo.path().join("packs"))
