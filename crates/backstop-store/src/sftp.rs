@@ -120,8 +120,9 @@ impl SftpStoreOptions {
 /// - **Atomic puts.** A put writes `.tmp-<random>` in the object's directory, then renames it
 ///   over the key with OpenSSH's `posix-rename@openssh.com` extension (rename(2) on the
 ///   server), so readers see the old object, no object, or the whole new one, never a part. A
-///   crash leaves at most a temp file, which [`Store::list`] never shows; delete old `.tmp-*`
-///   files by hand if a put was interrupted. A server without that extension cannot replace
+///   crash leaves at most a temp file, which [`Store::list`] never shows and
+///   [`Store::remove_temp_files`] (run by `gc`) removes once it is old. A server without that
+///   extension cannot replace
 ///   an existing object (plain SFTP rename refuses an existing target): such overwrites fail.
 /// - **No conditional put.** `PutMode::Create` is a check before the put, which a concurrent
 ///   writer can race: best effort, as the [`Store`] contract allows and the repository
@@ -662,6 +663,39 @@ impl Store for SftpStore {
 
     fn describe(&self) -> String {
         self.description()
+    }
+
+    fn remove_temp_files(&self, min_age: Duration) -> Result<u64, StoreError> {
+        let entries = self.run("", "temp file listing", || {
+            self.operator.list_with("/").recursive(true)
+        })?;
+        // The server's clock stamped the files, so the age is read against the present here;
+        // a skew between the two clocks shortens or lengthens the wait, and `min_age` is long.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let mut removed = 0;
+        for entry in entries {
+            let meta = entry.metadata();
+            if meta.mode() != EntryMode::FILE || !is_temp(entry.path()) {
+                continue;
+            }
+            // A file without a time cannot be shown to be old: it stays.
+            let Some(modified) = meta.last_modified() else {
+                continue;
+            };
+            let stamped = u64::try_from(modified.into_inner().as_second()).unwrap_or(u64::MAX);
+            if now.saturating_sub(stamped) < min_age.as_secs() {
+                continue;
+            }
+            let path = entry.path();
+            match self.run(path, "temp file removal", || self.operator.delete(path)) {
+                Ok(()) => removed += 1,
+                Err(err) if err.kind() == StoreErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(removed)
     }
 }
 

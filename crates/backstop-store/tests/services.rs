@@ -218,6 +218,21 @@ fn sftp_store_conforms_on_sshd() {
             .kind(),
         StoreErrorKind::InvalidKey
     );
+    // gc's cleanup removes that temp file once it is old enough, and not a fresh one (a put
+    // that may still be running), nor any object.
+    let old = repo.join("packs/ab/.tmp-0123456789abcdef");
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    let fresh = repo.join(".tmp-00000000000000ff");
+    std::fs::write(&fresh, b"being written").unwrap();
+    assert_eq!(store.remove_temp_files(Duration::from_secs(60)).unwrap(), 1);
+    assert!(!old.exists(), "the old temp file is still there");
+    assert!(fresh.exists(), "a fresh temp file was removed");
+    assert_eq!(store.get("packs/ab/cd").unwrap(), b"bytes");
     // Dropping the store tells every pooled connection's ssh master to exit: the server sees
     // the connections close (each close takes it a moment).
     assert!(server.open_connections() > 0);
