@@ -620,18 +620,32 @@ impl Repository {
             .map(|m| m.key)
             .collect();
         keys.sort();
-        for key in keys {
-            let bytes = match self.store.get(&key) {
-                Ok(b) => b,
-                // Deleted by a concurrent gc after it wrote the replacement index.
-                Err(e) if e.kind() == StoreErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let file: IndexFile =
-                format::open_object("index", ObjectType::Index, &bytes, self.key())
-                    .map_err(|e| damaged(&key, e))?;
-            index.load_packs(file.packs);
-            index.objects.push(key);
+        // Fetching, decrypting and decoding an object is most of the work and independent of
+        // the others: a window of objects at a time goes to the worker threads, and their
+        // entries are loaded in key order (which decides among duplicates). The window bounds
+        // the decoded objects held at once.
+        let window = self.options.worker_threads().max(1);
+        for batch in keys.chunks(window) {
+            let files: Vec<Result<Option<IndexFile>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|key| scope.spawn(move || self.read_index_object(key)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| {
+                        handle
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            });
+            for (key, file) in batch.iter().zip(files) {
+                if let Some(file) = file? {
+                    index.load_packs(file.packs);
+                    index.objects.push(key.clone());
+                }
+            }
         }
         index.finish_loading();
         *self
@@ -639,6 +653,19 @@ impl Repository {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
         Ok(())
+    }
+
+    /// One index object, decoded; `None` when it is gone (deleted by a concurrent gc after it
+    /// wrote the replacement index).
+    fn read_index_object(&self, key: &str) -> Result<Option<IndexFile>> {
+        let bytes = match self.store.get(key) {
+            Ok(b) => b,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        format::open_object("index", ObjectType::Index, &bytes, self.key())
+            .map(Some)
+            .map_err(|e| damaged(key, e))
     }
 
     pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
