@@ -8,9 +8,8 @@ use base64::Engine as _;
 use opendal::raw::{Access as _, HttpBody, HttpClient, HttpFetch};
 use opendal::{EntryMode, Operator};
 
-use crate::memory::check_range;
 use crate::object::{CloudStoreOptions, config_error, env, parse_bool, parse_container_url};
-use crate::operator::{Client, RetryLimits, error_chain};
+use crate::operator::{Client, RetryLimits, checked_range_read, error_chain};
 use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
 
 const SERVICE: &str = "GCS";
@@ -428,42 +427,17 @@ impl Store for GcsStore {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
         let path = Self::path(key)?;
-        // HTTP cannot express an empty range, and servers clamp or refuse ranges past the end
-        // in different ways (GCS: 416; the emulator: a short or empty 206), so the size decides
-        // those cases.
-        if range.start >= range.end {
-            let meta = self.head(key)?;
-            check_range(key, &range, meta.size)?;
-            return Ok(Vec::new());
-        }
-        let requested = range.end - range.start;
-        let read = self.run(key, "ranged get", || {
-            self.operator.read_with(path).range(range.clone())
-        });
-        match read {
-            Ok(buffer) if buffer.len() as u64 == requested => Ok(buffer.to_vec()),
-            Ok(buffer) => {
-                let size = self.head(key)?.size;
-                check_range(key, &range, size)?;
-                Err(StoreError::new(
-                    StoreErrorKind::Other,
-                    key,
-                    format!(
-                        "{SERVICE} returned {} bytes for range {}..{} of an object of {size} bytes",
-                        buffer.len(),
-                        range.start,
-                        range.end
-                    ),
-                ))
-            }
-            Err(err) if err.kind() == StoreErrorKind::NotFound => Err(err),
-            Err(err) => {
-                if let Ok(meta) = self.head(key) {
-                    check_range(key, &range, meta.size)?;
-                }
-                Err(err)
-            }
-        }
+        checked_range_read(
+            SERVICE,
+            key,
+            range,
+            || self.head(key),
+            |range| {
+                self.run(key, "ranged get", || {
+                    self.operator.read_with(path).range(range.clone())
+                })
+            },
+        )
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

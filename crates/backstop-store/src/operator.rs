@@ -3,11 +3,13 @@
 //! operation with a time limit per try and bounded retries with backoff. Which failures are
 //! worth a retry, and what the final error says, is each service's own.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use opendal::Operator;
 
-use crate::{StoreError, StoreErrorKind};
+use crate::memory::check_range;
+use crate::{ObjectMeta, StoreError, StoreErrorKind};
 
 /// How often and how long one operation is tried.
 #[derive(Clone, Copy, Debug)]
@@ -160,4 +162,47 @@ pub(crate) fn error_chain(err: &opendal::Error) -> String {
         current = error.source();
     }
     text
+}
+
+/// A ranged read that the object's size judges, as the [`Store`](crate::Store) contract wants
+/// whatever the server answered: an empty or reversed range reads nothing (after `head` shows
+/// it valid); a short read, or a failure other than a missing object, is
+/// [`StoreErrorKind::InvalidRange`] when the range runs past the end (servers answer such ranges
+/// with 416, a short 206 or, on SFTP, a short read).
+pub(crate) fn checked_range_read(
+    service: &str,
+    key: &str,
+    range: Range<u64>,
+    head: impl Fn() -> Result<ObjectMeta, StoreError>,
+    read: impl FnOnce(Range<u64>) -> Result<opendal::Buffer, StoreError>,
+) -> Result<Vec<u8>, StoreError> {
+    if range.start >= range.end {
+        check_range(key, &range, head()?.size)?;
+        return Ok(Vec::new());
+    }
+    let requested = range.end - range.start;
+    match read(range.clone()) {
+        Ok(buffer) if buffer.len() as u64 == requested => Ok(buffer.to_vec()),
+        Ok(buffer) => {
+            let size = head()?.size;
+            check_range(key, &range, size)?;
+            Err(StoreError::new(
+                StoreErrorKind::Other,
+                key,
+                format!(
+                    "{service} returned {} bytes for range {}..{} of an object of {size} bytes",
+                    buffer.len(),
+                    range.start,
+                    range.end
+                ),
+            ))
+        }
+        Err(err) if err.kind() == StoreErrorKind::NotFound => Err(err),
+        Err(err) => {
+            if let Ok(meta) = head() {
+                check_range(key, &range, meta.size)?;
+            }
+            Err(err)
+        }
+    }
 }
