@@ -117,6 +117,22 @@ fn backstop_with(
     output
 }
 
+/// The tree the round trips back up: text carrying `marker` (so a plaintext leak to the server
+/// shows), an empty file, 3 MiB of pseudo-random bytes (`seed`) and 20 small files.
+fn write_marked_tree(data: &Path, marker: &str, seed: u64) {
+    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
+    std::fs::write(data.join("hello.txt"), format!("{marker}\n").repeat(100)).unwrap();
+    std::fs::write(data.join("sub/deeper/empty"), b"").unwrap();
+    std::fs::write(data.join("sub/random.bin"), pseudo_random(3 << 20, seed)).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            data.join(format!("sub/small-{i}.txt")),
+            format!("{marker} {i}"),
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn encrypted_round_trip_on_webdav() {
     let Some(server) = ServiceServer::start(Service::RcloneWebDav) else {
@@ -125,17 +141,7 @@ fn encrypted_round_trip_on_webdav() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     let marker = "PLAINTEXT-MARKER-webdav-51c2";
-    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
-    std::fs::write(data.join("hello.txt"), format!("{marker}\n").repeat(100)).unwrap();
-    std::fs::write(data.join("sub/deeper/empty"), b"").unwrap();
-    std::fs::write(data.join("sub/random.bin"), pseudo_random(3 << 20, 7)).unwrap();
-    for i in 0..20 {
-        std::fs::write(
-            data.join(format!("sub/small-{i}.txt")),
-            format!("{marker} {i}"),
-        )
-        .unwrap();
-    }
+    write_marked_tree(&data, marker, 7);
     // No credentials in the URL: the CLI reads WEBDAV_USERNAME / WEBDAV_PASSWORD.
     let url = server.url("backups", "repo");
 
@@ -198,17 +204,7 @@ fn encrypted_round_trip_on_sftp() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     let marker = "PLAINTEXT-MARKER-sftp-7e3a";
-    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
-    std::fs::write(data.join("hello.txt"), format!("{marker}\n").repeat(100)).unwrap();
-    std::fs::write(data.join("sub/deeper/empty"), b"").unwrap();
-    std::fs::write(data.join("sub/random.bin"), pseudo_random(3 << 20, 11)).unwrap();
-    for i in 0..20 {
-        std::fs::write(
-            data.join(format!("sub/small-{i}.txt")),
-            format!("{marker} {i}"),
-        )
-        .unwrap();
-    }
+    write_marked_tree(&data, marker, 11);
     // ssh checks the host key against the user's ~/.ssh/known_hosts. A wrapper first on the
     // PATH points the real ssh at a file that vouches for the test server instead, so the
     // default strict check is what runs, and the user's own file is left alone.
@@ -295,17 +291,7 @@ fn encrypted_round_trip_on_gcs_emulator() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     let marker = "PLAINTEXT-MARKER-gcs-3d9b";
-    std::fs::create_dir_all(data.join("sub/deeper")).unwrap();
-    std::fs::write(data.join("hello.txt"), format!("{marker}\n").repeat(100)).unwrap();
-    std::fs::write(data.join("sub/deeper/empty"), b"").unwrap();
-    std::fs::write(data.join("sub/random.bin"), pseudo_random(3 << 20, 13)).unwrap();
-    for i in 0..20 {
-        std::fs::write(
-            data.join(format!("sub/small-{i}.txt")),
-            format!("{marker} {i}"),
-        )
-        .unwrap();
-    }
+    write_marked_tree(&data, marker, 13);
     // The URL names only the bucket and prefix, as for GCS itself: the emulator is found
     // through the variable Google's libraries read, which also turns authentication off.
     let url = format!("gs://{GCS_BUCKET}/backups/repo");
