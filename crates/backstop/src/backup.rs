@@ -59,9 +59,15 @@ struct Sealed {
     framed: bool,
 }
 
-/// Hands new blobs to the seal workers, gathering small data blobs into frames.
+/// Hands new blobs to the seal workers, gathering small data blobs into frames. Shared by the
+/// reader threads: the lock covers only the dedup check and the frame, never a send, so a
+/// reader waiting for a free seal worker does not hold up the other readers.
 struct Dispatch {
-    job_tx: Option<Sender<Job>>,
+    job_tx: Sender<Job>,
+    state: Mutex<DispatchState>,
+}
+
+struct DispatchState {
     /// Blobs queued in this backup but not yet in the index.
     pending: HashSet<BlobId>,
     frame: Job,
@@ -70,43 +76,57 @@ struct Dispatch {
 impl Dispatch {
     fn new(job_tx: Sender<Job>) -> Self {
         Self {
-            job_tx: Some(job_tx),
-            pending: HashSet::new(),
-            frame: empty_frame(),
+            job_tx,
+            state: Mutex::new(DispatchState {
+                pending: HashSet::new(),
+                frame: empty_frame(),
+            }),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, DispatchState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a blob unless the repository or this backup already has it; `false` when the
     /// pipeline has stopped.
-    fn offer(&mut self, repo: &Repository, id: BlobId, kind: BlobKind, data: Vec<u8>) -> bool {
-        if repo.index_read().contains(&id) || !self.pending.insert(id) {
-            return true;
-        }
-        if kind != BlobKind::Data || data.len() >= format::FRAME_TARGET {
-            return self.send(Job {
-                kind,
-                blobs: vec![(id, data.len() as u32)],
-                data,
-            });
-        }
-        self.frame.blobs.push((id, data.len() as u32));
-        self.frame.data.extend_from_slice(&data);
-        if self.frame.data.len() >= format::FRAME_TARGET {
-            return self.flush_frame();
-        }
-        true
+    fn offer(&self, repo: &Repository, id: BlobId, kind: BlobKind, data: Vec<u8>) -> bool {
+        let ready = {
+            let mut state = self.state();
+            if repo.index_read().contains(&id) || !state.pending.insert(id) {
+                return true;
+            }
+            if kind != BlobKind::Data || data.len() >= format::FRAME_TARGET {
+                Some(Job {
+                    kind,
+                    blobs: vec![(id, data.len() as u32)],
+                    data,
+                })
+            } else {
+                state.frame.blobs.push((id, data.len() as u32));
+                state.frame.data.extend_from_slice(&data);
+                (state.frame.data.len() >= format::FRAME_TARGET)
+                    .then(|| std::mem::replace(&mut state.frame, empty_frame()))
+            }
+        };
+        ready.is_none_or(|job| self.send(job))
     }
 
-    fn flush_frame(&mut self) -> bool {
-        if self.frame.blobs.is_empty() {
-            return true;
-        }
-        let frame = std::mem::replace(&mut self.frame, empty_frame());
+    fn flush_frame(&self) -> bool {
+        let frame = {
+            let mut state = self.state();
+            if state.frame.blobs.is_empty() {
+                return true;
+            }
+            std::mem::replace(&mut state.frame, empty_frame())
+        };
         self.send(frame)
     }
 
     fn send(&self, job: Job) -> bool {
-        self.job_tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+        self.job_tx.send(job).is_ok()
     }
 }
 
@@ -190,7 +210,7 @@ pub(crate) fn create_backup(
             files: FileStorer {
                 repo,
                 options,
-                dispatch: Mutex::new(Dispatch::new(job_tx)),
+                dispatch: Dispatch::new(job_tx),
                 parent_nodes: &parent_nodes,
                 parent_by_identity: &parent_by_identity,
                 failed: &failed,
@@ -202,7 +222,7 @@ pub(crate) fn create_backup(
         let walked = walker.walk(session);
         let walked = walked.and_then(|outcome| walker.out.flush(&walker.files).map(|()| outcome));
         let walked = walked.and_then(|outcome| {
-            if walker.files.dispatch().flush_frame() {
+            if walker.files.dispatch.flush_frame() {
                 Ok(outcome)
             } else {
                 Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"))
@@ -417,7 +437,7 @@ struct TreeBuilder {
 struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
-    dispatch: Mutex<Dispatch>,
+    dispatch: Dispatch,
     parent_nodes: &'a BTreeMap<String, Node>,
     parent_by_identity: &'a HashMap<String, Node>,
     failed: &'a AtomicBool,
@@ -639,7 +659,7 @@ impl TreeBuilder {
             .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a tree blob: {e}")))?;
         let id = format::blob_id(&raw, files.repo.key());
         self.tree_ids.push(id);
-        if !files.dispatch().offer(files.repo, id, BlobKind::Tree, raw) {
+        if !files.dispatch.offer(files.repo, id, BlobKind::Tree, raw) {
             return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
         }
         Ok(())
@@ -647,12 +667,6 @@ impl TreeBuilder {
 }
 
 impl FileStorer<'_> {
-    fn dispatch(&self) -> std::sync::MutexGuard<'_, Dispatch> {
-        self.dispatch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn check_running(&self) -> Result<()> {
         if self.options.cancel.is_cancelled() {
             return Err(Error::msg(
@@ -764,7 +778,7 @@ impl FileStorer<'_> {
         let result = chunker.for_each_chunk(&mut guarded, chunking, |data| {
             let id = format::blob_id(&data, key);
             chunks.push(id);
-            if !self.dispatch().offer(repo, id, BlobKind::Data, data) {
+            if !self.dispatch.offer(repo, id, BlobKind::Data, data) {
                 send_error = true;
                 return Err(std::io::Error::other("the pipeline stopped"));
             }
