@@ -23,6 +23,7 @@ pub struct FaultPlan {
     fail_get_at: Option<u64>,
     fail_gets_from: Option<u64>,
     fail_put_prefix: Option<String>,
+    fail_delete_at: Option<u64>,
     torn: bool,
     apply_then_fail: bool,
     kind: StoreErrorKind,
@@ -36,6 +37,7 @@ impl Default for FaultPlan {
             fail_get_at: None,
             fail_gets_from: None,
             fail_put_prefix: None,
+            fail_delete_at: None,
             torn: false,
             apply_then_fail: false,
             kind: StoreErrorKind::Other,
@@ -79,6 +81,13 @@ impl FaultPlan {
         self
     }
 
+    /// Fails delete number `n` (counting from 0) and no other: the caller stops there, as if
+    /// it had died before that delete.
+    pub fn fail_delete(mut self, n: u64) -> Self {
+        self.fail_delete_at = Some(n);
+        self
+    }
+
     /// A failing put leaves the first half of its bytes under the key, as a torn write on a store
     /// without atomic puts would (unless `PutMode::Create` finds the key taken).
     pub fn leave_torn_object(mut self) -> Self {
@@ -118,6 +127,7 @@ impl FaultPlan {
 struct FaultState {
     puts_seen: AtomicU64,
     gets_seen: AtomicU64,
+    deletes_seen: AtomicU64,
     faults: AtomicU64,
 }
 
@@ -163,14 +173,20 @@ impl<S: Store> FaultStore<S> {
         self.state.gets_seen.load(Ordering::SeqCst)
     }
 
+    /// Deletes seen so far, failed ones included.
+    pub fn deletes_seen(&self) -> u64 {
+        self.state.deletes_seen.load(Ordering::SeqCst)
+    }
+
     /// Requests failed on purpose so far.
     pub fn faults_injected(&self) -> u64 {
         self.state.faults.load(Ordering::SeqCst)
     }
 
-    /// Restarts the put and get numbering at 0 and clears the fault count.
+    /// Restarts the put, get and delete numbering at 0 and clears the fault count.
     pub fn reset_counts(&self) {
         self.state.puts_seen.store(0, Ordering::SeqCst);
+        self.state.deletes_seen.store(0, Ordering::SeqCst);
         self.state.gets_seen.store(0, Ordering::SeqCst);
         self.state.faults.store(0, Ordering::SeqCst);
     }
@@ -250,6 +266,11 @@ impl<S: Store> Store for FaultStore<S> {
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let n = self.state.deletes_seen.fetch_add(1, Ordering::SeqCst);
+        let plan = self.plan();
+        if plan.fail_delete_at == Some(n) {
+            return Err(self.injected(plan.kind, key, format!("delete #{n} failed")));
+        }
         self.inner.delete(key)
     }
 
