@@ -505,9 +505,17 @@ pub(crate) struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct GcArgs {
-    /// Report what would be removed, remove nothing
+    /// Report what would be removed and rewritten, change nothing
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Rewrite packs of which at least this percentage is unused (their used data is copied
+    /// into new packs); 100 only deletes wholly unused packs
+    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub(crate) repack_unused: u8,
+    /// How long rewritten packs stay for restores and verifies that started before; a later
+    /// gc deletes them (0s: this one, when no reader is running)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) grace: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

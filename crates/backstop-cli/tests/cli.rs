@@ -393,9 +393,32 @@ fn purge_delete_and_gc() {
         "bytes_freed",
         "indexes_rewritten",
         "packs_kept",
+        "packs_repacked",
+        "bytes_repacked",
+        "packs_in_grace",
     ] {
         assert!(gc[field].is_u64(), "gc report has {field}: {gc}");
     }
+    // The first backup's packs hold the deleted rounds' data beside data still in use: gc
+    // rewrites them (the default threshold, or asked to here), and a gc without a grace period
+    // deletes the old packs at once, its own and the first gc's.
+    let rewrite = world.json(&["gc", "--repack-unused", "0", "--grace", "0s"]);
+    let repacked = gc["packs_repacked"].as_u64().unwrap();
+    let rewritten_now = rewrite["packs_repacked"].as_u64().unwrap();
+    assert!(repacked + rewritten_now >= 1, "{gc}\n{rewrite}");
+    assert_eq!(
+        rewrite["packs_deleted"].as_u64().unwrap(),
+        repacked + rewritten_now,
+        "{rewrite}"
+    );
+    let after = world.json(&["gc", "--grace", "0s", "--dry-run"]);
+    assert_eq!(after["packs_deleted"], 0, "{after}");
+    assert_eq!(after["packs_in_grace"], 0, "{after}");
+    world
+        .cmd()
+        .args(["gc", "--repack-unused", "101"])
+        .assert()
+        .code(2);
 
     world.json(&["verify", "--all", "--full"]);
     let target = world.path("after-gc");

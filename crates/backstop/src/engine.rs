@@ -11,7 +11,9 @@ use crate::info::{
     ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepositoryInfo,
     RestoreInfo, VerifyReport,
 };
-use crate::options::{BackupOptions, EngineOptions, InitOptions, RestoreOptions, VerifyLevel};
+use crate::options::{
+    BackupOptions, EngineOptions, GcOptions, InitOptions, RestoreOptions, VerifyLevel,
+};
 use crate::repo::Repository;
 
 /// Lists, inspects, verifies and restores backups; never writes to the repository.
@@ -189,9 +191,15 @@ impl BackupEngine {
         Ok(deleted)
     }
 
-    /// Removes packs no backup references and the leftovers of interrupted backups.
+    /// Removes packs no backup references and the leftovers of interrupted backups, and
+    /// rewrites packs that are mostly unused, with the default [`GcOptions`].
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        crate::gc::gc(&self.repo, dry_run)
+        self.gc_with(&GcOptions::default().dry_run(dry_run))
+    }
+
+    /// [`BackupEngine::gc`] with explicit options.
+    pub fn gc_with(&self, options: &GcOptions) -> Result<GcReport> {
+        crate::gc::gc(&self.repo, options)
     }
 
     /// Stores `data` as the named object `name` of `archive` (compressed, encrypted, durable

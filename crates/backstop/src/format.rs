@@ -121,6 +121,7 @@ pub(crate) enum ObjectType {
     Archive = 3,
     PackHeader = 4,
     Config = 5,
+    Superseded = 6,
 }
 
 /// Why stored bytes could not be decoded.
@@ -462,6 +463,16 @@ pub(crate) struct IndexPack {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct IndexFile {
     pub(crate) packs: Vec<IndexPack>,
+}
+
+/// Packs a gc rewrote and took out of the index, kept until a grace period is over so that
+/// readers holding the older index still find them (`superseded/<32 hex>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SupersededPacks {
+    /// When the gc wrote the record, seconds since the epoch (its host's clock).
+    pub(crate) time_unix: i64,
+    pub(crate) host: String,
+    pub(crate) packs: Vec<PackId>,
 }
 
 /// The repository config, stored unencrypted (it holds no secrets) under `config`.

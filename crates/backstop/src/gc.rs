@@ -1,24 +1,46 @@
-//! Garbage collection: delete packs that no backup references and the leftovers of
-//! interrupted backups (packs no index lists, temp files of puts), under an exclusive lock.
+//! Garbage collection under an exclusive lock: delete packs that no backup references and the
+//! leftovers of interrupted backups (packs no index lists, temp files of puts), and rewrite
+//! packs that are mostly unused so that their space comes back too.
 //!
-//! Order, so that a crash at any point loses nothing: (1) write a new index object listing the
-//! packs that stay, (2) delete the old index objects, (3) delete the unreferenced packs. A crash
-//! after (1) leaves duplicate index entries (harmless); after (2) leaves unreferenced packs that
-//! the next gc deletes.
+//! Order, so that a crash at any point loses nothing: (1) copy the used blobs of the packs to
+//! rewrite into new packs, (2) record the rewritten packs in a `superseded/` object, (3) write a
+//! new index object listing the packs that stay and the new ones, (4) delete the old index
+//! objects, (5) delete the unreferenced packs, and the packs of earlier records whose grace
+//! period is over. A crash after (1) leaves packs no index lists (the next gc deletes them);
+//! after (3) duplicate index entries (harmless); after (4) unreferenced packs that the next gc
+//! deletes. A rewritten pack is not deleted by the gc that rewrote it (unless the grace period
+//! is zero): a restore or verify that loaded the index before may still read it, so it waits
+//! out the grace period.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use crate::Result;
-use crate::format::{self, IndexPack, PackEntry};
+use backstop_store::{PutMode, StoreErrorKind};
+
+use crate::format::{self, IndexPack, ObjectType, PackEntry, PackHeader, PackId, SupersededPacks};
 use crate::info::GcReport;
-use crate::repo::{Repository, lock, referenced_blobs};
+use crate::options::GcOptions;
+use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex, referenced_blobs};
+use crate::{Error, ErrorKind, Result};
 
 /// Temp files younger than this may belong to a put still running (of a process that has not
 /// seen the gc lock yet, or that a slow link holds up): only older ones are removed.
 const TEMP_FILE_MIN_AGE: Duration = Duration::from_secs(3600);
 
-pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
+const SUPERSEDED_PREFIX: &str = "superseded/";
+
+/// What gc decided for the packs the index lists.
+#[derive(Default)]
+struct Plan {
+    keep: Vec<IndexPack>,
+    /// Packs to rewrite, with their entries grouped into stored units (a blob, or a frame of
+    /// small blobs) of which at least one blob is used.
+    repack: Vec<(IndexPack, Vec<Unit>)>,
+    /// Wholly unused packs and their sizes.
+    drop: Vec<(PackId, u64)>,
+}
+
+pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
     let snapshots = repo.load_all_snapshots()?;
@@ -31,12 +53,11 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
         .map(|m| (m.key, m.size))
         .collect();
     let mut report = GcReport {
-        dry_run,
+        dry_run: options.dry_run,
         ..GcReport::default()
     };
 
-    // Packs by what the index says they hold.
-    let (keep, drop_packs, old_index_objects) = {
+    let (plan, old_index_objects) = {
         let index = repo.index_read();
         let mut by_pack: BTreeMap<usize, Vec<PackEntry>> = BTreeMap::new();
         for (id, loc) in index.iter() {
@@ -45,44 +66,99 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
                 .or_default()
                 .push(loc.entry(*id));
         }
-        let mut keep = Vec::new();
-        let mut drop_packs = Vec::new();
+        let mut plan = Plan::default();
         for (pos, (pack, size)) in index.packs.iter().enumerate() {
-            let mut entries = by_pack.remove(&pos).unwrap_or_default();
-            entries.sort_by_key(|e| e.offset);
-            if entries.iter().any(|e| used.contains(&e.id)) {
-                keep.push(IndexPack {
-                    id: *pack,
-                    size: *size,
-                    entries,
-                });
+            let entries = by_pack.remove(&pos).unwrap_or_default();
+            let (units, unused_bytes) = used_units(entries.clone(), &used);
+            let pack = IndexPack {
+                id: *pack,
+                size: *size,
+                entries,
+            };
+            if units.is_empty() {
+                plan.drop.push((pack.id, pack.size));
+            } else if worth_rewriting(pack.size, unused_bytes, options.repack_unused_percent) {
+                plan.repack.push((pack, units));
             } else {
-                drop_packs.push((*pack, *size));
+                plan.keep.push(pack);
             }
         }
-        (keep, drop_packs, index.objects.clone())
+        (plan, index.objects.clone())
     };
-    let indexed: HashSet<String> = keep
+    let indexed: HashSet<String> = plan
+        .keep
         .iter()
+        .chain(plan.repack.iter().map(|(p, _)| p))
         .map(|p| format::pack_key(p.id))
-        .chain(drop_packs.iter().map(|(id, _)| format::pack_key(*id)))
-        .collect();
-    // Packs no index lists: uploads of interrupted backups.
-    let orphans: Vec<(String, u64)> = listed
-        .iter()
-        .filter(|(k, _)| !indexed.contains(*k))
-        .map(|(k, s)| (k.clone(), *s))
+        .chain(plan.drop.iter().map(|(id, _)| format::pack_key(*id)))
         .collect();
 
-    report.packs_kept = keep.len() as u64;
-    report.packs_deleted = (drop_packs.len() + orphans.len()) as u64;
-    report.bytes_freed = drop_packs.iter().map(|(_, s)| *s).sum::<u64>()
+    // Packs no index lists: uploads of interrupted backups, and packs earlier gcs rewrote.
+    // The latter wait until their record's grace period is over.
+    let records = load_superseded(repo)?;
+    let now = now_unix();
+    let grace = i64::try_from(options.superseded_grace.as_secs()).unwrap_or(i64::MAX);
+    let in_grace: HashSet<String> = records
+        .iter()
+        .filter(|(_, r)| now.saturating_sub(r.time_unix) < grace)
+        .flat_map(|(_, r)| r.packs.iter().map(|p| format::pack_key(*p)))
+        .collect();
+    let expired_records: Vec<&String> = records
+        .iter()
+        .filter(|(_, r)| now.saturating_sub(r.time_unix) >= grace)
+        .map(|(key, _)| key)
+        .collect();
+    let mut orphans: Vec<(String, u64)> = Vec::new();
+    for (key, size) in listed.iter().filter(|(k, _)| !indexed.contains(*k)) {
+        if in_grace.contains(key) {
+            report.packs_in_grace += 1;
+        } else {
+            orphans.push((key.clone(), *size));
+        }
+    }
+
+    report.packs_kept = plan.keep.len() as u64;
+    report.packs_repacked = plan.repack.len() as u64;
+    report.bytes_repacked = plan
+        .repack
+        .iter()
+        .flat_map(|(_, units)| units.iter().map(|u| u64::from(u.entries[0].length)))
+        .sum();
+    // Without a grace period nothing waits for readers: rewritten packs go in this gc.
+    let delete_rewritten = options.superseded_grace.is_zero();
+    if delete_rewritten {
+        orphans.extend(
+            plan.repack
+                .iter()
+                .map(|(p, _)| (format::pack_key(p.id), p.size)),
+        );
+    }
+    report.packs_deleted = (plan.drop.len() + orphans.len()) as u64;
+    report.bytes_freed = plan.drop.iter().map(|(_, s)| *s).sum::<u64>()
         + orphans.iter().map(|(_, s)| *s).sum::<u64>();
     // Rewrite the index when packs go, or when its objects (one per backup) would fit in fewer.
-    let index_changes =
-        !drop_packs.is_empty() || old_index_objects.len() > crate::repo::index_object_count(&keep);
-    if dry_run {
+    let mut index_changes = !plan.drop.is_empty()
+        || !plan.repack.is_empty()
+        || old_index_objects.len() > crate::repo::index_object_count(&plan.keep);
+    if options.dry_run {
         return Ok(report);
+    }
+
+    let mut keep = plan.keep;
+    if !plan.repack.is_empty() {
+        let rewritten = rewrite_packs(repo, &plan.repack)?;
+        keep.extend(rewritten);
+        index_changes = true;
+    }
+    if !plan.repack.is_empty() && !delete_rewritten {
+        let record = SupersededPacks {
+            time_unix: now,
+            host: hostname(),
+            packs: plan.repack.iter().map(|(p, _)| p.id).collect(),
+        };
+        let bytes = format::seal_object(ObjectType::Superseded, &record, repo.key());
+        let key = format!("{SUPERSEDED_PREFIX}{}", random_hex(16));
+        repo.store.put(&key, &bytes, PutMode::Create)?;
     }
     if index_changes {
         let new_keys = if keep.is_empty() {
@@ -98,13 +174,268 @@ pub(crate) fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport> {
             }
         }
     }
-    for (pack, _) in &drop_packs {
+    for (pack, _) in &plan.drop {
         repo.store.delete(&format::pack_key(*pack))?;
     }
     for (key, _) in &orphans {
         repo.store.delete(key)?;
     }
+    // A record goes once its packs are gone (just above, unless still indexed).
+    for key in expired_records {
+        repo.store.delete(key)?;
+    }
     report.temp_files_removed = repo.store.remove_temp_files(TEMP_FILE_MIN_AGE)?;
     repo.reload_index()?;
     Ok(report)
+}
+
+/// A stored unit (one blob, or a frame of small blobs sharing their stored bytes) with at least
+/// one used blob.
+struct Unit {
+    entries: Vec<PackEntry>,
+    /// Whether every blob of the unit is used (it is then copied as stored).
+    all_used: bool,
+    used: Vec<bool>,
+}
+
+/// Groups a pack's entries into stored units (entries sharing an offset share a frame) and
+/// returns the units with at least one used blob, and the unused stored bytes: whole unused
+/// units, and of a frame the share of its raw bytes that belongs to unused blobs.
+fn used_units(mut entries: Vec<PackEntry>, used: &HashSet<format::BlobId>) -> (Vec<Unit>, u64) {
+    entries.sort_by_key(|e| (e.offset, e.within));
+    let mut groups: Vec<Vec<PackEntry>> = Vec::new();
+    for e in entries {
+        match groups.last_mut() {
+            Some(group) if group[0].offset == e.offset => group.push(e),
+            _ => groups.push(vec![e]),
+        }
+    }
+    let mut units = Vec::new();
+    let mut unused_bytes = 0u64;
+    for entries in groups {
+        let flags: Vec<bool> = entries.iter().map(|e| used.contains(&e.id)).collect();
+        let stored = u64::from(entries[0].length);
+        let raw: u64 = entries.iter().map(|e| u64::from(e.raw_length)).sum();
+        let dead_raw: u64 = entries
+            .iter()
+            .zip(&flags)
+            .filter(|(_, used)| !**used)
+            .map(|(e, _)| u64::from(e.raw_length))
+            .sum();
+        if flags.iter().all(|u| !u) {
+            unused_bytes += stored;
+            continue;
+        }
+        unused_bytes += (stored * dead_raw).checked_div(raw).unwrap_or(0);
+        units.push(Unit {
+            all_used: flags.iter().all(|u| *u),
+            used: flags,
+            entries,
+        });
+    }
+    (units, unused_bytes)
+}
+
+/// Whether the unused units of a pack make up `percent` of it (its header counts as used:
+/// rewriting cannot drop it).
+fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
+    if percent >= 100 || size == 0 {
+        return false;
+    }
+    unused_bytes > 0 && u128::from(unused_bytes) * 100 >= u128::from(size) * u128::from(percent)
+}
+
+/// Copies the used units of `packs` into new packs of the target size, after checking each old
+/// pack against its id. A wholly used unit is copied as stored (a sealed unit does not depend
+/// on where it sits); the used blobs of a partly used frame are decoded, checked against their
+/// ids and framed anew, so that unused pages do not live on beside used ones. Returns the new
+/// packs, written and durable.
+fn rewrite_packs(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<Vec<IndexPack>> {
+    let mut out = PackWriter::new(repo);
+    for (pack, units) in packs {
+        let key = format::pack_key(pack.id);
+        let bytes = repo.store.get(&key).map_err(|e| {
+            // The index lists the pack, so its absence is damage (as for a restore).
+            if e.kind() == StoreErrorKind::NotFound {
+                Error::new(ErrorKind::Corrupt, e)
+            } else {
+                e.into()
+            }
+        })?;
+        if format::ContentId::hash(&bytes) != pack.id {
+            return Err(damaged(
+                &key,
+                format::FormatError::Checksum { what: "pack" },
+            ));
+        }
+        for unit in units {
+            let first = unit.entries[0];
+            let stored = usize::try_from(first.offset)
+                .ok()
+                .and_then(|start| bytes.get(start..start + first.length as usize))
+                .ok_or_else(|| {
+                    damaged(
+                        &key,
+                        format::FormatError::Truncated {
+                            what: "pack",
+                            len: bytes.len(),
+                        },
+                    )
+                })?;
+            if unit.all_used {
+                out.push_stored(stored, &unit.entries, None)?;
+                continue;
+            }
+            let decoded =
+                format::decode_unit(&first, stored, repo.key()).map_err(|e| damaged(&key, e))?;
+            for (entry, _) in unit.entries.iter().zip(&unit.used).filter(|(_, u)| **u) {
+                let raw = format::blob_from_unit(entry, &decoded, repo.key())
+                    .map_err(|e| damaged(&key, e))?;
+                out.push_small_blob(entry, raw)?;
+            }
+        }
+    }
+    out.finish()
+}
+
+/// Assembles the packs a rewrite writes, and the frames of blobs it takes out of old frames.
+struct PackWriter<'a> {
+    repo: &'a Repository,
+    target: usize,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+    frame: Vec<u8>,
+    frame_entries: Vec<PackEntry>,
+    written: Vec<IndexPack>,
+}
+
+impl<'a> PackWriter<'a> {
+    fn new(repo: &'a Repository) -> Self {
+        let target = repo.config.pack_size as usize;
+        Self {
+            repo,
+            target,
+            buf: Vec::with_capacity(target + (1 << 20)),
+            entries: Vec::new(),
+            frame: Vec::with_capacity(2 * format::FRAME_TARGET),
+            frame_entries: Vec::new(),
+            written: Vec::new(),
+        }
+    }
+
+    /// Appends a stored unit with its entries; `compressed` overrides theirs (a new frame).
+    fn push_stored(
+        &mut self,
+        stored: &[u8],
+        entries: &[PackEntry],
+        compressed: Option<bool>,
+    ) -> Result<()> {
+        if !self.buf.is_empty() && self.buf.len() + stored.len() > self.target {
+            self.put_pack()?;
+        }
+        let offset = u32::try_from(self.buf.len())
+            .map_err(|_| Error::msg(ErrorKind::Io, "a rewritten pack outgrew 4 GiB"))?;
+        let length = u32::try_from(stored.len())
+            .map_err(|_| Error::msg(ErrorKind::Io, "a stored unit outgrew 4 GiB"))?;
+        self.buf.extend_from_slice(stored);
+        self.entries.extend(entries.iter().map(|e| PackEntry {
+            offset,
+            length,
+            compressed: compressed.unwrap_or(e.compressed),
+            ..*e
+        }));
+        Ok(())
+    }
+
+    /// Adds a used blob of a partly used frame to the frame being built.
+    fn push_small_blob(&mut self, entry: &PackEntry, raw: &[u8]) -> Result<()> {
+        let within = u32::try_from(self.frame.len())
+            .map_err(|_| Error::msg(ErrorKind::Io, "a frame outgrew 4 GiB"))?;
+        self.frame.extend_from_slice(raw);
+        self.frame_entries.push(PackEntry {
+            within: Some(within),
+            ..*entry
+        });
+        if self.frame.len() >= format::FRAME_TARGET {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<()> {
+        if self.frame_entries.is_empty() {
+            return Ok(());
+        }
+        let (stored, compressed) = format::encode_blob(
+            &self.frame,
+            self.repo.options.compression_level,
+            self.repo.key(),
+        );
+        let entries = std::mem::take(&mut self.frame_entries);
+        self.frame.clear();
+        self.push_stored(&stored, &entries, Some(compressed))
+    }
+
+    fn put_pack(&mut self) -> Result<()> {
+        let header = PackHeader {
+            entries: std::mem::take(&mut self.entries),
+        };
+        let pack = format::finish_pack(std::mem::take(&mut self.buf), &header, self.repo.key());
+        let id = format::ContentId::hash(&pack);
+        self.repo
+            .store
+            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
+        self.written.push(IndexPack {
+            id,
+            size: pack.len() as u64,
+            entries: header.entries,
+        });
+        self.buf = pack;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<IndexPack>> {
+        self.flush_frame()?;
+        if !self.entries.is_empty() {
+            self.put_pack()?;
+        }
+        Ok(self.written)
+    }
+}
+
+/// The `superseded/` records, by key.
+fn load_superseded(repo: &Repository) -> Result<Vec<(String, SupersededPacks)>> {
+    let mut out = Vec::new();
+    for meta in repo.store.list(SUPERSEDED_PREFIX)? {
+        let bytes = repo.store.get(&meta.key)?;
+        let record: SupersededPacks = format::open_object(
+            "superseded packs",
+            ObjectType::Superseded,
+            &bytes,
+            repo.key(),
+        )
+        .map_err(|e| damaged(&meta.key, e))?;
+        out.push((meta.key, record));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_is_rewritten_once_its_unused_share_reaches_the_threshold() {
+        assert!(!worth_rewriting(1000, 0, 25));
+        assert!(!worth_rewriting(1000, 249, 25));
+        assert!(worth_rewriting(1000, 250, 25));
+        assert!(worth_rewriting(1000, 999, 25));
+        assert!(!worth_rewriting(1000, 999, 100), "100 never rewrites");
+        assert!(worth_rewriting(1000, 1, 0), "0 rewrites any unused unit");
+        assert!(
+            !worth_rewriting(1000, 0, 0),
+            "a pack without unused units is never rewritten"
+        );
+    }
 }

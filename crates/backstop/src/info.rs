@@ -155,18 +155,30 @@ pub struct RestoreInfo {
 /// The outcome of gc.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
-    /// Packs deleted (entirely unreferenced).
+    /// Packs deleted: wholly unused ones, leftovers of interrupted backups, and packs rewritten
+    /// by an earlier gc whose grace period is over.
     pub packs_deleted: u64,
-    /// Bytes freed.
+    /// Bytes of the deleted packs.
     pub bytes_freed: u64,
     /// Index objects replaced by the rewritten index.
     pub indexes_rewritten: u64,
-    /// Packs kept because some of their blobs are still used.
+    /// Packs kept as they are, because enough of their blobs are still used.
     pub packs_kept: u64,
     /// Temp files of interrupted puts removed (local and SFTP repositories; see
     /// [`crate::Store::remove_temp_files`]), older than an hour.
     #[serde(default)]
     pub temp_files_removed: u64,
+    /// Packs rewritten because most of their bytes were unused: their used blobs were copied
+    /// into new packs, and they wait out [`crate::GcOptions::superseded_grace`] before a later
+    /// gc deletes them.
+    #[serde(default)]
+    pub packs_repacked: u64,
+    /// Bytes of used blobs copied by the rewrite.
+    #[serde(default)]
+    pub bytes_repacked: u64,
+    /// Packs rewritten by an earlier gc that are still within their grace period (kept).
+    #[serde(default)]
+    pub packs_in_grace: u64,
     /// Whether this was a dry run.
     pub dry_run: bool,
 }

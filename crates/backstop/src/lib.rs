@@ -68,6 +68,7 @@ pub use info::{
     RestoreInfo, VerifyReport,
 };
 pub use options::{
-    BackupOptions, EngineOptions, ExistingTarget, InitOptions, RestoreOptions, VerifyLevel,
+    BackupOptions, EngineOptions, ExistingTarget, GcOptions, InitOptions, RestoreOptions,
+    VerifyLevel,
 };
 pub use progress::{NoProgress, Progress};

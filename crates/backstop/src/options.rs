@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -351,4 +352,50 @@ pub enum VerifyLevel {
     Subset(u8),
     /// Reads, decrypts and hashes every byte.
     Full,
+}
+
+/// How `gc` works ([`crate::BackupEngine::gc_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// Report what would be removed and rewritten, change nothing.
+    pub dry_run: bool,
+    /// Rewrite a pack when at least this percentage of its bytes belongs to no backup: its
+    /// used blobs are copied into new packs and the old pack goes. 100 never rewrites (only
+    /// wholly unused packs go); 0 rewrites every pack with any unused byte.
+    pub repack_unused_percent: u8,
+    /// How long a rewritten pack stays after gc took it out of the index, so that a restore or
+    /// verify that loaded the old index before goes on finding it. A later gc deletes it; with
+    /// a zero grace period, the gc that rewrote it.
+    pub superseded_grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            repack_unused_percent: 25,
+            superseded_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl GcOptions {
+    /// Only report.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// See [`GcOptions::repack_unused_percent`]; values above 100 count as 100.
+    pub fn with_repack_unused_percent(mut self, percent: u8) -> Self {
+        self.repack_unused_percent = percent.min(100);
+        self
+    }
+
+    /// See [`GcOptions::superseded_grace`].
+    pub fn with_superseded_grace(mut self, grace: Duration) -> Self {
+        self.superseded_grace = grace;
+        self
+    }
 }

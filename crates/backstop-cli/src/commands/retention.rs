@@ -1,7 +1,7 @@
 //! `purge`, `delete` and `gc`: removing backups and the data only they used.
 
 use anyhow::{Context as _, Result};
-use backstop::BackupId;
+use backstop::{BackupId, GcOptions};
 use serde::Serialize;
 
 use crate::cli::{DeleteArgs, GcArgs, PurgeArgs};
@@ -70,26 +70,50 @@ fn report_deleted(
 
 pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     let engine = settings.open()?;
-    let report = engine.gc(args.dry_run).context("collecting garbage")?;
+    let options = GcOptions::default()
+        .dry_run(args.dry_run)
+        .with_repack_unused_percent(args.repack_unused)
+        .with_superseded_grace(args.grace);
+    let report = engine.gc_with(&options).context("collecting garbage")?;
     let printer = settings.printer;
     if printer.json {
         return printer.json("gc", &report);
     }
-    let verb = if report.dry_run {
-        "would delete"
+    let (delete, rewrite) = if report.dry_run {
+        ("would delete", "would rewrite")
     } else {
-        "deleted"
+        ("deleted", "rewrote")
     };
-    let temps = if report.temp_files_removed > 0 {
-        format!(
+    let mut extra = String::new();
+    if report.packs_repacked > 0 {
+        extra.push_str(&format!(
+            ", {rewrite} {} mostly unused packs (copying {} in use{})",
+            report.packs_repacked,
+            output::size(report.bytes_repacked),
+            if args.grace.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    "; the old ones go in a gc after {}",
+                    humantime::format_duration(args.grace)
+                )
+            }
+        ));
+    }
+    if report.packs_in_grace > 0 {
+        extra.push_str(&format!(
+            ", {} rewritten packs kept until their grace period is over",
+            report.packs_in_grace
+        ));
+    }
+    if report.temp_files_removed > 0 {
+        extra.push_str(&format!(
             ", {} temp files of interrupted writes removed",
             report.temp_files_removed
-        )
-    } else {
-        String::new()
-    };
+        ));
+    }
     printer.status(format!(
-        "{verb} {} packs ({}), kept {} packs, {} indexes rewritten{temps}",
+        "{delete} {} packs ({}), kept {} packs, {} indexes rewritten{extra}",
         report.packs_deleted,
         output::size(report.bytes_freed),
         report.packs_kept,
