@@ -382,6 +382,35 @@ step_concurrent() {
     return $ok
 }
 
+# A backup of every fourth small file of backup 1 (the same blobs, so it uploads no data), then
+# backup 1 deleted: the pack holding the frames of small files is then mostly unused, and gc
+# rewrites it (the used files' blobs framed anew) and, with no grace period, deletes the old
+# packs at once.
+ID4=""
+step_rewrite() {
+    local ok=0 i
+    [[ -n $ID1 ]] || { note "no first backup to delete"; return 1; }
+    rm -rf "$WORK/data4"
+    mkdir -p "$WORK/data4/small"
+    for ((i = 4; i <= 2000; i += 4)); do cp -p "$WORK/data1/small/$i.txt" "$WORK/data4/small/"; done
+    if bs backup4 --json backup "$WORK/data4" && ID4=$(backup_id_of "$LOGS/backup4.out"); then
+        note "backup $ID4 added $(jq '.result.bytes_added' "$LOGS/backup4.out") bytes"
+    else
+        ok=1
+    fi
+    bs delete-1 delete "$ID1" || ok=1
+    ID1=""
+    bs gc-rewrite --json gc --grace 0s || ok=1
+    note "gc: $(jq -c '.result | {packs_repacked, bytes_repacked, packs_deleted, bytes_freed}' "$LOGS/gc-rewrite.out" 2>/dev/null)"
+    note "gc requests: $(jq -c '.requests' "$LOGS/gc-rewrite.out" 2>/dev/null)"
+    if [[ $(jq '.result.packs_repacked' "$LOGS/gc-rewrite.out" 2>/dev/null) == 0 ]]; then
+        note "gc rewrote no pack"
+        ok=1
+    fi
+    [[ -z $ID4 ]] || restore_and_compare "$ID4" "$WORK/data4" || ok=1
+    return $ok
+}
+
 step_final() {
     local ok=0 entry
     bs gc-final gc || ok=1
@@ -392,6 +421,7 @@ step_final() {
     [[ -z $ID1 ]] || restore_and_compare "$ID1" "$WORK/data1" || ok=1
     [[ -z $ID2 ]] || restore_and_compare "$ID2" "$WORK/data2" || ok=1
     [[ -z $ID3 ]] || restore_and_compare "$ID3" "$WORK/data3" || ok=1
+    [[ -z $ID4 ]] || restore_and_compare "$ID4" "$WORK/data4" || ok=1
     for entry in "${CONCURRENT[@]}"; do
         restore_and_compare "${entry%% *}" "${entry#* }" || ok=1
     done
@@ -409,7 +439,8 @@ run_step "2. node 3 stopped: backup, verify --full, both backups restore" step_n
 run_step "3. node 3 started again, rejoins through bootstrap_peers" step_node3_back
 run_step "4. node 2 killed in the middle of a backup, restarted 5 s later" step_node2_restart
 run_step "5. two backups and a gc at once, $ROUNDS rounds" step_concurrent
-run_step "6. final gc, verify --full, every backup restores" step_final
+run_step "6. backup 1 deleted, gc rewrites the pack whose small files a later backup keeps" step_rewrite
+run_step "7. final gc, verify --full, every remaining backup restores" step_final
 
 printf '\nGarage %s, 3 nodes, replication factor 3, DATA_MB=%s, total %s s\n' \
     "$("$GARAGE" --version 2>/dev/null | awk '{print $2}')" "$DATA_MB" "$(since "$TOTAL_START")" >&2
