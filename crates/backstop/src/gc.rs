@@ -424,6 +424,41 @@ fn load_superseded(repo: &Repository) -> Result<Vec<(String, SupersededPacks)>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{BlobKind, ContentId};
+
+    fn entry(n: u8, offset: u32, length: u32, raw_length: u32, within: Option<u32>) -> PackEntry {
+        PackEntry {
+            id: ContentId([n; 32]),
+            kind: BlobKind::Data,
+            offset,
+            length,
+            raw_length,
+            compressed: true,
+            within,
+        }
+    }
+
+    #[test]
+    fn unused_bytes_count_whole_units_and_the_unused_share_of_frames() {
+        // A frame of three blobs (100 stored bytes for 300 raw), then two single blobs.
+        let entries = vec![
+            entry(1, 0, 100, 100, Some(0)),
+            entry(2, 0, 100, 150, Some(100)),
+            entry(3, 0, 100, 50, Some(250)),
+            entry(4, 100, 40, 60, None),
+            entry(5, 140, 70, 70, None),
+        ];
+        let used: HashSet<_> = [ContentId([2; 32]), ContentId([5; 32])].into();
+        let (units, unused) = used_units(entries, &used);
+        // Blobs 1 and 3 are half the frame's raw bytes: 50 of its 100 stored; blob 4 is unused.
+        assert_eq!(unused, 50 + 40);
+        assert_eq!(units.len(), 2);
+        assert_eq!(units[0].entries.len(), 3);
+        assert_eq!(units[0].used, [false, true, false]);
+        assert!(!units[0].all_used);
+        assert!(units[1].all_used);
+        assert_eq!(units[1].entries[0].id, ContentId([5; 32]));
+    }
 
     #[test]
     fn a_pack_is_rewritten_once_its_unused_share_reaches_the_threshold() {
