@@ -908,6 +908,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.smoke = args.smoke
+        self.caches_dropped = False
         self.size = args.size or (4 * MIB if args.smoke else GIB)
         self.out = Path(args.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -967,21 +968,37 @@ class Bench:
         if not self.smoke:
             os.sync()
 
+    def prepare(self, warm):
+        """Before a timed step: `sync`, then (as root, not in smoke mode) drop the clean page
+        cache, then read `warm` once. Every tool then starts with its input in memory and the
+        rest of memory free: with the page cache full from earlier steps, the kernel reclaims
+        pages while a tool writes, which cost a Backstop restore ~0.5 s of system time and
+        depended on what ran before. Returns whether the cache was dropped."""
+        self.settle()
+        dropped = False
+        if not self.smoke and os.geteuid() == 0:
+            try:
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("1\n")
+                dropped = True
+            except OSError:
+                pass
+        read_tree(warm)
+        return dropped
+
     def step(self, tool, step, data_bytes):
         """One measured step of one tool, preceded by an untimed warm-up and `sync`."""
         self.loads.append((f"{tool.name} {step}", os.getloadavg()))
         restore = step in RESTORE_STEPS
         if restore:
-            read_tree(tool.repo)
             target = self.work / "restore" / tool.name
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
             argv = tool.restore_cmd(target, sync=step == "restore")
         else:
-            read_tree(self.data)
             argv = tool.backup_cmd(step, self.data)
-        self.settle()
+        self.caches_dropped = self.prepare(tool.repo if restore else self.data)
         before = tree_bytes(tool.repo) if tool.repo.exists() else 0
         progress(f"  {tool.name:<22} {step:<12}", end="")
         m = self.runner.run(f"{tool.name}-{step}", argv, cwd=tool.cwd(), env=tool.env())
@@ -1155,6 +1172,7 @@ class Bench:
             "backstop_bin": str(backstop_bin),
             "seconds": round(time.monotonic() - started, 1),
             "repeat": self.args.repeat,
+            "caches_dropped": self.caches_dropped,
         }
 
     # -- memory with history ---------------------------------------------------------------------
@@ -1179,8 +1197,7 @@ class Bench:
         shutil.rmtree(other, ignore_errors=True)
         rows = {}
         for t in (fresh, full):
-            read_tree(self.data)
-            self.settle()
+            self.prepare(self.data)
             m = self.runner.run(f"{t.name}-backup", t.backup_cmd("full", self.data), env=t.env())
             rows[t.name] = {"wall_s": round(m.wall, 3), "peak_rss_mib": round(m.maxrss_kib / 1024, 1)}
         result = {
@@ -1442,11 +1459,15 @@ def write_report(bench, chart_name):
         "file, a closed RocksDB directory, plain files), first version 1 (full), then version 2 "
         "(incremental), then restores the latest backup twice: once timed until the files are on disk (the "
         "tool's restore, then `sync`; Backstop flushes its restores itself, so its `sync` finds little to do) "
-        "and once timed until the tool exits (`restore, no sync`; Backstop with `--no-sync`). Before each timed step the harness reads the whole "
-        "source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
-        "page cache"
-        + ("" if meta["smoke"] else ", and runs `sync`, so no tool pays for the previous one's dirty pages")
-        + "; nothing is dropped. Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
+        "and once timed until the tool exits (`restore, no sync`; Backstop with `--no-sync`). Before each timed step the harness "
+        + ("" if meta["smoke"] else "runs `sync`, so no tool pays for the previous one's dirty pages, ")
+        + (
+            "drops the clean page cache (`drop_caches`), so no tool pays for reclaiming pages earlier steps left, then "
+            if meta.get("caches_dropped")
+            else ""
+        )
+        + "reads the whole source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
+        "page cache. Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
         "harness; CPU time (user+sys) and peak RSS by GNU time around the tool's process (children "
         "included; for a pipeline, the largest member's RSS). Repository bytes are apparent file sizes; "
         "bytes added = growth of the repository in that step. restic, borg and Backstop encrypt; borg, "
