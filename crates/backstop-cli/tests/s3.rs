@@ -1,8 +1,8 @@
 //! The `backstop` binary on a real S3-protocol server (`s3s-fs`, started here on a loopback
 //! port; it checks signatures, keeps objects as files and survives a restart): an encrypted
 //! round trip byte for byte, two backup processes and a `gc` process at once for ten rounds,
-//! the request budget of an unchanged incremental backup, and the server killed in the middle
-//! of a backup. Plus, without any server, the engine's metadata cache: a second open reads no
+//! the request budget of an unchanged incremental backup, the server killed in the middle of a
+//! backup, and a gc that rewrites a partly used pack. Plus, without any server, the engine's metadata cache: a second open reads no
 //! index or snapshot object from the store.
 //!
 //! The S3 tests need the `s3` feature (`cargo test -p backstop-cli --features s3 --test s3`);
@@ -571,6 +571,43 @@ mod s3 {
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(5), "{output:?}");
+    }
+
+    /// gc on a real S3 server: after the first of two backups is deleted, the frames of small
+    /// files it shared with the second are mostly unused; gc rewrites their pack, deletes the
+    /// old one at once (no grace period), and the second backup verifies and restores.
+    #[test]
+    fn gc_rewrites_a_partly_used_pack_on_s3_and_the_remaining_backup_restores() {
+        let Some(world) = World::new("rewrite") else {
+            return;
+        };
+        world.json(&["init"]);
+        let data = world.path("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for i in 0..40u64 {
+            std::fs::write(data.join(format!("f{i}")), pseudo_random(20_000, 70 + i)).unwrap();
+        }
+        let first = world.backup(&data);
+        for i in (0..40).filter(|i| i % 4 != 0) {
+            std::fs::remove_file(data.join(format!("f{i}"))).unwrap();
+        }
+        let second = world.backup(&data);
+        world.json(&["delete", &first.to_string()]);
+
+        let gc = world.json(&["gc", "--grace", "0s"]);
+        let report = &gc["result"];
+        assert!(report["packs_repacked"].as_u64().unwrap() >= 1, "{gc}");
+        assert!(
+            report["bytes_freed"].as_u64().unwrap() > 500_000,
+            "30 of 40 files of 20 KB went: {gc}"
+        );
+        assert_eq!(report["packs_in_grace"], 0, "{gc}");
+        assert!(gc["requests"]["puts"].as_u64().unwrap() >= 2, "{gc}");
+        world.verify_full();
+        world.restore_and_compare(second, &tree(&data));
+        let again = world.json(&["gc", "--dry-run", "--grace", "0s"]);
+        assert_eq!(again["result"]["packs_repacked"], 0, "{again}");
+        assert_eq!(again["result"]["packs_deleted"], 0, "{again}");
     }
 
     /// Writes this round's state of one backup source: files shared by both sources (so their
