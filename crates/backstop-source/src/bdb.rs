@@ -1629,6 +1629,7 @@ mod tests {
     //! copied with `testing::copy_session` (no repository in between).
 
     use super::*;
+    use crate::testing::{python_has, require};
     use std::process::{Child, Command};
     use std::time::{Duration, Instant};
 
@@ -1728,22 +1729,10 @@ mod tests {
             .filter(|t| tools.find(t).is_err())
             .map(|t| format!("db5.3_{t}"))
             .collect();
-        let binding = Command::new(python())
-            .args(["-c", "import berkeleydb"])
-            .output();
-        if !binding.is_ok_and(|o| o.status.success()) {
+        if !python_has("berkeleydb") {
             missing.push("python3 module berkeleydb".to_owned());
         }
-        if missing.is_empty() {
-            return true;
-        }
-        let msg = format!(
-            "{} missing, run scripts/install-test-deps.sh",
-            missing.join(", ")
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-        false
+        require("bdb", &missing.join(", "), missing.is_empty())
     }
 
     /// The writer process; killed when dropped.

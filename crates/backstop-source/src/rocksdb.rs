@@ -864,10 +864,9 @@ impl Session for RocksDbSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::copy_session;
+    use crate::testing::{WriterProcess, copy_session, python_has, require};
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Child, ChildStdin, Command, Stdio};
-    use std::time::Instant;
 
     const SST_MAGIC: u64 = 0x88e2_41b7_85f4_cff7;
 
@@ -1181,78 +1180,41 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../backstop/tests/support/rocksdb_writer.py")
     }
 
-    fn tool_available(test: &str, what: &str, ok: bool) -> bool {
-        if !ok {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: {what} is missing; run scripts/install/rocksdb.sh"
-            );
-            eprintln!("SKIPPED: {test}: {what} missing, run scripts/install-test-deps.sh");
-        }
-        ok
-    }
-
     fn rocksdict_available(test: &str) -> bool {
-        let ok = Command::new("python3")
-            .args(["-c", "import rocksdict"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        tool_available(test, "python3 with rocksdict", ok)
+        require(test, "python3 with rocksdict", python_has("rocksdict"))
     }
 
-    /// The writer process; killed when dropped.
+    /// The stress writer: commits numbered batches and writes the last one to `status`.
     struct Writer {
-        child: Child,
+        process: WriterProcess,
         status: PathBuf,
-    }
-
-    impl Drop for Writer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 
     impl Writer {
         fn stress(db: &Path, status: &Path) -> Self {
-            let child = Command::new("python3")
-                .arg(writer_script())
-                .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
-                .args(["--max-seconds", "120"])
-                .spawn()
-                .unwrap();
+            let process = WriterProcess::spawn(
+                Command::new("python3")
+                    .arg(writer_script())
+                    .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
+                    .args(["--max-seconds", "120"]),
+            );
             Self {
-                child,
+                process,
                 status: status.to_path_buf(),
             }
         }
 
         /// Waits until batch `at_least` has committed; returns the last committed batch.
         fn wait_committed(&mut self, at_least: u64) -> u64 {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let committed = std::fs::read_to_string(&self.status)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok());
-                if let Some(n) = committed.filter(|n| *n >= at_least) {
-                    return n;
-                }
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("the writer exited early: {status}");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the writer did not reach batch {at_least}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            self.process
+                .wait_counter(&self.status, at_least, Duration::from_secs(60))
         }
     }
 
     /// Runs `ldb checkconsistency` (if ldb is there) and the rocksdict check on a restored
     /// database; returns its last batch.
     fn check_restored(dir: &Path) -> u64 {
-        if tool_available(
+        if require(
             "ldb checkconsistency",
             "ldb (rocksdb-tools)",
             which_ldb().is_some(),

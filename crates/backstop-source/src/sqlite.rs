@@ -1219,7 +1219,7 @@ mod tests {
 
     use super::bank::{self, BankState};
     use super::*;
-    use crate::testing::copy_session;
+    use crate::testing::{copy_session, python_has, require};
     use std::io::{BufRead, BufReader};
     use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -1246,17 +1246,11 @@ mod tests {
     impl Writer {
         /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
         fn start(db: &Path) -> Option<Self> {
-            let probe = Command::new("python3")
-                .args(["-c", "import sqlite3"])
-                .status();
-            if !probe.is_ok_and(|s| s.success()) {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "python3 with the sqlite3 module is missing"
-                );
-                eprintln!(
-                    "SKIPPED: python3 (with sqlite3) missing, run scripts/install-test-deps.sh"
-                );
+            if !require(
+                "sqlite",
+                "python3 with the sqlite3 module",
+                python_has("sqlite3"),
+            ) {
                 return None;
             }
             let mut child = Command::new("python3")

@@ -1,9 +1,13 @@
-//! Test support: runs a session to completion by copying its entries into a directory, phase by
-//! phase, the way the engine would store them. For tests of a source's procedure against a real
-//! database without the repository in between; never used by the engine itself.
+//! Test support, never used by the engine itself: runs a session to completion by copying its
+//! entries into a directory, phase by phase, the way the engine would store them (for tests of
+//! a source's procedure against a real database without the repository in between); and the
+//! pieces every real-database test needs: the rule for a missing component, and the writer
+//! process that loads the database while it is backed up.
 
 use std::io::Read;
 use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use crate::{Content, EntryKind, Session, SessionOutcome, SourceError};
 
@@ -72,4 +76,93 @@ pub fn copy_session(
         bytes,
         outcome,
     })
+}
+
+/// Whether a real component a test needs (a database tool, a Python module) is here. Under CI
+/// (`CI=true`) a missing one fails the test, so CI cannot pass by skipping; elsewhere the test
+/// skips, and says so.
+pub fn require(test: &str, what: &str, present: bool) -> bool {
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {what} is missing; run scripts/install-test-deps.sh"
+        );
+        eprintln!("SKIPPED: {test}: {what} missing, run scripts/install-test-deps.sh");
+    }
+    present
+}
+
+/// Whether `python3 -c "import MODULE"` works.
+pub fn python_has(module: &str) -> bool {
+    let python = std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A writer process that loads a database during a test: killed and reaped when dropped, so a
+/// failing test leaves no writer behind. Declare it after the test's temporary directory, so
+/// it goes first.
+pub struct WriterProcess {
+    child: Child,
+}
+
+impl WriterProcess {
+    /// Starts `command`.
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the writer {command:?}: {e}"));
+        Self { child }
+    }
+
+    /// Waits until `done` holds, polling; fails the test if the writer exits first or `limit`
+    /// passes.
+    pub fn wait_until(&mut self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                panic!("the writer exited ({status}) while waiting until {what}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the counter file at `path` ([`read_counter`]) reaches `at_least`; returns
+    /// the value it read then.
+    pub fn wait_counter(&mut self, path: &Path, at_least: u64, limit: Duration) -> u64 {
+        let mut value = 0;
+        self.wait_until(
+            &format!("`{}` reaches {at_least}", path.display()),
+            limit,
+            || {
+                value = read_counter(path);
+                value >= at_least
+            },
+        );
+        value
+    }
+
+    /// The process, for what the writer's protocol needs beyond waiting.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for WriterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number a writer keeps in a counter file (the last committed batch or sequence number),
+/// or 0 while the file is missing or being rewritten.
+pub fn read_counter(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -24,6 +24,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use backstop::source::bdb::{self, BdbSource, BdbTools};
+use backstop::source::testing::{python_has, require};
 use backstop::{
     BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, MemoryStore,
     RestoreOptions, VerifyLevel,
@@ -44,22 +45,10 @@ fn prerequisites() -> bool {
         .filter(|t| tools.find(t).is_err())
         .map(|t| format!("db5.3_{t}"))
         .collect();
-    let binding = Command::new(python())
-        .args(["-c", "import berkeleydb"])
-        .output();
-    if !binding.is_ok_and(|o| o.status.success()) {
+    if !python_has("berkeleydb") {
         missing.push("the python3 module berkeleydb".to_owned());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "{} missing, run scripts/install-test-deps.sh",
-        missing.join(", ")
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-    eprintln!("SKIPPED: {msg}");
-    false
+    require("bdb", &missing.join(", "), missing.is_empty())
 }
 
 /// The writer process, killed when dropped (declare it after the temporary directory).

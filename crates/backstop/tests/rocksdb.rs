@@ -16,6 +16,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backstop::source::rocksdb::RocksDbSource;
+use backstop::source::testing::{WriterProcess, python_has, require};
 use backstop::{
     BackupEngine, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
     RestoreOptions, VerifyLevel,
@@ -29,24 +30,8 @@ fn fast_init() -> InitOptions {
     InitOptions::default().with_kdf(8 * 1024, 1)
 }
 
-/// Whether a tool the test needs is there; missing fails under CI and skips loudly otherwise.
-fn tool_available(test: &str, what: &str, ok: bool) -> bool {
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: {what} is missing; run scripts/install/rocksdb.sh"
-        );
-        eprintln!("SKIPPED: {test}: {what} missing, run scripts/install-test-deps.sh");
-    }
-    ok
-}
-
 fn rocksdict_available(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import rocksdict"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    tool_available(test, "python3 with rocksdict", ok)
+    require(test, "python3 with rocksdict", python_has("rocksdict"))
 }
 
 fn ldb() -> Option<PathBuf> {
@@ -76,7 +61,7 @@ const STRESS: Layout = Layout {
 /// `0..=last_batch` (no gap, no torn batch).
 fn check_restored(dir: &Path, layout: &Layout) -> u64 {
     // ldb first: the scan's open writes files in the newer format ldb 7.8 cannot read.
-    if tool_available(
+    if require(
         "ldb checkconsistency",
         "ldb (rocksdb-tools)",
         ldb().is_some(),
@@ -113,52 +98,30 @@ fn check_restored(dir: &Path, layout: &Layout) -> u64 {
     report["last_batch"].as_u64().unwrap()
 }
 
-/// The stress writer; killed when dropped.
+/// The stress writer: commits numbered batches and writes the last one to `status`.
 struct Writer {
-    child: Child,
+    process: WriterProcess,
     status: PathBuf,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Writer {
     fn stress(db: &Path, status: &Path) -> Self {
-        let child = Command::new("python3")
-            .arg(writer_script())
-            .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
-            .args(["--max-seconds", "300"])
-            .spawn()
-            .unwrap();
+        let process = WriterProcess::spawn(
+            Command::new("python3")
+                .arg(writer_script())
+                .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
+                .args(["--max-seconds", "300"]),
+        );
         Self {
-            child,
+            process,
             status: status.to_path_buf(),
         }
     }
 
     /// Waits until batch `at_least` has committed; returns the last committed batch.
     fn wait_committed(&mut self, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let committed = std::fs::read_to_string(&self.status)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            if let Some(n) = committed.filter(|n| *n >= at_least) {
-                return n;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the writer exited early: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the writer did not reach batch {at_least}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.process
+            .wait_counter(&self.status, at_least, Duration::from_secs(60))
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use backstop::source::sqlite::bank::{self, BankState};
 use backstop::source::sqlite::rusqlite::Connection;
 use backstop::source::sqlite::{SqliteMethod, SqliteSource};
+use backstop::source::testing::{python_has, require};
 use backstop::{
     BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
     RestoreOptions, Store, VerifyLevel,
@@ -47,15 +48,11 @@ struct WriterStats {
 impl Writer {
     /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
     fn start(db: &Path) -> Option<Self> {
-        let probe = Command::new("python3")
-            .args(["-c", "import sqlite3"])
-            .status();
-        if !probe.is_ok_and(|s| s.success()) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "python3 with the sqlite3 module is missing (scripts/install/sqlite.sh)"
-            );
-            eprintln!("SKIPPED: python3 (with sqlite3) missing, run scripts/install-test-deps.sh");
+        if !require(
+            "sqlite",
+            "python3 with the sqlite3 module",
+            python_has("sqlite3"),
+        ) {
             return None;
         }
         let mut child = Command::new("python3")
