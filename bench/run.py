@@ -669,6 +669,11 @@ class Tool:
     def restore_cmd(self, target, sync=True):
         raise NotImplementedError
 
+    def prune_cmd(self):
+        """Deletes the full backup, keeping the incremental, and gives back the space only the
+        full used; None where the tool cannot (a tar incremental needs its full)."""
+        return None
+
     def env(self):
         return {}
 
@@ -723,6 +728,12 @@ class Backstop(Tool):
         # Backstop flushes a restore to disk itself unless told not to.
         return self.base() + ["-q", "restore", "latest", str(target)] + ([] if sync else ["--no-sync"])
 
+    def prune_cmd(self):
+        # Backup 1 is the full (every repetition starts from a fresh repository); no reader is
+        # running, so the rewritten packs may go at once.
+        base = " ".join(shlex.quote(a) for a in self.base())
+        return ["bash", "-c", f"{base} -q delete 1 && {base} -q gc --grace 0s"]
+
     def reported(self, measured):
         try:
             result = json.loads(measured.stdout)["result"]
@@ -754,6 +765,9 @@ class Restic(Tool):
     def restore_cmd(self, target, sync=True):
         return self.base() + ["restore", "latest", "--target", str(target)]
 
+    def prune_cmd(self):
+        return self.base() + ["forget", "--keep-last", "1", "--prune"]
+
 
 class Rustic(Tool):
     name = "rustic"
@@ -777,6 +791,9 @@ class Rustic(Tool):
 
     def restore_cmd(self, target, sync=True):
         return self.base() + ["restore", "latest", str(target)]
+
+    def prune_cmd(self):
+        return self.base() + ["forget", "--keep-last", "1", "--prune"]
 
 
 class Borg(Tool):
@@ -803,6 +820,10 @@ class Borg(Tool):
 
     def restore_cmd(self, target, sync=True):
         return ["bash", "-c", f'cd "{target}" && borg extract "{self.repo}::incremental"']
+
+    def prune_cmd(self):
+        # borg 1.2 frees segment space only in `compact`.
+        return ["bash", "-c", f'borg delete "{self.repo}::full" && borg compact "{self.repo}"']
 
 
 class TarZstd(Tool):
@@ -848,6 +869,9 @@ class CopyAll(Tool):
 
     def restore_cmd(self, target, sync=True):
         return ["cp", "-a", "--reflink=never", str(self.repo / "incremental"), str(Path(target) / "data")]
+
+    def prune_cmd(self):
+        return ["rm", "-rf", str(self.repo / "full")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -996,9 +1020,11 @@ class Bench:
                 shutil.rmtree(target)
             target.mkdir(parents=True)
             argv = tool.restore_cmd(target, sync=step == "restore")
+        elif step == "prune":
+            argv = tool.prune_cmd()
         else:
             argv = tool.backup_cmd(step, self.data)
-        self.caches_dropped = self.prepare(tool.repo if restore else self.data)
+        self.caches_dropped = self.prepare(tool.repo if restore or step == "prune" else self.data)
         before = tree_bytes(tool.repo) if tool.repo.exists() else 0
         progress(f"  {tool.name:<22} {step:<12}", end="")
         m = self.runner.run(f"{tool.name}-{step}", argv, cwd=tool.cwd(), env=tool.env())
@@ -1024,7 +1050,7 @@ class Bench:
             "bytes_added": after - before if not restore else None,
             "sync_s": None if sync_s is None else round(sync_s, 3),
             "data_bytes": data_bytes,
-            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 else None,
+            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step != "prune" else None,
         }
         row.update({f"reported_{k}": v for k, v in tool.reported(m).items()})
         if restore:
@@ -1041,7 +1067,7 @@ class Bench:
         print(
             f" {m.wall:8.2f} s wall {m.cpu:8.2f} s CPU {row['peak_rss_mib']:8.1f} MiB RSS"
             + (
-                f" +{row['bytes_added'] / MIB:9.1f} MiB"
+                f" {'+' if row['bytes_added'] >= 0 else ''}{row['bytes_added'] / MIB:9.1f} MiB"
                 if row["bytes_added"] is not None
                 else ("  verified" if row.get("verified") else "  MISMATCH")
             ),
@@ -1137,7 +1163,16 @@ class Bench:
         order = self.phase(order, "restore", v2_bytes)
         order = order[1:] + order[:1]
         progress("restores of the latest backup without a sync (Backstop: --no-sync)")
-        self.phase(order, "restore-nosync", v2_bytes)
+        order = self.phase(order, "restore-nosync", v2_bytes)
+        order = order[1:] + order[:1]
+
+        progress("deleting the full backup and giving back its space")
+        pruners = [t for t in order if t.prune_cmd() is not None]
+        after_incremental = self.work / "after-incremental"
+        if self.args.repeat > 1:
+            self.save(pruners, after_incremental)
+        self.phase(pruners, "prune", v2_bytes, before_repeat=lambda t: self.reset(t, after_incremental))
+        shutil.rmtree(after_incremental, ignore_errors=True)
 
         progress("peak RSS with 50 earlier backups in the repository")
         self.history = self.history_rss(backstop_bin, earlier=5 if self.smoke else 50)
@@ -1553,6 +1588,27 @@ def write_report(bench, chart_name):
         )
         w("## Targets of issue 9\n")
         w(target_table(get, tools, bench.history))
+    pruned = [t for t in tools if get.get((t, "prune"))]
+    if pruned:
+        w("## Deleting the full backup\n")
+        w(
+            "After the restores, each tool deletes the full backup, keeps the incremental and gives back "
+            "the space only the full used: Backstop `delete 1` + `gc --grace 0s`, restic and rustic "
+            "`forget --keep-last 1 --prune`, borg `delete ::full` + `compact`, `cp -a` removes its first "
+            "copy (`tar` is left out: its incremental needs the full). Space that other backups still "
+            "use stays.\n"
+        )
+        w(f"| tool | wall s | CPU s | peak RSS MiB | repository before MiB | after MiB | freed MiB{runs_head} |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + (" | ---" if repeat > 1 else "") + " |")
+        for tool in pruned:
+            r = get[(tool, "prune")]
+            before = r["repo_bytes"] - r["bytes_added"]
+            w(
+                f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | {mib(before)} | "
+                f"{mib(r['repo_bytes'])} | {mib(-r['bytes_added'])} |"
+                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
+            )
+        w("")
     if bench.native:
         w("## Database-native peers\n")
         w(

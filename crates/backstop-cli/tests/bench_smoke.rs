@@ -1,7 +1,8 @@
 //! Runs the benchmark harness (bench/run.py) in smoke mode against the `backstop` binary built
 //! for the tests, so the harness cannot rot: every step of every installed tool must run, every
-//! restore must come back byte for byte, and the report and chart must be written. Measures
-//! nothing: timings of a few MiB under a parallel test run mean nothing.
+//! restore must come back byte for byte, deleting the full backup must give space back, and the
+//! report and chart must be written. Measures nothing: timings of a few MiB under a parallel
+//! test run mean nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,6 +97,14 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
                     "{tool} {step}: nothing added to the repository: {r}"
                 );
             }
+        }
+        // Deleting the full backup gives space back (tar's incremental needs its full).
+        if *tool != "tar+zstd" {
+            let r = row(tool, "prune").unwrap_or_else(|| panic!("no prune row for {tool}"));
+            assert!(
+                r["bytes_added"].as_i64().is_some_and(|b| b < 0),
+                "{tool} prune: no space given back: {r}"
+            );
         }
     }
 
