@@ -250,7 +250,43 @@ fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
 /// on where it sits); the used blobs of a partly used frame are decoded, checked against their
 /// ids and framed anew, so that unused pages do not live on beside used ones. Returns the new
 /// packs, written and durable.
+///
+/// The packs are shared out among the worker threads, each writing packs of its own: framing
+/// anew is mostly zstd compression (~40 % of a rewrite's CPU, measured), and one thread took
+/// 3 s on the benchmark mix. Each thread holds one old pack and one new one.
 fn rewrite_packs(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<Vec<IndexPack>> {
+    let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
+    if threads == 1 {
+        return rewrite_some(repo, packs);
+    }
+    let per_thread = packs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = packs
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || rewrite_some(repo, part)))
+            .collect();
+        let mut written = Vec::new();
+        let mut failure = None;
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(packs)) => written.extend(packs),
+                // The other threads' new packs stay unindexed: the next gc deletes them.
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::msg(
+                        ErrorKind::Io,
+                        "a thread rewriting packs panicked",
+                    ));
+                }
+            }
+        }
+        failure.map_or(Ok(written), Err)
+    })
+}
+
+fn rewrite_some(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<Vec<IndexPack>> {
     let mut out = PackWriter::new(repo);
     for (pack, units) in packs {
         let key = format::pack_key(pack.id);
