@@ -19,13 +19,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use backstop_source::{
     ChangeModel, Content, Entry, EntryKind, Phase, Session, SessionContext, Source,
 };
-use backstop_store::PutMode;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::chunk::{self, Chunking};
 use crate::format::{
     self, BlobId, BlobKind, IndexPack, NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, PackEntry,
-    PackHeader, Snapshot, SnapshotStats, TreeBlob,
+    Snapshot, SnapshotStats, TreeBlob,
 };
 use crate::info::BackupInfo;
 use crate::options::BackupOptions;
@@ -349,23 +348,12 @@ fn packer(
         if entries.is_empty() {
             return Ok(());
         }
-        let header = PackHeader {
-            entries: std::mem::take(entries),
-        };
-        let pack = format::finish_pack(std::mem::take(buf), &header, repo.key());
-        let id = format::ContentId::hash(&pack);
-        repo.store
-            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
-        let index_pack = IndexPack {
-            id,
-            size: pack.len() as u64,
-            entries: header.entries,
-        };
+        let (index_pack, emptied) =
+            repo.store_pack(std::mem::take(buf), std::mem::take(entries))?;
         repo.index_write().add_pack(&index_pack);
-        stats.bytes_added += pack.len() as u64;
+        stats.bytes_added += index_pack.size;
         stats.packs.push(index_pack);
-        *buf = pack;
-        buf.clear();
+        *buf = emptied;
         Ok::<(), Error>(())
     };
     for sealed in rx {

@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use backstop_store::{PutMode, StoreErrorKind};
+use backstop_store::PutMode;
 
-use crate::format::{self, IndexPack, ObjectType, PackEntry, PackHeader, PackId, SupersededPacks};
+use crate::format::{self, IndexPack, ObjectType, PackEntry, PackId, SupersededPacks};
 use crate::info::GcReport;
 use crate::options::GcOptions;
 use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex, referenced_blobs};
@@ -193,9 +193,15 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
 /// one used blob.
 struct Unit {
     entries: Vec<PackEntry>,
-    /// Whether every blob of the unit is used (it is then copied as stored).
-    all_used: bool,
+    /// Per entry, whether a backup uses its blob.
     used: Vec<bool>,
+}
+
+impl Unit {
+    /// Whether every blob of the unit is used (it is then copied as stored).
+    fn all_used(&self) -> bool {
+        self.used.iter().all(|u| *u)
+    }
 }
 
 /// Groups a pack's entries into stored units (entries sharing an offset share a frame) and
@@ -228,7 +234,6 @@ fn used_units(mut entries: Vec<PackEntry>, used: &HashSet<format::BlobId>) -> (V
         }
         unused_bytes += (stored * dead_raw).checked_div(raw).unwrap_or(0);
         units.push(Unit {
-            all_used: flags.iter().all(|u| *u),
             used: flags,
             entries,
         });
@@ -290,14 +295,7 @@ fn rewrite_some(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<V
     let mut out = PackWriter::new(repo);
     for (pack, units) in packs {
         let key = format::pack_key(pack.id);
-        let bytes = repo.store.get(&key).map_err(|e| {
-            // The index lists the pack, so its absence is damage (as for a restore).
-            if e.kind() == StoreErrorKind::NotFound {
-                Error::new(ErrorKind::Corrupt, e)
-            } else {
-                e.into()
-            }
-        })?;
+        let bytes = repo.read_pack(pack.id)?;
         if format::ContentId::hash(&bytes) != pack.id {
             return Err(damaged(
                 &key,
@@ -318,7 +316,7 @@ fn rewrite_some(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<V
                         },
                     )
                 })?;
-            if unit.all_used {
+            if unit.all_used() {
                 out.push_stored(stored, &unit.entries, None)?;
                 continue;
             }
@@ -413,21 +411,12 @@ impl<'a> PackWriter<'a> {
     }
 
     fn put_pack(&mut self) -> Result<()> {
-        let header = PackHeader {
-            entries: std::mem::take(&mut self.entries),
-        };
-        let pack = format::finish_pack(std::mem::take(&mut self.buf), &header, self.repo.key());
-        let id = format::ContentId::hash(&pack);
-        self.repo
-            .store
-            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
-        self.written.push(IndexPack {
-            id,
-            size: pack.len() as u64,
-            entries: header.entries,
-        });
-        self.buf = pack;
-        self.buf.clear();
+        let (stored, emptied) = self.repo.store_pack(
+            std::mem::take(&mut self.buf),
+            std::mem::take(&mut self.entries),
+        )?;
+        self.written.push(stored);
+        self.buf = emptied;
         Ok(())
     }
 
@@ -491,8 +480,8 @@ mod tests {
         assert_eq!(units.len(), 2);
         assert_eq!(units[0].entries.len(), 3);
         assert_eq!(units[0].used, [false, true, false]);
-        assert!(!units[0].all_used);
-        assert!(units[1].all_used);
+        assert!(!units[0].all_used());
+        assert!(units[1].all_used());
         assert_eq!(units[1].entries[0].id, ContentId([5; 32]));
     }
 

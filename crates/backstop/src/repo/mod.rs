@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use backstop_store::{PutMode, Store, StoreErrorKind};
+use backstop_store::{PutMode, Store, StoreError, StoreErrorKind};
 use rand::RngCore;
 
 use crate::crypto::{KeyFile, KeyFileError, MasterKey};
 use crate::format::{
     self, BlobId, BlobKind, Config, FormatError, IndexFile, IndexPack, Node, ObjectType, PackEntry,
-    PackId, Snapshot, TreeBlob,
+    PackHeader, PackId, Snapshot, TreeBlob,
 };
 use crate::info::{BackupId, BackupInfo, BackupSelector, FileInfo, KeyInfo, RepositoryInfo};
 use crate::options::{EngineOptions, InitOptions};
@@ -358,6 +358,15 @@ pub(crate) enum RepoError {
     MissingBlob { blob: String, context: String },
     #[error("key `{0}`: {1}")]
     Key(String, String),
+}
+
+/// A failed read of a pack the index lists: its absence is damage, not a missing backup.
+fn pack_read_error(e: StoreError) -> Error {
+    if e.kind() == StoreErrorKind::NotFound {
+        Error::new(ErrorKind::Corrupt, e)
+    } else {
+        e.into()
+    }
 }
 
 pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
@@ -733,14 +742,36 @@ impl Repository {
 
     /// Stored bytes of a pack.
     fn read_stored(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
-        self.store.get_range(key, range).map_err(|e| {
-            // An index entry whose pack is gone is damage, not a missing backup.
-            if e.kind() == StoreErrorKind::NotFound {
-                Error::new(ErrorKind::Corrupt, e)
-            } else {
-                e.into()
-            }
-        })
+        self.store.get_range(key, range).map_err(pack_read_error)
+    }
+
+    /// A whole pack the index lists, as stored (not yet checked against its id).
+    pub(crate) fn read_pack(&self, id: PackId) -> Result<Vec<u8>> {
+        self.store
+            .get(&format::pack_key(id))
+            .map_err(pack_read_error)
+    }
+
+    /// Finishes a pack from its blob bytes and entries (sealed header, trailer), names it by
+    /// its hash and stores it durably. Returns what the index must say of it, and `blobs`'
+    /// buffer, emptied, for the next pack.
+    pub(crate) fn store_pack(
+        &self,
+        blobs: Vec<u8>,
+        entries: Vec<PackEntry>,
+    ) -> Result<(IndexPack, Vec<u8>)> {
+        let header = PackHeader { entries };
+        let mut pack = format::finish_pack(blobs, &header, self.key());
+        let id = format::ContentId::hash(&pack);
+        self.store
+            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
+        let stored = IndexPack {
+            id,
+            size: pack.len() as u64,
+            entries: header.entries,
+        };
+        pack.clear();
+        Ok((stored, pack))
     }
 
     /// Reads a run of adjacent blobs of one pack with one ranged read and hands each blob to
