@@ -28,6 +28,7 @@ use crate::format::{
 };
 use crate::info::BackupInfo;
 use crate::options::BackupOptions;
+use crate::page_list;
 use crate::repo::{Repository, lock, nodes_by_path};
 use crate::{Error, ErrorKind, Result};
 
@@ -97,7 +98,7 @@ impl Dispatch {
             if repo.index_read().contains(&id) || !state.pending.insert(id) {
                 return true;
             }
-            if kind != BlobKind::Data || data.len() >= format::FRAME_TARGET {
+            if kind != BlobKind::Data || data.len() >= format::SMALL_BLOB {
                 Some(Job {
                     kind,
                     blobs: vec![(id, data.len() as u32)],
@@ -132,7 +133,7 @@ impl Dispatch {
 fn empty_frame() -> Job {
     Job {
         kind: BlobKind::Data,
-        data: Vec::with_capacity(2 * format::FRAME_TARGET),
+        data: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
         blobs: Vec::new(),
     }
 }
@@ -318,7 +319,11 @@ fn seal_worker(
     key: Option<&crate::crypto::MasterKey>,
 ) {
     for job in rx {
-        let (stored, compressed) = format::encode_blob(&job.data, level, key);
+        let (stored, compressed) = if job.framed() {
+            format::encode_frame(&job.data, level, key)
+        } else {
+            format::encode_blob(&job.data, level, key)
+        };
         let sealed = Sealed {
             kind: job.kind,
             stored,
@@ -639,9 +644,23 @@ impl TreeBuilder {
         if self.tree.is_empty() {
             return Ok(());
         }
-        let blob = TreeBlob {
-            nodes: std::mem::take(&mut self.tree),
-        };
+        let mut nodes = std::mem::take(&mut self.tree);
+        for node in &mut nodes {
+            let parent = files.parent_nodes.get(&node.path);
+            let lists = {
+                let index = files.repo.index_read();
+                page_list::encode(node, parent, |b| index.contains(b), files.repo.key())
+            };
+            for list in lists {
+                if !files
+                    .dispatch
+                    .offer(files.repo, list.id, BlobKind::Tree, list.raw)
+                {
+                    return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
+                }
+            }
+        }
+        let blob = TreeBlob { nodes };
         let mut raw = Vec::new();
         ciborium::into_writer(&blob, &mut raw)
             .map_err(|e| Error::msg(ErrorKind::Io, format!("encoding a tree blob: {e}")))?;
@@ -852,6 +871,8 @@ fn base_node(entry: &Entry, kind: u8) -> Node {
         size: 0,
         target: None,
         chunks: Vec::new(),
+        lists: Vec::new(),
+        list_parts: Vec::new(),
         fs: None,
         identity: None,
         racy: false,

@@ -351,7 +351,7 @@ impl<'a> PackWriter<'a> {
             target,
             buf: Vec::with_capacity(target + (1 << 20)),
             entries: Vec::new(),
-            frame: Vec::with_capacity(2 * format::FRAME_TARGET),
+            frame: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
             frame_entries: Vec::new(),
             written: Vec::new(),
         }
@@ -400,7 +400,7 @@ impl<'a> PackWriter<'a> {
         if self.frame_entries.is_empty() {
             return Ok(());
         }
-        let (stored, compressed) = format::encode_blob(
+        let (stored, compressed) = format::encode_frame(
             &self.frame,
             self.repo.options.compression_level,
             self.repo.key(),

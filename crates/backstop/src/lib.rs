@@ -45,6 +45,7 @@ mod format;
 mod gc;
 mod info;
 mod options;
+mod page_list;
 mod progress;
 mod repo;
 mod restore;

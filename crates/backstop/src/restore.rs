@@ -921,7 +921,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::format::{self, BlobKind, IndexPack, PackEntry, PackHeader, TreeBlob};
+    use crate::format::{self, BlobKind, IndexPack, PackEntry, TreeBlob};
     use crate::options::{EngineOptions, InitOptions};
 
     /// Writes a snapshot whose file list is `nodes`, bypassing the backup's own path checks,
@@ -940,10 +940,7 @@ mod tests {
             compressed,
             within: None,
         };
-        let header = PackHeader {
-            entries: vec![entry],
-        };
-        let pack = format::finish_pack(stored, &header, repo.key());
+        let pack = format::finish_pack(stored, &[entry], repo.key());
         let pack_id = format::ContentId::hash(&pack);
         repo.store
             .put(
@@ -955,7 +952,7 @@ mod tests {
         repo.write_index(vec![IndexPack {
             id: pack_id,
             size: pack.len() as u64,
-            entries: header.entries,
+            entries: vec![entry],
         }])
         .unwrap();
         repo.reload_index().unwrap();
@@ -993,6 +990,8 @@ mod tests {
             size: 0,
             target: None,
             chunks: vec![],
+            lists: vec![],
+            list_parts: vec![],
             fs: None,
             identity: None,
             racy: false,
@@ -1059,12 +1058,12 @@ mod tests {
         tempfile::TempDir,
     ) {
         let source = tempfile::tempdir().unwrap();
-        let mut big = noise(300 * 1024, 7);
+        let mut big = noise(700 * 1024, 7);
         big.extend(
             b"insert into accounts values (1, 'balance'); "
                 .iter()
                 .cycle()
-                .take(200 * 1024),
+                .take(400 * 1024),
         );
         std::fs::write(source.path().join("big.db"), &big).unwrap();
         std::fs::write(source.path().join("small"), b"tiny").unwrap();
@@ -1188,7 +1187,7 @@ mod tests {
     /// snapshot whose one file is those pages in `order`.
     fn framed_snapshot(repo: &Repository, pages: &[Vec<u8>], order: &[usize]) -> Snapshot {
         let frame = pages.concat();
-        let (stored, compressed) = format::encode_blob(&frame, 3, repo.key());
+        let (stored, compressed) = format::encode_frame(&frame, 3, repo.key());
         let mut within = 0u32;
         let entries: Vec<PackEntry> = pages
             .iter()
@@ -1206,10 +1205,7 @@ mod tests {
                 entry
             })
             .collect();
-        let header = PackHeader {
-            entries: entries.clone(),
-        };
-        let pack = format::finish_pack(stored, &header, repo.key());
+        let pack = format::finish_pack(stored, &entries, repo.key());
         let pack_id = format::ContentId::hash(&pack);
         repo.store
             .put(

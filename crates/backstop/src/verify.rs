@@ -24,6 +24,7 @@ pub(crate) fn verify(
     for snapshot in snapshots {
         needed.extend(snapshot.tree.iter().copied());
         let result = repo.for_each_node(snapshot, |n| {
+            needed.extend(crate::page_list::blobs_of(&n));
             needed.extend(n.chunks);
             Ok(())
         });
@@ -109,18 +110,19 @@ pub(crate) fn verify(
                 continue;
             }
         };
-        // Sorted by id for lookups: a pack of page-sized blobs lists tens of thousands.
+        // Sorted by place for lookups: a pack of page-sized blobs lists tens of thousands, and
+        // the header names a framed blob by where it sits, not by its id.
         let mut listed = header.entries;
-        listed.sort_unstable_by_key(|e| e.id);
+        listed.sort_unstable_by_key(|e| (e.offset, e.within));
         entries.sort_unstable_by_key(|e| (e.offset, e.within));
         // Blobs of one frame share their stored bytes: decode each frame once.
         let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
         for entry in &entries {
             let in_header = listed
-                .binary_search_by_key(&entry.id, |e| e.id)
+                .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
                 .ok()
                 .and_then(|i| listed.get(i))
-                .is_some_and(|e| e == entry);
+                .is_some_and(|e| e.records(entry));
             if !in_header {
                 report.problems.push(format!(
                     "pack `{key}`: its header does not list blob {} as the index does",

@@ -205,7 +205,8 @@ impl Session for OnePhase {
 }
 
 #[test]
-fn one_changed_page_of_a_100_mib_page_file_adds_one_block() {
+fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
+    use backstop::GcOptions;
     let data = tempfile::tempdir().unwrap();
     let file = data.path().join("table.db");
     let mut bytes = pseudo_random(100 << 20, 7);
@@ -222,32 +223,56 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block() {
         .unwrap();
     assert_eq!(
         first.blobs_added,
-        12_800 + 1,
-        "100 MiB in 8 KiB blocks, plus the tree"
+        12_800 + 4 + 1,
+        "100 MiB in 8 KiB blocks, their ids in four lists of 4096, and the tree"
     );
-    let page = 4_321usize;
-    for b in &mut bytes[page * 8192..(page + 1) * 8192] {
-        *b = b.wrapping_add(1);
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let change_page = |bytes: &mut Vec<u8>, page: usize| {
+        for b in &mut bytes[page * 8192..(page + 1) * 8192] {
+            *b = b.wrapping_add(1);
+        }
+        std::fs::write(&file, &*bytes).unwrap();
+    };
+    change_page(&mut bytes, 4_321);
     let second = engine
         .create_backup(&mut source, &BackupOptions::default())
         .unwrap();
-    // One data block and one tree blob (the file's chunk list changed).
-    assert_eq!(second.blobs_added, 2);
+    // The block, a patch of its list (the other three lists are reused) and the tree: not the
+    // 400 KB of all the file's ids again.
+    assert_eq!(second.blobs_added, 3);
     assert!(
-        second.bytes_added_raw < 8192 + 600_000,
+        second.bytes_added_raw < 8192 + 2_000,
         "{}",
         second.bytes_added_raw
     );
-    let target = tempfile::tempdir().unwrap();
-    engine
-        .restore(second.id, target.path(), &RestoreOptions::default())
+    let restored = |id: u64| {
+        let target = tempfile::tempdir().unwrap();
+        engine
+            .restore(id, target.path(), &RestoreOptions::default())
+            .unwrap();
+        std::fs::read(target.path().join("table.db")).unwrap()
+    };
+    assert_eq!(restored(second.id), bytes);
+
+    // The patch's base is the first backup's list: deleting that backup must keep it, even
+    // when gc rewrites every pack with anything unused in it.
+    engine.delete_backup(first.id).unwrap();
+    let rewrite_all = GcOptions::default()
+        .with_repack_unused_percent(0)
+        .with_superseded_grace(std::time::Duration::ZERO);
+    let report = engine.gc_with(&rewrite_all).unwrap();
+    assert!(report.packs_repacked >= 1, "{report:?}");
+    engine.gc_with(&rewrite_all).unwrap();
+    let verified = engine.verify(second.id, VerifyLevel::Full).unwrap();
+    assert!(verified.is_ok(), "{verified:?}");
+    assert_eq!(restored(second.id), bytes);
+
+    // A third backup patches the same base again, carrying the earlier change.
+    change_page(&mut bytes, 4_000);
+    let third = engine
+        .create_backup(&mut source, &BackupOptions::default())
         .unwrap();
-    assert_eq!(
-        std::fs::read(target.path().join("table.db")).unwrap(),
-        bytes
-    );
+    assert_eq!(third.blobs_added, 3);
+    assert_eq!(restored(third.id), bytes);
 }
 
 #[test]
@@ -283,7 +308,7 @@ fn init_twice_is_refused() {
 fn newer_format_is_refused_not_misread() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    assert!(store.corrupt("config", |b| b[5] = 2));
+    assert!(store.corrupt("config", |b| b[5] = 3));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
     assert!(err.to_string().contains("config"), "{err}");

@@ -9,7 +9,7 @@ use rand::RngCore;
 use crate::crypto::{KeyFile, KeyFileError, MasterKey};
 use crate::format::{
     self, BlobId, BlobKind, Config, FormatError, IndexFile, IndexPack, Node, ObjectType, PackEntry,
-    PackHeader, PackId, Snapshot, TreeBlob,
+    PackId, Snapshot, TreeBlob,
 };
 use crate::info::{BackupId, BackupInfo, BackupSelector, FileInfo, KeyInfo, RepositoryInfo};
 use crate::options::{EngineOptions, InitOptions};
@@ -760,15 +760,14 @@ impl Repository {
         blobs: Vec<u8>,
         entries: Vec<PackEntry>,
     ) -> Result<(IndexPack, Vec<u8>)> {
-        let header = PackHeader { entries };
-        let mut pack = format::finish_pack(blobs, &header, self.key());
+        let mut pack = format::finish_pack(blobs, &entries, self.key());
         let id = format::ContentId::hash(&pack);
         self.store
             .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
         let stored = IndexPack {
             id,
             size: pack.len() as u64,
-            entries: header.entries,
+            entries,
         };
         pack.clear();
         Ok((stored, pack))
@@ -1013,10 +1012,21 @@ impl Repository {
         Ok(())
     }
 
-    /// Every node of a snapshot, in backup order.
+    /// Every node of a snapshot, in backup order, its chunk list read in full.
     pub(crate) fn for_each_node(
         &self,
         snapshot: &Snapshot,
+        f: impl FnMut(Node) -> Result<()>,
+    ) -> Result<()> {
+        self.read_nodes(snapshot, false, f)
+    }
+
+    /// [`Repository::for_each_node`]; `keep_bases` also keeps what a backup needs to patch
+    /// the nodes' chunk lists (`page_list::resolve`).
+    fn read_nodes(
+        &self,
+        snapshot: &Snapshot,
+        keep_bases: bool,
         mut f: impl FnMut(Node) -> Result<()>,
     ) -> Result<()> {
         for tree_id in &snapshot.tree {
@@ -1033,7 +1043,16 @@ impl Repository {
                     },
                 )
             })?;
-            for node in tree.nodes {
+            for mut node in tree.nodes {
+                let context = format!("backup {}, `{}`", snapshot.id, node.path);
+                crate::page_list::resolve(&mut node, keep_bases, |b| self.read_blob(b, &context))
+                    .map_err(|e| match e {
+                    crate::page_list::ResolveError::Fetch(e) => e,
+                    crate::page_list::ResolveError::List(e) => Error::msg(
+                        ErrorKind::Corrupt,
+                        format!("the chunk list of {context}: {e}"),
+                    ),
+                })?;
                 f(node)?;
             }
         }
@@ -1241,6 +1260,7 @@ pub(crate) fn referenced_blobs(
     for s in snapshots {
         used.extend(s.tree.iter().copied());
         repo.for_each_node(s, |n| {
+            used.extend(crate::page_list::blobs_of(&n));
             used.extend(n.chunks);
             Ok(())
         })?;
@@ -1254,7 +1274,7 @@ pub(crate) fn nodes_by_path(
     snapshot: &Snapshot,
 ) -> Result<BTreeMap<String, Node>> {
     let mut out = BTreeMap::new();
-    repo.for_each_node(snapshot, |n| {
+    repo.read_nodes(snapshot, true, |n| {
         out.insert(n.path.clone(), n);
         Ok(())
     })?;

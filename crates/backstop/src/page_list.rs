@@ -1,0 +1,425 @@
+//! Long chunk lists (the pages of a database file) stored outside the tree, in list blobs that
+//! the next backup reuses or patches.
+//!
+//! A file of 8 KiB pages has one 32-byte id per page, which compression cannot shrink: written
+//! whole into every backup's tree, the ids of a 1 GiB file cost 4 MiB per backup even when a
+//! few pages changed. So a node with more than [`INLINE_MAX`] chunks keeps its list in
+//! segments of [`SEGMENT`] ids, each a tree-kind blob: either a *full* list, or a *patch*
+//! (`base` = a full list, the new length, and the positions and ids that differ from it). A
+//! later backup reuses an unchanged segment's blob as it is and patches a changed one against
+//! the same base, until the patch would no longer be much smaller than a full list. A patch's
+//! base is always a full list, so resolving a segment reads at most two blobs.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{self, BlobId, Node};
+
+/// Ids per list blob (128 KiB of ids).
+pub(crate) const SEGMENT: usize = 4096;
+/// Nodes with at most this many chunks keep them in the tree itself.
+pub(crate) const INLINE_MAX: usize = 1024;
+/// Bytes one patched position costs in a patch (its id and its position), against the 32 a
+/// full list spends per id.
+const PATCH_COST: usize = 36;
+
+/// A list blob as stored (CBOR).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ListBlob {
+    /// For a patch: the full list it patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base: Option<BlobId>,
+    /// Ids in the segment.
+    pub(crate) len: u32,
+    /// The ids, 32 bytes each: all of them in a full list, the patched ones in a patch.
+    #[serde(with = "format::serde_bytes_vec")]
+    pub(crate) ids: Vec<u8>,
+    /// For a patch: the position of each id in `ids`, ascending. Every position at or past the
+    /// base's length must be here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) at: Vec<u32>,
+}
+
+/// How one segment of a node read from the repository was stored, kept so the next backup can
+/// reuse or patch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    /// The segment's list blob.
+    pub(crate) blob: BlobId,
+    /// For a patch: its base.
+    pub(crate) base: Option<BlobId>,
+    /// For a patch, when the reader asked for them: the base's ids, which the next backup
+    /// patches against.
+    pub(crate) base_ids: Option<Arc<[BlobId]>>,
+}
+
+/// Why a list blob cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListError {
+    #[error("list blob {blob} cannot be decoded: {detail}")]
+    Decode { blob: BlobId, detail: String },
+    #[error("list blob {blob} patches {base}, which is itself a patch")]
+    NestedPatch { blob: BlobId, base: BlobId },
+    #[error("list blob {blob} is inconsistent: {detail}")]
+    Inconsistent { blob: BlobId, detail: String },
+}
+
+pub(crate) fn decode(blob: BlobId, raw: &[u8]) -> Result<ListBlob, ListError> {
+    let list: ListBlob = ciborium::from_reader(raw).map_err(|e| ListError::Decode {
+        blob,
+        detail: e.to_string(),
+    })?;
+    let count = list.ids.len() / 32;
+    let expected = if list.base.is_some() {
+        list.at.len()
+    } else {
+        list.len as usize
+    };
+    if list.ids.len() % 32 != 0 || count != expected {
+        return Err(ListError::Inconsistent {
+            blob,
+            detail: format!(
+                "{} bytes of ids for {expected} entries (length {})",
+                list.ids.len(),
+                list.len
+            ),
+        });
+    }
+    Ok(list)
+}
+
+fn ids_of(bytes: &[u8]) -> impl Iterator<Item = BlobId> + '_ {
+    bytes.chunks_exact(32).map(|c| {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(c);
+        format::ContentId(id)
+    })
+}
+
+/// The ids of a full list.
+pub(crate) fn full_ids(blob: BlobId, list: &ListBlob) -> Result<Vec<BlobId>, ListError> {
+    if list.base.is_some() {
+        return Err(ListError::Inconsistent {
+            blob,
+            detail: "expected a full list, found a patch".into(),
+        });
+    }
+    Ok(ids_of(&list.ids).collect())
+}
+
+/// Applies a patch to its base's ids.
+pub(crate) fn apply(
+    blob: BlobId,
+    patch: &ListBlob,
+    base: &[BlobId],
+) -> Result<Vec<BlobId>, ListError> {
+    let len = patch.len as usize;
+    let inconsistent = |detail: String| ListError::Inconsistent { blob, detail };
+    let mut out: Vec<Option<BlobId>> = (0..len).map(|i| base.get(i).copied()).collect();
+    let mut last = None;
+    for (&at, id) in patch.at.iter().zip(ids_of(&patch.ids)) {
+        if last.is_some_and(|l| at <= l) {
+            return Err(inconsistent(format!("position {at} out of order")));
+        }
+        last = Some(at);
+        let slot = out
+            .get_mut(at as usize)
+            .ok_or_else(|| inconsistent(format!("position {at} past its length {len}")))?;
+        *slot = Some(id);
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, id)| id.ok_or_else(|| inconsistent(format!("position {i} has no id"))))
+        .collect()
+}
+
+/// A list blob the backup must store: its id and raw bytes.
+pub(crate) struct NewList {
+    pub(crate) id: BlobId,
+    pub(crate) raw: Vec<u8>,
+}
+
+/// Encodes `node`'s chunks as list blobs when there are more than [`INLINE_MAX`]: fills
+/// `node.lists`, empties `node.chunks` (the node is then ready to be written into a tree) and
+/// returns the list blobs not already in the repository. `parent` is the same path's node in
+/// the parent backup; `present` says whether a blob is in the repository.
+pub(crate) fn encode(
+    node: &mut Node,
+    parent: Option<&Node>,
+    present: impl Fn(&BlobId) -> bool,
+    key: Option<&crate::crypto::MasterKey>,
+) -> Vec<NewList> {
+    node.lists.clear();
+    node.list_parts.clear();
+    if node.chunks.len() <= INLINE_MAX {
+        return Vec::new();
+    }
+    let mut new = Vec::new();
+    for (i, segment) in node.chunks.chunks(SEGMENT).enumerate() {
+        let before = parent.and_then(|p| {
+            let part = p.list_parts.get(i)?;
+            let ids = p.chunks.get(i * SEGMENT..)?;
+            let ids = &ids[..ids.len().min(SEGMENT)];
+            Some((part, ids))
+        });
+        if let Some((part, ids)) = before {
+            let base_present = part.base.as_ref().is_none_or(&present);
+            if ids == segment && present(&part.blob) && base_present {
+                node.lists.push(part.blob);
+                continue;
+            }
+        }
+        let base = before.and_then(|(part, ids)| match (&part.base, &part.base_ids) {
+            (Some(base), Some(base_ids)) => present(base).then(|| (*base, &base_ids[..])),
+            (Some(_), None) => None,
+            (None, _) => present(&part.blob).then_some((part.blob, ids)),
+        });
+        let patch = base.and_then(|(base, base_ids)| {
+            let at: Vec<u32> = segment
+                .iter()
+                .enumerate()
+                .filter(|&(j, id)| base_ids.get(j) != Some(id))
+                .map(|(j, _)| j as u32)
+                .collect();
+            (at.len() * PATCH_COST * 2 < segment.len() * 32).then(|| ListBlob {
+                base: Some(base),
+                len: segment.len() as u32,
+                ids: at.iter().flat_map(|&j| segment[j as usize].0).collect(),
+                at,
+            })
+        });
+        let list = patch.unwrap_or_else(|| ListBlob {
+            base: None,
+            len: segment.len() as u32,
+            ids: segment.iter().flat_map(|id| id.0).collect(),
+            at: Vec::new(),
+        });
+        let mut raw = Vec::new();
+        // Serializing plain data into a Vec cannot fail.
+        let _ = ciborium::into_writer(&list, &mut raw);
+        let id = format::blob_id(&raw, key);
+        node.lists.push(id);
+        if !present(&id) {
+            new.push(NewList { id, raw });
+        }
+    }
+    node.chunks.clear();
+    new
+}
+
+/// Why resolving a node's lists failed: the blob could not be read, or it is not a valid list.
+#[derive(Debug)]
+pub(crate) enum ResolveError<E> {
+    Fetch(E),
+    List(ListError),
+}
+
+impl<E> From<ListError> for ResolveError<E> {
+    fn from(e: ListError) -> Self {
+        Self::List(e)
+    }
+}
+
+/// Fills `node.chunks` (and `node.list_parts`) from `node.lists`, reading each list blob and
+/// each patch's base with `fetch`. `keep_bases` keeps the ids of each patch's base in the parts,
+/// for a backup that will patch them again.
+pub(crate) fn resolve<E>(
+    node: &mut Node,
+    keep_bases: bool,
+    mut fetch: impl FnMut(&BlobId) -> Result<Vec<u8>, E>,
+) -> Result<(), ResolveError<E>> {
+    if node.lists.is_empty() {
+        return Ok(());
+    }
+    let mut chunks = Vec::with_capacity(node.lists.len() * SEGMENT);
+    let mut parts = Vec::with_capacity(node.lists.len());
+    for &blob in &node.lists {
+        let list = decode(blob, &fetch(&blob).map_err(ResolveError::Fetch)?)?;
+        match list.base {
+            None => {
+                chunks.extend(full_ids(blob, &list)?);
+                parts.push(Part {
+                    blob,
+                    base: None,
+                    base_ids: None,
+                });
+            }
+            Some(base) => {
+                let base_list = decode(base, &fetch(&base).map_err(ResolveError::Fetch)?)?;
+                if base_list.base.is_some() {
+                    return Err(ListError::NestedPatch { blob, base }.into());
+                }
+                let base_ids = full_ids(base, &base_list)?;
+                chunks.extend(apply(blob, &list, &base_ids)?);
+                parts.push(Part {
+                    blob,
+                    base: Some(base),
+                    base_ids: keep_bases.then(|| base_ids.into()),
+                });
+            }
+        }
+    }
+    node.chunks = chunks;
+    node.list_parts = parts;
+    Ok(())
+}
+
+/// The blobs a node's lists need: each list blob and each patch's base.
+pub(crate) fn blobs_of(node: &Node) -> impl Iterator<Item = BlobId> + '_ {
+    node.lists
+        .iter()
+        .copied()
+        .chain(node.list_parts.iter().filter_map(|p| p.base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> BlobId {
+        format::blob_id(&n.to_le_bytes(), None)
+    }
+
+    fn node_with(chunks: Vec<BlobId>) -> Node {
+        Node {
+            path: "f".into(),
+            kind: format::NODE_FILE,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            target: None,
+            chunks,
+            lists: Vec::new(),
+            list_parts: Vec::new(),
+            fs: None,
+            identity: None,
+            racy: false,
+        }
+    }
+
+    /// Stores new lists in `store` and resolves a node the way a read of the tree does.
+    fn round_trip(
+        node: &Node,
+        parent: Option<&Node>,
+        store: &mut std::collections::HashMap<BlobId, Vec<u8>>,
+    ) -> (Node, usize) {
+        let mut encoded = node.clone();
+        let new = encode(&mut encoded, parent, |b| store.contains_key(b), None);
+        let written = new.len();
+        for list in new {
+            store.insert(list.id, list.raw);
+        }
+        let mut read = encoded.clone();
+        let fetched = resolve(&mut read, true, |b| store.get(b).cloned().ok_or(*b));
+        assert!(fetched.is_ok(), "{fetched:?}");
+        (read, written)
+    }
+
+    #[test]
+    fn short_lists_stay_inline() {
+        let mut node = node_with((0..INLINE_MAX as u32).map(id).collect());
+        let new = encode(&mut node, None, |_| false, None);
+        assert!(new.is_empty());
+        assert!(node.lists.is_empty());
+        assert_eq!(node.chunks.len(), INLINE_MAX);
+    }
+
+    #[test]
+    fn lists_are_reused_patched_and_rebased_across_backups() {
+        let mut store = std::collections::HashMap::new();
+        let first: Vec<BlobId> = (0..(2 * SEGMENT + 100) as u32).map(id).collect();
+        let (v1, written) = round_trip(&node_with(first.clone()), None, &mut store);
+        assert_eq!(v1.chunks, first);
+        assert_eq!(written, 3);
+        assert!(v1.list_parts.iter().all(|p| p.base.is_none()));
+
+        // A few pages of the first segment change and the file grows: the second segment is
+        // reused, the first and the last are patched.
+        let mut second = first.clone();
+        second[5] = id(1_000_000);
+        second[SEGMENT - 1] = id(1_000_001);
+        second.extend((0..10).map(|n| id(2_000_000 + n)));
+        let (v2, written) = round_trip(&node_with(second.clone()), Some(&v1), &mut store);
+        assert_eq!(v2.chunks, second);
+        assert_eq!(written, 2);
+        assert_eq!(v2.lists[1], v1.lists[1]);
+        assert_eq!(v2.list_parts[0].base, Some(v1.lists[0]));
+        assert_eq!(v2.list_parts[2].base, Some(v1.lists[2]));
+
+        // Patching the patched segment again keeps the first base and carries the earlier
+        // changes; changing most of it writes a full list again.
+        let mut third = second.clone();
+        third[6] = id(3_000_000);
+        for (j, slot) in third[SEGMENT..2 * SEGMENT].iter_mut().enumerate() {
+            *slot = id(4_000_000 + j as u32);
+        }
+        let (v3, written) = round_trip(&node_with(third.clone()), Some(&v2), &mut store);
+        assert_eq!(v3.chunks, third);
+        assert_eq!(written, 2);
+        assert_eq!(v3.lists[2], v2.lists[2]);
+        assert_eq!(v3.list_parts[0].base, Some(v1.lists[0]));
+        assert!(v3.list_parts[1].base.is_none());
+        let patch = decode(v3.lists[0], &store[&v3.lists[0]]).unwrap();
+        assert_eq!(patch.at, vec![5, 6, SEGMENT as u32 - 1]);
+
+        // The file shrinks into its first segment.
+        let fourth: Vec<BlobId> = third[..SEGMENT / 2].to_vec();
+        let (v4, _) = round_trip(&node_with(fourth.clone()), Some(&v3), &mut store);
+        assert_eq!(v4.chunks, fourth);
+        let mut blobs: Vec<BlobId> = blobs_of(&v4).collect();
+        blobs.sort_unstable();
+        let mut expected = vec![v4.lists[0], v1.lists[0]];
+        expected.sort_unstable();
+        assert_eq!(blobs, expected);
+    }
+
+    #[test]
+    fn a_list_missing_from_the_repository_is_not_reused() {
+        let mut store = std::collections::HashMap::new();
+        let ids: Vec<BlobId> = (0..(SEGMENT + 1) as u32).map(id).collect();
+        let (v1, _) = round_trip(&node_with(ids.clone()), None, &mut store);
+        store.clear();
+        let (v2, written) = round_trip(&node_with(ids.clone()), Some(&v1), &mut store);
+        assert_eq!(written, 2);
+        assert_eq!(v2.chunks, ids);
+    }
+
+    #[test]
+    fn bad_patches_are_refused() {
+        let base: Vec<BlobId> = (0..4).map(id).collect();
+        let patch = |len: u32, at: Vec<u32>| ListBlob {
+            base: Some(id(99)),
+            len,
+            ids: at.iter().flat_map(|&a| id(100 + a).0).collect(),
+            at,
+        };
+        assert!(apply(id(1), &patch(4, vec![1, 3]), &base).is_ok());
+        assert!(
+            apply(id(1), &patch(5, vec![1]), &base).is_err(),
+            "gap past the base"
+        );
+        assert!(
+            apply(id(1), &patch(4, vec![3, 1]), &base).is_err(),
+            "out of order"
+        );
+        assert!(
+            apply(id(1), &patch(4, vec![4]), &base).is_err(),
+            "past the length"
+        );
+        let mut raw = Vec::new();
+        ciborium::into_writer(
+            &ListBlob {
+                base: None,
+                len: 3,
+                ids: vec![0; 64],
+                at: Vec::new(),
+            },
+            &mut raw,
+        )
+        .unwrap();
+        assert!(decode(id(1), &raw).is_err(), "length and ids disagree");
+    }
+}
