@@ -862,20 +862,11 @@ fn identity_of(entry: &Entry) -> Option<String> {
 
 fn base_node(entry: &Entry, kind: u8) -> Node {
     Node {
-        path: entry.path.clone(),
-        kind,
         mode: entry.mode & 0o7777,
         uid: entry.uid,
         gid: entry.gid,
         mtime_ns: entry.mtime_ns,
-        size: 0,
-        target: None,
-        chunks: Vec::new(),
-        lists: Vec::new(),
-        list_parts: Vec::new(),
-        fs: None,
-        identity: None,
-        racy: false,
+        ..Node::new(entry.path.clone(), kind)
     }
 }
 

@@ -583,6 +583,28 @@ pub(crate) struct Node {
     pub(crate) racy: bool,
 }
 
+impl Node {
+    /// A node of `kind` at `path` with nothing else set (mode 0, owned by root, no content).
+    pub(crate) fn new(path: String, kind: u8) -> Self {
+        Self {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            target: None,
+            chunks: Vec::new(),
+            lists: Vec::new(),
+            list_parts: Vec::new(),
+            fs: None,
+            identity: None,
+            racy: false,
+        }
+    }
+}
+
 pub(crate) const NODE_FILE: u8 = 0;
 pub(crate) const NODE_DIR: u8 = 1;
 pub(crate) const NODE_SYMLINK: u8 = 2;

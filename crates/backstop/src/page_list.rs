@@ -283,20 +283,9 @@ mod tests {
 
     fn node_with(chunks: Vec<BlobId>) -> Node {
         Node {
-            path: "f".into(),
-            kind: format::NODE_FILE,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            size: 0,
-            target: None,
             chunks,
-            lists: Vec::new(),
-            list_parts: Vec::new(),
-            fs: None,
-            identity: None,
-            racy: false,
+            mode: 0o644,
+            ..Node::new("f".into(), format::NODE_FILE)
         }
     }
 

@@ -981,20 +981,8 @@ mod tests {
 
     fn file_node(path: &str) -> Node {
         Node {
-            path: path.into(),
-            kind: NODE_FILE,
             mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            size: 0,
-            target: None,
-            chunks: vec![],
-            lists: vec![],
-            list_parts: vec![],
-            fs: None,
-            identity: None,
-            racy: false,
+            ..Node::new(path.into(), NODE_FILE)
         }
     }
 
@@ -1132,10 +1120,27 @@ mod tests {
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
         let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
-        let middle = &segments[segments.len() / 2];
-        assert!(middle.offset > 0);
-        let run = &middle.runs[0];
-        let entry = &run.entries[0];
+        // Damage a unit of a middle segment that does not also hold `small` (the backup's two
+        // reading threads put small blobs of both files into the same frames).
+        let small_unit = {
+            let mut small = None;
+            repo.for_each_node(&snapshot, |n| {
+                if n.path == "small" {
+                    small = n.chunks.first().copied();
+                }
+                Ok(())
+            })
+            .unwrap();
+            let (pack, entry) = repo.index_read().locate(&small.unwrap()).unwrap();
+            (pack, entry.offset)
+        };
+        let (run, entry) = segments[segments.len() / 2..]
+            .iter()
+            .filter(|s| s.offset > 0)
+            .flat_map(|s| &s.runs)
+            .flat_map(|r| r.entries.iter().map(move |e| (r, e)))
+            .find(|(r, e)| (r.pack, e.offset) != small_unit)
+            .unwrap();
         let at = entry.offset as usize + entry.length as usize / 2;
         assert!(store.corrupt(&format::pack_key(run.pack), |bytes| bytes[at] ^= 0x40));
 
