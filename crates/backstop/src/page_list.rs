@@ -377,6 +377,18 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_from_a_version_1_tree_gives_full_lists() {
+        // Version 1 trees held every id inline: such a parent has chunks but no list parts.
+        let mut store = std::collections::HashMap::new();
+        let ids: Vec<BlobId> = (0..(SEGMENT + 10) as u32).map(id).collect();
+        let parent = node_with(ids.clone());
+        let (read, written) = round_trip(&node_with(ids.clone()), Some(&parent), &mut store);
+        assert_eq!(written, 2);
+        assert_eq!(read.chunks, ids);
+        assert!(read.list_parts.iter().all(|p| p.base.is_none()));
+    }
+
+    #[test]
     fn bad_patches_are_refused() {
         let base: Vec<BlobId> = (0..4).map(id).collect();
         let patch = |len: u32, at: Vec<u32>| ListBlob {
