@@ -47,6 +47,8 @@ pub(crate) struct ListBlob {
 pub(crate) struct Part {
     /// The segment's list blob.
     pub(crate) blob: BlobId,
+    /// How many ids it holds.
+    pub(crate) len: u32,
     /// For a patch: its base.
     pub(crate) base: Option<BlobId>,
     /// For a patch, when the reader asked for them: the base's ids, which the next backup
@@ -157,10 +159,15 @@ pub(crate) fn encode(
     }
     let mut new = Vec::new();
     for (i, segment) in node.chunks.chunks(SEGMENT).enumerate() {
+        // The parent's segment at the same place, if it was cut the same way (a build with
+        // another segment size must not compare the wrong ids).
         let before = parent.and_then(|p| {
             let part = p.list_parts.get(i)?;
-            let ids = p.chunks.get(i * SEGMENT..)?;
-            let ids = &ids[..ids.len().min(SEGMENT)];
+            let earlier = p.list_parts.get(..i)?;
+            if earlier.iter().any(|q| q.len as usize != SEGMENT) {
+                return None;
+            }
+            let ids = p.chunks.get(i * SEGMENT..i * SEGMENT + part.len as usize)?;
             Some((part, ids))
         });
         if let Some((part, ids)) = before {
@@ -241,6 +248,7 @@ pub(crate) fn resolve<E>(
                 chunks.extend(full_ids(blob, &list)?);
                 parts.push(Part {
                     blob,
+                    len: list.len,
                     base: None,
                     base_ids: None,
                 });
@@ -254,6 +262,7 @@ pub(crate) fn resolve<E>(
                 chunks.extend(apply(blob, &list, &base_ids)?);
                 parts.push(Part {
                     blob,
+                    len: list.len,
                     base: Some(base),
                     base_ids: keep_bases.then(|| base_ids.into()),
                 });
@@ -386,6 +395,29 @@ mod tests {
         assert_eq!(written, 2);
         assert_eq!(read.chunks, ids);
         assert!(read.list_parts.iter().all(|p| p.base.is_none()));
+    }
+
+    #[test]
+    fn a_parent_cut_into_other_segments_is_not_reused() {
+        let ids: Vec<BlobId> = (0..(2 * SEGMENT) as u32).map(id).collect();
+        let mut parent = node_with(ids.clone());
+        // As if a build with segments of 1000 ids had written it.
+        parent.list_parts = (0..5)
+            .map(|k| Part {
+                blob: id(900_000 + k),
+                len: 1000,
+                base: None,
+                base_ids: None,
+            })
+            .collect();
+        let mut node = node_with(ids);
+        encode(&mut node, Some(&parent), |_| true, None);
+        assert_eq!(node.lists.len(), 2);
+        assert!(
+            node.lists
+                .iter()
+                .all(|l| !parent.list_parts.iter().any(|p| p.blob == *l))
+        );
     }
 
     #[test]
