@@ -204,9 +204,20 @@ impl Session for OnePhase {
     }
 }
 
+/// Deletes a backup, then runs a gc that rewrites every pack with anything unused in it and a
+/// second one that deletes the packs the first superseded.
+fn delete_and_rewrite_every_pack(engine: &BackupEngine, id: u64) {
+    engine.delete_backup(id).unwrap();
+    let rewrite_all = backstop::GcOptions::default()
+        .with_repack_unused_percent(0)
+        .with_superseded_grace(std::time::Duration::ZERO);
+    let report = engine.gc_with(&rewrite_all).unwrap();
+    assert!(report.packs_repacked >= 1, "{report:?}");
+    engine.gc_with(&rewrite_all).unwrap();
+}
+
 #[test]
 fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
-    use backstop::GcOptions;
     let data = tempfile::tempdir().unwrap();
     let file = data.path().join("table.db");
     let mut bytes = pseudo_random(100 << 20, 7);
@@ -255,13 +266,7 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
 
     // The patch's base is the first backup's list: deleting that backup must keep it, even
     // when gc rewrites every pack with anything unused in it.
-    engine.delete_backup(first.id).unwrap();
-    let rewrite_all = GcOptions::default()
-        .with_repack_unused_percent(0)
-        .with_superseded_grace(std::time::Duration::ZERO);
-    let report = engine.gc_with(&rewrite_all).unwrap();
-    assert!(report.packs_repacked >= 1, "{report:?}");
-    engine.gc_with(&rewrite_all).unwrap();
+    delete_and_rewrite_every_pack(&engine, first.id);
     let verified = engine.verify(second.id, VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     assert_eq!(restored(second.id), bytes);
@@ -1383,7 +1388,6 @@ fn file_contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn a_version_1_repository_reads_verifies_and_takes_version_2_backups() {
-    use backstop::GcOptions;
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1/repo");
     let repo = tempfile::tempdir().unwrap();
     copy_dir(&fixture, repo.path());
@@ -1423,13 +1427,7 @@ fn a_version_1_repository_reads_verifies_and_takes_version_2_backups() {
     assert_eq!(restored(second.id), file_contents(source.path()));
 
     // gc rewrites the version 1 pack once the first backup is gone; the second still restores.
-    engine.delete_backup(1).unwrap();
-    let rewrite_all = GcOptions::default()
-        .with_repack_unused_percent(0)
-        .with_superseded_grace(std::time::Duration::ZERO);
-    let report = engine.gc_with(&rewrite_all).unwrap();
-    assert!(report.packs_repacked >= 1, "{report:?}");
-    engine.gc_with(&rewrite_all).unwrap();
+    delete_and_rewrite_every_pack(&engine, 1);
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     assert_eq!(restored(second.id), file_contents(source.path()));
