@@ -118,6 +118,15 @@ pub(crate) fn apply(
 ) -> Result<Vec<BlobId>, ListError> {
     let len = patch.len as usize;
     let inconsistent = |detail: String| ListError::Inconsistent { blob, detail };
+    // Every position past the base must be patched, so a longer length is damage; checked
+    // before anything of that length is allocated.
+    if len > base.len() + patch.at.len() {
+        return Err(inconsistent(format!(
+            "length {len} with a base of {} and {} patched positions",
+            base.len(),
+            patch.at.len()
+        )));
+    }
     let mut out: Vec<Option<BlobId>> = (0..len).map(|i| base.get(i).copied()).collect();
     let mut last = None;
     for (&at, id) in patch.at.iter().zip(ids_of(&patch.ids)) {
@@ -239,7 +248,8 @@ pub(crate) fn resolve<E>(
     if node.lists.is_empty() {
         return Ok(());
     }
-    let mut chunks = Vec::with_capacity(node.lists.len() * SEGMENT);
+    // Grown as lists are read, not sized from the node: a damaged node could name any number.
+    let mut chunks = Vec::new();
     let mut parts = Vec::with_capacity(node.lists.len());
     for &blob in &node.lists {
         let list = decode(blob, &fetch(&blob).map_err(ResolveError::Fetch)?)?;
@@ -441,6 +451,10 @@ mod tests {
         assert!(
             apply(id(1), &patch(4, vec![4]), &base).is_err(),
             "past the length"
+        );
+        assert!(
+            apply(id(1), &patch(u32::MAX, vec![1]), &base).is_err(),
+            "a length no base and patch can fill"
         );
         let mut raw = Vec::new();
         ciborium::into_writer(
