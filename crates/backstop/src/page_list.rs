@@ -99,17 +99,6 @@ fn ids_of(bytes: &[u8]) -> impl Iterator<Item = BlobId> + '_ {
     })
 }
 
-/// The ids of a full list.
-pub(crate) fn full_ids(blob: BlobId, list: &ListBlob) -> Result<Vec<BlobId>, ListError> {
-    if list.base.is_some() {
-        return Err(ListError::Inconsistent {
-            blob,
-            detail: "expected a full list, found a patch".into(),
-        });
-    }
-    Ok(ids_of(&list.ids).collect())
-}
-
 /// Applies a patch to its base's ids.
 pub(crate) fn apply(
     blob: BlobId,
@@ -255,7 +244,7 @@ pub(crate) fn resolve<E>(
         let list = decode(blob, &fetch(&blob).map_err(ResolveError::Fetch)?)?;
         match list.base {
             None => {
-                chunks.extend(full_ids(blob, &list)?);
+                chunks.extend(ids_of(&list.ids));
                 parts.push(Part {
                     blob,
                     len: list.len,
@@ -268,7 +257,7 @@ pub(crate) fn resolve<E>(
                 if base_list.base.is_some() {
                     return Err(ListError::NestedPatch { blob, base }.into());
                 }
-                let base_ids = full_ids(base, &base_list)?;
+                let base_ids: Vec<BlobId> = ids_of(&base_list.ids).collect();
                 chunks.extend(apply(blob, &list, &base_ids)?);
                 parts.push(Part {
                     blob,

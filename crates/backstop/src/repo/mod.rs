@@ -1044,19 +1044,27 @@ impl Repository {
                 )
             })?;
             for mut node in tree.nodes {
-                let context = format!("backup {}, `{}`", snapshot.id, node.path);
-                crate::page_list::resolve(&mut node, keep_bases, |b| self.read_blob(b, &context))
-                    .map_err(|e| match e {
-                    crate::page_list::ResolveError::Fetch(e) => e,
-                    crate::page_list::ResolveError::List(e) => Error::msg(
-                        ErrorKind::Corrupt,
-                        format!("the chunk list of {context}: {e}"),
-                    ),
-                })?;
+                if !node.lists.is_empty() {
+                    self.resolve_lists(snapshot, &mut node, keep_bases)?;
+                }
                 f(node)?;
             }
         }
         Ok(())
+    }
+
+    /// Reads the chunk list of a node that keeps it in list blobs (`page_list`).
+    fn resolve_lists(&self, snapshot: &Snapshot, node: &mut Node, keep_bases: bool) -> Result<()> {
+        let context = format!("backup {}, `{}`", snapshot.id, node.path);
+        crate::page_list::resolve(node, keep_bases, |b| self.read_blob(b, &context)).map_err(|e| {
+            match e {
+                crate::page_list::ResolveError::Fetch(e) => e,
+                crate::page_list::ResolveError::List(e) => Error::msg(
+                    ErrorKind::Corrupt,
+                    format!("the chunk list of {context}: {e}"),
+                ),
+            }
+        })
     }
 
     pub(crate) fn file_infos(&self, snapshot: &Snapshot) -> Result<Vec<FileInfo>> {
