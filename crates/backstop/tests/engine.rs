@@ -173,8 +173,8 @@ fn unchanged_tree_adds_no_pack_bytes_and_is_not_reread() {
     assert_eq!(full.bytes_added, 0);
 }
 
-/// Marks every file of a directory as a page file of 8 KiB pages.
-struct PagedDir(DirSource);
+/// Marks every file of a directory as a page file of pages of the given size.
+struct PagedDir(DirSource, u32);
 
 impl Source for PagedDir {
     fn kind(&self) -> &str {
@@ -187,7 +187,7 @@ impl Source for PagedDir {
         let mut inner = self.0.begin(ctx)?;
         let mut phase = inner.next_phase()?.unwrap_or_default();
         for e in &mut phase.entries {
-            e.change = ChangeModel::Pages { page_size: 8192 };
+            e.change = ChangeModel::Pages { page_size: self.1 };
         }
         Ok(Box::new(OnePhase(Some(phase))))
     }
@@ -228,7 +228,7 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
         EngineOptions::default().with_compression_level(0),
     )
     .unwrap();
-    let mut source = PagedDir(DirSource::new(data.path()));
+    let mut source = PagedDir(DirSource::new(data.path()), 8192);
     let first = engine
         .create_backup(&mut source, &BackupOptions::default())
         .unwrap();
@@ -907,7 +907,7 @@ fn restoring_pages_that_alternate_between_frames_reads_each_frame_about_once() {
     std::fs::write(&file, &bytes).unwrap();
     let store = Arc::new(backstop::store::CountingStore::new(MemoryStore::new()));
     let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    let mut source = PagedDir(DirSource::new(data.path()));
+    let mut source = PagedDir(DirSource::new(data.path()), 8192);
     engine
         .create_backup(&mut source, &BackupOptions::default())
         .unwrap();
@@ -940,6 +940,54 @@ fn restoring_pages_that_alternate_between_frames_reads_each_frame_about_once() {
         read.bytes_down < 2 * stored,
         "read {} bytes for {stored} stored",
         read.bytes_down
+    );
+}
+
+/// On an object store every read is a round trip: the chunk lists of a large page file, and the
+/// bases its patches need, are fetched with a few joined reads, not one request per list blob.
+#[test]
+fn reading_the_chunk_lists_of_a_large_page_file_takes_few_requests() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("table.db");
+    // 40 lists of 4096 ids: pages of 128 bytes keep the file at 20 MiB.
+    let (page, segments) = (128usize, 40usize);
+    let mut bytes = pseudo_random(page * 4096 * segments, 5);
+    std::fs::write(&file, &bytes).unwrap();
+    let store = Arc::new(backstop::store::CountingStore::new(MemoryStore::new()));
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let mut source = PagedDir(DirSource::new(data.path()), page as u32);
+    let first = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    // One page in each of ten segments changes: ten patches, each against a list of the
+    // first backup, beside thirty lists reused as they are.
+    for segment in (0..segments).step_by(4) {
+        bytes[segment * 4096 * page] ^= 0xff;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let second = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    for (id, lists_read) in [(first.id, segments), (second.id, segments + 10)] {
+        let before = store.counts();
+        let files = engine.backup_files(id).unwrap();
+        let gets = store.counts().since(&before).gets;
+        let table = files.iter().find(|f| f.path == "table.db").unwrap();
+        assert_eq!(table.chunks, (4096 * segments) as u64);
+        // The snapshot object, the tree, then the lists and the bases in a few joined reads:
+        // 4 and 7 requests (with a request per list blob, the first took 42).
+        assert!(
+            gets <= 8,
+            "{gets} requests to read backup {id}, whose lists take {lists_read} blobs"
+        );
+    }
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(second.id, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("table.db")).unwrap(),
+        bytes
     );
 }
 

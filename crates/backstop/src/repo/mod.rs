@@ -151,6 +151,15 @@ impl ReadRun {
     }
 }
 
+/// The most stored bytes one joined read of [`Repository::read_blobs`] spans.
+const JOINED_READ_MAX: u64 = 8 << 20;
+/// The most bytes no asked-for blob needs that such a read may fetch between two that are.
+const JOINED_READ_GAP: u64 = 1 << 20;
+/// A blob [`Repository::read_blobs`] read, and where in its answer it goes.
+type Placed = (usize, Vec<u8>);
+/// Raw bytes of tree blobs read together when a backup's file list is loaded.
+const TREE_WINDOW_BYTES: u64 = 8 << 20;
+
 /// Recently decoded frames, by pack and offset, up to a byte limit (0: none kept). Only checked
 /// bytes go in: a frame is authenticated and decompressed before it is kept, and every blob cut
 /// from it is still hashed against its id.
@@ -740,6 +749,96 @@ impl Repository {
         blob.ok_or_else(|| Error::msg(ErrorKind::Corrupt, "an empty read of a blob"))
     }
 
+    /// Reads several blobs, each checked against its id, and returns them in the order of
+    /// `ids`. Blobs lying close together in a pack are fetched with one ranged read, and up to
+    /// [`EngineOptions::with_threads`] reads are in flight at once: on an object store every
+    /// read is a round trip, and the list blobs of a large page file read one by one would
+    /// cost one each. The caller bounds the memory by how many ids it asks for.
+    pub(crate) fn read_blobs(&self, ids: &[BlobId], context: &str) -> Result<Vec<Vec<u8>>> {
+        let mut located = Vec::with_capacity(ids.len());
+        {
+            let index = self.index_read();
+            for (at, id) in ids.iter().enumerate() {
+                let (pack, entry) = index.locate(id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        RepoError::MissingBlob {
+                            blob: id.to_hex(),
+                            context: context.to_owned(),
+                        },
+                    )
+                })?;
+                located.push((pack, entry, at));
+            }
+        }
+        located.sort_unstable_by_key(|(pack, entry, _)| (*pack, entry.offset));
+        // Each run, and where in `ids` each of its blobs belongs.
+        let mut runs: Vec<(ReadRun, Vec<usize>)> = Vec::new();
+        for (pack, entry, at) in located {
+            let one = ReadRun::new(pack, entry);
+            if let Some((run, places)) = runs.last_mut() {
+                if run.try_span(&one, JOINED_READ_MAX, JOINED_READ_GAP) {
+                    places.push(at);
+                    continue;
+                }
+            }
+            runs.push((one, vec![at]));
+        }
+        let read_one = |(run, places): &(ReadRun, Vec<usize>)| -> Result<Vec<Placed>> {
+            let mut got = Vec::with_capacity(places.len());
+            let read = self.read_run(run, |_, raw| {
+                got.push(raw.to_vec());
+                Ok::<(), std::convert::Infallible>(())
+            });
+            match read {
+                Ok(()) => Ok(places.iter().copied().zip(got).collect()),
+                Err(RunError::Repo(e)) => Err(e),
+                Err(RunError::Sink(never)) => match never {},
+            }
+        };
+        let threads = self.options.worker_threads().min(runs.len());
+        let read: Vec<Result<Vec<Placed>>> = if threads <= 1 {
+            runs.iter().map(read_one).collect()
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(run) = runs.get(i) else { break done };
+                                done.push(read_one(run));
+                            }
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        for blobs in read {
+            for (at, blob) in blobs? {
+                out[at] = Some(blob);
+            }
+        }
+        out.into_iter()
+            .zip(ids)
+            .map(|(blob, id)| {
+                blob.ok_or_else(|| {
+                    Error::msg(
+                        ErrorKind::Corrupt,
+                        format!("a joined read of {context} did not return blob {id}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Stored bytes of a pack.
     fn read_stored(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
         self.store.get_range(key, range).map_err(pack_read_error)
@@ -1029,26 +1128,67 @@ impl Repository {
         keep_bases: bool,
         mut f: impl FnMut(Node) -> Result<()>,
     ) -> Result<()> {
-        for tree_id in &snapshot.tree {
-            let raw = self.read_blob(tree_id, &format!("backup {}", snapshot.id))?;
-            let tree: TreeBlob = ciborium::from_reader(raw.as_slice()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    RepoError::Damaged {
-                        key: format!("tree {tree_id}"),
-                        source: FormatError::Decode {
-                            what: "tree",
-                            detail: e.to_string(),
-                        },
-                    },
-                )
-            })?;
-            for mut node in tree.nodes {
-                if !node.lists.is_empty() {
-                    self.resolve_lists(snapshot, &mut node, keep_bases)?;
-                }
-                f(node)?;
+        let context = format!("backup {}", snapshot.id);
+        let mut rest = snapshot.tree.as_slice();
+        while !rest.is_empty() {
+            // Tree blobs are fetched a few MiB at a time (joined reads, several in flight),
+            // not one round trip each.
+            let (window, after) = rest.split_at(self.tree_window(rest));
+            rest = after;
+            let raws = self.read_blobs(window, &context)?;
+            for (tree_id, raw) in window.iter().zip(raws) {
+                self.read_tree_nodes(snapshot, tree_id, &raw, keep_bases, &mut f)?;
             }
+        }
+        Ok(())
+    }
+
+    /// How many of `trees` (at least one) to fetch together: as many as add up to
+    /// [`TREE_WINDOW_BYTES`] of raw bytes by the index.
+    fn tree_window(&self, trees: &[BlobId]) -> usize {
+        let index = self.index_read();
+        let mut bytes = 0u64;
+        let mut count = 0;
+        for id in trees {
+            let Some((_, entry)) = index.locate(id) else {
+                // Reading it reports it missing.
+                break;
+            };
+            bytes += u64::from(entry.raw_length);
+            if count > 0 && bytes > TREE_WINDOW_BYTES {
+                break;
+            }
+            count += 1;
+        }
+        count.max(1)
+    }
+
+    /// Decodes one tree blob and hands its nodes, chunk lists resolved, to `f`.
+    fn read_tree_nodes(
+        &self,
+        snapshot: &Snapshot,
+        tree_id: &BlobId,
+        raw: &[u8],
+        keep_bases: bool,
+        f: &mut impl FnMut(Node) -> Result<()>,
+    ) -> Result<()> {
+        let tree: TreeBlob = ciborium::from_reader(raw).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                RepoError::Damaged {
+                    key: format!("tree {tree_id}"),
+                    source: FormatError::Decode {
+                        what: "tree",
+                        detail: e.to_string(),
+                    },
+                },
+            )
+        })?;
+        for mut node in tree.nodes {
+            if !node.lists.is_empty() {
+                self.resolve_lists(snapshot, &mut node, keep_bases)?;
+            }
+            f(node)?;
         }
         Ok(())
     }
@@ -1056,7 +1196,7 @@ impl Repository {
     /// Reads the chunk list of a node that keeps it in list blobs (`page_list`).
     fn resolve_lists(&self, snapshot: &Snapshot, node: &mut Node, keep_bases: bool) -> Result<()> {
         let context = format!("backup {}, `{}`", snapshot.id, node.path);
-        crate::page_list::resolve(node, keep_bases, |b| self.read_blob(b, &context)).map_err(|e| {
+        crate::page_list::resolve(node, keep_bases, |b| self.read_blobs(b, &context)).map_err(|e| {
             match e {
                 crate::page_list::ResolveError::Fetch(e) => e,
                 crate::page_list::ResolveError::List(e) => Error::msg(
