@@ -1169,10 +1169,11 @@ class Bench:
         progress("deleting the full backup and giving back its space")
         pruners = [t for t in order if t.prune_cmd() is not None]
         after_incremental = self.work / "after-incremental"
-        if self.args.repeat > 1:
+        if self.args.repeat > 1 or self.args.keep:
             self.save(pruners, after_incremental)
         self.phase(pruners, "prune", v2_bytes, before_repeat=lambda t: self.reset(t, after_incremental))
-        shutil.rmtree(after_incremental, ignore_errors=True)
+        if not self.args.keep:
+            shutil.rmtree(after_incremental, ignore_errors=True)
 
         progress("peak RSS with 50 earlier backups in the repository")
         self.history = self.history_rss(backstop_bin, earlier=5 if self.smoke else 50)
@@ -1874,7 +1875,12 @@ def main():
     ap.add_argument(
         "--strict", action="store_true", help="fail instead of skipping when an installable tool is missing"
     )
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch directory (and every repository as it was before the prune step, "
+        "under after-incremental/)",
+    )
     ap.add_argument(
         "--repeat",
         type=int,

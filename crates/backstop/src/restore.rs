@@ -477,7 +477,7 @@ fn restore_files(
             });
         }
         drop(rx);
-        let mut grouper = Grouper::new(tuning.max_run);
+        let mut grouper = Grouper::new(tuning.max_run, tuning.segment_bytes / 2);
         for node in nodes.iter().filter(|n| n.kind == NODE_FILE) {
             if options.cancel.is_cancelled() || failed.load(Ordering::Relaxed) {
                 break;
@@ -594,26 +594,54 @@ const GROUP_GAP: u64 = 2 << 20;
 
 /// Gathers whole files of one blob each (not in frames) whose stored bytes lie close together
 /// in one pack into one work item, so a worker fetches them with one ranged read instead of one
-/// per file (on an object store, a request each). Other files go alone.
+/// per file (on an object store, a request each).
+///
+/// Small files whose blobs all lie in frames are gathered too, up to `framed_max` raw bytes,
+/// without joining their reads: the small files of a directory share frames, and handed to
+/// the workers one by one, two workers would each fetch and decode the same frame (on the
+/// benchmark's restore, 518 frames and 20 MB of stored bytes twice). One worker restoring them
+/// in order finds each frame in its cache. Other files go alone.
 struct Grouper<'a> {
     max_run: u64,
+    framed_max: u64,
     group: Vec<Segment<'a>>,
     /// The group's runs joined: where the next file must continue.
     joined: Option<ReadRun>,
+    /// Raw bytes of a group of framed files (0: the group, if any, is joined).
+    framed: u64,
 }
 
 impl<'a> Grouper<'a> {
-    fn new(max_run: u64) -> Self {
+    fn new(max_run: u64, framed_max: u64) -> Self {
         Self {
             max_run,
+            framed_max,
             group: Vec::new(),
             joined: None,
+            framed: 0,
         }
     }
 
     /// Takes a file's segments; returns the work items that are complete.
     fn add(&mut self, mut segments: Vec<Segment<'a>>) -> Vec<Vec<Segment<'a>>> {
         let mut done = Vec::new();
+        if let [segment] = segments.as_slice() {
+            let raw: u64 = segment.runs.iter().map(ReadRun::raw_len).sum();
+            if is_framed(segment) && raw <= self.framed_max {
+                if self.joined.is_some() {
+                    done.extend(self.finish());
+                }
+                self.framed += raw.max(1);
+                self.group.append(&mut segments);
+                if self.framed >= self.framed_max {
+                    done.extend(self.finish());
+                }
+                return done;
+            }
+        }
+        if self.framed > 0 {
+            done.extend(self.finish());
+        }
         // Files in frames are left to the frame cache: their frames are fetched once each
         // already, and a joined read over several frames would fetch cached ones again
         // (measured on Garage: 91 requests for a restore became 117).
@@ -654,11 +682,19 @@ impl<'a> Grouper<'a> {
     /// The group gathered so far, if any.
     fn finish(&mut self) -> Option<Vec<Segment<'a>>> {
         self.joined = None;
+        self.framed = 0;
         (!self.group.is_empty()).then(|| std::mem::take(&mut self.group))
     }
 }
 
-/// Writes a work item: one segment, or several whole files read with joined runs.
+/// Whether a segment has blobs and every one of them lies in a frame.
+fn is_framed(segment: &Segment<'_>) -> bool {
+    let mut entries = segment.runs.iter().flat_map(|r| &r.entries).peekable();
+    entries.peek().is_some() && entries.all(|e| e.within.is_some())
+}
+
+/// Writes a work item: one segment, several small files in frames written one after another, or several
+/// whole files read with joined runs.
 fn restore_group(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -670,6 +706,13 @@ fn restore_group(
 ) -> Result<u64> {
     if let [segment] = group {
         return restore_segment(repo, snapshot, segment, options, budget, out, frames);
+    }
+    if group.iter().all(is_framed) {
+        let mut written = 0;
+        for segment in group {
+            written += restore_segment(repo, snapshot, segment, options, budget, out, frames)?;
+        }
+        return Ok(written);
     }
     let mut runs: Vec<ReadRun> = Vec::new();
     for run in group.iter().flat_map(|s| &s.runs) {

@@ -1023,7 +1023,7 @@ fn restore_reads(
 
 /// On an object store every request costs a round trip: the small files of a directory, stored
 /// side by side, must not cost a request each when restored.
-/// Files under 128 KiB share frames, and each restore worker keeps decoded frames.
+/// Files under 128 KiB share frames; one worker restores a run of them and keeps the frames.
 #[test]
 fn restoring_many_small_files_takes_few_requests() {
     let (files, size) = (2000u64, 3000);
@@ -1035,8 +1035,10 @@ fn restoring_many_small_files_takes_few_requests() {
         .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
         .unwrap();
     let gets = restore_reads(&engine, &store, data.path());
+    // 6 MB in frames of 256 KiB: the snapshot, the tree and each frame once make 25. When the
+    // files went to the two workers one by one, both fetched most frames: 48.
     assert!(
-        gets < 150,
+        gets < 35,
         "{gets} requests to restore {files} files of {size} bytes"
     );
 }
