@@ -598,9 +598,9 @@ const GROUP_GAP: u64 = 2 << 20;
 ///
 /// Small files whose blobs all lie in frames are gathered too, up to `framed_max` raw bytes,
 /// without joining their reads: the small files of a directory share frames, and handed to
-/// the workers one by one, two workers would each fetch and decode the same frame (on the
-/// benchmark's restore, 518 frames and 20 MB of stored bytes twice). One worker restoring them
-/// in order finds each frame in its cache. Other files go alone.
+/// the workers one by one, two workers would each fetch and decode most frames (2000 files of
+/// 3 KB took 48 requests instead of 25). One worker restoring them in order finds each frame
+/// in its cache. Other files go alone.
 struct Grouper<'a> {
     max_run: u64,
     framed_max: u64,
@@ -631,7 +631,7 @@ impl<'a> Grouper<'a> {
                 if self.joined.is_some() {
                     done.extend(self.finish());
                 }
-                self.framed += raw.max(1);
+                self.framed += raw;
                 self.group.append(&mut segments);
                 if self.framed >= self.framed_max {
                     done.extend(self.finish());
@@ -693,8 +693,8 @@ fn is_framed(segment: &Segment<'_>) -> bool {
     entries.peek().is_some() && entries.all(|e| e.within.is_some())
 }
 
-/// Writes a work item: one segment, several small files in frames written one after another, or several
-/// whole files read with joined runs.
+/// Writes a work item: one segment, several small files in frames one after another, or
+/// several whole files read with joined runs.
 fn restore_group(
     repo: &Repository,
     snapshot: &Snapshot,

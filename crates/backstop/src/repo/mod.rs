@@ -186,8 +186,7 @@ impl FrameCache {
 
     /// A kept frame, which becomes the most recently used: after an incremental backup one
     /// new frame of changed pages serves pages all across many old frames, and evicted in
-    /// the order frames came in, it would be decoded again while still in use (on the
-    /// benchmark's restore, 518 frames were decoded twice).
+    /// the order frames came in, it could be decoded again while still in use.
     fn get(&mut self, pack: PackId, offset: u32) -> Option<&[u8]> {
         let i = self
             .frames
