@@ -188,15 +188,9 @@ fn read_runs(
     let index = repo.index_read();
     let mut runs: Vec<ReadRun> = Vec::new();
     for id in chunks {
-        let (pack, entry) = index.locate(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Corrupt,
-                crate::repo::RepoError::MissingBlob {
-                    blob: id.to_hex(),
-                    context: context.to_owned(),
-                },
-            )
-        })?;
+        let (pack, entry) = index
+            .locate(id)
+            .ok_or_else(|| crate::repo::missing_blob(id, context))?;
         if let Some(run) = runs.last_mut() {
             if run.try_push(pack, entry, max_run) {
                 continue;

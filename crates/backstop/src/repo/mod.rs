@@ -224,6 +224,17 @@ impl FrameCache {
     }
 }
 
+/// The error for a blob the index does not have; `context` says who needs it.
+pub(crate) fn missing_blob(id: &BlobId, context: &str) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        RepoError::MissingBlob {
+            blob: id.to_hex(),
+            context: context.to_owned(),
+        },
+    )
+}
+
 /// Why [`Repository::read_run`] stopped: the repository's bytes, or the caller's sink.
 #[derive(Debug)]
 pub(crate) enum RunError<E> {
@@ -734,15 +745,10 @@ impl Repository {
 
     /// Reads one blob, checking it against its id.
     pub(crate) fn read_blob(&self, id: &BlobId, context: &str) -> Result<Vec<u8>> {
-        let (pack, entry) = self.index_read().locate(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Corrupt,
-                RepoError::MissingBlob {
-                    blob: id.to_hex(),
-                    context: context.to_owned(),
-                },
-            )
-        })?;
+        let (pack, entry) = self
+            .index_read()
+            .locate(id)
+            .ok_or_else(|| missing_blob(id, context))?;
         if entry.within.is_none() {
             // A blob of its own decodes into a buffer of its own: hand that over, uncopied.
             let key = format::pack_key(pack);
@@ -773,15 +779,7 @@ impl Repository {
         {
             let index = self.index_read();
             for (at, id) in ids.iter().enumerate() {
-                let (pack, entry) = index.locate(id).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        RepoError::MissingBlob {
-                            blob: id.to_hex(),
-                            context: context.to_owned(),
-                        },
-                    )
-                })?;
+                let (pack, entry) = index.locate(id).ok_or_else(|| missing_blob(id, context))?;
                 located.push((pack, entry, at));
             }
         }
