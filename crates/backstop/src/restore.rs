@@ -1157,8 +1157,8 @@ mod tests {
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
         let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
-        // Damage a unit of a middle segment that does not also hold `small` (the backup's two
-        // reading threads put small blobs of both files into the same frames).
+        // Damage a unit of a middle segment that does not also hold `small` (a reading thread
+        // that reads both files puts small blobs of both into the same frames).
         let small_unit = {
             let mut small = None;
             repo.for_each_node(&snapshot, |n| {
