@@ -230,7 +230,7 @@ impl<E> From<ListError> for ResolveError<E> {
 /// On an object store each fetch is a round trip, and one at a time the lists of a 1 TiB page
 /// file would cost 32,768 of them; [`resolve`] asks for a window's lists in one call (which
 /// the repository joins into a few ranged reads), then for their bases in a second.
-pub(crate) const FETCH_WINDOW: usize = 64;
+const FETCH_WINDOW: usize = 64;
 
 /// Fills `node.chunks` (and `node.list_parts`) from `node.lists`, reading the list blobs and
 /// the patches' bases with `fetch`, which returns the blobs it is given in the same order.
@@ -247,8 +247,24 @@ pub(crate) fn resolve<E>(
     // Grown as lists are read, not sized from the node: a damaged node could name any number.
     let mut chunks = Vec::new();
     let mut parts = Vec::with_capacity(node.lists.len());
+    // A short answer would silently drop segments below: refused here, once.
+    let mut fetch = |ids: &[BlobId]| -> Result<Vec<Vec<u8>>, ResolveError<E>> {
+        let raws = fetch(ids).map_err(ResolveError::Fetch)?;
+        if raws.len() != ids.len() {
+            return Err(ListError::Inconsistent {
+                blob: ids[0],
+                detail: format!(
+                    "{} of the {} list blobs asked for came back",
+                    raws.len(),
+                    ids.len()
+                ),
+            }
+            .into());
+        }
+        Ok(raws)
+    };
     for window in node.lists.chunks(FETCH_WINDOW) {
-        let raws = fetch(window).map_err(ResolveError::Fetch)?;
+        let raws = fetch(window)?;
         let lists = window
             .iter()
             .zip(&raws)
@@ -260,7 +276,7 @@ pub(crate) fn resolve<E>(
         base_ids.dedup();
         let mut bases = std::collections::HashMap::with_capacity(base_ids.len());
         if !base_ids.is_empty() {
-            let raws = fetch(&base_ids).map_err(ResolveError::Fetch)?;
+            let raws = fetch(&base_ids)?;
             for (&base, raw) in base_ids.iter().zip(&raws) {
                 let list = decode(base, raw)?;
                 let ids: Arc<[BlobId]> = ids_of(&list.ids).collect();
@@ -279,6 +295,7 @@ pub(crate) fn resolve<E>(
                     });
                 }
                 Some(base) => {
+                    // Every base of the window was fetched above.
                     let Some((nested, base_ids)) = bases.get(&base) else {
                         return Err(ListError::Inconsistent {
                             blob,
@@ -453,6 +470,36 @@ mod tests {
             node.lists
                 .iter()
                 .all(|l| !parent.list_parts.iter().any(|p| p.blob == *l))
+        );
+    }
+
+    #[test]
+    fn a_fetch_that_returns_fewer_lists_than_asked_is_refused() {
+        let mut store = std::collections::HashMap::new();
+        let (stored, _) = round_trip(
+            &node_with((0..(2 * SEGMENT) as u32).map(id).collect()),
+            None,
+            &mut store,
+        );
+        let mut read = Node {
+            chunks: Vec::new(),
+            ..stored
+        };
+        let short = resolve(&mut read, false, |blobs| {
+            Ok::<_, BlobId>(
+                blobs
+                    .iter()
+                    .skip(1)
+                    .filter_map(|b| store.get(b).cloned())
+                    .collect(),
+            )
+        });
+        assert!(
+            matches!(
+                short,
+                Err(ResolveError::List(ListError::Inconsistent { .. }))
+            ),
+            "{short:?}"
         );
     }
 
