@@ -260,6 +260,8 @@ pub(crate) struct Index {
     pub(crate) packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
     sorted: Vec<(BlobId, BlobLocation)>,
+    /// Where each bucket of ids (their leading `fanout_bits` bits) starts in `sorted`.
+    fanout: Fanout,
     recent: HashMap<BlobId, BlobLocation>,
     /// Keys of the index objects loaded.
     pub(crate) objects: Vec<String>,
@@ -306,13 +308,15 @@ impl Index {
         self.sorted.sort_by_key(|a| a.0);
         self.sorted.dedup_by(|later, first| later.0 == first.0);
         self.sorted.shrink_to_fit();
+        self.fanout = Fanout::build(&self.sorted);
     }
 
     fn sorted_get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        self.sorted
+        let candidates = self.sorted.get(self.fanout.range(id, self.sorted.len()))?;
+        candidates
             .binary_search_by(|(probe, _)| probe.cmp(id))
             .ok()
-            .and_then(|i| self.sorted.get(i))
+            .and_then(|i| candidates.get(i))
             .map(|(_, loc)| loc)
     }
 
@@ -343,6 +347,66 @@ impl Index {
             .get(id)
             .and_then(|p| self.packs.get(*p as usize))
             .map(|(_, s)| *s)
+    }
+}
+
+/// A first-level table over the sorted ids: ids are uniformly distributed hashes, so their
+/// leading bits say almost where an id sits. A lookup binary-searches only its bucket of four
+/// to eight ids instead of the whole vector: a restore looks up every page of every file, and
+/// with 200,000 blobs the 18 comparisons of a full binary search were 4 % of a restore's CPU
+/// (perf). The table costs 4 bytes per 4 to 8 blobs.
+#[derive(Debug, Default)]
+struct Fanout {
+    bits: u32,
+    /// `starts[b]` is the position of the first id whose bucket is `b` or later; one more
+    /// entry than there are buckets, the last being the vector's length.
+    starts: Vec<u32>,
+}
+
+impl Fanout {
+    /// At most 2^24 buckets (64 MiB of table for 64 million blobs and more).
+    const MAX_BITS: u32 = 24;
+
+    fn build(sorted: &[(BlobId, BlobLocation)]) -> Self {
+        let bits = sorted
+            .len()
+            .checked_ilog2()
+            .map_or(0, |log| log.saturating_sub(2).min(Self::MAX_BITS));
+        let buckets = 1usize << bits;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut position = 0usize;
+        for bucket in 0..buckets {
+            while sorted
+                .get(position)
+                .is_some_and(|(id, _)| Self::bucket_of(bits, id) < bucket)
+            {
+                position += 1;
+            }
+            starts.push(position as u32);
+        }
+        starts.push(sorted.len() as u32);
+        Self { bits, starts }
+    }
+
+    fn bucket_of(bits: u32, id: &BlobId) -> usize {
+        if bits == 0 {
+            return 0;
+        }
+        // Most significant byte first, so that buckets follow the ids' byte order.
+        let lead = id.0[..4]
+            .iter()
+            .fold(0u32, |lead, byte| (lead << 8) | u32::from(*byte));
+        (lead >> (32 - bits)) as usize
+    }
+
+    /// The positions in the sorted vector (of `len` ids) where `id` can be: all of them while
+    /// the table is not built.
+    fn range(&self, id: &BlobId, len: usize) -> std::ops::Range<usize> {
+        let bucket = Self::bucket_of(self.bits, id);
+        match (self.starts.get(bucket), self.starts.get(bucket + 1)) {
+            (Some(start), Some(end)) => *start as usize..*end as usize,
+            _ => 0..len,
+        }
     }
 }
 
@@ -1465,6 +1529,50 @@ mod tests {
         assert!(frames.contains(pack, 0));
         assert!(!frames.contains(pack, 100));
         assert!(frames.contains(pack, 200) && frames.contains(pack, 300));
+    }
+
+    #[test]
+    fn every_loaded_blob_is_found_through_the_fanout_and_no_other() {
+        for (packs, per_pack) in [(0, 0), (1, 1), (1, 3), (3, 7), (40, 250)] {
+            let mut index = Index::default();
+            let mut loaded = synthetic_packs(packs, per_pack);
+            // Ids at both ends of the id space land in the first and the last bucket.
+            if let Some(pack) = loaded.first_mut() {
+                let edge = pack.entries[0];
+                pack.entries.push(PackEntry {
+                    id: ContentId([0; 32]),
+                    ..edge
+                });
+                pack.entries.push(PackEntry {
+                    id: ContentId([0xff; 32]),
+                    ..edge
+                });
+            }
+            let ids: Vec<BlobId> = loaded
+                .iter()
+                .flat_map(|p| p.entries.iter().map(|e| e.id))
+                .collect();
+            index.load_packs(loaded);
+            index.finish_loading();
+            assert_eq!(index.sorted.len(), ids.len());
+            for id in &ids {
+                assert!(
+                    index.contains(id),
+                    "{} not found among {}",
+                    id.to_hex(),
+                    ids.len()
+                );
+            }
+            for absent in 0..200 {
+                let id = ContentId::hash(format!("absent {absent}").as_bytes());
+                assert!(!index.contains(&id));
+            }
+            // The table narrows a lookup to a handful of ids, not the whole vector.
+            if ids.len() > 1000 {
+                let widest = index.fanout.starts.windows(2).map(|w| w[1] - w[0]).max();
+                assert!(widest.is_some_and(|w| w <= 32), "widest bucket {widest:?}");
+            }
+        }
     }
 
     /// `packs` packs of `per_pack` made-up blobs each (the packs themselves are not written).
