@@ -185,8 +185,33 @@ impl Command {
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
     /// Store data unencrypted (no password)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cipher")]
     pub(crate) no_encryption: bool,
+
+    /// How to encrypt [default: xaes-256-gcm on CPUs with AES instructions, else
+    /// xchacha20-poly1305]
+    #[arg(long, value_enum, value_name = "CIPHER")]
+    pub(crate) cipher: Option<CipherArg>,
+}
+
+/// The AEAD of a new encrypted repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CipherArg {
+    /// AES-256-GCM with 192-bit nonces: fastest with AES instructions; format version 3
+    #[value(name = "xaes-256-gcm")]
+    Xaes256Gcm,
+    /// XChaCha20-Poly1305: fast on any CPU; readable by builds of format version 2
+    #[value(name = "xchacha20-poly1305")]
+    XChaCha20Poly1305,
+}
+
+impl From<CipherArg> for backstop::Cipher {
+    fn from(arg: CipherArg) -> Self {
+        match arg {
+            CipherArg::Xaes256Gcm => Self::Xaes256Gcm,
+            CipherArg::XChaCha20Poly1305 => Self::XChaCha20Poly1305,
+        }
+    }
 }
 
 /// What `backup` reads from.

@@ -185,10 +185,18 @@ impl Settings {
         }
     }
 
-    /// Creates a repository; `encrypted` asks for a password (twice on a terminal).
-    pub(crate) fn init(&self, encrypted: bool) -> Result<BackupEngine> {
+    /// Creates a repository; `encrypted` asks for a password (twice on a terminal), and seals
+    /// with `cipher` (`None`: the fastest on this machine).
+    pub(crate) fn init(
+        &self,
+        encrypted: bool,
+        cipher: Option<backstop::Cipher>,
+    ) -> Result<BackupEngine> {
         let repo = self.repo()?;
         let mut init = InitOptions::default();
+        if let Some(cipher) = cipher {
+            init = init.with_cipher(cipher);
+        }
         if encrypted {
             let password = password::new_password(
                 self.password.as_ref(),

@@ -749,6 +749,39 @@ fn unencrypted_repository_needs_no_password() {
 }
 
 #[test]
+fn init_seals_with_the_cipher_asked_for_and_records_its_version() {
+    for (cipher, version) in [("xchacha20-poly1305", 2u8), ("xaes-256-gcm", 3)] {
+        let world = World::new();
+        let init = world.json(&["init", "--cipher", cipher]);
+        assert_eq!(init["cipher"], cipher);
+        assert_eq!(init["version"], u64::from(version));
+        let config = std::fs::read(world.repo().join("config")).unwrap();
+        assert_eq!(
+            config[5], version,
+            "{cipher}: the config's envelope version"
+        );
+        world.backup();
+        let target = world.path("restored");
+        world.json(&["restore", "latest", target.to_str().unwrap()]);
+        assert_eq!(tree(&world.data()), tree(&target), "{cipher}");
+        world
+            .cmd()
+            .args(["init", "--cipher", cipher])
+            .env("BACKSTOP_REPO", world.path("text"))
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "created encrypted ({cipher}) repository"
+            )));
+    }
+    World::new()
+        .cmd()
+        .args(["init", "--no-encryption", "--cipher", "xaes-256-gcm"])
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn init_without_a_password_or_terminal_says_how_to_give_one() {
     let world = World::new();
     world

@@ -1,23 +1,38 @@
 //! Keys and sealing: the master key, its password wrapping (Argon2id), and the AEAD envelope.
 //!
-//! The master key is 64 random bytes: 32 for XChaCha20-Poly1305 (every sealed byte) and 32 for
-//! keyed BLAKE3 (blob ids, so ids reveal nothing about content to someone without the key). A
-//! password never touches data: it derives a key-encryption key through Argon2id, which wraps
-//! the master key in a key file. Several key files can wrap the same master key, so adding or
-//! changing a password rewrites no data.
+//! The master key is 64 random bytes: 32 for the AEAD (every sealed byte; XChaCha20-Poly1305, or
+//! XAES-256-GCM under a key derived from them) and 32 for keyed BLAKE3 (blob ids, so ids reveal
+//! nothing about content to someone without the key). A password never touches data: it
+//! derives a key-encryption key through Argon2id, which wraps the master key in a key file
+//! (always with XChaCha20-Poly1305). Several key files can wrap the same master key, so adding
+//! or changing a password rewrites no data.
 
-use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+use crate::options::Cipher;
 
 /// Bytes a sealed message adds: a 24-byte nonce and a 16-byte tag.
 pub(crate) const SEAL_OVERHEAD: usize = 24 + 16;
 
-/// The repository's secret: data key and id key.
+/// The repository's secret: data key and id key, and how the repository seals with them.
 #[derive(Clone)]
 pub(crate) struct MasterKey {
     data: [u8; 32],
     id: [u8; 32],
+    sealing: Sealing,
+}
+
+/// The AEAD of a repository (its config's `cipher`).
+#[derive(Clone)]
+enum Sealing {
+    /// XChaCha20-Poly1305 under the data key.
+    XChaCha,
+    /// XAES-256-GCM under `key`, derived from the data key so that no key serves two
+    /// algorithms, with `k1`, the CMAC subkey its per-message key derivation uses.
+    Xaes { key: [u8; 32], k1: [u8; 16] },
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -37,7 +52,32 @@ impl MasterKey {
         let mut id = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut data);
         rand::thread_rng().fill_bytes(&mut id);
-        Self { data, id }
+        Self {
+            data,
+            id,
+            sealing: Sealing::XChaCha,
+        }
+    }
+
+    /// This key sealing with `cipher`; `None` if AWS-LC refuses an AES key (it does not).
+    pub(crate) fn with_cipher(mut self, cipher: Cipher) -> Option<Self> {
+        self.sealing = match cipher {
+            Cipher::XChaCha20Poly1305 => Sealing::XChaCha,
+            Cipher::Xaes256Gcm => {
+                let key = blake3::derive_key(XAES_KEY_CONTEXT, &self.data);
+                let k1 = xaes_k1(&key)?;
+                Sealing::Xaes { key, k1 }
+            }
+        };
+        Some(self)
+    }
+
+    /// The cipher this key seals with.
+    pub(crate) fn cipher(&self) -> Cipher {
+        match self.sealing {
+            Sealing::XChaCha => Cipher::XChaCha20Poly1305,
+            Sealing::Xaes { .. } => Cipher::Xaes256Gcm,
+        }
     }
 
     fn to_bytes(&self) -> [u8; 64] {
@@ -50,7 +90,11 @@ impl MasterKey {
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let data: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
         let id: [u8; 32] = bytes.get(32..64)?.try_into().ok()?;
-        Some(Self { data, id })
+        Some(Self {
+            data,
+            id,
+            sealing: Sealing::XChaCha,
+        })
     }
 
     /// The key for blob ids.
@@ -60,13 +104,65 @@ impl MasterKey {
 
     /// Seals `plain` as `nonce ‖ ciphertext ‖ tag`, binding `aad`.
     pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
-        seal_with(&self.data, plain, aad)
+        match &self.sealing {
+            Sealing::XChaCha => seal_with(&self.data, plain, aad),
+            Sealing::Xaes { key, k1 } => seal_nonced(plain, aad, |nonce| xaes(key, k1, nonce)),
+        }
     }
 
     /// Opens what [`MasterKey::seal`] produced.
     pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
-        open_with(&self.data, sealed, aad)
+        match &self.sealing {
+            Sealing::XChaCha => open_with(&self.data, sealed, aad),
+            Sealing::Xaes { key, k1 } => open_nonced(sealed, aad, |nonce| xaes(key, k1, nonce)),
+        }
     }
+}
+
+/// The BLAKE3 `derive_key` context that turns the data key into the XAES-256-GCM key.
+const XAES_KEY_CONTEXT: &str = "backstop 2026-12-03 XAES-256-GCM data key";
+
+/// An AES-256 key for single-block (ECB) encryption, XAES-256-GCM's key derivation.
+fn aes_block_cipher(key: &[u8; 32]) -> Option<EncryptingKey> {
+    EncryptingKey::ecb(UnboundCipherKey::new(&AES_256, key).ok()?).ok()
+}
+
+/// K1 of XAES-256-GCM: `L = AES-256_K(0¹²⁸)` doubled in GF(2¹²⁸), as CMAC's first subkey.
+fn xaes_k1(key: &[u8; 32]) -> Option<[u8; 16]> {
+    let mut l = [0u8; 16];
+    aes_block_cipher(key)?.encrypt(&mut l).ok()?;
+    let mut k1 = [0u8; 16];
+    for (i, byte) in k1.iter_mut().enumerate() {
+        let carry = l.get(i + 1).map_or(0, |next| next >> 7);
+        *byte = (l[i] << 1) | carry;
+    }
+    if l[0] >> 7 == 1 {
+        k1[15] ^= 0x87;
+    }
+    Some(k1)
+}
+
+/// XAES-256-GCM (c2sp.org/XAES-256-GCM): AES-256-GCM with a 192-bit nonce. The first 12
+/// nonce bytes derive a per-message key `AES_K(M1 ⊕ K1) ‖ AES_K(M2 ⊕ K1)`, where `Mi = 0 ‖ i ‖
+/// "X" ‖ 0 ‖ N[..12]`; AES-256-GCM under that key with the last 12 bytes as its nonce does the
+/// rest. Random 192-bit nonces never collide in practice, where AES-GCM's own 96-bit ones
+/// would limit a key to about 2³² messages. On CPUs with AES and carry-less multiplication
+/// instructions AWS-LC seals 256 KiB at 6.8–8.9 GB/s on the benchmark VM, against 1.1–1.2
+/// GB/s for ChaCha20-Poly1305.
+fn xaes(key: &[u8; 32], k1: &[u8; 16], nonce: &[u8]) -> Option<(LessSafeKey, Nonce)> {
+    let (prefix, rest) = (nonce.get(..12)?, nonce.get(12..24)?);
+    let mut blocks = [0u8; 32];
+    for (i, block) in blocks.chunks_exact_mut(16).enumerate() {
+        block[1] = i as u8 + 1;
+        block[2] = b'X';
+        block[4..].copy_from_slice(prefix);
+        for (byte, k) in block.iter_mut().zip(k1) {
+            *byte ^= k;
+        }
+    }
+    aes_block_cipher(key)?.encrypt(&mut blocks).ok()?;
+    let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &blocks).ok()?);
+    Some((aead, Nonce::try_assume_unique_for_key(rest).ok()?))
 }
 
 /// XChaCha20-Poly1305 as draft-irtf-cfrg-xchacha-03 builds it: HChaCha20 of the key and the
@@ -88,6 +184,20 @@ fn xchacha(key: &[u8; 32], nonce: &[u8]) -> Option<(LessSafeKey, Nonce)> {
 }
 
 fn seal_with(key: &[u8; 32], plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    seal_nonced(plain, aad, |nonce| xchacha(key, nonce))
+}
+
+fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+    open_nonced(sealed, aad, |nonce| xchacha(key, nonce))
+}
+
+/// Seals under a fresh random 24-byte nonce, which `aead` turns into the key and nonce of an
+/// AEAD with 12-byte nonces.
+fn seal_nonced(
+    plain: &[u8],
+    aad: &[u8],
+    aead: impl FnOnce(&[u8]) -> Option<(LessSafeKey, Nonce)>,
+) -> Vec<u8> {
     let mut nonce = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut nonce);
     // In place, in the one output buffer: no second copy of the data.
@@ -95,9 +205,9 @@ fn seal_with(key: &[u8; 32], plain: &[u8], aad: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plain);
     let body = out.get_mut(nonce.len()..).unwrap_or_default();
-    // Neither step can fail here: the key and nonce have the right lengths, and sealing fails
-    // only past 256 GiB, far beyond any blob or object.
-    let tag = xchacha(key, &nonce).and_then(|(cipher, nonce)| {
+    // Neither step can fail here: the keys and nonces have the right lengths, and sealing
+    // fails only past 64 GiB, far beyond any blob or object.
+    let tag = aead(&nonce).and_then(|(cipher, nonce)| {
         cipher
             .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
             .ok()
@@ -106,13 +216,18 @@ fn seal_with(key: &[u8; 32], plain: &[u8], aad: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Opens what [`seal_nonced`] sealed with the same `aead`.
+fn open_nonced(
+    sealed: &[u8],
+    aad: &[u8],
+    aead: impl FnOnce(&[u8]) -> Option<(LessSafeKey, Nonce)>,
+) -> Result<Vec<u8>, OpenError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(OpenError);
     }
     let (nonce, rest) = sealed.split_at(24);
-    let (cipher, nonce) = xchacha(key, nonce).ok_or(OpenError)?;
-    // In place in the one output buffer, as in `seal_with`.
+    let (cipher, nonce) = aead(nonce).ok_or(OpenError)?;
+    // In place in the one output buffer, as in `seal_nonced`.
     let mut plain = rest.to_vec();
     let len = cipher
         .open_in_place(nonce, Aad::from(aad), &mut plain)
@@ -264,19 +379,66 @@ mod tests {
 
     #[test]
     fn seal_round_trip_and_tamper_detection() {
-        let key = MasterKey::random();
-        let sealed = key.seal(b"pages", b"aad");
-        assert_eq!(key.open(&sealed, b"aad").unwrap(), b"pages");
-        assert!(key.open(&sealed, b"other aad").is_err());
-        for i in 0..sealed.len() {
-            let mut bad = sealed.clone();
-            bad[i] ^= 0x40;
-            assert!(
-                key.open(&bad, b"aad").is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+        for cipher in [Cipher::XChaCha20Poly1305, Cipher::Xaes256Gcm] {
+            let key = MasterKey::random().with_cipher(cipher).unwrap();
+            assert_eq!(key.cipher(), cipher);
+            let sealed = key.seal(b"pages", b"aad");
+            assert_eq!(key.open(&sealed, b"aad").unwrap(), b"pages");
+            assert!(key.open(&sealed, b"other aad").is_err());
+            for i in 0..sealed.len() {
+                let mut bad = sealed.clone();
+                bad[i] ^= 0x40;
+                assert!(
+                    key.open(&bad, b"aad").is_err(),
+                    "{cipher}: flip at byte {i} went unnoticed"
+                );
+            }
+            assert!(MasterKey::random().open(&sealed, b"aad").is_err());
         }
-        assert!(MasterKey::random().open(&sealed, b"aad").is_err());
+    }
+
+    #[test]
+    fn the_two_ciphers_do_not_open_each_others_objects() {
+        let chacha = MasterKey::random();
+        let xaes = chacha.clone().with_cipher(Cipher::Xaes256Gcm).unwrap();
+        assert!(xaes.open(&chacha.seal(b"pages", b"aad"), b"aad").is_err());
+        assert!(chacha.open(&xaes.seal(b"pages", b"aad"), b"aad").is_err());
+        // The key files of both wrap the same 64 bytes: the cipher is the config's.
+        assert_eq!(chacha.to_bytes(), xaes.to_bytes());
+    }
+
+    /// The test vectors of c2sp.org/XAES-256-GCM: one key whose `L` has its top bit clear and
+    /// one whose `L` has it set, so both branches of the doubling are checked.
+    #[test]
+    fn xaes_matches_the_c2sp_test_vectors() {
+        let nonce = b"ABCDEFGHIJKLMNOPQRSTUVWX";
+        let vectors: [([u8; 32], &[u8], &str); 2] = [
+            (
+                [1; 32],
+                b"",
+                "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271",
+            ),
+            (
+                [3; 32],
+                b"c2sp.org/XAES-256-GCM",
+                "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d",
+            ),
+        ];
+        for (key, aad, expected) in vectors {
+            let k1 = xaes_k1(&key).unwrap();
+            let (aead, inner) = xaes(&key, &k1, nonce).unwrap();
+            let mut body = b"XAES-256-GCM".to_vec();
+            let tag = aead
+                .seal_in_place_separate_tag(inner, Aad::from(aad), &mut body)
+                .unwrap();
+            body.extend_from_slice(tag.as_ref());
+            assert_eq!(hex::encode(&body), expected);
+
+            let mut sealed = nonce.to_vec();
+            sealed.extend_from_slice(&body);
+            let opened = open_nonced(&sealed, aad, |n| xaes(&key, &k1, n)).unwrap();
+            assert_eq!(opened, b"XAES-256-GCM");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Repository format v1: object names, the object envelope, packs, index, trees, snapshots and
+//! The repository format (version 3; docs/format.md): object names, the object envelope, packs, index, trees, snapshots and
 //! the config. Encoding and decoding only, no I/O. `docs/format.md` describes every byte.
 
 use std::collections::BTreeMap;
@@ -6,9 +6,22 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::MasterKey;
+use crate::options::Cipher;
 
-/// The repository format this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The newest repository format this build reads and writes.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+
+/// The version written by a repository that is not sealed with XAES-256-GCM: version 3 only
+/// added that cipher, so the rest stay readable by builds that read version 2.
+const BASE_FORMAT_VERSION: u32 = 2;
+
+/// The format version a repository sealed with `cipher` (`None`: not sealed) writes.
+pub(crate) fn version_for(cipher: Option<Cipher>) -> u32 {
+    match cipher {
+        Some(Cipher::Xaes256Gcm) => FORMAT_VERSION,
+        _ => BASE_FORMAT_VERSION,
+    }
+}
 
 /// Magic of every enveloped object.
 const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
@@ -162,6 +175,18 @@ pub(crate) fn seal_object<T: Serialize>(
     value: &T,
     key: Option<&MasterKey>,
 ) -> Vec<u8> {
+    let version = version_for(key.map(MasterKey::cipher));
+    seal_object_as(kind, value, key, version)
+}
+
+/// [`seal_object`] with the version byte given: the config, always plain, carries the version
+/// of the repository's cipher.
+pub(crate) fn seal_object_as<T: Serialize>(
+    kind: ObjectType,
+    value: &T,
+    key: Option<&MasterKey>,
+    version: u32,
+) -> Vec<u8> {
     let mut cbor = Vec::new();
     // Serializing plain data structures into a Vec cannot fail.
     let _ = ciborium::into_writer(value, &mut cbor);
@@ -179,7 +204,7 @@ pub(crate) fn seal_object<T: Serialize>(
         OBJECT_MAGIC[2],
         OBJECT_MAGIC[3],
         kind as u8,
-        FORMAT_VERSION as u8,
+        version as u8,
         flags,
         0,
     ];
@@ -546,6 +571,13 @@ pub(crate) struct Config {
     pub(crate) chunk_max: u32,
     pub(crate) pack_size: u32,
     pub(crate) created_unix: i64,
+    /// How an encrypted repository seals; absent (XChaCha20-Poly1305) before version 3.
+    #[serde(default, skip_serializing_if = "is_default_cipher")]
+    pub(crate) cipher: Cipher,
+}
+
+fn is_default_cipher(cipher: &Cipher) -> bool {
+    *cipher == Cipher::default()
 }
 
 /// One entry of a snapshot's file list.

@@ -207,6 +207,8 @@ pub struct RepositoryInfo {
     pub id: String,
     /// Whether data is encrypted.
     pub encrypted: bool,
+    /// The AEAD that seals data (`None`: unencrypted).
+    pub cipher: Option<crate::Cipher>,
     /// Content-defined chunk sizes (min, avg, max).
     pub chunking: (u32, u32, u32),
     /// Target pack size.

@@ -69,7 +69,7 @@ pub use info::{
     RestoreInfo, VerifyReport,
 };
 pub use options::{
-    BackupOptions, EngineOptions, ExistingTarget, GcOptions, InitOptions, RestoreOptions,
+    BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RestoreOptions,
     VerifyLevel,
 };
 pub use progress::{NoProgress, Progress};

@@ -143,6 +143,51 @@ fn backup_verify_restore_round_trip_encrypted() {
     assert_eq!(describe_tree(data.path()), describe_tree(scratch.path()));
 }
 
+/// Each cipher backs up, verifies and restores, and a repository records the version its cipher
+/// needs: 3 for XAES-256-GCM (so that older builds refuse it), 2 otherwise (older builds read it).
+#[test]
+fn both_ciphers_round_trip_and_write_the_version_they_need() {
+    use backstop::{Cipher, Store};
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 2u8), (Cipher::Xaes256Gcm, 3)] {
+        let store = MemoryStore::new();
+        let init = encrypted().with_cipher(cipher);
+        let engine = BackupEngine::init(store.clone(), init, opts()).unwrap();
+        engine
+            .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+            .unwrap();
+        let ro = ReadOnlyEngine::open(store.clone(), opts()).unwrap();
+        let info = ro.repository_info();
+        assert_eq!(info.cipher, Some(cipher));
+        assert_eq!(info.version, u32::from(version), "{cipher}");
+        assert!(ro.verify(1, VerifyLevel::Full).unwrap().is_ok());
+        let target = tempfile::tempdir().unwrap();
+        ro.restore(
+            backstop::BackupSelector::Latest,
+            target.path(),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(describe_tree(data.path()), describe_tree(target.path()));
+        // Every envelope carries the version: the config, index and snapshot objects.
+        let mut envelopes = 0;
+        for prefix in ["config", "index/", "snapshots/"] {
+            for meta in store.list(prefix).unwrap() {
+                let bytes = store.get(&meta.key).unwrap();
+                assert_eq!(bytes[5], version, "{cipher}: {}", meta.key);
+                envelopes += 1;
+            }
+        }
+        assert!(envelopes >= 3, "{envelopes}");
+    }
+    // An unencrypted repository records no cipher and stays at version 2.
+    let engine =
+        BackupEngine::init(MemoryStore::new(), fast_init(), EngineOptions::default()).unwrap();
+    let info = engine.repository_info();
+    assert_eq!((info.cipher, info.version), (None, 2));
+}
+
 #[test]
 fn unchanged_tree_adds_no_pack_bytes_and_is_not_reread() {
     let data = tempfile::tempdir().unwrap();
@@ -313,7 +358,8 @@ fn init_twice_is_refused() {
 fn newer_format_is_refused_not_misread() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    assert!(store.corrupt("config", |b| b[5] = 3));
+    // One past the newest version this build reads (3).
+    assert!(store.corrupt("config", |b| b[5] = 4));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
     assert!(err.to_string().contains("config"), "{err}");

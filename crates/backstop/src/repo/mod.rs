@@ -12,7 +12,7 @@ use crate::format::{
     PackId, Snapshot, TreeBlob,
 };
 use crate::info::{BackupId, BackupInfo, BackupSelector, FileInfo, KeyInfo, RepositoryInfo};
-use crate::options::{EngineOptions, InitOptions};
+use crate::options::{Cipher, EngineOptions, InitOptions};
 use crate::{Error, ErrorKind, Result};
 
 pub(crate) mod lock;
@@ -597,8 +597,13 @@ impl Repository {
                 ),
             ));
         }
+        // An unencrypted repository records no cipher.
+        let cipher = init
+            .password
+            .as_ref()
+            .map(|_| init.cipher.unwrap_or_else(Cipher::fastest_here));
         let config = Config {
-            version: format::FORMAT_VERSION,
+            version: format::version_for(cipher),
             id: random_hex(16),
             encrypted: init.password.is_some(),
             chunk_min: init.chunk_min,
@@ -606,10 +611,11 @@ impl Repository {
             chunk_max: init.chunk_max,
             pack_size: init.pack_size.max(1024 * 1024),
             created_unix: now_unix(),
+            cipher: cipher.unwrap_or_default(),
         };
         let (key, key_id) = match &init.password {
             Some(password) => {
-                let master = MasterKey::random();
+                let master = with_cipher(MasterKey::random(), config.cipher)?;
                 let file = KeyFile::wrap(
                     &master,
                     password,
@@ -624,7 +630,7 @@ impl Repository {
             None => (None, None),
         };
         // The config goes last: until it exists, the store holds no repository.
-        let bytes = format::seal_object(ObjectType::Config, &config, None);
+        let bytes = format::seal_object_as(ObjectType::Config, &config, None, config.version);
         store.put(CONFIG_KEY, &bytes, PutMode::Create)?;
         let store: Arc<dyn Store> = match &options.cache_dir {
             Some(dir) => Arc::new(backstop_store::CachingStore::new(
@@ -682,7 +688,7 @@ impl Repository {
                 .as_deref()
                 .ok_or_else(|| Error::new(ErrorKind::WrongKey, RepoError::PasswordNeeded))?;
             let (k, id) = unlock(&*store, password, &config.id)?;
-            (Some(k), Some(id))
+            (Some(with_cipher(k, config.cipher)?), Some(id))
         } else {
             (None, None)
         };
@@ -708,6 +714,7 @@ impl Repository {
             version: self.config.version,
             id: self.config.id.clone(),
             encrypted: self.config.encrypted,
+            cipher: self.key.as_ref().map(MasterKey::cipher),
             chunking: (
                 self.config.chunk_min,
                 self.config.chunk_avg,
@@ -1402,6 +1409,16 @@ fn read_key_file(store: &dyn Store, key: &str) -> Result<KeyFile> {
         return Err(damaged(key, FormatError::Checksum { what: "key file" }));
     }
     Ok(file)
+}
+
+/// `key` sealing with the repository's cipher.
+fn with_cipher(key: MasterKey, cipher: Cipher) -> Result<MasterKey> {
+    key.with_cipher(cipher).ok_or_else(|| {
+        Error::msg(
+            ErrorKind::Incompatible,
+            format!("the crypto library of this build refused a {cipher} key"),
+        )
+    })
 }
 
 fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey, String)> {
