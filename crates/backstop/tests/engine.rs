@@ -99,6 +99,19 @@ fn sample_tree(root: &Path) {
     .unwrap();
 }
 
+/// Restores the latest backup into a fresh directory and compares it with `source`.
+fn assert_latest_restores_as(engine: &ReadOnlyEngine, source: &Path) {
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(
+            backstop::BackupSelector::Latest,
+            target.path(),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(describe_tree(source), describe_tree(target.path()));
+}
+
 #[test]
 fn backup_verify_restore_round_trip_encrypted() {
     let data = tempfile::tempdir().unwrap();
@@ -122,14 +135,7 @@ fn backup_verify_restore_round_trip_encrypted() {
 
     // A fresh read-only engine on the same store sees the same backup.
     let ro = ReadOnlyEngine::open(store, opts()).unwrap();
-    let target = tempfile::tempdir().unwrap();
-    ro.restore(
-        backstop::BackupSelector::Latest,
-        target.path(),
-        &RestoreOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(describe_tree(data.path()), describe_tree(target.path()));
+    assert_latest_restores_as(&ro, data.path());
 
     // Without the final flush the same files come back, and the restore still removes its
     // marker of an unfinished restore (describe_tree lists every file, the marker included).
@@ -162,14 +168,7 @@ fn both_ciphers_round_trip_and_write_the_version_they_need() {
         assert_eq!(info.cipher, Some(cipher));
         assert_eq!(info.version, u32::from(version), "{cipher}");
         assert!(ro.verify(1, VerifyLevel::Full).unwrap().is_ok());
-        let target = tempfile::tempdir().unwrap();
-        ro.restore(
-            backstop::BackupSelector::Latest,
-            target.path(),
-            &RestoreOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(describe_tree(data.path()), describe_tree(target.path()));
+        assert_latest_restores_as(&ro, data.path());
         // Every envelope carries the version: the config, index and snapshot objects.
         let mut envelopes = 0;
         for prefix in ["config", "index/", "snapshots/"] {
