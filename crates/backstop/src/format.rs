@@ -1,5 +1,6 @@
-//! The repository format (version 3; docs/format.md): object names, the object envelope, packs, index, trees, snapshots and
-//! the config. Encoding and decoding only, no I/O. `docs/format.md` describes every byte.
+//! The repository format (version 3): object names, the object envelope, packs, index, trees,
+//! snapshots and the config. Encoding and decoding only, no I/O. `docs/format.md` describes
+//! every byte.
 
 use std::collections::BTreeMap;
 

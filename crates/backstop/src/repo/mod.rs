@@ -260,7 +260,7 @@ pub(crate) struct Index {
     pub(crate) packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
     sorted: Vec<(BlobId, BlobLocation)>,
-    /// Where each bucket of ids (their leading `fanout_bits` bits) starts in `sorted`.
+    /// Where each bucket of ids (by their leading bits) starts in `sorted`.
     fanout: Fanout,
     recent: HashMap<BlobId, BlobLocation>,
     /// Keys of the index objects loaded.
