@@ -292,7 +292,7 @@ pub(crate) fn create_backup(
         .map(|(a, b)| (unix_f64(a), unix_f64(b)));
 
     let mut snapshot = Snapshot {
-        version: format::version_for(repo.key().map(crate::crypto::MasterKey::cipher)),
+        version: format::FORMAT_VERSION,
         id: 0,
         time_unix,
         duration_ms: started.elapsed().as_millis() as u64,

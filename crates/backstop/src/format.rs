@@ -1,4 +1,4 @@
-//! The repository format (version 3): object names, the object envelope, packs, index, trees,
+//! The repository format (version 4): object names, the object envelope, packs, index, trees,
 //! snapshots and the config. Encoding and decoding only, no I/O. `docs/format.md` describes
 //! every byte.
 
@@ -9,20 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::MasterKey;
 use crate::options::Cipher;
 
-/// The newest repository format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 3;
-
-/// The version written by a repository that is not sealed with XAES-256-GCM: version 3 only
-/// added that cipher, so the rest stay readable by builds that read version 2.
-const BASE_FORMAT_VERSION: u32 = 2;
-
-/// The format version a repository sealed with `cipher` (`None`: not sealed) writes.
-pub(crate) fn version_for(cipher: Option<Cipher>) -> u32 {
-    match cipher {
-        Some(Cipher::Xaes256Gcm) => FORMAT_VERSION,
-        _ => BASE_FORMAT_VERSION,
-    }
-}
+/// The newest repository format this build reads, and the one it writes: version 4 stores an
+/// index object's entries as a compact table (`entry_table`), version 3 added XAES-256-GCM.
+/// Objects of versions 1–3 are still read.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 
 /// Magic of every enveloped object.
 const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
@@ -176,22 +166,11 @@ pub(crate) fn seal_object<T: Serialize>(
     value: &T,
     key: Option<&MasterKey>,
 ) -> Vec<u8> {
-    let version = version_for(key.map(MasterKey::cipher));
-    seal_object_as(kind, value, key, version)
-}
-
-/// [`seal_object`] with the version byte given: the config, always plain, carries the version
-/// of the repository's cipher.
-pub(crate) fn seal_object_as<T: Serialize>(
-    kind: ObjectType,
-    value: &T,
-    key: Option<&MasterKey>,
-    version: u32,
-) -> Vec<u8> {
+    let version = FORMAT_VERSION;
     let mut cbor = Vec::new();
     // Serializing plain data structures into a Vec cannot fail.
     let _ = ciborium::into_writer(value, &mut cbor);
-    let (body, compressed) = match crate::compress::compress(&cbor, 3) {
+    let (body, compressed) = match crate::compress::compress_whole(&cbor, 3) {
         Some(c) => (c, true),
         None => (cbor, false),
     };
@@ -421,7 +400,7 @@ pub(crate) fn encode_blob(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (V
 
 /// [`encode_blob`] for a frame of small blobs.
 pub(crate) fn encode_frame(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (Vec<u8>, bool) {
-    seal_unit(raw, crate::compress::compress_frame(raw, level), key)
+    seal_unit(raw, crate::compress::compress_whole(raw, level), key)
 }
 
 fn seal_unit(raw: &[u8], compressed: Option<Vec<u8>>, key: Option<&MasterKey>) -> (Vec<u8>, bool) {
@@ -541,6 +520,7 @@ pub(crate) struct IndexPack {
     pub(crate) id: PackId,
     /// The pack's stored size in bytes.
     pub(crate) size: u64,
+    #[serde(with = "crate::entry_table::serde_entries")]
     pub(crate) entries: Vec<PackEntry>,
 }
 

@@ -40,6 +40,7 @@ mod chunk;
 mod compress;
 mod crypto;
 mod engine;
+mod entry_table;
 mod error;
 mod format;
 mod gc;

@@ -149,14 +149,14 @@ fn backup_verify_restore_round_trip_encrypted() {
     assert_eq!(describe_tree(data.path()), describe_tree(scratch.path()));
 }
 
-/// Each cipher backs up, verifies and restores, and a repository records the version its cipher
-/// needs: 3 for XAES-256-GCM (so that older builds refuse it), 2 otherwise (older builds read it).
+/// Each cipher backs up, verifies and restores, and every object carries the version this build
+/// writes (4: index entries as a table), so that older builds refuse them rather than misread.
 #[test]
-fn both_ciphers_round_trip_and_write_the_version_they_need() {
+fn both_ciphers_round_trip_and_write_the_current_version() {
     use backstop::{Cipher, Store};
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
-    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 2u8), (Cipher::Xaes256Gcm, 3)] {
+    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 4u8), (Cipher::Xaes256Gcm, 4)] {
         let store = MemoryStore::new();
         let init = encrypted().with_cipher(cipher);
         let engine = BackupEngine::init(store.clone(), init, opts()).unwrap();
@@ -180,11 +180,11 @@ fn both_ciphers_round_trip_and_write_the_version_they_need() {
         }
         assert!(envelopes >= 3, "{envelopes}");
     }
-    // An unencrypted repository records no cipher and stays at version 2.
+    // An unencrypted repository records no cipher.
     let engine =
         BackupEngine::init(MemoryStore::new(), fast_init(), EngineOptions::default()).unwrap();
     let info = engine.repository_info();
-    assert_eq!((info.cipher, info.version), (None, 2));
+    assert_eq!((info.cipher, info.version), (None, 4));
 }
 
 #[test]
@@ -357,8 +357,8 @@ fn init_twice_is_refused() {
 fn newer_format_is_refused_not_misread() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    // One past the newest version this build reads (3).
-    assert!(store.corrupt("config", |b| b[5] = 4));
+    // One past the newest version this build reads (4).
+    assert!(store.corrupt("config", |b| b[5] = 5));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
     assert!(err.to_string().contains("config"), "{err}");
@@ -1482,7 +1482,7 @@ fn file_contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-fn a_version_1_repository_reads_verifies_and_takes_version_2_backups() {
+fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1/repo");
     let repo = tempfile::tempdir().unwrap();
     copy_dir(&fixture, repo.path());

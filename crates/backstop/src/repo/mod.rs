@@ -603,7 +603,7 @@ impl Repository {
             .as_ref()
             .map(|_| init.cipher.unwrap_or_else(Cipher::fastest_here));
         let config = Config {
-            version: format::version_for(cipher),
+            version: format::FORMAT_VERSION,
             id: random_hex(16),
             encrypted: init.password.is_some(),
             chunk_min: init.chunk_min,
@@ -630,7 +630,7 @@ impl Repository {
             None => (None, None),
         };
         // The config goes last: until it exists, the store holds no repository.
-        let bytes = format::seal_object_as(ObjectType::Config, &config, None, config.version);
+        let bytes = format::seal_object(ObjectType::Config, &config, None);
         store.put(CONFIG_KEY, &bytes, PutMode::Create)?;
         let store: Arc<dyn Store> = match &options.cache_dir {
             Some(dir) => Arc::new(backstop_store::CachingStore::new(
