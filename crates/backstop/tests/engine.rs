@@ -361,7 +361,16 @@ fn newer_format_is_refused_not_misread() {
     assert!(store.corrupt("config", |b| b[5] = 5));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
-    assert!(err.to_string().contains("config"), "{err}");
+    let message = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        message.contains("`config` was written by a newer Backstop"),
+        "{err}"
+    );
+    assert!(message.contains("upgrade backstop"), "{message}");
+    assert!(!message.contains("damaged"), "{message}");
 }
 
 #[test]

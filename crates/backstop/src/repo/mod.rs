@@ -442,6 +442,12 @@ pub(crate) enum RepoError {
         #[source]
         source: FormatError,
     },
+    #[error("object `{key}` was written by a newer Backstop")]
+    TooNew {
+        key: String,
+        #[source]
+        source: FormatError,
+    },
     #[error("the repository is encrypted: give its password")]
     PasswordNeeded,
     #[error("the password opens none of the {count} keys of the repository")]
@@ -467,18 +473,16 @@ fn pack_read_error(e: StoreError) -> Error {
     }
 }
 
+/// An object that cannot be read: damage, or a format newer than this build (not damage: an
+/// upgrade reads it).
 pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
-    let kind = match &source {
-        FormatError::NewerVersion { .. } => ErrorKind::Incompatible,
-        _ => ErrorKind::Corrupt,
-    };
-    Error::new(
-        kind,
-        RepoError::Damaged {
-            key: key.to_owned(),
-            source,
-        },
-    )
+    let key = key.to_owned();
+    match source {
+        FormatError::NewerVersion { .. } => {
+            Error::new(ErrorKind::Incompatible, RepoError::TooNew { key, source })
+        }
+        _ => Error::new(ErrorKind::Corrupt, RepoError::Damaged { key, source }),
+    }
 }
 
 pub(crate) fn now_unix() -> i64 {
