@@ -1697,13 +1697,14 @@ def target_table(get, tools, history=None):
     if all(restic.values()):
         row(
             "full: repository no larger than restic's",
-            f"{mib(b['full']['repo_bytes'])} vs {mib(restic['full']['repo_bytes'])} MiB",
+            f"{mib(b['full']['repo_bytes'])} vs {mib(restic['full']['repo_bytes'])} MiB = "
+            f"{100 * b['full']['repo_bytes'] / max(1, restic['full']['repo_bytes']):.1f}%",
             b["full"]["repo_bytes"] <= restic["full"]["repo_bytes"],
         )
         row(
             "incremental: bytes added ≤ 40% of restic's",
             f"{mib(b['incremental']['bytes_added'])} vs {mib(restic['incremental']['bytes_added'])} MiB = "
-            f"{100 * b['incremental']['bytes_added'] / max(1, restic['incremental']['bytes_added']):.0f}%",
+            f"{100 * b['incremental']['bytes_added'] / max(1, restic['incremental']['bytes_added']):.1f}%",
             b["incremental"]["bytes_added"] <= 0.4 * restic["incremental"]["bytes_added"],
         )
     for step in RESTORE_STEPS:
