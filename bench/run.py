@@ -138,8 +138,17 @@ class Runner:
         user, sys_, maxrss = usage.ru_utime, usage.ru_stime, usage.ru_maxrss
         if self.gnu_time and time_path.exists():
             # The last line: GNU time puts "Command exited with non-zero status N" before it.
-            fields = time_path.read_text().strip().splitlines()[-1].split()
-            user, sys_, maxrss = float(fields[0]), float(fields[1]), int(fields[2])
+            lines = time_path.read_text().strip().splitlines()
+            fields = lines[-1].split() if lines else []
+            if len(fields) == 3:
+                user, sys_, maxrss = float(fields[0]), float(fields[1]), int(fields[2])
+            elif rc == 0:
+                # GNU time could not write its line (a full disk, say): say so, with the step.
+                free = shutil.disk_usage(time_path.parent).free
+                raise BenchError(
+                    f"{name}: GNU time wrote no measurement to {time_path} "
+                    f"({free / 2**30:.1f} GiB free there): {' '.join(map(str, argv))}"
+                )
         if check and rc != 0:
             raise BenchError(
                 f"{name}: exit code {rc}: {' '.join(map(str, argv))}\n"
