@@ -13,7 +13,6 @@
 //! out the grace period.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backstop_store::PutMode;
@@ -36,7 +35,7 @@ struct Plan {
     keep: Vec<IndexPack>,
     /// Packs to rewrite, with their entries grouped into stored units (a blob, or a frame of
     /// small blobs) of which at least one blob is used.
-    repack: Vec<(IndexPack, Vec<Unit>)>,
+    repack: Vec<Rewrite>,
     /// Wholly unused packs and their sizes.
     drop: Vec<(PackId, u64)>,
 }
@@ -190,6 +189,9 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
+/// A pack to rewrite, with its units that hold a used blob.
+type Rewrite = (IndexPack, Vec<Unit>);
+
 /// A stored unit (one blob, or a frame of small blobs sharing their stored bytes) with at least
 /// one used blob.
 struct Unit {
@@ -257,21 +259,33 @@ fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
 /// ids and framed anew, so that unused pages do not live on beside used ones. Returns the new
 /// packs, written and durable.
 ///
-/// The worker threads take the packs one at a time from a shared counter, each writing packs of
-/// its own: framing anew is mostly zstd compression (~40 % of a rewrite's CPU, measured), and
-/// one thread took 3 s on the benchmark mix. Handing out fixed halves left one thread working
-/// alone for a third of the rewrite (0.7 of 2.1 s, after deleting the benchmark's full backup):
-/// its half held the frames to build anew. Each thread holds one old pack and one new one.
-fn rewrite_packs(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<Vec<IndexPack>> {
+/// The packs are shared out among the worker threads, each writing packs of its own: framing
+/// anew is mostly zstd compression (~40 % of a rewrite's CPU, measured), and one thread took
+/// 3 s on the benchmark mix. Fixed halves of the list left one thread working alone for a third
+/// of the rewrite (0.7 of 2.1 s, after deleting the benchmark's full backup): its half held the
+/// frames to build anew. So each pack goes to the thread with the least work so far, the most
+/// costly first ([`rewrite_cost`]). The shares do not depend on timing, so a rewrite writes the
+/// same number of packs every time (the crash test fails each put in turn). Each thread holds
+/// one old pack and one new one.
+fn rewrite_packs(repo: &Repository, packs: &[Rewrite]) -> Result<Vec<IndexPack>> {
     let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
-    let next = AtomicUsize::new(0);
-    let take = || packs.get(next.fetch_add(1, Ordering::Relaxed));
+    let mut order: Vec<&Rewrite> = packs.iter().collect();
+    order.sort_by_key(|(pack, units)| std::cmp::Reverse((rewrite_cost(pack, units), pack.id)));
+    let mut shares: Vec<(u64, Vec<&Rewrite>)> = vec![(0, Vec::new()); threads];
+    for item in order {
+        if let Some(share) = shares.iter_mut().min_by_key(|(cost, _)| *cost) {
+            share.0 += rewrite_cost(&item.0, &item.1);
+            share.1.push(item);
+        }
+    }
     if threads == 1 {
-        return rewrite_taken(repo, take);
+        let all: Vec<_> = shares.into_iter().flat_map(|(_, part)| part).collect();
+        return rewrite_some(repo, &all);
     }
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| rewrite_taken(repo, take)))
+        let workers: Vec<_> = shares
+            .iter()
+            .map(|(_, part)| scope.spawn(move || rewrite_some(repo, part)))
             .collect();
         let mut written = Vec::new();
         let mut failure = None;
@@ -294,13 +308,25 @@ fn rewrite_packs(repo: &Repository, packs: &[(IndexPack, Vec<Unit>)]) -> Result<
     })
 }
 
-/// Rewrites the packs `take` hands out until it has none left.
-fn rewrite_taken<'p>(
-    repo: &Repository,
-    take: impl Fn() -> Option<&'p (IndexPack, Vec<Unit>)>,
-) -> Result<Vec<IndexPack>> {
+/// The work of rewriting a pack, in bytes: reading it, plus decompressing and compressing the
+/// frames it builds anew (several times the cost of a byte copied as stored).
+fn rewrite_cost(pack: &IndexPack, units: &[Unit]) -> u64 {
+    let reframed: u64 = units
+        .iter()
+        .filter(|u| !u.all_used())
+        .map(|u| {
+            u.entries
+                .iter()
+                .map(|e| u64::from(e.raw_length))
+                .sum::<u64>()
+        })
+        .sum();
+    pack.size + 8 * reframed
+}
+
+fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>> {
     let mut out = PackWriter::new(repo);
-    while let Some((pack, units)) = take() {
+    for (pack, units) in packs.iter().copied() {
         let key = format::pack_key(pack.id);
         let bytes = repo.read_pack(pack.id)?;
         if format::ContentId::hash(&bytes) != pack.id {
