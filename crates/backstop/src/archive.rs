@@ -62,7 +62,12 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
         data: compressed,
         hash,
     };
-    let bytes = format::seal_object(ObjectType::Archive, &object, repo.key());
+    let bytes = format::seal_object_as(
+        ObjectType::Archive,
+        &object,
+        repo.key(),
+        repo.write_version(),
+    );
     match repo.store.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(ArchivePut::Stored),
         // Someone stored it between our check and our put: same rules as above.

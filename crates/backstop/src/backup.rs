@@ -292,7 +292,7 @@ pub(crate) fn create_backup(
         .map(|(a, b)| (unix_f64(a), unix_f64(b)));
 
     let mut snapshot = Snapshot {
-        version: format::FORMAT_VERSION,
+        version: repo.write_version(),
         id: 0,
         time_unix,
         duration_ms: started.elapsed().as_millis() as u64,

@@ -344,6 +344,29 @@ mod tests {
     }
 
     #[test]
+    fn index_objects_for_earlier_versions_are_written_as_those_versions_wrote_them() {
+        let entries = pack_entries(2, 8, 4096);
+        let old = OldIndexFile {
+            packs: vec![OldIndexPack {
+                id: id(3),
+                size: 99,
+                entries: entries.clone(),
+            }],
+        };
+        let maps = format::IndexFileOfMaps {
+            packs: vec![format::IndexPackOfMaps {
+                id: id(3),
+                size: 99,
+                entries: &entries,
+            }],
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ciborium::into_writer(&old, &mut a).unwrap();
+        ciborium::into_writer(&maps, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn a_page_costs_little_more_than_its_id_in_an_index_object() {
         // 16,384 pages of 8 KiB in frames of 32, as a full backup of a database writes them:
         // the ids (32 bytes each, incompressible) are the floor.

@@ -9,10 +9,21 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::MasterKey;
 use crate::options::Cipher;
 
-/// The newest repository format this build reads, and the one it writes: version 4 stores an
-/// index object's entries as a compact table (`entry_table`), version 3 added XAES-256-GCM.
-/// Objects of versions 1–3 are still read.
+/// The newest repository format this build reads, and the one a repository it creates has:
+/// version 4 stores an index object's entries as a compact table (`entry_table`), version 3
+/// added XAES-256-GCM. Objects of versions 1–3 are still read, and a repository created before
+/// version 4 keeps being written in its own version ([`write_version`]).
 pub(crate) const FORMAT_VERSION: u32 = 4;
+
+/// The first version whose index objects hold their entries as a table.
+pub(crate) const TABLE_INDEX_VERSION: u32 = 4;
+
+/// The version of the objects written into a repository whose config says `config_version`:
+/// its own, so that the builds that created it keep reading it, except that a version 1
+/// repository gets version 2 objects (version 1 cannot express chunk lists).
+pub(crate) fn write_version(config_version: u32) -> u32 {
+    config_version.clamp(2, FORMAT_VERSION)
+}
 
 /// Magic of every enveloped object.
 const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
@@ -166,7 +177,17 @@ pub(crate) fn seal_object<T: Serialize>(
     value: &T,
     key: Option<&MasterKey>,
 ) -> Vec<u8> {
-    let version = FORMAT_VERSION;
+    seal_object_as(kind, value, key, FORMAT_VERSION)
+}
+
+/// [`seal_object`] with the version byte given: objects written into a repository of an
+/// earlier version carry its version ([`write_version`]).
+pub(crate) fn seal_object_as<T: Serialize>(
+    kind: ObjectType,
+    value: &T,
+    key: Option<&MasterKey>,
+    version: u32,
+) -> Vec<u8> {
     let mut cbor = Vec::new();
     // Serializing plain data structures into a Vec cannot fail.
     let _ = ciborium::into_writer(value, &mut cbor);
@@ -349,11 +370,12 @@ pub(crate) fn finish_pack(
     mut blobs: Vec<u8>,
     entries: &[PackEntry],
     key: Option<&MasterKey>,
+    version: u32,
 ) -> Vec<u8> {
     let header = PackHeader {
         entries: entries.iter().map(HeaderEntry::of).collect(),
     };
-    let sealed = seal_object(ObjectType::PackHeader, &header, key);
+    let sealed = seal_object_as(ObjectType::PackHeader, &header, key, version);
     blobs.extend_from_slice(&sealed);
     blobs.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
     blobs.extend_from_slice(PACK_MAGIC);
@@ -528,6 +550,21 @@ pub(crate) struct IndexPack {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct IndexFile {
     pub(crate) packs: Vec<IndexPack>,
+}
+
+/// An index object as versions 1–3 write it, each entry a CBOR map: what this build writes into
+/// a repository of one of those versions. [`IndexFile`] reads it.
+#[derive(Serialize)]
+pub(crate) struct IndexFileOfMaps<'a> {
+    pub(crate) packs: Vec<IndexPackOfMaps<'a>>,
+}
+
+/// One pack of an [`IndexFileOfMaps`].
+#[derive(Serialize)]
+pub(crate) struct IndexPackOfMaps<'a> {
+    pub(crate) id: PackId,
+    pub(crate) size: u64,
+    pub(crate) entries: &'a [PackEntry],
 }
 
 /// Packs a gc rewrote and took out of the index, kept until a grace period is over so that
@@ -751,7 +788,7 @@ mod tests {
             within: Some(19),
             ..alone
         };
-        let pack = finish_pack(stored.clone(), &[alone, framed], Some(&key));
+        let pack = finish_pack(stored.clone(), &[alone, framed], Some(&key), FORMAT_VERSION);
         let header = read_pack_header(&pack, Some(&key)).unwrap();
         assert_eq!(header.entries.len(), 2);
         assert_eq!(header.entries[0].id, Some(alone.id));

@@ -156,7 +156,12 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             host: hostname(),
             packs: plan.repack.iter().map(|(p, _)| p.id).collect(),
         };
-        let bytes = format::seal_object(ObjectType::Superseded, &record, repo.key());
+        let bytes = format::seal_object_as(
+            ObjectType::Superseded,
+            &record,
+            repo.key(),
+            repo.write_version(),
+        );
         let key = format!("{SUPERSEDED_PREFIX}{}", random_hex(16));
         repo.store.put(&key, &bytes, PutMode::Create)?;
     }

@@ -977,7 +977,7 @@ mod tests {
             compressed,
             within: None,
         };
-        let pack = format::finish_pack(stored, &[entry], repo.key());
+        let pack = format::finish_pack(stored, &[entry], repo.key(), repo.write_version());
         let pack_id = format::ContentId::hash(&pack);
         repo.store
             .put(
@@ -994,7 +994,7 @@ mod tests {
         .unwrap();
         repo.reload_index().unwrap();
         let mut snapshot = Snapshot {
-            version: format::FORMAT_VERSION,
+            version: repo.write_version(),
             id: 0,
             time_unix: 0,
             duration_ms: 0,
@@ -1247,7 +1247,7 @@ mod tests {
                 entry
             })
             .collect();
-        let pack = format::finish_pack(stored, &entries, repo.key());
+        let pack = format::finish_pack(stored, &entries, repo.key(), repo.write_version());
         let pack_id = format::ContentId::hash(&pack);
         repo.store
             .put(

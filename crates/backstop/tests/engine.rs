@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backstop::store::{FaultPlan, FaultStore};
@@ -1529,10 +1529,59 @@ fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
         .unwrap();
     assert_eq!(second.blobs_added, 2, "the changed page and the tree");
     assert_eq!(restored(second.id), file_contents(source.path()));
+    // What this build wrote into the repository is version 2 (index entries as maps), which
+    // builds from before version 4 read: a repository is not upgraded behind their back.
+    let written_versions = || {
+        let mut versions = BTreeMap::new();
+        for dir in ["index", "snapshots", "packs"] {
+            for file in walk_files(&repo.path().join(dir)) {
+                let relative = file.strip_prefix(repo.path()).unwrap().to_owned();
+                if fixture.join(&relative).exists() {
+                    continue;
+                }
+                let bytes = std::fs::read(&file).unwrap();
+                // A pack's header envelope sits before its length and magic at the end.
+                let version = if dir == "packs" {
+                    let len = u32::from_le_bytes(bytes[bytes.len() - 8..][..4].try_into().unwrap());
+                    bytes[bytes.len() - 8 - len as usize + 5]
+                } else {
+                    bytes[5]
+                };
+                versions.insert(relative.display().to_string(), version);
+            }
+        }
+        versions
+    };
+    let versions = written_versions();
+    assert!(
+        versions.keys().any(|k| k.starts_with("index/")),
+        "{versions:?}"
+    );
+    assert!(
+        versions.keys().any(|k| k.starts_with("packs/")),
+        "{versions:?}"
+    );
+    assert!(versions.values().all(|v| *v == 2), "{versions:?}");
 
     // gc rewrites the version 1 pack once the first backup is gone; the second still restores.
     delete_and_rewrite_every_pack(&engine, 1);
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     assert_eq!(restored(second.id), file_contents(source.path()));
+    let versions = written_versions();
+    assert!(versions.values().all(|v| *v == 2), "after gc: {versions:?}");
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -708,6 +708,12 @@ impl Repository {
         Ok(repo)
     }
 
+    /// The format version of the objects this build writes into the repository
+    /// ([`format::write_version`]).
+    pub(crate) fn write_version(&self) -> u32 {
+        format::write_version(self.config.version)
+    }
+
     pub(crate) fn key(&self) -> Option<&MasterKey> {
         self.key.as_ref()
     }
@@ -811,8 +817,22 @@ impl Repository {
     }
 
     fn write_index_object(&self, packs: Vec<IndexPack>) -> Result<String> {
-        let file = IndexFile { packs };
-        let bytes = format::seal_object(ObjectType::Index, &file, self.key());
+        let version = self.write_version();
+        let bytes = if version >= format::TABLE_INDEX_VERSION {
+            format::seal_object_as(ObjectType::Index, &IndexFile { packs }, self.key(), version)
+        } else {
+            let file = format::IndexFileOfMaps {
+                packs: packs
+                    .iter()
+                    .map(|p| format::IndexPackOfMaps {
+                        id: p.id,
+                        size: p.size,
+                        entries: &p.entries,
+                    })
+                    .collect(),
+            };
+            format::seal_object_as(ObjectType::Index, &file, self.key(), version)
+        };
         let key = format!("index/{}", format::ContentId::hash(&bytes).to_hex());
         self.store.put(&key, &bytes, PutMode::Overwrite)?;
         Ok(key)
@@ -946,7 +966,7 @@ impl Repository {
         blobs: Vec<u8>,
         entries: Vec<PackEntry>,
     ) -> Result<(IndexPack, Vec<u8>)> {
-        let mut pack = format::finish_pack(blobs, &entries, self.key());
+        let mut pack = format::finish_pack(blobs, &entries, self.key(), self.write_version());
         let id = format::ContentId::hash(&pack);
         self.store
             .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
@@ -1133,7 +1153,12 @@ impl Repository {
         for attempt in 0..16u32 {
             let next = self.snapshot_entries()?.last().map_or(1, |e| e.id + 1);
             snapshot.id = next;
-            let bytes = format::seal_object(ObjectType::Snapshot, &*snapshot, self.key());
+            let bytes = format::seal_object_as(
+                ObjectType::Snapshot,
+                &*snapshot,
+                self.key(),
+                self.write_version(),
+            );
             let key = snapshot_key(next, &suffix);
             self.store.put(&key, &bytes, PutMode::Create)?;
             // The backup is now visible under `key`; only then may an earlier copy go.
