@@ -326,17 +326,21 @@ mod tests {
         packs: Vec<OldIndexPack>,
     }
 
-    #[test]
-    fn index_objects_of_earlier_versions_still_load() {
-        let entries = pack_entries(3, 16, 4096);
-        let old = OldIndexFile {
+    /// An index object of one pack (id 7, 123 bytes) as versions 1–3 wrote it.
+    fn old_index(entries: &[PackEntry]) -> OldIndexFile {
+        OldIndexFile {
             packs: vec![OldIndexPack {
                 id: id(7),
                 size: 123,
-                entries: entries.clone(),
+                entries: entries.to_vec(),
             }],
-        };
-        let bytes = format::seal_object(ObjectType::Index, &old, None);
+        }
+    }
+
+    #[test]
+    fn index_objects_of_earlier_versions_still_load() {
+        let entries = pack_entries(3, 16, 4096);
+        let bytes = format::seal_object(ObjectType::Index, &old_index(&entries), None);
         let back: IndexFile =
             format::open_object("index", ObjectType::Index, &bytes, None).unwrap();
         assert_eq!(back.packs.len(), 1);
@@ -346,22 +350,15 @@ mod tests {
     #[test]
     fn index_objects_for_earlier_versions_are_written_as_those_versions_wrote_them() {
         let entries = pack_entries(2, 8, 4096);
-        let old = OldIndexFile {
-            packs: vec![OldIndexPack {
-                id: id(3),
-                size: 99,
-                entries: entries.clone(),
-            }],
-        };
         let maps = format::IndexFileOfMaps {
             packs: vec![format::IndexPackOfMaps {
-                id: id(3),
-                size: 99,
+                id: id(7),
+                size: 123,
                 entries: &entries,
             }],
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        ciborium::into_writer(&old, &mut a).unwrap();
+        ciborium::into_writer(&old_index(&entries), &mut a).unwrap();
         ciborium::into_writer(&maps, &mut b).unwrap();
         assert_eq!(a, b);
     }
