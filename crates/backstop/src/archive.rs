@@ -62,12 +62,7 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
         data: compressed,
         hash,
     };
-    let bytes = format::seal_object_as(
-        ObjectType::Archive,
-        &object,
-        repo.key(),
-        repo.write_version(),
-    );
+    let bytes = repo.seal_object(ObjectType::Archive, &object);
     match repo.store.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(ArchivePut::Stored),
         // Someone stored it between our check and our put: same rules as above.

@@ -156,12 +156,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             host: hostname(),
             packs: plan.repack.iter().map(|(p, _)| p.id).collect(),
         };
-        let bytes = format::seal_object_as(
-            ObjectType::Superseded,
-            &record,
-            repo.key(),
-            repo.write_version(),
-        );
+        let bytes = repo.seal_object(ObjectType::Superseded, &record);
         let key = format!("{SUPERSEDED_PREFIX}{}", random_hex(16));
         repo.store.put(&key, &bytes, PutMode::Create)?;
     }
@@ -274,18 +269,21 @@ fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
 /// one old pack and one new one.
 fn rewrite_packs(repo: &Repository, packs: &[Rewrite]) -> Result<Vec<IndexPack>> {
     let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
-    let mut order: Vec<&Rewrite> = packs.iter().collect();
-    order.sort_by_key(|(pack, units)| std::cmp::Reverse((rewrite_cost(pack, units), pack.id)));
+    let mut order: Vec<(u64, &Rewrite)> = packs
+        .iter()
+        .map(|item| (rewrite_cost(&item.0, &item.1), item))
+        .collect();
+    order.sort_by_key(|(cost, (pack, _))| std::cmp::Reverse((*cost, pack.id)));
+    if threads == 1 {
+        let all: Vec<&Rewrite> = order.into_iter().map(|(_, item)| item).collect();
+        return rewrite_some(repo, &all);
+    }
     let mut shares: Vec<(u64, Vec<&Rewrite>)> = vec![(0, Vec::new()); threads];
-    for item in order {
-        if let Some(share) = shares.iter_mut().min_by_key(|(cost, _)| *cost) {
-            share.0 += rewrite_cost(&item.0, &item.1);
+    for (cost, item) in order {
+        if let Some(share) = shares.iter_mut().min_by_key(|(work, _)| *work) {
+            share.0 += cost;
             share.1.push(item);
         }
-    }
-    if threads == 1 {
-        let all: Vec<_> = shares.into_iter().flat_map(|(_, part)| part).collect();
-        return rewrite_some(repo, &all);
     }
     std::thread::scope(|scope| {
         let workers: Vec<_> = shares

@@ -714,6 +714,11 @@ impl Repository {
         format::write_version(self.config.version)
     }
 
+    /// Seals an object to write into the repository: with its key, in its version.
+    pub(crate) fn seal_object<T: serde::Serialize>(&self, kind: ObjectType, value: &T) -> Vec<u8> {
+        format::seal_object_as(kind, value, self.key(), self.write_version())
+    }
+
     pub(crate) fn key(&self) -> Option<&MasterKey> {
         self.key.as_ref()
     }
@@ -817,9 +822,8 @@ impl Repository {
     }
 
     fn write_index_object(&self, packs: Vec<IndexPack>) -> Result<String> {
-        let version = self.write_version();
-        let bytes = if version >= format::TABLE_INDEX_VERSION {
-            format::seal_object_as(ObjectType::Index, &IndexFile { packs }, self.key(), version)
+        let bytes = if self.write_version() >= format::TABLE_INDEX_VERSION {
+            self.seal_object(ObjectType::Index, &IndexFile { packs })
         } else {
             let file = format::IndexFileOfMaps {
                 packs: packs
@@ -831,7 +835,7 @@ impl Repository {
                     })
                     .collect(),
             };
-            format::seal_object_as(ObjectType::Index, &file, self.key(), version)
+            self.seal_object(ObjectType::Index, &file)
         };
         let key = format!("index/{}", format::ContentId::hash(&bytes).to_hex());
         self.store.put(&key, &bytes, PutMode::Overwrite)?;
@@ -1153,12 +1157,7 @@ impl Repository {
         for attempt in 0..16u32 {
             let next = self.snapshot_entries()?.last().map_or(1, |e| e.id + 1);
             snapshot.id = next;
-            let bytes = format::seal_object_as(
-                ObjectType::Snapshot,
-                &*snapshot,
-                self.key(),
-                self.write_version(),
-            );
+            let bytes = self.seal_object(ObjectType::Snapshot, &*snapshot);
             let key = snapshot_key(next, &suffix);
             self.store.put(&key, &bytes, PutMode::Create)?;
             // The backup is now visible under `key`; only then may an earlier copy go.
