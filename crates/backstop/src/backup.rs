@@ -668,7 +668,13 @@ impl TreeBuilder {
             let parent = files.parent_nodes.get(&node.path);
             let lists = {
                 let index = files.repo.index_read();
-                page_list::encode(node, parent, |b| index.contains(b), files.repo.key())
+                page_list::encode(
+                    node,
+                    parent,
+                    |b| index.contains(b),
+                    files.repo.key(),
+                    files.repo.write_version() >= format::SHORT_LIST_ID_VERSION,
+                )
             };
             for list in lists {
                 if !files

@@ -1,4 +1,4 @@
-//! The repository format (version 4): object names, the object envelope, packs, index, trees,
+//! The repository format (version 5): object names, the object envelope, packs, index, trees,
 //! snapshots and the config. Encoding and decoding only, no I/O. `docs/format.md` describes
 //! every byte.
 
@@ -10,13 +10,17 @@ use crate::crypto::MasterKey;
 use crate::options::Cipher;
 
 /// The newest repository format this build reads, and the one a repository it creates has:
-/// version 4 stores an index object's entries as a compact table (`entry_table`), version 3
-/// added XAES-256-GCM. Objects of versions 1–3 are still read, and a repository created before
-/// version 4 keeps being written in its own version ([`write_version`]).
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// version 5 names the ids in chunk lists by 16 bytes (`page_list`), version 4 stores an index
+/// object's entries as a compact table (`entry_table`), version 3 added XAES-256-GCM. Objects
+/// of versions 1–4 are still read, and a repository created before version 5 keeps being
+/// written in its own version ([`write_version`]).
+pub(crate) const FORMAT_VERSION: u32 = 5;
 
 /// The first version whose index objects hold their entries as a table.
 pub(crate) const TABLE_INDEX_VERSION: u32 = 4;
+
+/// The first version whose chunk lists name ids by their first 16 bytes.
+pub(crate) const SHORT_LIST_ID_VERSION: u32 = 5;
 
 /// The version of the objects written into a repository whose config says `config_version`:
 /// its own, so that the builds that created it keep reading it, except that a version 1

@@ -2,7 +2,9 @@
 
 use backstop_store::{PutMode, Store};
 
-use crate::format::{self, BlobKind, ContentId, IndexFile, IndexPack, ObjectType, PackEntry};
+use crate::format::{
+    self, BlobKind, Config, ContentId, IndexFile, IndexPack, ObjectType, PackEntry,
+};
 
 /// Writes unencrypted index objects listing `blobs` synthetic blobs, `per_object` per index
 /// object, in packs of 1,000 blobs; the packs themselves are not written.
@@ -43,5 +45,18 @@ pub fn write_synthetic_index(
             PutMode::Create,
         )?;
     }
+    Ok(())
+}
+
+/// Rewrites a repository's config to say format `version`, as a build of that version would
+/// have written it: for tests of how this build treats repositories created before its own
+/// version (it keeps writing their version into them).
+pub fn set_config_version(store: &dyn Store, version: u32) -> crate::Result<()> {
+    let bytes = store.get("config")?;
+    let mut config: Config = format::open_object("config", ObjectType::Config, &bytes, None)
+        .map_err(|e| crate::repo::damaged("config", e))?;
+    config.version = version;
+    let bytes = format::seal_object_as(ObjectType::Config, &config, None, version);
+    store.put("config", &bytes, PutMode::Overwrite)?;
     Ok(())
 }

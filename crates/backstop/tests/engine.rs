@@ -150,13 +150,13 @@ fn backup_verify_restore_round_trip_encrypted() {
 }
 
 /// Each cipher backs up, verifies and restores, and every object carries the version this build
-/// writes (4: index entries as a table), so that older builds refuse them rather than misread.
+/// writes (5: short ids in chunk lists), so that older builds refuse them rather than misread.
 #[test]
 fn both_ciphers_round_trip_and_write_the_current_version() {
     use backstop::{Cipher, Store};
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
-    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 4u8), (Cipher::Xaes256Gcm, 4)] {
+    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 5u8), (Cipher::Xaes256Gcm, 5)] {
         let store = MemoryStore::new();
         let init = encrypted().with_cipher(cipher);
         let engine = BackupEngine::init(store.clone(), init, opts()).unwrap();
@@ -184,7 +184,7 @@ fn both_ciphers_round_trip_and_write_the_current_version() {
     let engine =
         BackupEngine::init(MemoryStore::new(), fast_init(), EngineOptions::default()).unwrap();
     let info = engine.repository_info();
-    assert_eq!((info.cipher, info.version), (None, 4));
+    assert_eq!((info.cipher, info.version), (None, 5));
 }
 
 #[test]
@@ -324,6 +324,63 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
     assert_eq!(restored(third.id), bytes);
 }
 
+/// A repository created as version 5 stores 16 bytes an id in its chunk lists; one created
+/// before keeps full ids there (and its version in every object), so that the builds of its
+/// version go on reading it. Both restore what they stored.
+#[test]
+fn chunk_lists_hold_short_ids_only_in_a_repository_of_version_5() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("table.db");
+    let pages = 3 * 4096;
+    let mut bytes = pseudo_random(pages * 4096, 11);
+    std::fs::write(&file, &bytes).unwrap();
+    let options = || EngineOptions::default().with_compression_level(0);
+    let mut added = BTreeMap::new();
+    for version in [4u32, 5] {
+        let store = MemoryStore::new();
+        BackupEngine::init(store.clone(), fast_init(), options()).unwrap();
+        backstop::testing_support::set_config_version(&store, version).unwrap();
+        let engine = BackupEngine::open(store.clone(), options()).unwrap();
+        assert_eq!(engine.repository_info().version, version);
+        std::fs::write(&file, &bytes).unwrap();
+        let mut source = PagedDir(DirSource::new(data.path()), 4096);
+        let first = engine
+            .create_backup(&mut source, &BackupOptions::default())
+            .unwrap();
+        let original = bytes.clone();
+        bytes[5000 * 4096] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let second = engine
+            .create_backup(&mut source, &BackupOptions::default())
+            .unwrap();
+        for (id, expected) in [(first.id, &original), (second.id, &bytes)] {
+            let target = tempfile::tempdir().unwrap();
+            engine
+                .restore(id, target.path(), &RestoreOptions::default())
+                .unwrap();
+            assert!(std::fs::read(target.path().join("table.db")).unwrap() == *expected);
+        }
+        assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
+        for prefix in ["config", "index/", "snapshots/"] {
+            for meta in backstop::Store::list(&store, prefix).unwrap() {
+                let object = backstop::Store::get(&store, &meta.key).unwrap();
+                assert_eq!(u32::from(object[5]), version, "{}", meta.key);
+            }
+        }
+        added.insert(version, (first.bytes_added_raw, second.bytes_added_raw));
+        bytes[5000 * 4096] ^= 1;
+    }
+    // The full lists: 16 bytes less an id, less a digest and its key per list.
+    let saved = added[&4].0 - added[&5].0;
+    let expected = pages as u64 * 16;
+    assert!(
+        (expected - 200..=expected).contains(&saved),
+        "{saved} bytes saved, {expected} expected: {added:?}"
+    );
+    // A patch of one page gains a digest and loses 16 bytes.
+    assert!(added[&5].1.abs_diff(added[&4].1) < 64, "{added:?}");
+}
+
 #[test]
 fn wrong_password_is_refused_with_wrong_key() {
     let store = MemoryStore::new();
@@ -357,8 +414,8 @@ fn init_twice_is_refused() {
 fn newer_format_is_refused_not_misread() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    // One past the newest version this build reads (4).
-    assert!(store.corrupt("config", |b| b[5] = 5));
+    // One past the newest version this build reads (5).
+    assert!(store.corrupt("config", |b| b[5] = 6));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
     let message = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())

@@ -324,6 +324,45 @@ impl Index {
         self.sorted_get(id).or_else(|| self.recent.get(id))
     }
 
+    /// The ids loaded from index objects that start with `prefix` (a list's short id).
+    fn sorted_with_prefix(&self, prefix: &[u8]) -> crate::page_list::Found {
+        use crate::page_list::Found;
+        let mut lowest = [0u8; 32];
+        let Some(head) = lowest.get_mut(..prefix.len()) else {
+            return Found::None;
+        };
+        head.copy_from_slice(prefix);
+        let lowest = format::ContentId(lowest);
+        // Ids sharing the prefix share their bucket: the fanout uses at most 24 leading bits.
+        let bucket = self
+            .sorted
+            .get(self.fanout.range(&lowest, self.sorted.len()))
+            .unwrap_or_default();
+        let start = bucket.partition_point(|(id, _)| *id < lowest);
+        let mut matching = bucket
+            .iter()
+            .skip(start)
+            .take_while(|(id, _)| id.0.starts_with(prefix))
+            .map(|(id, _)| *id);
+        match (matching.next(), matching.next()) {
+            (None, _) => Found::None,
+            (Some(id), None) => Found::One(id),
+            (Some(a), Some(b)) => Found::Many([a, b].into_iter().chain(matching).collect()),
+        }
+    }
+
+    /// Moves the blobs added by this process into the sorted vector, where lookups by short
+    /// id find them too.
+    fn merge_recent(&mut self) {
+        if self.recent.is_empty() {
+            return;
+        }
+        self.sorted.extend(self.recent.drain());
+        self.sorted.sort_unstable_by_key(|a| a.0);
+        self.recent.shrink_to_fit();
+        self.fanout = Fanout::build(&self.sorted);
+    }
+
     /// Every blob with its location.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
         self.sorted
@@ -1304,17 +1343,37 @@ impl Repository {
         Ok(())
     }
 
+    /// The full ids the index holds for a list's short id.
+    fn lookup_short_id(&self, prefix: &[u8]) -> crate::page_list::Found {
+        {
+            let index = self.index_read();
+            let found = index.sorted_with_prefix(prefix);
+            if found != crate::page_list::Found::None || index.recent.is_empty() {
+                return found;
+            }
+        }
+        // Not loaded from an index object: a blob this process added (a library user reading
+        // a backup it has just written). Merged once, so later lookups find them directly.
+        let mut index = self.index_write();
+        index.merge_recent();
+        index.sorted_with_prefix(prefix)
+    }
+
     /// Reads the chunk list of a node that keeps it in list blobs (`page_list`).
     fn resolve_lists(&self, snapshot: &Snapshot, node: &mut Node, keep_bases: bool) -> Result<()> {
         let context = format!("backup {}, `{}`", snapshot.id, node.path);
-        crate::page_list::resolve(node, keep_bases, |b| self.read_blobs(b, &context)).map_err(|e| {
-            match e {
-                crate::page_list::ResolveError::Fetch(e) => e,
-                crate::page_list::ResolveError::List(e) => Error::msg(
-                    ErrorKind::Corrupt,
-                    format!("the chunk list of {context}: {e}"),
-                ),
-            }
+        crate::page_list::resolve(
+            node,
+            keep_bases,
+            |b| self.read_blobs(b, &context),
+            |prefix| self.lookup_short_id(prefix),
+        )
+        .map_err(|e| match e {
+            crate::page_list::ResolveError::Fetch(e) => e,
+            crate::page_list::ResolveError::List(e) => Error::msg(
+                ErrorKind::Corrupt,
+                format!("the chunk list of {context}: {e}"),
+            ),
         })
     }
 
