@@ -8,6 +8,7 @@ mod config;
 mod exit;
 mod interrupt;
 mod malloc;
+mod orphans;
 mod output;
 mod password;
 mod progress;
@@ -29,8 +30,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
     interrupt::install();
+    orphans::adopt();
 
     let result = commands::run(&cli);
+    // Every store is closed by now: an `ssh` still our child is a leaked connection master.
+    orphans::end_leftover_ssh();
     if cli.global.verbose > 0 {
         if let Some(c) = output::request_counts() {
             eprintln!(
