@@ -184,21 +184,10 @@ impl FrameCache {
             .any(|(p, o, _)| *p == pack && *o == offset)
     }
 
-    /// A kept frame, which becomes the most recently used: after an incremental backup one
-    /// new frame of changed pages serves pages all across many old frames, and evicted in
-    /// the order frames came in, it could be decoded again while still in use.
-    fn get(&mut self, pack: PackId, offset: u32) -> Option<&[u8]> {
-        let i = self
-            .frames
-            .iter()
-            .position(|(p, o, _)| *p == pack && *o == offset)?;
-        if i + 1 != self.frames.len() {
-            let frame = self.frames.remove(i)?;
-            self.frames.push_back(frame);
-        }
-        self.frames.back().map(|(_, _, unit)| unit.as_slice())
-    }
-
+    /// Takes a kept frame out; a reader puts it back when done, as the most recently used:
+    /// after an incremental backup one new frame of changed pages serves pages all across many
+    /// old frames, and evicted in the order frames came in, it could be decoded again while
+    /// still in use.
     fn take(&mut self, pack: PackId, offset: u32) -> Option<Vec<u8>> {
         let i = self
             .frames
@@ -1046,36 +1035,54 @@ impl Repository {
         mut sink: impl FnMut(&PackEntry, &[u8]) -> Result<(), E>,
     ) -> Result<(), RunError<E>> {
         let key = format::pack_key(run.pack);
-        let all_cached = run
+        // Only the stored units the cache lacks are read. After an incremental backup most
+        // runs of a page file begin in the old frame the previous run ended in: reading the
+        // whole run fetched that frame's bytes again (171 MB read to restore the bench's 163 MiB
+        // SQLite file from a 141 MB repository, 143 MB now).
+        let uncached = |e: &&PackEntry| e.within.is_none() || !frames.contains(run.pack, e.offset);
+        let first = run.entries.iter().filter(uncached).map(|e| e.offset).min();
+        let end = run
             .entries
             .iter()
-            .all(|e| e.within.is_some() && frames.contains(run.pack, e.offset));
-        if all_cached {
-            for entry in &run.entries {
-                let unit = frames.get(run.pack, entry.offset).unwrap_or_default();
-                let raw = format::blob_from_unit(entry, unit, self.key())
-                    .map_err(|e| damaged(&key, e))?;
-                sink(entry, raw).map_err(RunError::Sink)?;
+            .filter(uncached)
+            .map(|e| u64::from(e.offset) + u64::from(e.length))
+            .max();
+        let (start, bytes) = match (first, end) {
+            (Some(first), Some(end)) => {
+                let first = u64::from(first).max(run.start);
+                let end = end.min(run.start + run.len);
+                (first, self.read_stored(&key, first..end)?)
             }
-            return Ok(());
-        }
-        let bytes = self.read_stored(&key, run.start..run.start + run.len)?;
+            _ => (run.start, Vec::new()),
+        };
+        // The stored bytes of an entry: from the read above, or, for a frame that was cached
+        // when the run began but has been pushed out since, read again on its own.
+        let stored_of = |entry: &PackEntry| -> Result<std::borrow::Cow<'_, [u8]>> {
+            let from = u64::from(entry.offset);
+            let in_read = from
+                .checked_sub(start)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| bytes.get(at..at.checked_add(entry.length as usize)?));
+            match in_read {
+                Some(stored) => Ok(std::borrow::Cow::Borrowed(stored)),
+                None if from >= run.start
+                    && from + u64::from(entry.length) <= run.start + run.len =>
+                {
+                    let stored = self.read_stored(&key, from..from + u64::from(entry.length))?;
+                    Ok(std::borrow::Cow::Owned(stored))
+                }
+                None => Err(damaged(
+                    &key,
+                    FormatError::Truncated {
+                        what: "pack",
+                        len: bytes.len(),
+                    },
+                )),
+            }
+        };
         // The decoded frame of the previous entry, by its offset in the pack.
         let mut frame: Option<(u32, Vec<u8>)> = None;
         for entry in &run.entries {
-            let stored = u64::from(entry.offset)
-                .checked_sub(run.start)
-                .and_then(|from| usize::try_from(from).ok())
-                .and_then(|from| bytes.get(from..from.checked_add(entry.length as usize)?))
-                .ok_or_else(|| {
-                    damaged(
-                        &key,
-                        FormatError::Truncated {
-                            what: "pack",
-                            len: bytes.len(),
-                        },
-                    )
-                })?;
             if entry.within.is_some() {
                 if frame
                     .as_ref()
@@ -1086,7 +1093,7 @@ impl Repository {
                     }
                     let unit = match frames.take(run.pack, entry.offset) {
                         Some(unit) => unit,
-                        None => format::decode_unit(entry, stored, self.key())
+                        None => format::decode_unit(entry, &stored_of(entry)?, self.key())
                             .map_err(|e| damaged(&key, e))?,
                     };
                     frame = Some((entry.offset, unit));
@@ -1097,11 +1104,12 @@ impl Repository {
                 sink(entry, raw).map_err(RunError::Sink)?;
             } else if self.key().is_none() && !entry.compressed {
                 // Stored as is: check the bytes where they lie instead of copying them.
-                format::check_blob(entry, stored, None).map_err(|e| damaged(&key, e))?;
-                sink(entry, stored).map_err(RunError::Sink)?;
+                let stored = stored_of(entry)?;
+                format::check_blob(entry, &stored, None).map_err(|e| damaged(&key, e))?;
+                sink(entry, &stored).map_err(RunError::Sink)?;
             } else {
-                let raw =
-                    format::decode_blob(entry, stored, self.key()).map_err(|e| damaged(&key, e))?;
+                let raw = format::decode_blob(entry, &stored_of(entry)?, self.key())
+                    .map_err(|e| damaged(&key, e))?;
                 sink(entry, &raw).map_err(RunError::Sink)?;
             }
         }
@@ -1628,7 +1636,9 @@ mod tests {
         frames.put(pack, 200, vec![2; 100]);
         // The first frame is used again (a new frame of changed pages between old ones), so
         // the next frame pushes out the second, not the first.
-        assert_eq!(frames.get(pack, 0).map(|f| f[0]), Some(0));
+        let first = frames.take(pack, 0).unwrap();
+        assert_eq!(first[0], 0);
+        frames.put(pack, 0, first);
         frames.put(pack, 300, vec![3; 100]);
         assert!(frames.contains(pack, 0));
         assert!(!frames.contains(pack, 100));
