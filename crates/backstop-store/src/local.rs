@@ -2,7 +2,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use std::ops::Range;
@@ -399,7 +398,7 @@ impl Store for LocalStore {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(key)?;
-        let file = File::open(&path).map_err(|err| {
+        let mut file = File::open(&path).map_err(|err| {
             StoreError::from_io(key, format!("cannot open `{}`", path.display()), err)
         })?;
         let meta = file.metadata().map_err(|err| {
@@ -416,8 +415,7 @@ impl Store for LocalStore {
                 "range does not fit in memory",
             )
         })?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, range.start).map_err(|err| {
+        let failed = |err| {
             StoreError::from_io(
                 key,
                 format!(
@@ -428,7 +426,18 @@ impl Store for LocalStore {
                 ),
                 err,
             )
-        })?;
+        };
+        // Read into spare capacity: zeroing the buffer first was 1.5 % of a restore's CPU.
+        let mut buf = Vec::with_capacity(len);
+        io::Seek::seek(&mut file, io::SeekFrom::Start(range.start)).map_err(failed)?;
+        io::Read::read_to_end(&mut io::Read::take(file, range.end - range.start), &mut buf)
+            .map_err(failed)?;
+        if buf.len() != len {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended after {} bytes", buf.len()),
+            )));
+        }
         Ok(buf)
     }
 
