@@ -34,9 +34,39 @@ const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
 /// Magic at the very end of a pack.
 const PACK_MAGIC: &[u8; 4] = b"BKP1";
 
-/// A 32-byte content id (BLAKE3).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A 32-byte content id (BLAKE3). Ordered by its bytes, like the array.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct ContentId(#[serde(with = "id_bytes")] pub(crate) [u8; 32]);
+
+impl Ord for ContentId {
+    /// The arrays' byte order, eight bytes at a time: the index's lookups compare ids, and
+    /// the array comparison called `memcmp` for each (3 % of a restore's CPU, `perf`).
+    #[allow(
+        clippy::big_endian_bytes,
+        reason = "big-endian words order as the bytes they hold"
+    )]
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let word = |bytes: &[u8]| {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(bytes);
+            u64::from_be_bytes(eight)
+        };
+        for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
+            match word(a).cmp(&word(b)) {
+                std::cmp::Ordering::Equal => {}
+                unequal => return unequal,
+            }
+        }
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl PartialOrd for ContentId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 mod id_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -741,6 +771,27 @@ pub(crate) mod serde_bytes_vec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_order_as_their_bytes() {
+        let base = ContentId::hash(b"base");
+        for at in 0..32 {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut other = base;
+                other.0[at] = other.0[at].wrapping_add(delta);
+                assert_eq!(base.cmp(&other), base.0.cmp(&other.0), "byte {at} +{delta}");
+                assert_eq!(other.cmp(&base), other.0.cmp(&base.0), "byte {at} +{delta}");
+            }
+        }
+        let ids: Vec<ContentId> = (0u32..200)
+            .map(|n| ContentId::hash(&n.to_le_bytes()))
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0));
+            }
+        }
+    }
 
     #[test]
     fn envelope_round_trips_plain_and_sealed() {
