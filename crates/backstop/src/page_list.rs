@@ -170,21 +170,26 @@ fn entries(list: &ListBlob) -> std::slice::ChunksExact<'_, u8> {
     list.ids.chunks_exact(list.id_bytes())
 }
 
-/// A stored id as the index resolves it, for comparing only: the first of several candidates,
-/// and for a short id no index object lists (a page a later backup replaced, which gc may
-/// have deleted) the short id followed by zeros, which equals no real id.
-fn resolve_leniently(entry: &[u8], lookup: &impl Fn(&[u8]) -> Found) -> BlobId {
+/// A stored id padded with zeros to 32 bytes: a full id as it is.
+fn padded(entry: &[u8]) -> BlobId {
     let mut id = [0u8; 32];
     if let Some(head) = id.get_mut(..entry.len()) {
         head.copy_from_slice(entry);
     }
+    format::ContentId(id)
+}
+
+/// A stored id as the index resolves it, for comparing only: the first of several candidates,
+/// and for a short id no index object lists (a page a later backup replaced, which gc may
+/// have deleted) the short id followed by zeros, which equals no real id.
+fn resolve_leniently(entry: &[u8], lookup: &impl Fn(&[u8]) -> Found) -> BlobId {
     if entry.len() == FULL_ID {
-        return format::ContentId(id);
+        return padded(entry);
     }
     match lookup(entry) {
         Found::One(found) => found,
-        Found::Many(candidates) => candidates.first().copied().unwrap_or(format::ContentId(id)),
-        Found::None => format::ContentId(id),
+        Found::Many(candidates) => candidates.first().copied().unwrap_or(padded(entry)),
+        Found::None => padded(entry),
     }
 }
 
@@ -200,20 +205,22 @@ fn resolve_entries(
     let mut ids = Vec::with_capacity(entries.len());
     let mut ambiguous = Vec::new();
     let mut missing = Vec::new();
+    let mut short = false;
     for (i, &entry) in entries.iter().enumerate() {
         if entry.len() == FULL_ID {
-            ids.push(resolve_leniently(entry, lookup));
+            ids.push(padded(entry));
             continue;
         }
+        short = true;
         match lookup(entry) {
             Found::One(id) => ids.push(id),
             Found::Many(candidates) => {
-                ids.push(resolve_leniently(entry, lookup));
+                ids.push(candidates.first().copied().unwrap_or(padded(entry)));
                 ambiguous.push((i, candidates));
             }
             Found::None => {
                 missing.push(entry);
-                ids.push(format::ContentId([0; 32]));
+                ids.push(padded(entry));
             }
         }
     }
@@ -224,7 +231,6 @@ fn resolve_entries(
             first: hex::encode(first),
         });
     }
-    let short = entries.iter().any(|e| e.len() != FULL_ID);
     if !short {
         return Ok(ids);
     }
