@@ -1629,9 +1629,8 @@ mod tests {
     //! copied with `testing::copy_session` (no repository in between).
 
     use super::*;
-    use crate::testing::{python_has, require};
-    use std::process::{Child, Command};
-    use std::time::{Duration, Instant};
+    use crate::testing::bdb_bank::{BankState, BankWriter, check_state, prerequisites};
+    use std::process::Command;
 
     #[test]
     fn parses_db_config_directories() {
@@ -1713,104 +1712,18 @@ mod tests {
 
     const ACCOUNTS: u64 = 200;
 
-    fn writer_script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../backstop/tests/support/bdb_writer.py")
-    }
-
-    fn python() -> String {
-        std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-    }
-
-    /// Whether the real-database tests can run; with CI=true a missing piece fails instead.
-    fn prerequisites() -> bool {
-        let tools = BdbTools::from_path();
-        let mut missing: Vec<String> = ["recover", "archive", "verify"]
-            .iter()
-            .filter(|t| tools.find(t).is_err())
-            .map(|t| format!("db5.3_{t}"))
-            .collect();
-        if !python_has("berkeleydb") {
-            missing.push("python3 module berkeleydb".to_owned());
-        }
-        require("bdb", &missing.join(", "), missing.is_empty())
-    }
-
-    /// The writer process; killed when dropped.
-    struct Writer {
-        child: Child,
-        seq_file: PathBuf,
-        home: PathBuf,
-    }
-
-    impl Writer {
-        fn start(root: &Path, data_dir: Option<&str>) -> Self {
-            let home = root.join("env");
-            let seq_file = root.join("committed");
-            let mut cmd = Command::new(python());
-            cmd.arg(writer_script())
-                .args(["run", "--home"])
-                .arg(&home)
-                .arg("--seq-file")
-                .arg(&seq_file)
-                .args(["--accounts", &ACCOUNTS.to_string(), "--max-seconds", "120"]);
-            if let Some(dir) = data_dir {
-                cmd.args(["--data-dir", dir]);
-            }
-            let mut writer = Self {
-                child: cmd.spawn().unwrap(),
-                seq_file,
-                home,
-            };
-            writer.wait_until("the writer commits", |w| w.committed() >= 20);
-            writer
-        }
-
-        fn committed(&self) -> u64 {
-            std::fs::read_to_string(&self.seq_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0)
-        }
-
-        fn logs(&self) -> Vec<u32> {
-            let mut logs: Vec<u32> = std::fs::read_dir(&self.home)
-                .unwrap()
-                .filter_map(|e| log_number(e.ok()?.file_name().to_str()?))
-                .collect();
-            logs.sort_unstable();
-            logs
-        }
-
-        fn wait_until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !done(self) {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("the writer exited ({status}) while waiting until {what}");
-                }
-                assert!(Instant::now() < deadline, "timed out waiting until {what}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    impl Drop for Writer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    #[derive(Debug, serde::Deserialize)]
-    struct State {
-        seq: i64,
-        total: i64,
-        accounts: i64,
-        expected_total: i64,
-        history: i64,
+    fn start_writer(root: &Path, data_dir: Option<&str>) -> BankWriter {
+        BankWriter::start(
+            &root.join("env"),
+            root.join("committed"),
+            ACCOUNTS,
+            data_dir,
+            120,
+        )
     }
 
     /// Applies the restore profile (recovery + db_verify) and checks the invariant.
-    fn recover_and_check(profile: &RestoreProfile, dir: &Path) -> State {
+    fn recover_and_check(profile: &RestoreProfile, dir: &Path) -> BankState {
         let params = RestoreParams {
             raw: false,
             options: [("verify".to_owned(), "true".to_owned())].into(),
@@ -1824,32 +1737,7 @@ mod tests {
             steps.iter().filter(|s| s.starts_with("db_verify")).count() >= 2,
             "{steps:?}"
         );
-        check_state(dir)
-    }
-
-    fn check_state(dir: &Path) -> State {
-        let out = Command::new(python())
-            .arg(writer_script())
-            .args(["check", "--home"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "check failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let state: State = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(state.accounts, ACCOUNTS as i64, "{state:?}");
-        assert_eq!(
-            state.total, state.expected_total,
-            "the transfers' invariant is broken: {state:?}"
-        );
-        assert_eq!(
-            state.history, state.seq,
-            "one history record per transaction: {state:?}"
-        );
-        state
+        check_state(dir, ACCOUNTS)
     }
 
     fn backup_to(
@@ -1867,11 +1755,11 @@ mod tests {
 
     #[test]
     fn hot_copies_with_a_data_directory_recover_consistent() {
-        if !prerequisites() {
+        if !prerequisites("bdb") {
             return;
         }
         let root = tempfile::tempdir().unwrap();
-        let mut writer = Writer::start(root.path(), Some("data"));
+        let mut writer = start_writer(root.path(), Some("data"));
         let mut source = BdbSource::new(&writer.home);
         let mut parent: Option<SessionOutcome> = None;
         for round in 0..3 {
@@ -1897,7 +1785,7 @@ mod tests {
             );
             let state = recover_and_check(&copied.outcome.restore_profile, &dir);
             assert!(
-                state.seq >= before as i64,
+                state.seq >= before,
                 "backup {round} lost commits: {} < {before}",
                 state.seq
             );
@@ -1909,11 +1797,11 @@ mod tests {
 
     #[test]
     fn log_gap_makes_a_full_backup_and_safe_archival_keeps_the_chain() {
-        if !prerequisites() {
+        if !prerequisites("bdb") {
             return;
         }
         let root = tempfile::tempdir().unwrap();
-        let mut writer = Writer::start(root.path(), None);
+        let mut writer = start_writer(root.path(), None);
         let tools = BdbTools::from_path();
         let mut source = BdbSource::new(&writer.home);
         let first = backup_to(&mut source, None, &root.path().join("b1"));
@@ -1921,7 +1809,7 @@ mod tests {
 
         // Safe archival: only logs the latest backup holds are removed, so the chain continues.
         writer.wait_until("two more log files", |w| {
-            w.logs().last().is_some_and(|&l| l >= last1 + 2)
+            w.log_numbers().last().is_some_and(|&l| l >= last1 + 2)
         });
         let removed =
             remove_archived_logs(&writer.home, &first.outcome.source_meta, &tools).unwrap();
@@ -1943,7 +1831,7 @@ mod tests {
 
         // Unsafe archival (db_archive -d) removes logs no backup holds: a gap.
         writer.wait_until("two more log files", |w| {
-            w.logs().last().is_some_and(|&l| l >= last2 + 2)
+            w.log_numbers().last().is_some_and(|&l| l >= last2 + 2)
         });
         let archive = tools.find("archive").unwrap();
         let home = writer.home.clone();
@@ -1957,7 +1845,7 @@ mod tests {
                     .status()
                     .unwrap()
                     .success();
-                ok && w.logs().first().is_some_and(|&f| f > last2)
+                ok && w.log_numbers().first().is_some_and(|&f| f > last2)
             },
         );
         let before = writer.committed();
@@ -1984,16 +1872,16 @@ mod tests {
             third.outcome.warnings
         );
         let state = recover_and_check(&third.outcome.restore_profile, &root.path().join("b3"));
-        assert!(state.seq >= before as i64);
+        assert!(state.seq >= before);
     }
 
     #[test]
     fn standby_refreshes_under_load_and_refuses_after_promotion() {
-        if !prerequisites() {
+        if !prerequisites("bdb") {
             return;
         }
         let root = tempfile::tempdir().unwrap();
-        let mut writer = Writer::start(root.path(), Some("data"));
+        let mut writer = start_writer(root.path(), Some("data"));
         let tools = BdbTools::from_path();
         let standby = root.path().join("standby");
         for round in 0..3 {
@@ -2001,9 +1889,9 @@ mod tests {
             let report = refresh_standby(&writer.home, &standby, &tools).unwrap();
             assert_eq!(report.seeded, round == 0, "{report:?}");
             assert!(!report.logs_copied.is_empty());
-            let state = check_state(&standby);
+            let state = check_state(&standby, ACCOUNTS);
             assert!(
-                state.seq >= before as i64,
+                state.seq >= before,
                 "refresh {round}: {} < {before}",
                 state.seq
             );

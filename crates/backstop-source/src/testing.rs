@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::{Content, EntryKind, Session, SessionOutcome, SourceError};
 
+#[cfg(feature = "bdb")]
+pub mod bdb_bank;
+
 /// What [`copy_session`] did: the phases in order with their entry paths, and the outcome.
 #[derive(Debug)]
 pub struct CopiedSession {
@@ -92,10 +95,14 @@ pub fn require(test: &str, what: &str, present: bool) -> bool {
     present
 }
 
+/// The Python interpreter the writers run under: `$BACKSTOP_PYTHON`, or `python3`.
+pub fn python() -> String {
+    std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// Whether `python3 -c "import MODULE"` works.
 pub fn python_has(module: &str) -> bool {
-    let python = std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    Command::new(python)
+    Command::new(python())
         .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success())

@@ -19,161 +19,25 @@
 )]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use backstop::source::bdb::{self, BdbSource, BdbTools};
-use backstop::source::testing::{python_has, require};
+use backstop::source::testing::bdb_bank::{self, BankState, BankWriter};
 use backstop::{
     BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, MemoryStore,
     RestoreOptions, VerifyLevel,
 };
 
-const WRITER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/bdb_writer.py");
-const ACCOUNTS: i64 = 300;
+const ACCOUNTS: u64 = 300;
 
-fn python() -> String {
-    std::env::var("BACKSTOP_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// Whether the tools are here; with CI=true a missing one fails the test instead.
-fn prerequisites() -> bool {
-    let tools = BdbTools::from_path();
-    let mut missing: Vec<String> = ["recover", "archive", "verify"]
-        .iter()
-        .filter(|t| tools.find(t).is_err())
-        .map(|t| format!("db5.3_{t}"))
-        .collect();
-    if !python_has("berkeleydb") {
-        missing.push("the python3 module berkeleydb".to_owned());
-    }
-    require("bdb", &missing.join(", "), missing.is_empty())
-}
-
-/// The writer process, killed when dropped (declare it after the temporary directory).
-struct Writer {
-    child: Child,
-    seq_file: PathBuf,
-    home: PathBuf,
-}
-
-impl Writer {
-    fn start(root: &Path, home: &Path, data_dir: Option<&str>, max_seconds: u32) -> Self {
-        let seq_file = root.join(format!(
-            "committed-{}",
-            home.file_name().unwrap().to_string_lossy()
-        ));
-        let mut cmd = Command::new(python());
-        cmd.arg(WRITER)
-            .args(["run", "--home"])
-            .arg(home)
-            .arg("--seq-file")
-            .arg(&seq_file)
-            .args(["--accounts", &ACCOUNTS.to_string()])
-            .args(["--max-seconds", &max_seconds.to_string()]);
-        if let Some(dir) = data_dir {
-            cmd.args(["--data-dir", dir]);
-        }
-        let mut writer = Self {
-            child: cmd.spawn().unwrap(),
-            seq_file,
-            home: home.to_owned(),
-        };
-        writer.wait_until("the writer commits", |w| w.committed() >= 20);
-        writer
-    }
-
-    /// The sequence number of the last committed transaction.
-    fn committed(&self) -> i64 {
-        std::fs::read_to_string(&self.seq_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn log_numbers(&self) -> Vec<u32> {
-        let mut logs: Vec<u32> = std::fs::read_dir(&self.home)
-            .unwrap()
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("log.")?.parse().ok()
-            })
-            .collect();
-        logs.sort_unstable();
-        logs
-    }
-
-    fn wait_until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the writer exited ({status}) while waiting until {what}");
-            }
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_for_commits(&mut self, n: i64) {
-        let target = self.committed() + n;
-        self.wait_until("more commits", |w| w.committed() >= target);
-    }
-
-    /// Waits for the writer to exit by itself.
-    fn wait_exit(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the writer failed: {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the writer did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct BankState {
-    seq: i64,
-    total: i64,
-    accounts: i64,
-    expected_total: i64,
-    history: i64,
-}
-
-/// Opens a recovered environment with the writer's checker and asserts the invariant.
-fn check_state(home: &Path) -> BankState {
-    let out = Command::new(python())
-        .arg(WRITER)
-        .args(["check", "--home"])
-        .arg(home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let state: BankState = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(state.accounts, ACCOUNTS, "{state:?}");
-    assert_eq!(
-        state.total, state.expected_total,
-        "transfers' invariant broken: {state:?}"
-    );
-    assert_eq!(
-        state.history, state.seq,
-        "one history record per transaction: {state:?}"
-    );
-    state
+/// Starts the bank's writer on `home`, its sequence file beside the environments in `root`.
+fn start_writer(root: &Path, home: &Path, data_dir: Option<&str>, max_seconds: u32) -> BankWriter {
+    let seq_file = root.join(format!(
+        "committed-{}",
+        home.file_name().unwrap().to_string_lossy()
+    ));
+    BankWriter::start(home, seq_file, ACCOUNTS, data_dir, max_seconds)
 }
 
 fn engine() -> BackupEngine {
@@ -217,7 +81,7 @@ fn restore_and_check(engine: &BackupEngine, id: u64, dir: &Path) -> BankState {
             .starts_with("__db")),
         "recovery must leave no region files"
     );
-    check_state(dir)
+    bdb_bank::check_state(dir, ACCOUNTS)
 }
 
 fn stored_logs(info: &BackupInfo) -> BTreeSet<String> {
@@ -234,11 +98,11 @@ fn log_size(entry: &str) -> u64 {
 
 #[test]
 fn twenty_hot_backups_under_load_restore_consistent() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut writer = Writer::start(root.path(), &root.path().join("env"), Some("data"), 240);
+    let mut writer = start_writer(root.path(), &root.path().join("env"), Some("data"), 240);
     let engine = engine();
     let mut source = BdbSource::new(&writer.home);
     let mut parent: Option<BackupInfo> = None;
@@ -284,11 +148,11 @@ fn twenty_hot_backups_under_load_restore_consistent() {
 
 #[test]
 fn incremental_chain_of_five_restores_each_state() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let mut writer = start_writer(root.path(), &root.path().join("env"), None, 240);
     let engine = engine();
     let mut source = BdbSource::new(&writer.home);
     let mut chain = Vec::new();
@@ -302,7 +166,7 @@ fn incremental_chain_of_five_restores_each_state() {
         writer.wait_for_commits(150);
     }
     drop(writer);
-    let mut previous = -1;
+    let mut previous = None;
     for (i, (info, before, after)) in chain.iter().enumerate() {
         assert_eq!(info.parent.is_some(), i > 0, "backup {i}");
         assert_eq!(
@@ -318,18 +182,21 @@ fn incremental_chain_of_five_restores_each_state() {
             "backup {i} restored sequence {} outside [{before}, {after} + 1]",
             state.seq
         );
-        assert!(state.seq > previous, "the chain's states must advance");
-        previous = state.seq;
+        assert!(
+            previous < Some(state.seq),
+            "the chain's states must advance"
+        );
+        previous = Some(state.seq);
     }
 }
 
 #[test]
 fn removed_log_between_backups_is_detected_and_safe_archival_is_not() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let mut writer = start_writer(root.path(), &root.path().join("env"), None, 240);
     let tools = BdbTools::from_path();
     let engine = engine();
     let mut source = BdbSource::new(&writer.home);
@@ -408,11 +275,11 @@ fn removed_log_between_backups_is_detected_and_safe_archival_is_not() {
 
 #[test]
 fn restore_fails_clearly_without_tools_and_raw_restore_skips_recovery() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let writer = Writer::start(root.path(), &root.path().join("env"), None, 240);
+    let writer = start_writer(root.path(), &root.path().join("env"), None, 240);
     let engine = engine();
     let info = engine
         .create_backup(&mut BdbSource::new(&writer.home), &BackupOptions::default())
@@ -451,11 +318,11 @@ fn restore_fails_clearly_without_tools_and_raw_restore_skips_recovery() {
 
 #[test]
 fn standby_refreshed_ten_times_under_load_then_fails_over() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut writer = Writer::start(root.path(), &root.path().join("env"), Some("data"), 240);
+    let mut writer = start_writer(root.path(), &root.path().join("env"), Some("data"), 240);
     let tools = BdbTools::from_path();
     let standby = root.path().join("standby");
     let mut removed_some = false;
@@ -465,7 +332,7 @@ fn standby_refreshed_ten_times_under_load_then_fails_over() {
         assert_eq!(report.seeded, round == 0, "{report:?}");
         assert_eq!(report.reseed_reason, None);
         removed_some |= !report.logs_removed.is_empty();
-        let state = check_state(&standby);
+        let state = bdb_bank::check_state(&standby, ACCOUNTS);
         assert!(
             state.seq >= before,
             "refresh {round} is behind: {} < {before}",
@@ -483,20 +350,20 @@ fn standby_refreshed_ten_times_under_load_then_fails_over() {
     bdb::promote_standby(&standby).unwrap();
     let err = bdb::refresh_standby(&root.path().join("env"), &standby, &tools).unwrap_err();
     assert!(err.to_string().contains("promoted"), "{err}");
-    let before = check_state(&standby).seq;
-    let primary = Writer::start(root.path(), &standby, None, 2);
+    let before = bdb_bank::check_state(&standby, ACCOUNTS).seq;
+    let primary = start_writer(root.path(), &standby, None, 2);
     primary.wait_exit();
-    let after = check_state(&standby);
+    let after = bdb_bank::check_state(&standby, ACCOUNTS);
     assert!(after.seq > before, "the promoted standby took no writes");
 }
 
 #[test]
 fn standby_from_the_repository_is_the_latest_backup_restored_over_it() {
-    if !prerequisites() {
+    if !bdb_bank::prerequisites("bdb") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut writer = Writer::start(root.path(), &root.path().join("env"), Some("data"), 240);
+    let mut writer = start_writer(root.path(), &root.path().join("env"), Some("data"), 240);
     let engine = engine();
     let mut source = BdbSource::new(&writer.home);
     let standby = root.path().join("standby");
@@ -513,7 +380,7 @@ fn standby_from_the_repository_is_the_latest_backup_restored_over_it() {
         engine
             .restore(backstop::BackupSelector::Latest, &standby, &options)
             .unwrap();
-        let state = check_state(&standby);
+        let state = bdb_bank::check_state(&standby, ACCOUNTS);
         assert!(
             state.seq >= before,
             "round {round}: {} < {before}",
