@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::memory::check_range;
-use crate::{ObjectMeta, PutMode, Store, StoreError, validate_key};
+use crate::{ObjectMeta, PendingObject, PutMode, Store, StoreError, validate_key};
 
 /// The key prefixes whose objects never change once written: index objects are named by the
 /// hash of their content and snapshots by a unique name. `config` and `keys/` are not among
@@ -380,6 +380,14 @@ impl<S: Store> Store for CachingStore<S> {
 
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         self.inner.remove_temp_files(min_age)
+    }
+
+    /// Forwarded, so that the inner store's way of writing pieces (a local store's temp file)
+    /// is kept. Such an object is not cached on the way, since its key comes only at the end:
+    /// the repository writes only packs this way, which are not cached, and a cacheable
+    /// object would be cached when first read.
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        self.inner.put_pieces(size_hint)
     }
 }
 

@@ -29,6 +29,7 @@ pub fn run_all_without_atomic_create(store: &dyn Store) {
     concurrent_creates_leave_one_whole_object(store);
     missing_key_is_not_found(store);
     put_then_get_round_trips(store);
+    pieced_puts_store_the_pieces_in_order(store);
     empty_object_round_trips(store);
     create_on_existing_is_already_exists(store);
     overwrite_replaces(store);
@@ -179,6 +180,55 @@ pub fn put_then_get_round_trips(store: &dyn Store) {
         listed,
         vec![(key, 4321)],
         "{}: list after put",
+        store.describe()
+    );
+}
+
+/// An object written piece by piece ([`Store::put_pieces`]) is stored whole under the key given
+/// at the end and nothing is visible before; one dropped unfinished leaves nothing, and one
+/// finished with `Create` on an existing key fails with `AlreadyExists` and leaves the object.
+pub fn pieced_puts_store_the_pieces_in_order(store: &dyn Store) {
+    let scratch = Scratch::new(store, "pieces");
+    let key = scratch.key("packs/cd/cdef01");
+    let bytes = pattern(300_001, 7);
+    let mut pending = ok(store, "put_pieces", store.put_pieces(bytes.len()));
+    for piece in bytes.chunks(65_536) {
+        ok(store, "write a piece", pending.write(piece));
+    }
+    assert_eq!(pending.len(), bytes.len() as u64, "{}", store.describe());
+    assert!(
+        ok(store, "list", store.list(&scratch.prefix)).is_empty(),
+        "{}: an unfinished object is visible",
+        store.describe()
+    );
+    ok(store, "finish", pending.finish(&key, PutMode::Overwrite));
+    assert!(
+        ok(store, "get", store.get(&key)) == bytes,
+        "{}: the pieces read back differently",
+        store.describe()
+    );
+
+    let mut dropped = ok(store, "put_pieces", store.put_pieces(10));
+    ok(store, "write a piece", dropped.write(b"abandoned"));
+    drop(dropped);
+    assert_eq!(
+        sorted(ok(store, "list", store.list(&scratch.prefix))),
+        vec![(key.clone(), bytes.len() as u64)],
+        "{}: after an abandoned pieced put",
+        store.describe()
+    );
+
+    let mut again = ok(store, "put_pieces", store.put_pieces(10));
+    ok(store, "write a piece", again.write(b"other"));
+    fails_with(
+        store,
+        "a pieced create of an existing key",
+        StoreErrorKind::AlreadyExists,
+        again.finish(&key, PutMode::Create),
+    );
+    assert!(
+        ok(store, "get", store.get(&key)) == bytes,
+        "{}: a failed create changed the object",
         store.describe()
     );
 }

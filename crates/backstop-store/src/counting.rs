@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ObjectMeta, PutMode, Store, StoreError};
+use crate::{ObjectMeta, PendingObject, PutMode, Store, StoreError};
 
 /// Requests made and bytes moved through a [`CountingStore`].
 ///
@@ -206,12 +206,55 @@ impl<S: Store> Store for CountingStore<S> {
         }
         Ok(removed)
     }
+
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        Ok(Box::new(CountedObject {
+            inner: self.inner.put_pieces(size_hint)?,
+            counters: &self.counters,
+        }))
+    }
+}
+
+/// A [`CountingStore`]'s pending object: counted as one put when it is finished.
+struct CountedObject<'a> {
+    inner: Box<dyn PendingObject + 'a>,
+    counters: &'a Counters,
+}
+
+impl PendingObject for CountedObject<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+        bump(&self.counters.puts, 1);
+        let len = self.inner.len();
+        self.inner.finish(key, mode)?;
+        bump(&self.counters.bytes_up, len);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::MemoryStore;
+
+    #[test]
+    fn a_pieced_put_counts_as_one_put_of_its_bytes_once_finished() {
+        let store = CountingStore::new(MemoryStore::new());
+        let mut pending = store.put_pieces(0).unwrap();
+        pending.write(b"123").unwrap();
+        pending.write(b"45").unwrap();
+        assert_eq!(store.counts().puts, 0);
+        pending.finish("a", PutMode::Create).unwrap();
+        assert_eq!((store.counts().puts, store.counts().bytes_up), (1, 5));
+        assert_eq!(store.get("a").unwrap(), b"12345");
+    }
 
     #[test]
     fn counts_requests_and_bytes() {

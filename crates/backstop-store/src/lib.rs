@@ -147,6 +147,60 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let _ = min_age;
         Ok(0)
     }
+
+    /// Starts an object that is written piece by piece and named only when it is complete (a
+    /// pack's key is the hash of its bytes), with `put`'s guarantees once
+    /// [`PendingObject::finish`] returns; dropping it unfinished stores nothing. `size_hint` is
+    /// about how large it will be.
+    ///
+    /// The default gathers the pieces in memory and `put`s them at the end. [`LocalStore`]
+    /// writes them to a temp file as they come, so that a backup does not hold a whole pack in
+    /// memory. Wrappers that act on puts may keep the default, which hands them the whole
+    /// object through their own `put`; [`CountingStore`] forwards it and counts.
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        Ok(Box::new(GatheredObject {
+            store: self,
+            bytes: Vec::with_capacity(size_hint),
+        }))
+    }
+}
+
+/// An object being written by [`Store::put_pieces`].
+pub trait PendingObject: Send {
+    /// Appends `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// How many bytes were written so far.
+    fn len(&self) -> u64;
+
+    /// Whether nothing was written yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores what was written under `key`, as [`Store::put`] would.
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError>;
+}
+
+/// [`Store::put_pieces`]'s default: the pieces in memory, one `put` at the end.
+struct GatheredObject<'a, S: ?Sized> {
+    store: &'a S,
+    bytes: Vec<u8>,
+}
+
+impl<S: Store + ?Sized> PendingObject for GatheredObject<'_, S> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+        self.store.put(key, &self.bytes, mode)
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -174,6 +228,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         (**self).remove_temp_files(min_age)
     }
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        (**self).put_pieces(size_hint)
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -200,6 +257,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         (**self).remove_temp_files(min_age)
+    }
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        (**self).put_pieces(size_hint)
     }
 }
 

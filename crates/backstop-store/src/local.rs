@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::ops::Range;
 
 use crate::memory::check_range;
-use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
+use crate::{
+    ObjectMeta, PendingObject, PutMode, Store, StoreError, StoreErrorKind, split_prefix,
+    validate_key,
+};
 
 /// Names of files being written start with this; they are never listed and never keys.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -150,12 +153,12 @@ impl LocalStore {
         })
     }
 
-    /// Writes a new temp file next to `path` and returns its path.
-    fn write_temp(&self, key: &str, dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    /// Creates a new temp file in `dir`.
+    fn create_temp(&self, key: &str, dir: &Path) -> Result<(PathBuf, File), StoreError> {
         loop {
             let temp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
-            let mut file = match OpenOptions::new().write(true).create_new(true).open(&temp) {
-                Ok(file) => file,
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => return Ok((temp, file)),
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(err) => {
                     return Err(StoreError::from_io(
@@ -164,24 +167,86 @@ impl LocalStore {
                         err,
                     ));
                 }
-            };
-            let written = file.write_all(bytes).and_then(|()| {
-                if self.options.sync {
-                    file.sync_all()
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(err) = written {
-                remove_quietly(&temp);
-                return Err(StoreError::from_io(
+            }
+        }
+    }
+
+    /// Writes `bytes` to a new temp file in `dir` (fsynced if the store syncs) and returns its
+    /// path.
+    fn write_temp(&self, key: &str, dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let (temp, mut file) = self.create_temp(key, dir)?;
+        let written = file.write_all(bytes).and_then(|()| self.sync_file(&file));
+        if let Err(err) = written {
+            remove_quietly(&temp);
+            return Err(StoreError::from_io(
+                key,
+                format!("cannot write temp file `{}`", temp.display()),
+                err,
+            ));
+        }
+        Ok(temp)
+    }
+
+    fn sync_file(&self, file: &File) -> io::Result<()> {
+        if self.options.sync {
+            file.sync_all()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves the written temp file `temp` into place at `path` (`key`), by rename or, for
+    /// `Create`, by hard link, and fsyncs `dir`: the second half of a put. The temp file is
+    /// gone afterwards, whatever happened.
+    fn place(
+        &self,
+        key: &str,
+        temp: &Path,
+        path: &Path,
+        dir: &Path,
+        mode: PutMode,
+    ) -> Result<(), StoreError> {
+        let placed = match mode {
+            PutMode::Overwrite => fs::rename(temp, path),
+            // link() fails with EEXIST if the name exists, which makes create-if-absent atomic;
+            // the temp name is removed either way.
+            PutMode::Create => {
+                let linked = fs::hard_link(temp, path);
+                remove_quietly(temp);
+                linked
+            }
+        };
+        if let Err(err) = placed {
+            if mode == PutMode::Overwrite {
+                remove_quietly(temp);
+            }
+            if err.kind() == io::ErrorKind::AlreadyExists {
+                return Err(StoreError::with_source(
+                    StoreErrorKind::AlreadyExists,
                     key,
-                    format!("cannot write temp file `{}`", temp.display()),
+                    "object already exists and the put asked to create it",
                     err,
                 ));
             }
-            return Ok(temp);
+            if err.kind() == io::ErrorKind::IsADirectory {
+                return Err(StoreError::with_source(
+                    StoreErrorKind::Other,
+                    key,
+                    format!(
+                        "`{}` is a directory of other objects; a key cannot be both an object \
+                         and a prefix of other objects in a local store",
+                        path.display()
+                    ),
+                    err,
+                ));
+            }
+            return Err(StoreError::from_io(
+                key,
+                format!("cannot move temp file into place at `{}`", path.display()),
+                err,
+            ));
         }
+        self.sync_dir(key, dir)
     }
 
     /// Removes temp files left by interrupted puts that are older than `min_age`; returns how
@@ -328,6 +393,60 @@ fn not_a_file(key: &str, path: &Path) -> StoreError {
     )
 }
 
+/// An object of [`Store::put_pieces`]: a temp file in the store's root, moved into place by
+/// [`PendingObject::finish`] (or removed when dropped unfinished).
+struct PendingFile<'a> {
+    store: &'a LocalStore,
+    /// `None` once handed to `place`, which disposes of it.
+    temp: Option<PathBuf>,
+    file: File,
+    len: u64,
+}
+
+impl PendingObject for PendingFile<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(bytes).map_err(|err| {
+            let temp = self.temp.as_deref().unwrap_or(Path::new(""));
+            StoreError::from_io(
+                "",
+                format!("cannot write temp file `{}`", temp.display()),
+                err,
+            )
+        })?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn finish(mut self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+        let path = self.store.path_of(key)?;
+        let dir = path.parent().unwrap_or(&self.store.root).to_path_buf();
+        self.store.ensure_dir(key, &dir)?;
+        if let Err(err) = self.store.sync_file(&self.file) {
+            return Err(StoreError::from_io(key, "cannot fsync the temp file", err));
+        }
+        match self.temp.take() {
+            Some(temp) => self.store.place(key, &temp, &path, &dir, mode),
+            None => Err(StoreError::new(
+                StoreErrorKind::Other,
+                key,
+                "the object was already finished",
+            )),
+        }
+    }
+}
+
+impl Drop for PendingFile<'_> {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            remove_quietly(&temp);
+        }
+    }
+}
+
 fn remove_quietly(path: &Path) {
     if let Err(err) = fs::remove_file(path) {
         tracing::warn!(path = %path.display(), error = %err, "cannot remove temp file");
@@ -340,47 +459,18 @@ impl Store for LocalStore {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         self.ensure_dir(key, &dir)?;
         let temp = self.write_temp(key, &dir, bytes)?;
-        let placed = match mode {
-            PutMode::Overwrite => fs::rename(&temp, &path),
-            // link() fails with EEXIST if the name exists, which makes create-if-absent atomic;
-            // the temp name is removed either way.
-            PutMode::Create => {
-                let linked = fs::hard_link(&temp, &path);
-                remove_quietly(&temp);
-                linked
-            }
-        };
-        if let Err(err) = placed {
-            if mode == PutMode::Overwrite {
-                remove_quietly(&temp);
-            }
-            if err.kind() == io::ErrorKind::AlreadyExists {
-                return Err(StoreError::with_source(
-                    StoreErrorKind::AlreadyExists,
-                    key,
-                    "object already exists and the put asked to create it",
-                    err,
-                ));
-            }
-            if err.kind() == io::ErrorKind::IsADirectory {
-                return Err(StoreError::with_source(
-                    StoreErrorKind::Other,
-                    key,
-                    format!(
-                        "`{}` is a directory of other objects; a key cannot be both an object \
-                         and a prefix of other objects in a local store",
-                        path.display()
-                    ),
-                    err,
-                ));
-            }
-            return Err(StoreError::from_io(
-                key,
-                format!("cannot move temp file into place at `{}`", path.display()),
-                err,
-            ));
-        }
-        self.sync_dir(key, &dir)
+        self.place(key, &temp, &path, &dir, mode)
+    }
+
+    fn put_pieces(&self, _size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        self.ensure_dir("", &self.root)?;
+        let (temp, file) = self.create_temp("", &self.root)?;
+        Ok(Box::new(PendingFile {
+            store: self,
+            temp: Some(temp),
+            file,
+            len: 0,
+        }))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -504,6 +594,55 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec!["abcd".to_owned()]);
+    }
+
+    #[test]
+    fn pieced_puts_leave_no_temp_files_whether_finished_abandoned_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("repo"));
+        let temp_files = || -> Vec<String> {
+            let mut found = Vec::new();
+            let mut stack = vec![dir.path().join("repo")];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(d).unwrap() {
+                    let e = e.unwrap();
+                    if e.file_type().unwrap().is_dir() {
+                        stack.push(e.path());
+                    } else if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                        found.push(e.path().display().to_string());
+                    }
+                }
+            }
+            found
+        };
+        let mut pending = store.put_pieces(0).unwrap();
+        pending.write(b"pa").unwrap();
+        assert_eq!(temp_files().len(), 1, "the pieces go to a temp file");
+        pending.write(b"ck").unwrap();
+        pending.finish("packs/ab/abcd", PutMode::Create).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("repo/packs/ab/abcd")).unwrap(),
+            b"pack"
+        );
+        assert!(temp_files().is_empty());
+
+        let mut abandoned = store.put_pieces(0).unwrap();
+        abandoned.write(b"torn").unwrap();
+        drop(abandoned);
+        assert!(temp_files().is_empty());
+
+        let mut refused = store.put_pieces(0).unwrap();
+        refused.write(b"other").unwrap();
+        let err = refused
+            .finish("packs/ab/abcd", PutMode::Create)
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::AlreadyExists);
+        assert!(temp_files().is_empty());
+        let mut bad_key = store.put_pieces(0).unwrap();
+        bad_key.write(b"x").unwrap();
+        let err = bad_key.finish("../escape", PutMode::Overwrite).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::InvalidKey);
+        assert!(temp_files().is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::{ObjectMeta, PutMode, Store, StoreError};
+use crate::{ObjectMeta, PendingObject, PutMode, Store, StoreError};
 
 /// How much a full bucket lets through without waiting, in seconds of the rate.
 const BURST_SECS: f64 = 0.25;
@@ -174,6 +174,36 @@ impl<S: Store> Store for ThrottleStore<S> {
 
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         self.inner.remove_temp_files(min_age)
+    }
+
+    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        Ok(Box::new(ThrottledObject {
+            inner: self.inner.put_pieces(size_hint)?,
+            upload: self.upload.as_deref(),
+        }))
+    }
+}
+
+/// A [`ThrottleStore`]'s pending object: each piece waits for its share of the upload rate.
+struct ThrottledObject<'a> {
+    inner: Box<dyn PendingObject + 'a>,
+    upload: Option<&'a Bucket>,
+}
+
+impl PendingObject for ThrottledObject<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(bucket) = self.upload {
+            bucket.pay(bytes.len() as u64);
+        }
+        self.inner.write(bytes)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+        self.inner.finish(key, mode)
     }
 }
 

@@ -400,8 +400,19 @@ pub(crate) struct PackHeader {
 }
 
 /// Assembles a pack: `blob bytes … ‖ sealed header ‖ header length (u32 LE) ‖ "BKP1"`.
+#[cfg(test)]
 pub(crate) fn finish_pack(
     mut blobs: Vec<u8>,
+    entries: &[PackEntry],
+    key: Option<&MasterKey>,
+    version: u32,
+) -> Vec<u8> {
+    blobs.extend_from_slice(&pack_trailer(entries, key, version));
+    blobs
+}
+
+/// What follows a pack's blob bytes: `sealed header ‖ header length (u32 LE) ‖ "BKP1"`.
+pub(crate) fn pack_trailer(
     entries: &[PackEntry],
     key: Option<&MasterKey>,
     version: u32,
@@ -409,11 +420,11 @@ pub(crate) fn finish_pack(
     let header = PackHeader {
         entries: entries.iter().map(HeaderEntry::of).collect(),
     };
-    let sealed = seal_object_as(ObjectType::PackHeader, &header, key, version);
-    blobs.extend_from_slice(&sealed);
-    blobs.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-    blobs.extend_from_slice(PACK_MAGIC);
-    blobs
+    let mut trailer = seal_object_as(ObjectType::PackHeader, &header, key, version);
+    let len = trailer.len() as u32;
+    trailer.extend_from_slice(&len.to_le_bytes());
+    trailer.extend_from_slice(PACK_MAGIC);
+    trailer
 }
 
 /// Reads the header of a whole pack.

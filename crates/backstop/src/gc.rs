@@ -20,6 +20,7 @@ use backstop_store::PutMode;
 use crate::format::{self, IndexPack, ObjectType, PackEntry, PackId, SupersededPacks};
 use crate::info::GcReport;
 use crate::options::GcOptions;
+use crate::pack_writer::PackWriter;
 use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex, referenced_blobs};
 use crate::{Error, ErrorKind, Result};
 
@@ -328,7 +329,7 @@ fn rewrite_cost(pack: &IndexPack, units: &[Unit]) -> u64 {
 }
 
 fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>> {
-    let mut out = PackWriter::new(repo);
+    let mut out = Repacker::new(repo);
     for (pack, units) in packs.iter().copied() {
         let key = format::pack_key(pack.id);
         let bytes = repo.read_pack(pack.id)?;
@@ -368,25 +369,20 @@ fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>>
     out.finish()
 }
 
-/// Assembles the packs a rewrite writes, and the frames of blobs it takes out of old frames.
-struct PackWriter<'a> {
+/// What a rewrite writes: the packs, and the frames of blobs it takes out of old frames.
+struct Repacker<'a> {
     repo: &'a Repository,
-    target: usize,
-    buf: Vec<u8>,
-    entries: Vec<PackEntry>,
+    packs: PackWriter<'a>,
     frame: Vec<u8>,
     frame_entries: Vec<PackEntry>,
     written: Vec<IndexPack>,
 }
 
-impl<'a> PackWriter<'a> {
+impl<'a> Repacker<'a> {
     fn new(repo: &'a Repository) -> Self {
-        let target = repo.config.pack_size as usize;
         Self {
             repo,
-            target,
-            buf: Vec::with_capacity(target + (1 << 20)),
-            entries: Vec::new(),
+            packs: PackWriter::new(repo),
             frame: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
             frame_entries: Vec::new(),
             written: Vec::new(),
@@ -400,20 +396,11 @@ impl<'a> PackWriter<'a> {
         entries: &[PackEntry],
         compressed: Option<bool>,
     ) -> Result<()> {
-        if !self.buf.is_empty() && self.buf.len() + stored.len() > self.target {
-            self.put_pack()?;
-        }
-        let offset = u32::try_from(self.buf.len())
-            .map_err(|_| Error::msg(ErrorKind::Io, "a rewritten pack outgrew 4 GiB"))?;
-        let length = u32::try_from(stored.len())
-            .map_err(|_| Error::msg(ErrorKind::Io, "a stored unit outgrew 4 GiB"))?;
-        self.buf.extend_from_slice(stored);
-        self.entries.extend(entries.iter().map(|e| PackEntry {
-            offset,
-            length,
+        let entries = entries.iter().map(|e| PackEntry {
             compressed: compressed.unwrap_or(e.compressed),
             ..*e
-        }));
+        });
+        self.written.extend(self.packs.push(stored, entries)?);
         Ok(())
     }
 
@@ -446,21 +433,9 @@ impl<'a> PackWriter<'a> {
         self.push_stored(&stored, &entries, Some(compressed))
     }
 
-    fn put_pack(&mut self) -> Result<()> {
-        let (stored, emptied) = self.repo.store_pack(
-            std::mem::take(&mut self.buf),
-            std::mem::take(&mut self.entries),
-        )?;
-        self.written.push(stored);
-        self.buf = emptied;
-        Ok(())
-    }
-
     fn finish(mut self) -> Result<Vec<IndexPack>> {
         self.flush_frame()?;
-        if !self.entries.is_empty() {
-            self.put_pack()?;
-        }
+        self.written.extend(self.packs.finish()?);
         Ok(self.written)
     }
 }

@@ -1019,27 +1019,6 @@ impl Repository {
             .map_err(pack_read_error)
     }
 
-    /// Finishes a pack from its blob bytes and entries (sealed header, trailer), names it by
-    /// its hash and stores it durably. Returns what the index must say of it, and `blobs`'
-    /// buffer, emptied, for the next pack.
-    pub(crate) fn store_pack(
-        &self,
-        blobs: Vec<u8>,
-        entries: Vec<PackEntry>,
-    ) -> Result<(IndexPack, Vec<u8>)> {
-        let mut pack = format::finish_pack(blobs, &entries, self.key(), self.write_version());
-        let id = format::ContentId::hash(&pack);
-        self.store
-            .put(&format::pack_key(id), &pack, PutMode::Overwrite)?;
-        let stored = IndexPack {
-            id,
-            size: pack.len() as u64,
-            entries,
-        };
-        pack.clear();
-        Ok((stored, pack))
-    }
-
     /// Reads a run of adjacent blobs of one pack with one ranged read and hands each blob to
     /// `sink` in order, after it has been authenticated, decoded and checked against its id.
     ///
