@@ -386,8 +386,12 @@ impl<S: Store> Store for CachingStore<S> {
     /// is kept. Such an object is not cached on the way, since its key comes only at the end:
     /// the repository writes only packs this way, which are not cached, and a cacheable
     /// object would be cached when first read.
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        self.inner.put_pieces(size_hint)
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        self.inner.put_pieces(size_hint, buffer)
     }
 }
 

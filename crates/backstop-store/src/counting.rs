@@ -207,9 +207,13 @@ impl<S: Store> Store for CountingStore<S> {
         Ok(removed)
     }
 
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
         Ok(Box::new(CountedObject {
-            inner: self.inner.put_pieces(size_hint)?,
+            inner: self.inner.put_pieces(size_hint, buffer)?,
             counters: &self.counters,
         }))
     }
@@ -230,12 +234,12 @@ impl PendingObject for CountedObject<'_> {
         self.inner.len()
     }
 
-    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<Vec<u8>, StoreError> {
         bump(&self.counters.puts, 1);
         let len = self.inner.len();
-        self.inner.finish(key, mode)?;
+        let buffer = self.inner.finish(key, mode)?;
         bump(&self.counters.bytes_up, len);
-        Ok(())
+        Ok(buffer)
     }
 }
 
@@ -247,7 +251,7 @@ mod tests {
     #[test]
     fn a_pieced_put_counts_as_one_put_of_its_bytes_once_finished() {
         let store = CountingStore::new(MemoryStore::new());
-        let mut pending = store.put_pieces(0).unwrap();
+        let mut pending = store.put_pieces(0, Vec::new()).unwrap();
         pending.write(b"123").unwrap();
         pending.write(b"45").unwrap();
         assert_eq!(store.counts().puts, 0);

@@ -151,17 +151,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Starts an object that is written piece by piece and named only when it is complete (a
     /// pack's key is the hash of its bytes), with `put`'s guarantees once
     /// [`PendingObject::finish`] returns; dropping it unfinished stores nothing. `size_hint` is
-    /// about how large it will be.
+    /// about how large it will be, and `buffer` memory that a store which gathers the pieces
+    /// may use; `finish` hands it back for the next object, so that a writer of many objects
+    /// allocates it once.
     ///
     /// The default gathers the pieces in memory and `put`s them at the end. [`LocalStore`]
     /// writes them to a temp file as they come, so that a backup does not hold a whole pack in
     /// memory. Wrappers that act on puts may keep the default, which hands them the whole
     /// object through their own `put`; [`CountingStore`] forwards it and counts.
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        Ok(Box::new(GatheredObject {
-            store: self,
-            bytes: Vec::with_capacity(size_hint),
-        }))
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        let mut bytes = buffer;
+        bytes.clear();
+        bytes.reserve(size_hint);
+        Ok(Box::new(GatheredObject { store: self, bytes }))
     }
 }
 
@@ -178,8 +184,9 @@ pub trait PendingObject: Send {
         self.len() == 0
     }
 
-    /// Stores what was written under `key`, as [`Store::put`] would.
-    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError>;
+    /// Stores what was written under `key`, as [`Store::put`] would; returns the buffer given
+    /// to [`Store::put_pieces`] (or an empty one) for the next object.
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<Vec<u8>, StoreError>;
 }
 
 /// [`Store::put_pieces`]'s default: the pieces in memory, one `put` at the end.
@@ -198,8 +205,9 @@ impl<S: Store + ?Sized> PendingObject for GatheredObject<'_, S> {
         self.bytes.len() as u64
     }
 
-    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
-        self.store.put(key, &self.bytes, mode)
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<Vec<u8>, StoreError> {
+        self.store.put(key, &self.bytes, mode)?;
+        Ok(self.bytes)
     }
 }
 
@@ -228,8 +236,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         (**self).remove_temp_files(min_age)
     }
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        (**self).put_pieces(size_hint)
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        (**self).put_pieces(size_hint, buffer)
     }
 }
 
@@ -258,8 +270,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         (**self).remove_temp_files(min_age)
     }
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        (**self).put_pieces(size_hint)
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+        (**self).put_pieces(size_hint, buffer)
     }
 }
 

@@ -401,6 +401,8 @@ struct PendingFile<'a> {
     temp: Option<PathBuf>,
     file: File,
     len: u64,
+    /// The caller's buffer, unused here, handed back by `finish`.
+    buffer: Vec<u8>,
 }
 
 impl PendingObject for PendingFile<'_> {
@@ -421,7 +423,7 @@ impl PendingObject for PendingFile<'_> {
         self.len
     }
 
-    fn finish(mut self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+    fn finish(mut self: Box<Self>, key: &str, mode: PutMode) -> Result<Vec<u8>, StoreError> {
         let path = self.store.path_of(key)?;
         let dir = path.parent().unwrap_or(&self.store.root).to_path_buf();
         self.store.ensure_dir(key, &dir)?;
@@ -429,7 +431,10 @@ impl PendingObject for PendingFile<'_> {
             return Err(StoreError::from_io(key, "cannot fsync the temp file", err));
         }
         match self.temp.take() {
-            Some(temp) => self.store.place(key, &temp, &path, &dir, mode),
+            Some(temp) => self
+                .store
+                .place(key, &temp, &path, &dir, mode)
+                .map(|()| std::mem::take(&mut self.buffer)),
             None => Err(StoreError::new(
                 StoreErrorKind::Other,
                 key,
@@ -462,7 +467,11 @@ impl Store for LocalStore {
         self.place(key, &temp, &path, &dir, mode)
     }
 
-    fn put_pieces(&self, _size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+    fn put_pieces(
+        &self,
+        _size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
         self.ensure_dir("", &self.root)?;
         let (temp, file) = self.create_temp("", &self.root)?;
         Ok(Box::new(PendingFile {
@@ -470,6 +479,7 @@ impl Store for LocalStore {
             temp: Some(temp),
             file,
             len: 0,
+            buffer,
         }))
     }
 
@@ -615,7 +625,7 @@ mod tests {
             }
             found
         };
-        let mut pending = store.put_pieces(0).unwrap();
+        let mut pending = store.put_pieces(0, Vec::new()).unwrap();
         pending.write(b"pa").unwrap();
         assert_eq!(temp_files().len(), 1, "the pieces go to a temp file");
         pending.write(b"ck").unwrap();
@@ -626,19 +636,19 @@ mod tests {
         );
         assert!(temp_files().is_empty());
 
-        let mut abandoned = store.put_pieces(0).unwrap();
+        let mut abandoned = store.put_pieces(0, Vec::new()).unwrap();
         abandoned.write(b"torn").unwrap();
         drop(abandoned);
         assert!(temp_files().is_empty());
 
-        let mut refused = store.put_pieces(0).unwrap();
+        let mut refused = store.put_pieces(0, Vec::new()).unwrap();
         refused.write(b"other").unwrap();
         let err = refused
             .finish("packs/ab/abcd", PutMode::Create)
             .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::AlreadyExists);
         assert!(temp_files().is_empty());
-        let mut bad_key = store.put_pieces(0).unwrap();
+        let mut bad_key = store.put_pieces(0, Vec::new()).unwrap();
         bad_key.write(b"x").unwrap();
         let err = bad_key.finish("../escape", PutMode::Overwrite).unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::InvalidKey);

@@ -176,9 +176,13 @@ impl<S: Store> Store for ThrottleStore<S> {
         self.inner.remove_temp_files(min_age)
     }
 
-    fn put_pieces(&self, size_hint: usize) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+    fn put_pieces(
+        &self,
+        size_hint: usize,
+        buffer: Vec<u8>,
+    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
         Ok(Box::new(ThrottledObject {
-            inner: self.inner.put_pieces(size_hint)?,
+            inner: self.inner.put_pieces(size_hint, buffer)?,
             upload: self.upload.as_deref(),
         }))
     }
@@ -202,7 +206,7 @@ impl PendingObject for ThrottledObject<'_> {
         self.inner.len()
     }
 
-    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<(), StoreError> {
+    fn finish(self: Box<Self>, key: &str, mode: PutMode) -> Result<Vec<u8>, StoreError> {
         self.inner.finish(key, mode)
     }
 }

@@ -17,6 +17,10 @@ pub(crate) struct PackWriter<'a> {
     repo: &'a Repository,
     target: u64,
     open: Option<OpenPack<'a>>,
+    /// The memory a store that gathers a pack's pieces keeps them in, handed from one pack to
+    /// the next: a new 9 MiB buffer for each pack would, once freed, raise glibc's threshold
+    /// for serving allocations by `mmap`, and the heap would then keep more freed memory.
+    buffer: Vec<u8>,
 }
 
 /// The pack being written.
@@ -32,6 +36,7 @@ impl<'a> PackWriter<'a> {
             repo,
             target: u64::from(repo.config.pack_size),
             open: None,
+            buffer: Vec::new(),
         }
     }
 
@@ -56,10 +61,10 @@ impl<'a> PackWriter<'a> {
         let open = match &mut self.open {
             Some(open) => open,
             None => self.open.insert(OpenPack {
-                pending: self
-                    .repo
-                    .store
-                    .put_pieces(self.target as usize + (1 << 20))?,
+                pending: self.repo.store.put_pieces(
+                    self.target as usize + (1 << 20),
+                    std::mem::take(&mut self.buffer),
+                )?,
                 hasher: blake3::Hasher::new(),
                 entries: Vec::new(),
             }),
@@ -99,7 +104,8 @@ impl<'a> PackWriter<'a> {
         open.hasher.update(&trailer);
         let id = ContentId(*open.hasher.finalize().as_bytes());
         let size = open.pending.len();
-        open.pending
+        self.buffer = open
+            .pending
             .finish(&format::pack_key(id), PutMode::Overwrite)?;
         Ok(Some(IndexPack {
             id,
