@@ -1219,115 +1219,11 @@ mod tests {
 
     use super::bank::{self, BankState};
     use super::*;
-    use crate::testing::{copy_session, python_has, require};
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-
-    const WRITER: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../backstop/tests/support/sqlite_writer.py"
-    );
-
-    /// The writer process; closing its stdin stops it. Dropped before the test's temporary
-    /// directory (declared after it), so a failing test does not pull the database from under
-    /// a running writer.
-    struct Writer {
-        child: Child,
-        stdin: Option<ChildStdin>,
-        stdout: BufReader<ChildStdout>,
-    }
-
-    #[derive(Debug, serde::Deserialize)]
-    struct WriterStats {
-        transactions: u64,
-        max_txn_ms: f64,
-    }
-
-    impl Writer {
-        /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
-        fn start(db: &Path) -> Option<Self> {
-            if !require(
-                "sqlite",
-                "python3 with the sqlite3 module",
-                python_has("sqlite3"),
-            ) {
-                return None;
-            }
-            let mut child = Command::new("python3")
-                .arg(WRITER)
-                .arg(db)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take();
-            let mut stdout = BufReader::new(child.stdout.take().unwrap());
-            let mut ready = String::new();
-            stdout.read_line(&mut ready).unwrap();
-            assert!(ready.contains("ready"), "writer did not start: {ready:?}");
-            Some(Self {
-                child,
-                stdin,
-                stdout,
-            })
-        }
-
-        fn stop(mut self) -> WriterStats {
-            drop(self.stdin.take());
-            let mut line = String::new();
-            self.stdout.read_line(&mut line).unwrap();
-            assert!(self.child.wait().unwrap().success());
-            serde_json::from_str(&line).unwrap()
-        }
-    }
-
-    impl Drop for Writer {
-        fn drop(&mut self) {
-            if self.stdin.take().is_some() {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
-    }
+    use crate::testing::copy_session;
+    use crate::testing::sqlite_bank::{self, BankWriter as Writer, WriterStats, state, wait_past};
 
     fn create_bank(path: &Path, journal_mode: &str) {
-        let mut conn = Connection::open(path).unwrap();
-        let mode: String = conn
-            .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(mode, journal_mode);
-        bank::create(&mut conn, 2000, 200).unwrap();
-    }
-
-    /// Waits for locks a millisecond at a time (for 30 s at most), as the source does, so a
-    /// reader of a rollback-journal database finds the moments between the writer's commits.
-    fn patient(attempt: i32) -> bool {
-        std::thread::sleep(Duration::from_millis(1));
-        attempt < 30_000
-    }
-
-    fn state(path: &Path) -> BankState {
-        let mut conn = Connection::open(path).unwrap();
-        conn.busy_handler(Some(patient)).unwrap();
-        bank::state(&mut conn).unwrap()
-    }
-
-    /// Polls until the writer has committed past `seq`.
-    fn wait_past(path: &Path, seq: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = state(path).max_seq;
-            if now > seq {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the writer made no progress past {seq}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        sqlite_bank::create_bank(path, journal_mode, 2000, 200);
     }
 
     /// Opens a copied database and checks it the way a restore must.

@@ -13,6 +13,8 @@ use crate::{Content, EntryKind, Session, SessionOutcome, SourceError};
 
 #[cfg(feature = "bdb")]
 pub mod bdb_bank;
+#[cfg(feature = "sqlite")]
+pub mod sqlite_bank;
 
 /// What [`copy_session`] did: the phases in order with their entry paths, and the outcome.
 #[derive(Debug)]

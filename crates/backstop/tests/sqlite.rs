@@ -9,135 +9,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use backstop::source::sqlite::bank::{self, BankState};
-use backstop::source::sqlite::rusqlite::Connection;
+use backstop::source::sqlite::bank;
 use backstop::source::sqlite::{SqliteMethod, SqliteSource};
-use backstop::source::testing::{python_has, require};
+use backstop::source::testing::sqlite_bank::{
+    BankWriter as Writer, WriterStats, create_bank, open, state, wait_past,
+};
 use backstop::{
     BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
     RestoreOptions, Store, VerifyLevel,
 };
 
-const WRITER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/support/sqlite_writer.py"
-);
 const ACCOUNTS: u32 = 2000;
-
-/// The writer process; closing its stdin stops it. Declare it after the temporary directory so
-/// it is dropped (killed) first when a test fails.
-struct Writer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct WriterStats {
-    transactions: u64,
-    /// The longest transaction, busy waits included: how long a backup blocked the writer.
-    max_txn_ms: f64,
-}
-
-impl Writer {
-    /// Starts the writer, or `None` (test skipped) when python3 with sqlite3 is missing.
-    fn start(db: &Path) -> Option<Self> {
-        if !require(
-            "sqlite",
-            "python3 with the sqlite3 module",
-            python_has("sqlite3"),
-        ) {
-            return None;
-        }
-        let mut child = Command::new("python3")
-            .arg(WRITER)
-            .arg(db)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut ready = String::new();
-        stdout.read_line(&mut ready).unwrap();
-        assert!(
-            ready.contains("ready"),
-            "the writer did not start: {ready:?}"
-        );
-        Some(Self {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn stop(mut self) -> WriterStats {
-        drop(self.stdin.take());
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(self.child.wait().unwrap().success(), "the writer failed");
-        serde_json::from_str(&line).unwrap()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if self.stdin.take().is_some() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for locks a millisecond at a time (30 s at most), so that this reader of a
-/// rollback-journal database finds the moments between the writer's commits.
-fn patient(attempt: i32) -> bool {
-    std::thread::sleep(Duration::from_millis(1));
-    attempt < 30_000
-}
-
-fn open(path: &Path) -> Connection {
-    let conn = Connection::open(path).unwrap();
-    conn.busy_handler(Some(patient)).unwrap();
-    conn
-}
-
-fn create_bank(path: &Path, journal_mode: &str, accounts: u32, pad: usize) {
-    let mut conn = open(path);
-    let mode: String = conn
-        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(mode, journal_mode);
-    bank::create(&mut conn, accounts, pad).unwrap();
-}
-
-fn state(path: &Path) -> BankState {
-    bank::state(&mut open(path)).unwrap()
-}
-
-/// Polls until the writer has committed past `seq`; returns the new last sequence.
-fn wait_past(path: &Path, seq: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = state(path).max_seq;
-        if now > seq {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the writer made no progress past {seq}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 fn engine(store: impl Store + 'static) -> BackupEngine {
     BackupEngine::init(store, InitOptions::default(), EngineOptions::default()).unwrap()
