@@ -864,9 +864,11 @@ impl Session for RocksDbSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{WriterProcess, copy_session, python_has, require};
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Child, ChildStdin, Command, Stdio};
+    use crate::testing::copy_session;
+    use crate::testing::rocksdb_writer::{
+        Filler, Layout, StressWriter, check_restored, rocksdict_available,
+    };
+    use std::io::Write;
 
     const SST_MAGIC: u64 = 0x88e2_41b7_85f4_cff7;
 
@@ -1176,85 +1178,6 @@ mod tests {
 
     // --- against a real RocksDB, written by another process ---
 
-    fn writer_script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../backstop/tests/support/rocksdb_writer.py")
-    }
-
-    fn rocksdict_available(test: &str) -> bool {
-        require(test, "python3 with rocksdict", python_has("rocksdict"))
-    }
-
-    /// The stress writer: commits numbered batches and writes the last one to `status`.
-    struct Writer {
-        process: WriterProcess,
-        status: PathBuf,
-    }
-
-    impl Writer {
-        fn stress(db: &Path, status: &Path) -> Self {
-            let process = WriterProcess::spawn(
-                Command::new("python3")
-                    .arg(writer_script())
-                    .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
-                    .args(["--max-seconds", "120"]),
-            );
-            Self {
-                process,
-                status: status.to_path_buf(),
-            }
-        }
-
-        /// Waits until batch `at_least` has committed; returns the last committed batch.
-        fn wait_committed(&mut self, at_least: u64) -> u64 {
-            self.process
-                .wait_counter(&self.status, at_least, Duration::from_secs(60))
-        }
-    }
-
-    /// Runs `ldb checkconsistency` (if ldb is there) and the rocksdict check on a restored
-    /// database; returns its last batch.
-    fn check_restored(dir: &Path) -> u64 {
-        if require(
-            "ldb checkconsistency",
-            "ldb (rocksdb-tools)",
-            which_ldb().is_some(),
-        ) {
-            let out = Command::new(which_ldb().unwrap())
-                .arg(format!("--db={}", dir.display()))
-                .args(["--ignore_unknown_options", "checkconsistency"])
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("OK"),
-                "ldb checkconsistency of {}: {stdout} {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = Command::new("python3")
-            .arg(writer_script())
-            .args(["check".as_ref(), dir.as_os_str()])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "restored database {} is not a prefix of the batches: {stdout} {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        report["last_batch"].as_u64().unwrap()
-    }
-
-    fn which_ldb() -> Option<PathBuf> {
-        ["/usr/bin/ldb", "/usr/bin/rocksdb_ldb", "/usr/local/bin/ldb"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    }
-
     #[test]
     fn live_snapshots_restore_to_a_prefix_of_the_committed_batches() {
         let test = "live_snapshots_restore_to_a_prefix_of_the_committed_batches";
@@ -1263,7 +1186,7 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("db");
-        let mut writer = Writer::stress(&db, &tmp.path().join("status"));
+        let mut writer = StressWriter::start(&db, &tmp.path().join("status"), 120);
         let mut committed = writer.wait_committed(20);
         let mut attempts = Vec::new();
         for i in 0..8 {
@@ -1281,7 +1204,7 @@ mod tests {
             )
             .unwrap();
             assert!(!steps.is_empty());
-            let last = check_restored(&target);
+            let last = check_restored(&target, &Layout::STRESS);
             assert!(
                 last >= committed,
                 "snapshot {i} lost committed batches: has {last}, {committed} committed before"
@@ -1290,55 +1213,6 @@ mod tests {
         eprintln!("snapshot attempts: {attempts:?}");
         drop(writer);
         assert!(staging_dirs(tmp.path()).is_empty() && staging_dirs(&db).is_empty());
-    }
-
-    /// The `fill` writer: a database of about `mib` MiB that flushes one more table on demand.
-    struct Filler {
-        child: Child,
-        stdin: Option<ChildStdin>,
-        stdout: BufReader<std::process::ChildStdout>,
-    }
-
-    impl Drop for Filler {
-        fn drop(&mut self) {
-            drop(self.stdin.take());
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Filler {
-        fn start(db: &Path, mib: u32) -> Self {
-            let mut child = Command::new("python3")
-                .arg(writer_script())
-                .args(["fill".as_ref(), db.as_os_str()])
-                .args(["--mib", &mib.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take();
-            let stdout = BufReader::new(child.stdout.take().unwrap());
-            let mut filler = Self {
-                child,
-                stdin,
-                stdout,
-            };
-            assert!(filler.line().starts_with("ready"));
-            filler
-        }
-
-        fn line(&mut self) -> String {
-            let mut line = String::new();
-            self.stdout.read_line(&mut line).unwrap();
-            assert!(!line.is_empty(), "the fill writer exited");
-            line
-        }
-
-        fn flush(&mut self) {
-            writeln!(self.stdin.as_mut().unwrap(), "flush").unwrap();
-            assert!(self.line().starts_with("flushed"));
-        }
     }
 
     fn table_names(db: &Path) -> std::collections::BTreeSet<String> {

@@ -13,6 +13,8 @@ use crate::{Content, EntryKind, Session, SessionOutcome, SourceError};
 
 #[cfg(feature = "bdb")]
 pub mod bdb_bank;
+#[cfg(feature = "rocksdb-dir")]
+pub mod rocksdb_writer;
 #[cfg(feature = "sqlite")]
 pub mod sqlite_bank;
 

@@ -10,119 +10,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use backstop::source::rocksdb::RocksDbSource;
-use backstop::source::testing::{WriterProcess, python_has, require};
+use backstop::source::testing::rocksdb_writer::{
+    Filler, Layout, StressWriter, check_restored, rocksdict_available,
+};
 use backstop::{
     BackupEngine, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
     RestoreOptions, VerifyLevel,
 };
 
-fn writer_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rocksdb_writer.py")
-}
-
 fn fast_init() -> InitOptions {
     InitOptions::default().with_kdf(8 * 1024, 1)
-}
-
-fn rocksdict_available(test: &str) -> bool {
-    require(test, "python3 with rocksdict", python_has("rocksdict"))
-}
-
-fn ldb() -> Option<PathBuf> {
-    ["/usr/bin/ldb", "/usr/bin/rocksdb_ldb", "/usr/local/bin/ldb"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// How the check script must read a database's values.
-struct Layout {
-    batch_keys: u64,
-    value_size: u64,
-    values: &'static str,
-}
-
-/// The stress writer's layout (its defaults).
-const STRESS: Layout = Layout {
-    batch_keys: 50,
-    value_size: 64,
-    values: "pattern",
-};
-
-/// Checks a restored database with RocksDB's own tools and returns its last batch: `ldb
-/// checkconsistency` (the MANIFEST's files are there with the right sizes), then an open with
-/// paranoid checks and a checksum-verified scan proving the keys are exactly batches
-/// `0..=last_batch` (no gap, no torn batch).
-fn check_restored(dir: &Path, layout: &Layout) -> u64 {
-    // ldb first: the scan's open writes files in the newer format ldb 7.8 cannot read.
-    if require(
-        "ldb checkconsistency",
-        "ldb (rocksdb-tools)",
-        ldb().is_some(),
-    ) {
-        let out = Command::new(ldb().unwrap())
-            .arg(format!("--db={}", dir.display()))
-            .args(["--ignore_unknown_options", "checkconsistency"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("OK"),
-            "ldb checkconsistency of {}: {stdout} {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = Command::new("python3")
-        .arg(writer_script())
-        .args(["check".as_ref(), dir.as_os_str()])
-        .args(["--batch-keys", &layout.batch_keys.to_string()])
-        .args(["--value-size", &layout.value_size.to_string()])
-        .args(["--values", layout.values])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "restored database {} is not exactly a prefix of the batches: {stdout} {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    report["last_batch"].as_u64().unwrap()
-}
-
-/// The stress writer: commits numbered batches and writes the last one to `status`.
-struct Writer {
-    process: WriterProcess,
-    status: PathBuf,
-}
-
-impl Writer {
-    fn stress(db: &Path, status: &Path) -> Self {
-        let process = WriterProcess::spawn(
-            Command::new("python3")
-                .arg(writer_script())
-                .args(["stress".as_ref(), db.as_os_str(), status.as_os_str()])
-                .args(["--max-seconds", "300"]),
-        );
-        Self {
-            process,
-            status: status.to_path_buf(),
-        }
-    }
-
-    /// Waits until batch `at_least` has committed; returns the last committed batch.
-    fn wait_committed(&mut self, at_least: u64) -> u64 {
-        self.process
-            .wait_counter(&self.status, at_least, Duration::from_secs(60))
-    }
 }
 
 #[test]
@@ -139,7 +40,7 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
         EngineOptions::default().with_threads(2),
     )
     .unwrap();
-    let mut writer = Writer::stress(&db, &tmp.path().join("status"));
+    let mut writer = StressWriter::start(&db, &tmp.path().join("status"), 300);
     let mut committed = writer.wait_committed(20);
     let mut backups = Vec::new();
     for _ in 0..20 {
@@ -159,7 +60,7 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
         engine
             .restore(*id, &target, &RestoreOptions::default())
             .unwrap();
-        let last = check_restored(&target, &STRESS);
+        let last = check_restored(&target, &Layout::STRESS);
         assert!(
             last >= *committed,
             "backup {id} lost batches: it holds up to {last}, {committed} had committed before it \
@@ -180,66 +81,6 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
     );
     let read: u64 = backups.iter().map(|b| b.2.bytes_read).sum();
     eprintln!("20 live backups while {written} batches were written; {read} bytes read in all");
-}
-
-/// The `fill` writer: a database of `mib` batches of 1 MiB that flushes one more on demand.
-struct Filler {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    batch_keys: u64,
-}
-
-impl Drop for Filler {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Filler {
-    fn start(db: &Path, mib: u32) -> Self {
-        let mut child = Command::new("python3")
-            .arg(writer_script())
-            .args(["fill".as_ref(), db.as_os_str()])
-            .args(["--mib", &mib.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut filler = Self {
-            child,
-            stdin,
-            stdout,
-            batch_keys: 0,
-        };
-        let ready = filler.line();
-        let words: Vec<&str> = ready.split_whitespace().collect();
-        assert_eq!(words.first(), Some(&"ready"), "{ready}");
-        filler.batch_keys = words[2].parse().unwrap();
-        filler
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the fill writer exited");
-        line
-    }
-
-    /// Writes and flushes one more batch; returns its number.
-    fn flush(&mut self) -> u64 {
-        writeln!(self.stdin.as_mut().unwrap(), "flush").unwrap();
-        let line = self.line();
-        line.trim()
-            .strip_prefix("flushed ")
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
 }
 
 fn names(db: &Path) -> BTreeSet<(String, u64)> {
