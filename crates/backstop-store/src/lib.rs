@@ -51,6 +51,8 @@ mod webdav;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod test_servers;
 
 #[cfg(feature = "azure")]
 pub use azure::AzureStore;

@@ -11,8 +11,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+
+use backstop_store::test_servers::require_programs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,43 +57,13 @@ impl Drop for S3Server {
     }
 }
 
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-/// A loopback port nobody listens on right now. It is released before the server binds it, a
-/// window another process would have to hit exactly.
-pub(crate) fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("bound address").port()
-}
-
-/// Sends a bodiless HTTP/1.1 request and returns the status code, or `None` if nobody answers.
-pub(crate) fn http_status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-}
+pub(crate) use backstop_store::test_servers::{free_port, http_status};
 
 impl S3Server {
     /// Starts a server, or returns `None` (after saying so) when it is not installed and this
     /// is not CI.
     pub(crate) fn start(kind: Kind) -> Option<S3Server> {
-        let program = kind.program();
-        if !installed(program) {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{program} is missing; run scripts/install-test-deps.sh");
-            }
-            eprintln!("SKIPPED: {program} missing, run scripts/install-test-deps.sh");
+        if !require_programs(&[kind.program()]) {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");

@@ -16,8 +16,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,56 +69,14 @@ impl Drop for ServiceServer {
     }
 }
 
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("bound address").port()
-}
-
-/// Sends one HTTP/1.1 request and returns the status code and the body, or `None` if nobody
-/// answers.
-pub(crate) fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    Some((status, text))
-}
+pub(crate) use backstop_store::test_servers::http_request;
+use backstop_store::test_servers::{free_port, require_programs};
 
 impl ServiceServer {
     /// Starts a server, or returns `None` (after saying so) when it is not installed and this
     /// is not CI.
     pub(crate) fn start(service: Service) -> Option<ServiceServer> {
-        let program = service.program();
-        if !installed(program) {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{program} is missing; run scripts/install-test-deps.sh");
-            }
-            eprintln!("SKIPPED: {program} missing, run scripts/install-test-deps.sh");
+        if !require_programs(&[service.program()]) {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");

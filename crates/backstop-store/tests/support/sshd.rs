@@ -11,10 +11,12 @@
 #![allow(dead_code)]
 
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use backstop_store::test_servers::{free_port, require};
 
 /// A running `sshd`.
 pub(crate) struct SshServer {
@@ -85,14 +87,10 @@ impl SshServer {
         .into_iter()
         .filter_map(|(program, found)| (!found).then_some(program))
         .collect();
-        let Some(sshd) = sshd.filter(|_| missing.is_empty()) else {
-            let missing = missing.join(", ");
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{missing} missing; run scripts/install-test-deps.sh");
-            }
-            eprintln!("SKIPPED: {missing} missing, run scripts/install-test-deps.sh");
+        if !require(&missing.join(", "), missing.is_empty()) {
             return None;
-        };
+        }
+        let sshd = sshd?;
         let user = run(Command::new("id").arg("-un")).trim().to_owned();
         if user == "root" && !Path::new("/run/sshd").is_dir() {
             // sshd running as root separates privileges into this empty directory, which
@@ -108,10 +106,7 @@ impl SshServer {
             dir.path().join("authorized_keys"),
         )
         .expect("authorized_keys");
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-            listener.local_addr().expect("bound address").port()
-        };
+        let port = free_port();
         let config = dir.path().join("sshd_config");
         std::fs::write(
             &config,
