@@ -195,6 +195,34 @@ impl LocalStore {
         }
     }
 
+    /// Copies the temp file `temp` to a new temp file in `dir` (fsynced if the store syncs) and
+    /// removes it; returns the new one. For a pieced put whose object's directory is on
+    /// another file system than the root.
+    fn copy_temp_into(&self, key: &str, temp: PathBuf, dir: &Path) -> Result<PathBuf, StoreError> {
+        let copied = self.create_temp(key, dir).and_then(|(copy, mut file)| {
+            let written = File::open(&temp)
+                .and_then(|mut from| io::copy(&mut from, &mut file))
+                .and_then(|_| self.sync_file(&file));
+            match written {
+                Ok(()) => Ok(copy),
+                Err(err) => {
+                    remove_quietly(&copy);
+                    Err(StoreError::from_io(
+                        key,
+                        format!(
+                            "cannot copy temp file `{}` to `{}`",
+                            temp.display(),
+                            copy.display()
+                        ),
+                        err,
+                    ))
+                }
+            }
+        });
+        remove_quietly(&temp);
+        copied
+    }
+
     /// Moves the written temp file `temp` into place at `path` (`key`), by rename or, for
     /// `Create`, by hard link, and fsyncs `dir`: the second half of a put. The temp file is
     /// gone afterwards, whatever happened.
@@ -431,10 +459,18 @@ impl PendingObject for PendingFile<'_> {
             return Err(StoreError::from_io(key, "cannot fsync the temp file", err));
         }
         match self.temp.take() {
-            Some(temp) => self
-                .store
-                .place(key, &temp, &path, &dir, mode)
-                .map(|()| std::mem::take(&mut self.buffer)),
+            Some(temp) => {
+                // The temp file is in the root, and the object's directory may be on another
+                // file system (a `packs` directory linked elsewhere), where rename(2) fails.
+                let temp = if same_file_system(&temp, &dir) {
+                    temp
+                } else {
+                    self.store.copy_temp_into(key, temp, &dir)?
+                };
+                self.store
+                    .place(key, &temp, &path, &dir, mode)
+                    .map(|()| std::mem::take(&mut self.buffer))
+            }
             None => Err(StoreError::new(
                 StoreErrorKind::Other,
                 key,
@@ -449,6 +485,16 @@ impl Drop for PendingFile<'_> {
         if let Some(temp) = self.temp.take() {
             remove_quietly(&temp);
         }
+    }
+}
+
+/// Whether `a` and `b` are on the same file system; `true` when either cannot be looked at
+/// (the rename that follows then says what is wrong).
+fn same_file_system(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => true,
     }
 }
 
@@ -653,6 +699,37 @@ mod tests {
         let err = bad_key.finish("../escape", PutMode::Overwrite).unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::InvalidKey);
         assert!(temp_files().is_empty());
+    }
+
+    #[test]
+    fn a_pieced_put_reaches_a_directory_on_another_file_system() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // `packs` linked to a tmpfs, as a user might put packs on another disk.
+        let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert_ne!(
+            fs::metadata(dir.path()).unwrap().dev(),
+            fs::metadata(elsewhere.path()).unwrap().dev(),
+            "the test needs /dev/shm on another file system than the temp directory"
+        );
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("packs")).unwrap();
+        let store = LocalStore::new(dir.path());
+        let mut pending = store.put_pieces(0, Vec::new()).unwrap();
+        pending.write(b"across").unwrap();
+        pending.finish("packs/ab/abcd", PutMode::Create).unwrap();
+        assert_eq!(store.get("packs/ab/abcd").unwrap(), b"across");
+        let names = |d: &Path| -> Vec<String> {
+            fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(dir.path()),
+            ["packs"],
+            "no temp file left in the root"
+        );
+        assert_eq!(names(&elsewhere.path().join("ab")), ["abcd"]);
     }
 
     #[test]
