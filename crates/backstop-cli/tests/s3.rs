@@ -307,7 +307,7 @@ mod s3 {
 
     use super::{Tree, pseudo_random, tree};
 
-    use super::s3_server::{self, ACCESS_KEY, Kind, S3Server, SECRET_KEY};
+    use super::s3_server::{ACCESS_KEY, Kind, S3Server, SECRET_KEY};
 
     const PASSWORD: &str = "correct horse battery staple";
     const BUCKET: &str = "backups";
@@ -514,7 +514,7 @@ mod s3 {
         world.restore_and_compare(id, &tree(&data));
 
         // What the server stores is ciphertext: the marker is nowhere in it.
-        let stored = s3_server::files_under(&world.server.data_dir());
+        let stored = super::files::files_under(&world.server.data_dir());
         assert!(stored.len() > 3, "objects on the server: {stored:?}");
         for path in stored {
             let bytes = std::fs::read(&path).unwrap();

@@ -4,8 +4,9 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 /// Where `program` is on the `PATH`, if it is.
 pub fn find_program(program: &str) -> Option<PathBuf> {
@@ -79,4 +80,59 @@ pub fn http_request(
 /// [`http_request`] without headers or body; the status code only.
 pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
     http_request(addr, method, path, &[], b"").map(|(status, _)| status)
+}
+
+/// Starts a server with `spawn` and waits (a minute at most) until it answers HTTP at `addr`;
+/// returns the running process. A server that exits before it answers is started again when
+/// `retry_exits` (a restart may find its port still held for a moment), and otherwise fails the
+/// test, as does the deadline; both failures show `log()`, what the server logged.
+pub fn spawn_until_answering(
+    name: &str,
+    addr: SocketAddr,
+    mut spawn: impl FnMut() -> Child,
+    log: impl Fn() -> String,
+    retry_exits: bool,
+) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = spawn();
+    loop {
+        if let Some(status) = child.try_wait().expect("server status") {
+            assert!(
+                retry_exits && Instant::now() < deadline,
+                "{name} exited with {status} before answering:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            child = spawn();
+            continue;
+        }
+        if http_status(addr, "GET", "/").is_some() {
+            return child;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not answer on {addr} within 60 s:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every regular file under `dir`, recursively (what a server stores, where it keeps objects
+/// as files). Directories that vanish while it looks (a server moving uploads into place) are
+/// skipped, so callers assert on what they expect to find.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
 }

@@ -1,6 +1,6 @@
 //! File helpers the CLI's test binaries share (each includes this file with `#[path]`): a
 //! directory's contents for byte-for-byte comparison, incompressible test data, and the files
-//! under a directory.
+//! under a directory (from `backstop_store::test_servers`, like the server harnesses).
 #![allow(dead_code, reason = "each test binary uses some of these")]
 #![allow(
     clippy::unwrap_used,
@@ -8,7 +8,7 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A directory's contents: relative path -> bytes, or `None` for a directory.
 pub(crate) type Tree = BTreeMap<String, Option<Vec<u8>>>;
@@ -50,21 +50,5 @@ pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Every regular file under `dir`, recursively. Directories that vanish while it looks (a
-/// server moving uploads into place) are skipped, so callers assert on what they expect to
-/// find.
-pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
+/// Every regular file under `dir`, recursively.
+pub(crate) use backstop_store::test_servers::files_under;

@@ -13,10 +13,9 @@
 
 use std::net::SocketAddr;
 
-use backstop_store::test_servers::require_programs;
-use std::path::{Path, PathBuf};
+use backstop_store::test_servers::{require_programs, spawn_until_answering};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The credentials the servers accept (s3s-fs checks them; moto takes anything).
 pub(crate) const ACCESS_KEY: &str = "backstop-test";
@@ -192,52 +191,13 @@ impl S3Server {
     /// Starts the process and waits until it answers; a restart may find the port still held
     /// for a moment, so a server that exits early is started again until the deadline.
     fn spawn_and_wait(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut child = self.spawn();
-        loop {
-            if let Some(status) = child.try_wait().expect("server status") {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} exited with {status} before answering:\n{}",
-                    self.kind.program(),
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-                child = self.spawn();
-                continue;
-            }
-            if http_status(self.addr(), "GET", "/").is_some() {
-                self.child = Some(child);
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not answer on {} within 60 s:\n{}",
-                    self.kind.program(),
-                    self.addr(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_until_answering(
+            self.kind.program(),
+            self.addr(),
+            || self.spawn(),
+            || self.log(),
+            true,
+        );
+        self.child = Some(child);
     }
-}
-
-/// Files under `dir`, recursively (what s3s-fs stores).
-pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }

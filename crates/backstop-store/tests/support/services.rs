@@ -19,7 +19,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Azurite's account, which its well-known key opens.
 pub(crate) const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -69,8 +68,12 @@ impl Drop for ServiceServer {
     }
 }
 
+#[allow(
+    unused_imports,
+    reason = "for the store's tests; the CLI's include this file too"
+)]
 pub(crate) use backstop_store::test_servers::http_request;
-use backstop_store::test_servers::{free_port, require_programs};
+use backstop_store::test_servers::{free_port, require_programs, spawn_until_answering};
 
 impl ServiceServer {
     /// Starts a server, or returns `None` (after saying so) when it is not installed and this
@@ -187,31 +190,13 @@ impl ServiceServer {
 
     /// Starts the process and waits until it answers HTTP.
     fn spawn_and_wait(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut child = self.spawn();
-        loop {
-            if let Some(status) = child.try_wait().expect("server status") {
-                panic!(
-                    "{} exited with {status} before answering:\n{}",
-                    self.service.program(),
-                    self.log()
-                );
-            }
-            if http_request(self.addr(), "GET", "/", &[], b"").is_some() {
-                self.child = Some(child);
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not answer on {} within 60 s:\n{}",
-                    self.service.program(),
-                    self.addr(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_until_answering(
+            self.service.program(),
+            self.addr(),
+            || self.spawn(),
+            || self.log(),
+            false,
+        );
+        self.child = Some(child);
     }
 }
