@@ -166,19 +166,13 @@ fn webdav_wrong_password_is_permission_denied() {
 
 /// Files under `dir` whose name starts with `.tmp-` (a put's temporary file).
 fn temp_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                out.push(path);
-            }
-        }
-    }
-    out
+    backstop_store::test_servers::files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(".tmp-"))
+        })
+        .collect()
 }
 
 #[test]
