@@ -4,9 +4,9 @@
 //! pieces every real-database test needs: the rule for a missing component, and the writer
 //! process that loads the database while it is backed up.
 
-use std::io::Read;
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Content, EntryKind, Session, SessionOutcome, SourceError};
@@ -165,6 +165,76 @@ impl WriterProcess {
 impl Drop for WriterProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A writer process driven a line at a time over its stdin and stdout. Dropped, it is killed
+/// unless [`PipedWriter::close`] ended it, and reaped either way; declare it after the test's
+/// temporary directory, so that it goes first.
+pub struct PipedWriter {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PipedWriter {
+    /// Starts `command` with piped stdin and stdout.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the writer {command:?}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("the writer {command:?} has no stdout"));
+        Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        }
+    }
+
+    /// The writer's next line; empty when it has closed its stdout.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the writer's output: {e}"));
+        line
+    }
+
+    /// Sends `line` to the writer.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("the writer's stdin is closed"));
+        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("writing to the writer: {e}"));
+    }
+
+    /// Closes the writer's stdin, its signal to stop; returns its last line once it has exited
+    /// successfully.
+    pub fn close(mut self) -> String {
+        drop(self.stdin.take());
+        let line = self.read_line();
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for the writer: {e}"));
+        assert!(status.success(), "the writer failed: {status}");
+        line
+    }
+}
+
+impl Drop for PipedWriter {
+    fn drop(&mut self) {
+        if self.stdin.take().is_some() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

@@ -4,12 +4,11 @@
 //! more table on demand. And the check of a restored copy: RocksDB's `ldb checkconsistency`,
 //! then a checksum-verified scan proving that the keys are exactly batches `0..=last`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::{WriterProcess, python, python_has, require};
+use super::{PipedWriter, WriterProcess, python, python_has, require};
 
 /// The writer script, kept with the engine's test support.
 pub const WRITER: &str = concat!(
@@ -125,41 +124,22 @@ impl StressWriter {
 
 /// The `fill` writer: a database of `mib` batches of 1 MiB that flushes one more on demand.
 pub struct Filler {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    process: PipedWriter,
     /// Keys per batch, as the writer reported.
     pub batch_keys: u64,
-}
-
-impl Drop for Filler {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Filler {
     /// Starts it and waits until the database is built.
     pub fn start(db: &Path, mib: u32) -> Self {
-        let mut child = Command::new(python())
-            .arg(WRITER)
-            .args(["fill".as_ref(), db.as_os_str()])
-            .args(["--mib", &mib.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {WRITER}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .unwrap_or_else(|| panic!("the fill writer has no stdout"));
+        let process = PipedWriter::spawn(
+            Command::new(python())
+                .arg(WRITER)
+                .args(["fill".as_ref(), db.as_os_str()])
+                .args(["--mib", &mib.to_string()]),
+        );
         let mut filler = Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
+            process,
             batch_keys: 0,
         };
         let ready = filler.line();
@@ -173,21 +153,14 @@ impl Filler {
     }
 
     fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("reading the fill writer: {e}"));
+        let line = self.process.read_line();
         assert!(!line.is_empty(), "the fill writer exited");
         line
     }
 
     /// Writes and flushes one more batch; returns its number.
     pub fn flush(&mut self) -> u64 {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .unwrap_or_else(|| panic!("the fill writer was stopped"));
-        writeln!(stdin, "flush").unwrap_or_else(|e| panic!("writing to the fill writer: {e}"));
+        self.process.send_line("flush");
         let line = self.line();
         line.trim()
             .strip_prefix("flushed ")

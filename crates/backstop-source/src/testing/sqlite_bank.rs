@@ -2,14 +2,13 @@
 //! up: `sqlite_writer.py` moves money between accounts ([`crate::sqlite::bank`]) in a loop
 //! until its stdin closes, then reports what it did; and the checks of a copy's state.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::{python, python_has, require};
+use super::{PipedWriter, python, python_has, require};
 use crate::sqlite::bank::{self, BankState};
 
 /// The writer script, kept with the engine's test support.
@@ -21,9 +20,7 @@ pub const WRITER: &str = concat!(
 /// The writer process; closing its stdin stops it. Declare it after the test's temporary
 /// directory, so that a failing test kills it before the database goes.
 pub struct BankWriter {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    process: PipedWriter,
 }
 
 /// What the writer reports when it stops.
@@ -46,57 +43,20 @@ impl BankWriter {
         ) {
             return None;
         }
-        let mut child = Command::new(python())
-            .arg(WRITER)
-            .arg(db)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {WRITER}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .unwrap_or_else(|| panic!("the writer has no stdout"));
-        let mut stdout = BufReader::new(stdout);
-        let mut ready = String::new();
-        stdout
-            .read_line(&mut ready)
-            .unwrap_or_else(|e| panic!("reading the writer's first line: {e}"));
+        let mut process = PipedWriter::spawn(Command::new(python()).arg(WRITER).arg(db));
+        let ready = process.read_line();
         assert!(
             ready.contains("ready"),
             "the writer did not start: {ready:?}"
         );
-        Some(Self {
-            child,
-            stdin,
-            stdout,
-        })
+        Some(Self { process })
     }
 
     /// Stops the writer and returns its report.
-    pub fn stop(mut self) -> WriterStats {
-        drop(self.stdin.take());
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("reading the writer's report: {e}"));
-        let status = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("waiting for the writer: {e}"));
-        assert!(status.success(), "the writer failed: {status}");
+    pub fn stop(self) -> WriterStats {
+        let line = self.process.close();
         serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the writer's report {line:?} is not JSON: {e}"))
-    }
-}
-
-impl Drop for BankWriter {
-    fn drop(&mut self) {
-        if self.stdin.take().is_some() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
