@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the peers the benchmark harness (bench/run.py) compares Backstop with, and what it
 # measures with: restic and borg (Debian's packages), zstd (for `tar | zstd`), GNU time and the
-# sqlite3 shell (`sqlite3 .backup`). All are Debian packages that install in seconds, so CI runs
-# the harness's smoke mode against real peers.
+# sqlite3 shell (`sqlite3 .backup`), all Debian packages; and matplotlib from PyPI for the PNG
+# chart. They install in seconds, so CI runs the harness's smoke mode against real peers and
+# draws its chart.
 #
-# Not installed here (optional, see bench/README.md): rustic (`cargo install rustic-rs`, a long
-# build) and matplotlib for the PNG chart (`python3 -m pip install matplotlib`; without it the
-# harness draws an SVG chart itself).
+# Not installed here (optional, see bench/README.md): rustic (`cargo install rustic-rs --locked`,
+# a build of about 20 minutes on two cores).
 # Idempotent and quick when everything is there; runs as root; `apt-get update` is done by the
 # caller.
 set -euo pipefail
@@ -24,5 +24,10 @@ if ((${#need_apt[@]})); then
         --no-install-recommends "${need_apt[@]}"
 fi
 
+if ! python3 -c 'import matplotlib' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore matplotlib
+fi
+
 restic version >/dev/null
 borg --version >/dev/null
+python3 -c 'import matplotlib' >/dev/null
