@@ -8,6 +8,10 @@ use backstop::{BackupId, BackupSelector};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// The `--help` footer; the same table is in the crate's README.
+/// zstd's levels: its fastest (`ZSTD_minCLevel`, `zstd --fast=131072`) to its smallest.
+pub(crate) const MIN_COMPRESSION_LEVEL: i32 = -131_072;
+pub(crate) const MAX_COMPRESSION_LEVEL: i32 = 22;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success
@@ -63,12 +67,16 @@ pub(crate) struct GlobalArgs {
     #[arg(long, env = "BACKSTOP_CONFIG", global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
-    /// zstd level for new data (0 stores uncompressed) [default: 3]
+    /// zstd level for new data: 1 to 22, or -1 and below for zstd's fast levels (less
+    /// compression, less CPU); 0 stores uncompressed [default: 3]
     #[arg(
         long,
         env = "BACKSTOP_COMPRESSION",
         global = true,
-        value_name = "LEVEL"
+        value_name = "LEVEL",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32)
+            .range(i64::from(MIN_COMPRESSION_LEVEL)..=i64::from(MAX_COMPRESSION_LEVEL))
     )]
     pub(crate) compression: Option<i32>,
 

@@ -71,12 +71,35 @@ pub(crate) fn load(explicit: Option<&Path>) -> Result<ConfigFile> {
 }
 
 fn parse(text: &str) -> Result<ConfigFile> {
-    Ok(toml::from_str(text)?)
+    let config: ConfigFile = toml::from_str(text)?;
+    let levels = crate::cli::MIN_COMPRESSION_LEVEL..=crate::cli::MAX_COMPRESSION_LEVEL;
+    if let Some(level) = config.compression_level.filter(|l| !levels.contains(l)) {
+        anyhow::bail!(
+            "compression_level = {level} is not a zstd level ({} to {})",
+            levels.start(),
+            levels.end()
+        );
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_levels_are_zstd_levels_fast_ones_included() {
+        assert_eq!(
+            parse("compression_level = -5\n").unwrap().compression_level,
+            Some(-5)
+        );
+        for bad in ["23", "-131073"] {
+            let err = parse(&format!("compression_level = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a zstd level"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn every_documented_key_parses() {

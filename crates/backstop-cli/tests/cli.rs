@@ -811,6 +811,59 @@ fn config_file_supplies_defaults_and_flags_override_it() {
 }
 
 #[test]
+fn fast_compression_levels_store_more_and_restore_the_same_and_bad_levels_are_refused() {
+    let world = World::new();
+    let data = world.data();
+    let rows: String = (0u32..40_000)
+        .map(|i| {
+            format!(
+                "{i},{},paid,{:08x}\n",
+                i % 977,
+                i.wrapping_mul(2_654_435_761)
+            )
+        })
+        .collect();
+    std::fs::write(data.join("rows.csv"), rows).unwrap();
+
+    let added_at = |level: &str| {
+        let repo = world.path(&format!("repo{level}"));
+        let in_repo = || {
+            let mut cmd = world.cmd();
+            cmd.arg("--repo").arg(&repo);
+            cmd
+        };
+        world.json_with(&mut in_repo(), &["init"]);
+        // `-3` is taken as the level, not as a flag.
+        let mut cmd = in_repo();
+        cmd.args(["--compression", level]);
+        let backup = world.json_with(&mut cmd, &["backup", data.to_str().unwrap()]);
+        let target = world.path(&format!("restored{level}"));
+        world.json_with(
+            &mut in_repo(),
+            &["restore", "latest", target.to_str().unwrap()],
+        );
+        assert_eq!(tree(&target), tree(&data), "restored at level {level}");
+        let added = |key: &str| backup[key].as_u64().expect(key);
+        (added("bytes_added"), added("bytes_added_raw"))
+    };
+    let ((default, raw), (fast, _)) = (added_at("3"), added_at("-3"));
+    // Compressed, but less than at level 3: neither the default nor "off" was used.
+    assert!(
+        default < fast && fast < raw * 3 / 4,
+        "level -3 stored {fast} bytes, level 3 {default}, of {raw}"
+    );
+
+    for bad in ["23", "-131073"] {
+        world
+            .cmd()
+            .args(["--compression", bad, "list"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(bad));
+    }
+}
+
+#[test]
 fn completions_and_man_page() {
     let world = World::new();
     world

@@ -1,5 +1,8 @@
 //! Blob compression: zstd at a configurable level, or raw when it does not pay.
 //!
+//! Levels are zstd's own: 1 to 22, and below zero its fast levels (`zstd --fast=N` is level
+//! -N), which trade ratio for speed; 0 turns compression off.
+//!
 //! Each thread keeps its own zstd contexts: creating a context and its tables costs more than
 //! compressing an 8 KiB page, and page files are stored page by page.
 
@@ -33,7 +36,7 @@ pub(crate) fn compress_whole(raw: &[u8], level: i32) -> Option<Vec<u8>> {
 }
 
 fn compress_probed(raw: &[u8], level: i32, probe: bool) -> Option<Vec<u8>> {
-    if level <= 0 || raw.len() < 64 {
+    if level == 0 || raw.len() < 64 {
         return None;
     }
     COMPRESSOR.with(|cell| {
@@ -43,11 +46,11 @@ fn compress_probed(raw: &[u8], level: i32, probe: bool) -> Option<Vec<u8>> {
         }
         let (_, compressor) = slot.as_mut()?;
         // Encrypted, already compressed or random data does not shrink; zstd still spends most
-        // of its time looking for matches in it. A probe of the first 64 KiB at the fastest
-        // level tells such data apart for a twentieth of the cost.
+        // of its time looking for matches in it. A probe of the first 64 KiB at level 1 (or
+        // the fast level asked for, if lower) tells such data apart for a twentieth of the cost.
         if probe {
             let probe = raw.get(..PROBE_LEN)?;
-            compressor.set_compression_level(1).ok()?;
+            compressor.set_compression_level(level.min(1)).ok()?;
             let probed = compressor.compress(probe);
             compressor.set_compression_level(level).ok()?;
             if !pays(probed.ok()?.len(), probe.len()) {
@@ -128,6 +131,35 @@ mod tests {
         short.extend_from_slice(&text[..PROBE_LEN * 2]);
         let packed = compress(&short, 3).unwrap();
         assert_eq!(decompress(&packed, short.len()).unwrap(), short);
+    }
+
+    #[test]
+    fn fast_levels_compress_less_but_round_trip_and_zero_is_off() {
+        let text: Vec<u8> = (0u32..200_000)
+            .flat_map(|i| {
+                format!(
+                    "row {i}, status paid, note {:x}; ",
+                    i.wrapping_mul(2_654_435_761)
+                )
+                .into_bytes()
+            })
+            .collect();
+        let default = compress(&text, 3).unwrap();
+        let fast = compress(&text, -5).unwrap();
+        assert!(
+            fast.len() < text.len() / 2,
+            "{} of {}",
+            fast.len(),
+            text.len()
+        );
+        assert!(
+            fast.len() > default.len(),
+            "{} vs {}",
+            fast.len(),
+            default.len()
+        );
+        assert_eq!(decompress(&fast, text.len()).unwrap(), text);
+        assert_eq!(compress(&text, 0), None);
     }
 
     #[test]
