@@ -188,7 +188,7 @@ impl EngineOptions {
         self
     }
 
-    /// Sets the zstd level (0: no compression).
+    /// Sets the zstd level: 1 to 22, negative for zstd's fast levels, 0 for no compression.
     #[must_use]
     pub fn with_compression_level(mut self, level: i32) -> Self {
         self.compression_level = level;
