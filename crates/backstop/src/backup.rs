@@ -12,7 +12,7 @@
 //! object store (not a local one) also one pack of the target size. Measured on the 1 GiB
 //! benchmark mix into a local repository: 58–61 MiB peak RSS for the whole process (63–68 MiB
 //! while packs were gathered in memory).
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,8 @@ use crate::info::BackupInfo;
 use crate::options::BackupOptions;
 use crate::pack_writer::PackWriter;
 use crate::page_list;
-use crate::repo::{Repository, lock, nodes_by_path};
+use crate::parent::ParentNodes;
+use crate::repo::{Repository, lock};
 use crate::{Error, ErrorKind, Result};
 
 /// Nodes per tree blob; about 100 bytes each plus 34 per chunk id.
@@ -192,13 +193,9 @@ pub(crate) fn create_backup(
     let source_identity = source.identity();
     let parent = find_parent(repo, &source_kind, &source_identity)?;
     let parent_nodes = match &parent {
-        Some(p) => nodes_by_path(repo, p)?,
-        None => BTreeMap::new(),
+        Some(p) => ParentNodes::read(repo, p)?,
+        None => ParentNodes::default(),
     };
-    let parent_by_identity: HashMap<String, Node> = parent_nodes
-        .values()
-        .filter_map(|n| n.identity.clone().map(|i| (i, n.clone())))
-        .collect();
 
     let ctx = SessionContext {
         cancel: options.cancel.clone(),
@@ -231,7 +228,6 @@ pub(crate) fn create_backup(
                 options,
                 dispatch: Dispatch::new(job_tx, threads),
                 parent_nodes: &parent_nodes,
-                parent_by_identity: &parent_by_identity,
                 failed: &failed,
                 threads,
             },
@@ -436,8 +432,7 @@ struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
     dispatch: Dispatch,
-    parent_nodes: &'a BTreeMap<String, Node>,
-    parent_by_identity: &'a HashMap<String, Node>,
+    parent_nodes: &'a ParentNodes,
     failed: &'a AtomicBool,
     threads: usize,
 }
@@ -708,7 +703,7 @@ impl FileStorer<'_> {
             identity: Some(identity),
         } = &entry.change
         {
-            if let Some(node) = self.parent_by_identity.get(identity) {
+            if let Some(node) = self.parent_nodes.with_identity(identity) {
                 if all_present(node) {
                     return Some(node.clone());
                 }
@@ -903,6 +898,7 @@ pub(crate) fn is_safe_path(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     use backstop_store::MemoryStore;

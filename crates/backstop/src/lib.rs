@@ -48,6 +48,7 @@ mod info;
 mod options;
 mod pack_writer;
 mod page_list;
+mod parent;
 mod progress;
 mod repo;
 mod restore;

@@ -1,6 +1,6 @@
 //! The repository: config, keys, the in-memory blob index, snapshots and locks on a store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use backstop_store::{PutMode, Store, StoreError, StoreErrorKind};
@@ -1291,7 +1291,7 @@ impl Repository {
 
     /// [`Repository::for_each_node`]; `keep_bases` also keeps what a backup needs to patch
     /// the nodes' chunk lists (`page_list::resolve`).
-    fn read_nodes(
+    pub(crate) fn read_nodes(
         &self,
         snapshot: &Snapshot,
         keep_bases: bool,
@@ -1613,19 +1613,6 @@ pub(crate) fn referenced_blobs(
         })?;
     }
     Ok(used)
-}
-
-/// Reads every node of a snapshot into a map by path (for the parent of an incremental backup).
-pub(crate) fn nodes_by_path(
-    repo: &Repository,
-    snapshot: &Snapshot,
-) -> Result<BTreeMap<String, Node>> {
-    let mut out = BTreeMap::new();
-    repo.read_nodes(snapshot, true, |n| {
-        out.insert(n.path.clone(), n);
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 #[cfg(test)]
