@@ -35,10 +35,15 @@ impl ParentNodes {
         // Tree order is depth first, which is not byte order ("a/x" comes before "a-b").
         nodes.sort_by(|a, b| a.path.cmp(&b.path));
         // A snapshot names each path once; should a damaged one repeat a path, the last node
-        // wins, as it did when these were inserted into a map one by one.
-        nodes.reverse();
-        nodes.dedup_by(|later, earlier| later.path == earlier.path);
-        nodes.reverse();
+        // wins, as it did when these were inserted into a map one by one (the sort is stable,
+        // so the later node moves into the kept slot).
+        nodes.dedup_by(|later, kept| {
+            let repeated = later.path == kept.path;
+            if repeated {
+                std::mem::swap(later, kept);
+            }
+            repeated
+        });
         nodes.shrink_to_fit();
         let by_identity = nodes
             .iter()
