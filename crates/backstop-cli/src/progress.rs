@@ -97,15 +97,35 @@ impl Drop for CliProgress {
     }
 }
 
-impl backstop::Progress for CliProgress {
-    fn phase(&self, name: &str, files: u64, bytes: u64) {
+impl CliProgress {
+    fn add_to_totals(&self, files: u64, bytes: u64) {
         if !self.totals_fixed.load(Ordering::Relaxed) {
             self.files_total.fetch_add(files, Ordering::Relaxed);
             if let Some(bar) = &self.bar {
                 bar.inc_length(bytes);
             }
         }
-        tracing::info!("phase `{name}`: {files} files, {}", output::size(bytes));
+    }
+}
+
+impl backstop::Progress for CliProgress {
+    fn phase(&self, name: &str, files: u64, bytes: u64) {
+        self.add_to_totals(files, bytes);
+        if files == 0 && bytes == 0 {
+            // A streamed phase (a directory walk): its entries are counted as they are found.
+            tracing::info!("phase `{name}`");
+        } else {
+            tracing::info!("phase `{name}`: {files} files, {}", output::size(bytes));
+        }
+    }
+
+    fn found(&self, files: u64, bytes: u64) {
+        self.add_to_totals(files, bytes);
+    }
+
+    fn wants_totals(&self) -> bool {
+        // Only a bar shows them; log lines name each phase and file as it comes.
+        self.bar.is_some()
     }
 
     fn file(&self, path: &str) {

@@ -1,14 +1,18 @@
 //! A plain directory tree: files, directories and symlinks, in one phase.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::recognise::PageRecogniser;
 
 use crate::{
-    ChangeModel, Entry, EntryKind, Phase, RestoreProfile, Session, SessionContext, SessionOutcome,
-    Source, SourceError,
+    ChangeModel, Entry, EntryKind, EntryStream, Phase, RestoreProfile, Session, SessionContext,
+    SessionOutcome, Source, SourceError,
 };
 
 /// Backs up a directory tree as it is. Files are chunked by content, database page files by
-/// page; nothing is held.
+/// page; nothing is held. The tree is listed while it is stored ([`TreeWalk`]), so its size
+/// does not bound the backup's memory.
 #[derive(Clone, Debug)]
 pub struct DirSource {
     root: PathBuf,
@@ -72,13 +76,22 @@ impl Source for DirSource {
             )));
         }
         let excludes = build_globset(&self.excludes)?;
-        let mut warnings = Vec::new();
-        let mut entries = walk_tree(&self.root, &excludes, ctx, &mut warnings)?;
+        let counting = TreeWalk::new(&self.root, excludes.clone(), ctx);
+        let mut walk = TreeWalk::new(&self.root, excludes, ctx);
         if self.recognise_pages {
-            crate::recognise::mark_page_files(&mut entries);
+            walk = walk.recognising_pages();
         }
+        let warnings = walk.warnings();
+        let entries = EntryStream::new(walk).with_scan(move |found| {
+            for entry in counting.map_while(Result::ok) {
+                let is_file = entry.kind == EntryKind::File;
+                if !found(u64::from(is_file), entry.size) {
+                    break;
+                }
+            }
+        });
         Ok(Box::new(DirSession {
-            phase: Some(Phase::unordered("files", entries)),
+            phase: Some(Phase::streamed("files", entries)),
             warnings,
         }))
     }
@@ -104,22 +117,76 @@ pub fn walk_tree(
     ctx: &SessionContext,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Entry>, SourceError> {
-    let mut entries = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(rel_dir) = stack.pop() {
-        if ctx.cancel.is_cancelled() {
+    let walk = TreeWalk::new(root, excludes.clone(), ctx);
+    let found = Arc::clone(&walk.warnings);
+    let entries = walk.collect::<Result<Vec<_>, _>>();
+    warnings.append(&mut found.lock().unwrap_or_else(PoisonError::into_inner));
+    entries
+}
+
+/// A tree listed one directory at a time as its entries are taken, in tree order
+/// ([`crate::tree_order`]): only the directory being handed out and the names of directories
+/// still to enter are held, not the whole tree.
+pub struct TreeWalk {
+    root: PathBuf,
+    excludes: globset::GlobSet,
+    cancel: crate::CancelToken,
+    /// Directories still to list, the next on top.
+    stack: Vec<String>,
+    /// The rest of the directory listed last.
+    listed: std::vec::IntoIter<Entry>,
+    recogniser: Option<PageRecogniser>,
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl TreeWalk {
+    /// A walk of the tree under `root`, leaving out what `excludes` matches.
+    pub fn new(root: &Path, excludes: globset::GlobSet, ctx: &SessionContext) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            excludes,
+            cancel: ctx.cancel.clone(),
+            stack: vec![String::new()],
+            listed: Vec::new().into_iter(),
+            recogniser: None,
+            warnings: Arc::default(),
+        }
+    }
+
+    /// Also recognises database page files as they are listed ([`crate::recognise`]).
+    #[must_use]
+    pub fn recognising_pages(mut self) -> Self {
+        self.recogniser = Some(PageRecogniser::default());
+        self
+    }
+
+    /// Where the walk puts its warnings (a vanished file, a skipped fifo).
+    pub fn warnings(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.warnings)
+    }
+
+    fn warn(&self, message: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
+    }
+
+    /// Lists one directory, names sorted, and puts its subdirectories on the stack.
+    fn list(&mut self, rel_dir: &str) -> Result<Vec<Entry>, SourceError> {
+        if self.cancel.is_cancelled() {
             return Err(SourceError::Cancelled);
         }
         let dir = if rel_dir.is_empty() {
-            root.to_path_buf()
+            self.root.clone()
         } else {
-            root.join(&rel_dir)
+            self.root.join(rel_dir)
         };
         let read = match std::fs::read_dir(&dir) {
             Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => {
-                warnings.push(format!("directory `{rel_dir}` vanished while being listed"));
-                continue;
+                self.warn(format!("directory `{rel_dir}` vanished while being listed"));
+                return Ok(Vec::new());
             }
             Err(e) => return Err(SourceError::io("listing", &dir, e)),
         };
@@ -128,7 +195,7 @@ pub fn walk_tree(
             let item = item.map_err(|e| SourceError::io("listing", &dir, e))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else {
-                warnings.push(format!(
+                self.warn(format!(
                     "skipped `{}`: its name is not UTF-8",
                     item.path().display()
                 ));
@@ -137,6 +204,7 @@ pub fn walk_tree(
             names.push(name.to_owned());
         }
         names.sort();
+        let mut entries = Vec::new();
         let mut subdirs = Vec::new();
         for name in names {
             let rel = if rel_dir.is_empty() {
@@ -144,7 +212,7 @@ pub fn walk_tree(
             } else {
                 format!("{rel_dir}/{name}")
             };
-            if excludes.is_match(&rel) {
+            if self.excludes.is_match(&rel) {
                 continue;
             }
             let disk = dir.join(&name);
@@ -155,26 +223,50 @@ pub fn walk_tree(
                     }
                     entries.push(entry);
                 }
-                Ok(None) => warnings.push(format!(
+                Ok(None) => self.warn(format!(
                     "skipped `{rel}`: sockets, fifos and device files are not backed up"
                 )),
                 Err(SourceError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    warnings.push(format!("`{rel}` vanished while being listed"));
+                    self.warn(format!("`{rel}` vanished while being listed"));
                 }
                 Err(e) => return Err(e),
             }
         }
         // Reverse so the stack pops subdirectories in name order.
-        stack.extend(subdirs.into_iter().rev());
+        self.stack.extend(subdirs.into_iter().rev());
+        if let Some(recogniser) = &mut self.recogniser {
+            recogniser.observe(&entries);
+            entries.iter_mut().for_each(|e| recogniser.mark(e));
+        }
+        Ok(entries)
     }
-    Ok(entries)
+}
+
+impl Iterator for TreeWalk {
+    type Item = Result<Entry, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.listed.next() {
+                return Some(Ok(entry));
+            }
+            let rel_dir = self.stack.pop()?;
+            match self.list(&rel_dir) {
+                Ok(entries) => self.listed = entries.into_iter(),
+                Err(e) => {
+                    self.stack.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 struct DirSession {
     phase: Option<Phase>,
-    warnings: Vec<String>,
+    warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl Session for DirSession {
@@ -183,9 +275,11 @@ impl Session for DirSession {
     }
 
     fn finish(self: Box<Self>) -> Result<SessionOutcome, SourceError> {
+        let warnings =
+            std::mem::take(&mut *self.warnings.lock().unwrap_or_else(PoisonError::into_inner));
         Ok(SessionOutcome {
             restore_profile: RestoreProfile::none(),
-            warnings: self.warnings,
+            warnings,
             ..SessionOutcome::default()
         })
     }
@@ -210,11 +304,78 @@ mod tests {
         let mut src = DirSource::new(dir.path());
         let mut session = src.begin(&SessionContext::default()).unwrap();
         let phase = session.next_phase().unwrap().unwrap();
-        let paths: Vec<_> = phase.entries.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<_> = phase.into_entries().map(|e| e.unwrap().path).collect();
         assert_eq!(paths, ["a", "b", "l", "b/c", "b/c/f"]);
         assert!(session.next_phase().unwrap().is_none());
         let outcome = session.finish().unwrap();
         assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
         assert!(outcome.warnings[0].contains("fifo"));
+    }
+
+    fn paths_of(root: &Path) -> Vec<String> {
+        let walk = TreeWalk::new(root, globset::GlobSet::empty(), &SessionContext::default());
+        walk.map(|e| e.unwrap().path).collect()
+    }
+
+    #[test]
+    fn the_walk_comes_in_tree_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Names whose byte order differs from tree order around the separator.
+        for d in ["a/x", "a-b/y", "a.b", "ab/z/deep", "b"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        for f in [
+            "a/x/1",
+            "a/0",
+            "a-b/y/2",
+            "a.c",
+            "ab/z/deep/3",
+            "ab/z0",
+            "b/4",
+        ] {
+            std::fs::write(dir.path().join(f), b"f").unwrap();
+        }
+        let walked = paths_of(dir.path());
+        let mut sorted = walked.clone();
+        sorted.sort_by(|a, b| crate::tree_order(a, b));
+        assert_eq!(walked, sorted);
+        // Byte order would put "a/0" before "a-b"; tree order lists the root first.
+        let pos = |p: &str| walked.iter().position(|w| w == p).unwrap();
+        assert!(pos("a-b") < pos("a/0"), "{walked:?}");
+        assert!(pos("a/x/1") < pos("a-b/y"), "{walked:?}");
+        assert!(pos("ab/z0") < pos("ab/z/deep"), "{walked:?}");
+        assert_eq!(walked.len(), 16, "{walked:?}");
+    }
+
+    #[test]
+    fn a_directory_is_listed_only_when_the_walk_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("top"), b"t").unwrap();
+        let mut walk = TreeWalk::new(
+            dir.path(),
+            globset::GlobSet::empty(),
+            &SessionContext::default(),
+        );
+        let first = walk.next().unwrap().unwrap();
+        assert_eq!(first.path, "sub");
+        // Made after the walk began but before it entered `sub`: a walk that listed the whole
+        // tree up front would miss it.
+        std::fs::write(dir.path().join("sub/late"), b"l").unwrap();
+        let rest: Vec<String> = walk.map(|e| e.unwrap().path).collect();
+        assert_eq!(rest, ["top", "sub/late"]);
+    }
+
+    #[test]
+    fn a_listing_error_ends_the_walk_with_the_directory_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut walk = TreeWalk::new(
+            &dir.path().join("missing"),
+            globset::GlobSet::empty(),
+            &SessionContext::default(),
+        );
+        let err = walk.next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(walk.next().is_none());
     }
 }

@@ -2,13 +2,18 @@
 
 use std::path::PathBuf;
 
+use crate::SourceError;
+
 /// A group of entries stored completely before the next phase begins.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Phase {
     /// A short name shown in progress and logs ("checkpoints", "data files", "logs").
     pub name: String,
     /// The entries, stored in this order.
     pub entries: Vec<Entry>,
+    /// More entries, listed while they are stored, after `entries`: a tree of a million files
+    /// need not be held in memory as a list (see [`Phase::streamed`]).
+    pub stream: Option<EntryStream>,
     /// Whether the engine may read the phase's files in any order, on several threads (it still
     /// stores them in this order and finishes the phase before the next). Only for entries whose
     /// content is a file on disk or bytes, never [`Content::Session`].
@@ -21,6 +26,7 @@ impl Phase {
         Self {
             name: name.into(),
             entries,
+            stream: None,
             parallel: false,
         }
     }
@@ -33,6 +39,130 @@ impl Phase {
             ..Self::new(name, entries)
         }
     }
+
+    /// A named phase whose entries are listed as the engine stores them, read in any order and
+    /// at the same time like [`Phase::unordered`]. The entries must come in *tree order* (see
+    /// [`tree_order`]): the engine matches them against the previous backup's file list in one
+    /// pass instead of holding that list in memory. Entries out of that order are stored
+    /// correctly, but read again even when unchanged; and an immutable file is recognised as
+    /// unchanged by its path, not by its identity alone (a renamed SST is read again).
+    pub fn streamed(name: impl Into<String>, entries: EntryStream) -> Self {
+        Self {
+            stream: Some(entries),
+            ..Self::unordered(name, Vec::new())
+        }
+    }
+
+    /// Every entry, the listed ones first, then the streamed ones as they are listed.
+    pub fn into_entries(self) -> impl Iterator<Item = Result<Entry, SourceError>> + Send {
+        self.entries
+            .into_iter()
+            .map(Ok)
+            .chain(self.stream.into_iter().flatten())
+    }
+}
+
+/// Entries listed one by one (a directory walk); an error ends the stream.
+pub struct EntryStream {
+    // Behind a mutex so that a phase may wait inside a session, which is shared between threads.
+    inner: std::sync::Mutex<Box<dyn Iterator<Item = Result<Entry, SourceError>> + Send>>,
+    scan: std::sync::Mutex<Option<Scan>>,
+    done: bool,
+}
+
+/// Counts a stream's files ahead of it (see [`EntryStream::with_scan`]).
+type Scan = Box<dyn FnOnce(&mut dyn FnMut(u64, u64) -> bool) + Send>;
+
+impl EntryStream {
+    /// Wraps an iterator of entries.
+    pub fn new(entries: impl Iterator<Item = Result<Entry, SourceError>> + Send + 'static) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(Box::new(entries)),
+            scan: std::sync::Mutex::new(None),
+            done: false,
+        }
+    }
+
+    /// Adds a cheaper listing of the same entries that only counts them, which the engine may
+    /// run on a thread of its own to show totals before the stream gets there (restic's
+    /// "scanner" does the same). It calls `found(files, bytes)` for each entry (one file or
+    /// none) and stops as soon as `found` returns false; its errors are the stream's to report.
+    #[must_use]
+    pub fn with_scan(
+        self,
+        scan: impl FnOnce(&mut dyn FnMut(u64, u64) -> bool) + Send + 'static,
+    ) -> Self {
+        *self
+            .scan
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(scan));
+        self
+    }
+
+    /// The counting listing, if the stream has one (taken: it runs once).
+    pub fn take_scan(&mut self) -> Option<Scan> {
+        self.scan
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Applies `f` to every entry as it is listed.
+    #[must_use]
+    pub fn map_entries(
+        self,
+        f: impl FnMut(Entry) -> Result<Entry, SourceError> + Send + 'static,
+    ) -> Self {
+        let mut f = f;
+        let mut this = self;
+        let scan = this.take_scan();
+        let mapped = Self::new(this.map(move |entry| entry.and_then(&mut f)));
+        match scan {
+            Some(scan) => mapped.with_scan(scan),
+            None => mapped,
+        }
+    }
+}
+
+impl Iterator for EntryStream {
+    type Item = Result<Entry, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next();
+        // Fused, and nothing after an error: the listing it came from is in an unknown state.
+        self.done = matches!(next, None | Some(Err(_)));
+        next
+    }
+}
+
+impl std::fmt::Debug for EntryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compares two entry paths in tree order: a directory's entries, names in byte order, come
+/// before the entries of its subdirectories, and the subdirectories follow one another (each
+/// with everything below it) in name order. It is the order of a walk that lists a directory,
+/// then descends into its subdirectories one by one; "a-b" comes before "a/x", because "a-b"
+/// is listed with the root and "a/x" only when `a` is entered.
+pub fn tree_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (dir_a, name_a) = a.rsplit_once('/').unwrap_or(("", a));
+    let (dir_b, name_b) = b.rsplit_once('/').unwrap_or(("", b));
+    // The root's "" splits into [""], which sorts before any named directory.
+    dir_a
+        .split('/')
+        .cmp(dir_b.split('/'))
+        .then_with(|| name_a.cmp(name_b))
 }
 
 /// What kind of tree node an entry is.

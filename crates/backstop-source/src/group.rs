@@ -967,8 +967,15 @@ impl<'a> GroupSession<'a> {
             .handles
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        let entries = phase
-            .entries
+        let phase_name = phase.name.clone();
+        // A member's streamed entries are listed here, up front: the engine matches a streamed
+        // phase against the parent backup in tree order, and a group's phases interleave its
+        // members in an order that is not (a member named "z" may be stored before "a").
+        let listed = phase
+            .into_entries()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| member_error(&name, e))?;
+        let entries = listed
             .into_iter()
             // The member's root directory is stored by the `members` phase already.
             .filter(|entry| !(entry.path.is_empty() && entry.kind == crate::EntryKind::Dir))
@@ -985,7 +992,7 @@ impl<'a> GroupSession<'a> {
                 entry
             })
             .collect();
-        Ok(Phase::new(format!("{name}: {}", phase.name), entries))
+        Ok(Phase::new(format!("{name}: {phase_name}"), entries))
     }
 
     fn check_window(&self) -> Result<(), SourceError> {

@@ -40,7 +40,9 @@ pub mod rocksdb_embedded;
 pub mod sqlite;
 
 pub use cancel::CancelToken;
-pub use entry::{ChangeModel, Content, Entry, EntryKind, FsIdentity, Phase};
+pub use entry::{
+    ChangeModel, Content, Entry, EntryKind, EntryStream, FsIdentity, Phase, tree_order,
+};
 pub use error::SourceError;
 pub use restore_profile::{RestoreParams, RestoreProfile};
 

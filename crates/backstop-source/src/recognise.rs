@@ -29,20 +29,40 @@ const BDB_MAGICS: [u32; 4] = [0x0005_3162, 0x0006_1561, 0x0004_2253, 0x0007_4582
 
 /// Gives recognised page files among `entries` [`ChangeModel::Pages`]; others keep theirs.
 pub fn mark_page_files(entries: &mut [Entry]) {
-    let clusters: HashSet<String> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter_map(|e| match e.path.rsplit_once('/') {
-            Some((dir, "PG_VERSION")) => Some(format!("{dir}/")),
-            None if e.path == "PG_VERSION" => Some(String::new()),
-            _ => None,
-        })
-        .collect();
-    for entry in entries.iter_mut() {
+    let mut recogniser = PageRecogniser::default();
+    recogniser.observe(entries);
+    entries.iter_mut().for_each(|e| recogniser.mark(e));
+}
+
+/// Recognises page files in a tree listed a directory at a time, parents before children: the
+/// cluster directories seen so far are all a PostgreSQL relation file's path needs, because a
+/// cluster's `PG_VERSION` is listed with the cluster directory, before anything below it.
+#[derive(Debug, Default)]
+pub struct PageRecogniser {
+    /// Directories holding `PG_VERSION`, each with a trailing `/` (the root as "").
+    clusters: HashSet<String>,
+}
+
+impl PageRecogniser {
+    /// Notes the cluster directories among `entries` (a directory's listing, or a whole tree).
+    pub fn observe(&mut self, entries: &[Entry]) {
+        let found = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .filter_map(|e| match e.path.rsplit_once('/') {
+                Some((dir, "PG_VERSION")) => Some(format!("{dir}/")),
+                None if e.path == "PG_VERSION" => Some(String::new()),
+                _ => None,
+            });
+        self.clusters.extend(found);
+    }
+
+    /// Gives `entry` [`ChangeModel::Pages`] if it is a recognised page file.
+    pub fn mark(&self, entry: &mut Entry) {
         if entry.kind != EntryKind::File || entry.change != ChangeModel::Any {
-            continue;
+            return;
         }
-        let page_size = if is_pg_relation(&entry.path, &clusters) {
+        let page_size = if is_pg_relation(&entry.path, &self.clusters) {
             Some(PG_PAGE)
         } else if entry.size >= SNIFF_FROM {
             match &entry.content {

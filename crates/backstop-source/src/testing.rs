@@ -39,7 +39,9 @@ pub fn copy_session(
     let mut bytes = 0u64;
     while let Some(phase) = session.next_phase()? {
         let mut paths = Vec::new();
-        for entry in &phase.entries {
+        let name = phase.name.clone();
+        for entry in phase.into_entries() {
+            let entry = entry?;
             let dest = target.join(&entry.path);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)
@@ -75,7 +77,7 @@ pub fn copy_session(
             }
             paths.push(entry.path.clone());
         }
-        phases.push((phase.name.clone(), paths));
+        phases.push((name, paths));
     }
     let outcome = session.finish()?;
     Ok(CopiedSession {

@@ -32,7 +32,7 @@ use crate::info::BackupInfo;
 use crate::options::BackupOptions;
 use crate::pack_writer::PackWriter;
 use crate::page_list;
-use crate::parent::ParentNodes;
+use crate::parent::{ParentCursor, ParentNodes};
 use crate::repo::{Repository, lock};
 use crate::{Error, ErrorKind, Result};
 
@@ -192,10 +192,6 @@ pub(crate) fn create_backup(
     let source_kind = source.kind().to_owned();
     let source_identity = source.identity();
     let parent = find_parent(repo, &source_kind, &source_identity)?;
-    let parent_nodes = match &parent {
-        Some(p) => ParentNodes::read(repo, p)?,
-        None => ParentNodes::default(),
-    };
 
     let ctx = SessionContext {
         cancel: options.cancel.clone(),
@@ -227,12 +223,15 @@ pub(crate) fn create_backup(
                 repo,
                 options,
                 dispatch: Dispatch::new(job_tx, threads),
-                parent_nodes: &parent_nodes,
+                parent_map: ParentNodes::default(),
                 failed: &failed,
                 threads,
             },
             out: TreeBuilder::default(),
             chunker: chunk::Chunker::default(),
+            parent: parent.as_ref(),
+            parent_map_read: false,
+            parent_cursor: None,
         };
         let walked = walker.walk(session);
         let walked = walked.and_then(|outcome| walker.out.flush(&walker.files).map(|()| outcome));
@@ -416,12 +415,19 @@ struct Walker<'a> {
     files: FileStorer<'a>,
     out: TreeBuilder,
     chunker: chunk::Chunker,
+    /// The previous backup of the source, whose nodes are read the first time a phase needs
+    /// them: all at once for a listed phase, alongside for a streamed one.
+    parent: Option<&'a Snapshot>,
+    parent_map_read: bool,
+    parent_cursor: Option<ParentCursor<'a>>,
 }
 
 /// The snapshot's file list as it grows, cut into tree blobs, with the counts.
 #[derive(Default)]
 struct TreeBuilder {
-    tree: Vec<Node>,
+    /// Nodes not yet in a tree blob, each with the parent's node at its path when a streamed
+    /// phase found it (a listed phase's are looked up in the parent map).
+    tree: Vec<(Node, Option<Node>)>,
     tree_ids: Vec<BlobId>,
     stats: SnapshotStats,
     warnings: Vec<String>,
@@ -432,7 +438,8 @@ struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
     dispatch: Dispatch,
-    parent_nodes: &'a ParentNodes,
+    /// The parent's nodes, once a listed phase needed them (empty before).
+    parent_map: ParentNodes,
     failed: &'a AtomicBool,
     threads: usize,
 }
@@ -442,6 +449,8 @@ struct FileStorer<'a> {
 #[derive(Default)]
 struct StoredFile {
     node: Option<Node>,
+    /// The parent's node at the same path, found by a streamed phase's cursor.
+    parent: Option<Node>,
     read: u64,
     warnings: Vec<String>,
 }
@@ -470,7 +479,7 @@ impl<R: Read> Read for GuardedReader<'_, R> {
     }
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     fn walk(
         &mut self,
         mut session: Box<dyn Session + '_>,
@@ -482,141 +491,251 @@ impl Walker<'_> {
     }
 
     fn store_phase(&mut self, session: &dyn Session, phase: Phase) -> Result<()> {
-        let bytes: u64 = phase.entries.iter().map(|e| e.size).sum();
-        self.files
-            .options
-            .progress
-            .phase(&phase.name, phase.entries.len() as u64, bytes);
-        tracing::debug!(phase = %phase.name, entries = phase.entries.len(), parallel = phase.parallel, "storing phase");
-        if let Some(entry) = phase.entries.iter().find(|e| !is_safe_path(&e.path)) {
-            return Err(Error::new(
-                ErrorKind::Source,
-                BackupError::BadPath(entry.path.clone()),
-            ));
+        let Phase {
+            name,
+            entries,
+            stream,
+            parallel,
+        } = phase;
+        let bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let progress = &*self.files.options.progress;
+        // A streamed phase's entries are counted as they are listed (`Progress::found`).
+        progress.phase(&name, entries.len() as u64, bytes);
+        tracing::debug!(phase = %name, entries = entries.len(), streamed = stream.is_some(), parallel, "storing phase");
+        if let Some(entry) = entries.iter().find(|e| !is_safe_path(&e.path)) {
+            return Err(bad_path(entry));
         }
-        let files = phase
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .count();
-        if phase.parallel && self.files.threads > 1 && files > 1 {
-            return self.store_unordered(phase.entries);
+        let files = entries.iter().filter(|e| e.kind == EntryKind::File).count();
+        if !entries.is_empty() && !self.parent_map_read {
+            if let Some(parent) = self.parent {
+                self.files.parent_map = ParentNodes::read(self.files.repo, parent)?;
+            }
+            self.parent_map_read = true;
         }
-        for entry in phase.entries {
-            self.files.check_running()?;
-            let stored = match &entry.kind {
-                EntryKind::File => {
-                    let mut chunker = std::mem::take(&mut self.chunker);
-                    let stored = self
-                        .files
-                        .store_file(&mut chunker, 0, Some(session), &entry);
-                    self.chunker = chunker;
-                    stored?
-                }
-                _ => StoredFile {
-                    node: Some(other_node(&entry)),
-                    ..StoredFile::default()
-                },
-            };
-            self.out.add(&self.files, stored)?;
+        if stream.is_some() && self.parent_cursor.is_none() {
+            self.parent_cursor = self
+                .parent
+                .map(|parent| ParentCursor::new(self.files.repo, parent));
         }
-        Ok(())
-    }
-
-    /// Stores a phase whose files may be read in any order, on several threads, keeping the
-    /// nodes in the phase's order.
-    fn store_unordered(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let threads = self.files.threads;
-        let (entry_tx, entry_rx) = bounded::<(usize, Entry)>(threads * 4);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<StoredFile>)>();
-        let stop = AtomicBool::new(false);
-        let files = &self.files;
-        let out = &mut self.out;
-        let count = entries.len();
+        let unordered = parallel && self.files.threads > 1 && (files > 1 || stream.is_some());
+        let mut stream = stream;
+        let scan = if progress.wants_totals() {
+            stream
+                .as_mut()
+                .and_then(backstop_source::EntryStream::take_scan)
+        } else {
+            None
+        };
+        let mut listing = Listing {
+            listed: entries.into_iter(),
+            stream,
+            cursor: self.parent_cursor.as_mut(),
+            progress,
+            report_found: scan.is_none(),
+        };
+        let phase_over = AtomicBool::new(false);
+        let (files, out, chunker) = (&self.files, &mut self.out, &mut self.chunker);
         std::thread::scope(|scope| {
-            for lane in 0..threads {
-                let rx = entry_rx.clone();
-                let tx = done_tx.clone();
-                let stop = &stop;
+            if let Some(scan) = scan {
+                let phase_over = &phase_over;
                 scope.spawn(move || {
-                    let mut chunker = chunk::Chunker::default();
-                    for (seq, entry) in rx {
-                        let stored = if stop.load(Ordering::Relaxed) {
-                            Ok(StoredFile::default())
-                        } else {
-                            files.store_file(&mut chunker, lane, None, &entry)
-                        };
-                        if stored.is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        if tx.send((seq, stored)).is_err() {
-                            return;
-                        }
-                    }
+                    scan(&mut |files, bytes| {
+                        progress.found(files, bytes);
+                        !phase_over.load(Ordering::Relaxed)
+                    });
                 });
             }
-            drop(entry_rx);
-            drop(done_tx);
-            let mut ready: BTreeMap<usize, Result<StoredFile>> = BTreeMap::new();
-            let mut next = 0usize;
-            let mut first_error: Option<Error> = None;
-            let take_ready = |walker_add: &mut dyn FnMut(StoredFile) -> Result<()>,
-                              ready: &mut BTreeMap<usize, Result<StoredFile>>,
-                              next: &mut usize,
-                              first_error: &mut Option<Error>| {
-                while let Some(result) = ready.remove(next) {
-                    *next += 1;
-                    match result.and_then(&mut *walker_add) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            stop.store(true, Ordering::Relaxed);
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
+            let stored = if unordered {
+                store_unordered(files, out, &mut listing)
+            } else {
+                store_in_order(files, out, chunker, session, &mut listing)
             };
-            let mut add = |stored: StoredFile| -> Result<()> { out.add(files, stored) };
-            for (seq, entry) in entries.into_iter().enumerate() {
-                if stop.load(Ordering::Relaxed) || files.check_running().is_err() {
-                    break;
-                }
-                if entry.kind == EntryKind::File {
-                    if entry_tx.send((seq, entry)).is_err() {
-                        break;
-                    }
-                } else {
-                    ready.insert(
-                        seq,
-                        Ok(StoredFile {
-                            node: Some(other_node(&entry)),
-                            ..StoredFile::default()
-                        }),
-                    );
-                }
-                while let Ok((seq, result)) = done_rx.try_recv() {
-                    ready.insert(seq, result);
-                }
-                take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+            // A scan still running after a stored phase is about done (it lists what the phase
+            // listed, without reading a byte) and finishes its count; after a failure it stops.
+            if stored.is_err() {
+                phase_over.store(true, Ordering::Relaxed);
             }
-            drop(entry_tx);
-            for (seq, result) in &done_rx {
-                ready.insert(seq, result);
-                take_ready(&mut add, &mut ready, &mut next, &mut first_error);
-            }
-            take_ready(&mut add, &mut ready, &mut next, &mut first_error);
-            if let Some(e) = first_error {
-                return Err(e);
-            }
-            files.check_running()?;
-            if next != count {
-                return Err(Error::msg(
-                    ErrorKind::Io,
-                    format!("the phase stopped after {next} of its {count} entries"),
-                ));
-            }
-            Ok(())
+            stored
         })
     }
+}
+
+/// Stores a phase's files one after another on this thread.
+fn store_in_order(
+    files: &FileStorer<'_>,
+    out: &mut TreeBuilder,
+    chunker: &mut chunk::Chunker,
+    session: &dyn Session,
+    listing: &mut Listing<'_, '_>,
+) -> Result<()> {
+    for next in listing {
+        let (entry, parent) = next?;
+        files.check_running()?;
+        let stored = match &entry.kind {
+            EntryKind::File => files.store_file(chunker, 0, Some(session), &entry, parent)?,
+            _ => StoredFile {
+                node: Some(other_node(&entry)),
+                ..StoredFile::default()
+            },
+        };
+        out.add(files, stored)?;
+    }
+    Ok(())
+}
+
+/// A phase's entries in order, the listed ones and then the streamed ones as they are listed,
+/// each streamed file with the parent's node at its path.
+struct Listing<'p, 'r> {
+    listed: std::vec::IntoIter<Entry>,
+    stream: Option<backstop_source::EntryStream>,
+    cursor: Option<&'p mut ParentCursor<'r>>,
+    progress: &'p dyn crate::Progress,
+    /// Whether to report streamed entries as found: not when a scan counts them ahead.
+    report_found: bool,
+}
+
+impl Iterator for Listing<'_, '_> {
+    type Item = Result<(Entry, Option<Node>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(entry) = self.listed.next() {
+            return Some(Ok((entry, None)));
+        }
+        let entry = match self.stream.as_mut()?.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if !is_safe_path(&entry.path) {
+            return Some(Err(bad_path(&entry)));
+        }
+        let is_file = entry.kind == EntryKind::File;
+        if self.report_found {
+            self.progress.found(u64::from(is_file), entry.size);
+        }
+        // Every entry moves the cursor on, so that it passes the parent's directories too.
+        let parent = match self.cursor.as_mut().map(|c| c.find(&entry.path)) {
+            Some(Ok(node)) => node.filter(|_| is_file),
+            Some(Err(e)) => return Some(Err(e)),
+            None => None,
+        };
+        Some(Ok((entry, parent)))
+    }
+}
+
+fn bad_path(entry: &Entry) -> Error {
+    Error::new(ErrorKind::Source, BackupError::BadPath(entry.path.clone()))
+}
+
+/// Stores a phase whose files may be read in any order, on several threads, keeping the nodes
+/// in the phase's order.
+fn store_unordered(
+    files: &FileStorer<'_>,
+    out: &mut TreeBuilder,
+    listing: &mut Listing<'_, '_>,
+) -> Result<()> {
+    let threads = files.threads;
+    let (entry_tx, entry_rx) = bounded::<(usize, Entry, Option<Node>)>(threads * 4);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<StoredFile>)>();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for lane in 0..threads {
+            let rx = entry_rx.clone();
+            let tx = done_tx.clone();
+            let stop = &stop;
+            scope.spawn(move || {
+                let mut chunker = chunk::Chunker::default();
+                for (seq, entry, parent) in rx {
+                    let stored = if stop.load(Ordering::Relaxed) {
+                        Ok(StoredFile::default())
+                    } else {
+                        files.store_file(&mut chunker, lane, None, &entry, parent)
+                    };
+                    if stored.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((seq, stored)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(entry_rx);
+        drop(done_tx);
+        let mut ready: BTreeMap<usize, Result<StoredFile>> = BTreeMap::new();
+        let mut next = 0usize;
+        let mut first_error: Option<Error> = None;
+        let take_ready = |walker_add: &mut dyn FnMut(StoredFile) -> Result<()>,
+                          ready: &mut BTreeMap<usize, Result<StoredFile>>,
+                          next: &mut usize,
+                          first_error: &mut Option<Error>| {
+            while let Some(result) = ready.remove(next) {
+                *next += 1;
+                match result.and_then(&mut *walker_add) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        };
+        let mut add = |stored: StoredFile| -> Result<()> { out.add(files, stored) };
+        let mut sent = 0usize;
+        let mut listed_all = false;
+        loop {
+            if stop.load(Ordering::Relaxed) || files.check_running().is_err() {
+                break;
+            }
+            let (entry, parent) = match listing.next() {
+                None => {
+                    listed_all = true;
+                    break;
+                }
+                Some(Ok(next)) => next,
+                Some(Err(e)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                    break;
+                }
+            };
+            let seq = sent;
+            sent += 1;
+            if entry.kind == EntryKind::File {
+                if entry_tx.send((seq, entry, parent)).is_err() {
+                    break;
+                }
+            } else {
+                ready.insert(
+                    seq,
+                    Ok(StoredFile {
+                        node: Some(other_node(&entry)),
+                        ..StoredFile::default()
+                    }),
+                );
+            }
+            while let Ok((seq, result)) = done_rx.try_recv() {
+                ready.insert(seq, result);
+            }
+            take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+        }
+        drop(entry_tx);
+        for (seq, result) in &done_rx {
+            ready.insert(seq, result);
+            take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+        }
+        take_ready(&mut add, &mut ready, &mut next, &mut first_error);
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        files.check_running()?;
+        if !listed_all || next != sent {
+            return Err(Error::msg(
+                ErrorKind::Io,
+                format!("the phase stopped after {next} of the {sent} entries listed"),
+            ));
+        }
+        Ok(())
+    })
 }
 
 impl TreeBuilder {
@@ -635,7 +754,7 @@ impl TreeBuilder {
             }
             _ => {}
         }
-        self.tree.push(node);
+        self.tree.push((node, stored.parent));
         if self.tree.len() >= TREE_NODES_PER_BLOB {
             self.flush(files)?;
         }
@@ -646,13 +765,15 @@ impl TreeBuilder {
         if self.tree.is_empty() {
             return Ok(());
         }
-        let mut nodes = std::mem::take(&mut self.tree);
-        for node in &mut nodes {
-            let parent = files.parent_nodes.get(&node.path);
+        let mut nodes = Vec::with_capacity(self.tree.len());
+        for (mut node, streamed_parent) in std::mem::take(&mut self.tree) {
+            let parent = streamed_parent
+                .as_ref()
+                .or_else(|| files.parent_map.get(&node.path));
             let lists = {
                 let index = files.repo.index_read();
                 page_list::encode(
-                    node,
+                    &mut node,
                     parent,
                     |b| index.contains(b),
                     files.repo.key(),
@@ -667,6 +788,7 @@ impl TreeBuilder {
                     return Err(Error::msg(ErrorKind::Io, "the backup pipeline stopped"));
                 }
             }
+            nodes.push(node);
         }
         let blob = TreeBlob { nodes };
         let mut raw = Vec::new();
@@ -695,15 +817,16 @@ impl FileStorer<'_> {
         Ok(())
     }
 
-    /// The parent's node for an entry, if it proves the file unchanged.
-    fn unchanged_from_parent(&self, entry: &Entry) -> Option<Node> {
+    /// The parent's node for an entry, if it proves the file unchanged; `by_path` is the
+    /// parent's node at the entry's path if a streamed phase found it.
+    fn unchanged_from_parent(&self, entry: &Entry, by_path: Option<&Node>) -> Option<Node> {
         let index = self.repo.index_read();
         let all_present = |n: &Node| n.chunks.iter().all(|c| index.contains(c));
         if let ChangeModel::Immutable {
             identity: Some(identity),
         } = &entry.change
         {
-            if let Some(node) = self.parent_nodes.with_identity(identity) {
+            if let Some(node) = self.parent_map.with_identity(identity) {
                 if all_present(node) {
                     return Some(node.clone());
                 }
@@ -713,7 +836,7 @@ impl FileStorer<'_> {
             return None;
         }
         let fs = entry.fs_identity?;
-        let node = self.parent_nodes.get(&entry.path)?;
+        let node = by_path.or_else(|| self.parent_map.get(&entry.path))?;
         let same = node.kind == NODE_FILE
             && !node.racy
             && node.fs == Some(fs)
@@ -724,18 +847,24 @@ impl FileStorer<'_> {
 
     /// Reads, cuts and queues one file; its small chunks go into the frame of `lane` (the
     /// reading thread). `session` is `None` on the threads of an unordered phase, whose
-    /// entries must not need it.
+    /// entries must not need it. `parent` is the parent's node at the same path, if a streamed
+    /// phase found it; it is handed on for the tree builder.
     fn store_file(
         &self,
         chunker: &mut chunk::Chunker,
         lane: usize,
         session: Option<&dyn Session>,
         entry: &Entry,
+        parent: Option<Node>,
     ) -> Result<StoredFile> {
         let progress = &*self.options.progress;
         progress.file(&entry.path);
-        let mut out = StoredFile::default();
-        if let Some(parent) = self.unchanged_from_parent(entry) {
+        let unchanged = self.unchanged_from_parent(entry, parent.as_ref());
+        let mut out = StoredFile {
+            parent,
+            ..StoredFile::default()
+        };
+        if let Some(parent) = unchanged {
             progress.unchanged(&entry.path, parent.size);
             let mut node = base_node(entry, NODE_FILE);
             node.size = parent.size;

@@ -1,11 +1,14 @@
 //! The parent backup's nodes, which an incremental backup looks up by path (is this file
 //! unchanged? which page lists can it patch?) or by a source's identity of an immutable file.
 //!
-//! They are held in one vector sorted by path rather than in a map keyed by a copy of each
-//! path: for a tree of many small files this is most of a backup's memory (200,000 files: a
-//! `BTreeMap<String, Node>` took 94 MB at the peak, heaptrack).
+//! For a phase listed up front they are held in one vector sorted by path ([`ParentNodes`]):
+//! its entries may come in any order. A streamed phase (a directory walk) lists its entries in
+//! tree order, the order the parent stored them in, so [`ParentCursor`] reads the parent's
+//! nodes alongside, a few tree blobs at a time, and a backup of many files holds neither list
+//! (200,000 small files: 146 MB at the peak with both in memory, see bench/README).
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{HashMap, VecDeque};
 
 use crate::error::Result;
 use crate::format::{Node, Snapshot};
@@ -63,6 +66,68 @@ impl ParentNodes {
 
     pub(crate) fn with_identity(&self, identity: &str) -> Option<&Node> {
         self.nodes.get(*self.by_identity.get(identity)?)
+    }
+}
+
+/// Raw bytes of tree blobs the cursor reads at a time: a few thousand nodes.
+const CURSOR_WINDOW_BYTES: u64 = 1 << 20;
+
+/// The parent backup's nodes read in stored order while a streamed phase asks for its paths in
+/// tree order ([`backstop_source::tree_order`]): a merge join, holding one window of nodes.
+pub(crate) struct ParentCursor<'r> {
+    repo: &'r Repository,
+    snapshot: &'r Snapshot,
+    /// The next tree blob to read.
+    next_tree: usize,
+    nodes: VecDeque<Node>,
+}
+
+impl<'r> ParentCursor<'r> {
+    pub(crate) fn new(repo: &'r Repository, snapshot: &'r Snapshot) -> Self {
+        Self {
+            repo,
+            snapshot,
+            next_tree: 0,
+            nodes: VecDeque::new(),
+        }
+    }
+
+    /// The parent's node at `path`, passing over the nodes before it (paths no longer in the
+    /// tree). Asked out of tree order, it misses a node it passed, and the file is read again:
+    /// slower, never wrong.
+    pub(crate) fn find(&mut self, path: &str) -> Result<Option<Node>> {
+        loop {
+            if self.nodes.is_empty() && !self.read_more()? {
+                return Ok(None);
+            }
+            let Some(front) = self.nodes.front() else {
+                return Ok(None);
+            };
+            match backstop_source::tree_order(&front.path, path) {
+                Ordering::Less => {
+                    self.nodes.pop_front();
+                }
+                Ordering::Equal => return Ok(self.nodes.pop_front()),
+                Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads the next window of tree blobs; false when there are none left.
+    fn read_more(&mut self) -> Result<bool> {
+        let nodes = &mut self.nodes;
+        let read = self.repo.read_node_window(
+            self.snapshot,
+            self.next_tree,
+            CURSOR_WINDOW_BYTES,
+            true,
+            &mut |n| {
+                nodes.push_back(n);
+                Ok(())
+            },
+        )?;
+        self.next_tree += read;
+        Ok(read > 0)
     }
 }
 

@@ -5,6 +5,15 @@
 pub trait Progress: Send + Sync {
     /// A phase of the source's procedure starts, with its entry count and byte total.
     fn phase(&self, _name: &str, _files: u64, _bytes: u64) {}
+    /// A streamed phase listed more of its entries: `files` more files (0 for a directory or a
+    /// symlink) of `bytes` in all. Its `phase` call counted only the entries listed up front.
+    fn found(&self, _files: u64, _bytes: u64) {}
+    /// Whether totals are worth a second, counting listing of a streamed phase (a scan that
+    /// runs ahead of the backup, calling `found`), as they are to a progress bar. Otherwise
+    /// `found` follows the backup's own listing.
+    fn wants_totals(&self) -> bool {
+        false
+    }
     /// A file is being stored or restored.
     fn file(&self, _path: &str) {}
     /// `bytes` more were read from the source (backup) or written to the target (restore).

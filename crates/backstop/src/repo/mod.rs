@@ -1297,24 +1297,42 @@ impl Repository {
         keep_bases: bool,
         mut f: impl FnMut(Node) -> Result<()>,
     ) -> Result<()> {
-        let context = format!("backup {}", snapshot.id);
-        let mut rest = snapshot.tree.as_slice();
-        while !rest.is_empty() {
-            // Tree blobs are fetched a few MiB at a time (joined reads, several in flight),
-            // not one round trip each.
-            let (window, after) = rest.split_at(self.tree_window(rest));
-            rest = after;
-            let raws = self.read_blobs(window, &context)?;
-            for (tree_id, raw) in window.iter().zip(raws) {
-                self.read_tree_nodes(snapshot, tree_id, &raw, keep_bases, &mut f)?;
-            }
+        let mut next = 0;
+        while next < snapshot.tree.len() {
+            next += self.read_node_window(snapshot, next, TREE_WINDOW_BYTES, keep_bases, &mut f)?;
         }
         Ok(())
     }
 
+    /// The nodes of the next `window_bytes` (raw) of `snapshot`'s tree blobs from the `from`th
+    /// on, as [`Repository::read_nodes`] gives them; returns how many tree blobs it read (at
+    /// least one, none only when none are left).
+    pub(crate) fn read_node_window(
+        &self,
+        snapshot: &Snapshot,
+        from: usize,
+        window_bytes: u64,
+        keep_bases: bool,
+        f: &mut impl FnMut(Node) -> Result<()>,
+    ) -> Result<usize> {
+        let rest = snapshot.tree.get(from..).unwrap_or_default();
+        if rest.is_empty() {
+            return Ok(0);
+        }
+        // Tree blobs are fetched a few MiB at a time (joined reads, several in flight), not one
+        // round trip each.
+        let (window, _) = rest.split_at(self.tree_window(rest, window_bytes));
+        let context = format!("backup {}", snapshot.id);
+        let raws = self.read_blobs(window, &context)?;
+        for (tree_id, raw) in window.iter().zip(raws) {
+            self.read_tree_nodes(snapshot, tree_id, &raw, keep_bases, f)?;
+        }
+        Ok(window.len())
+    }
+
     /// How many of `trees` (at least one) to fetch together: as many as add up to
-    /// [`TREE_WINDOW_BYTES`] of raw bytes by the index.
-    fn tree_window(&self, trees: &[BlobId]) -> usize {
+    /// `window_bytes` of raw bytes by the index.
+    fn tree_window(&self, trees: &[BlobId], window_bytes: u64) -> usize {
         let index = self.index_read();
         let mut bytes = 0u64;
         let mut count = 0;
@@ -1324,7 +1342,7 @@ impl Repository {
                 break;
             };
             bytes += u64::from(entry.raw_length);
-            if count > 0 && bytes > TREE_WINDOW_BYTES {
+            if count > 0 && bytes > window_bytes {
                 break;
             }
             count += 1;
