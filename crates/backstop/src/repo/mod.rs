@@ -260,6 +260,8 @@ pub(crate) struct Index {
     recent: HashMap<BlobId, BlobLocation>,
     /// Keys of the index objects loaded.
     pub(crate) objects: Vec<String>,
+    /// Holds what `objects` hold and nothing else: loaded, and no pack added since.
+    as_loaded: bool,
 }
 
 impl Index {
@@ -278,6 +280,7 @@ impl Index {
     /// Adds a pack written by this process (kept in the small map until the next reload, or
     /// until the map holds [`RECENT_MAX`] blobs).
     pub(crate) fn add_pack(&mut self, pack: &IndexPack) {
+        self.as_loaded = false;
         let pos = self.pack_position(pack.id, pack.size);
         for e in &pack.entries {
             if self.sorted_get(&e.id).is_none() {
@@ -806,6 +809,17 @@ impl Repository {
             .map(|m| m.key)
             .collect();
         keys.sort();
+        {
+            let index = self.index_read();
+            if index.as_loaded && index.objects == keys {
+                // Index objects are named by their content: the same keys hold the same
+                // entries, so a reload would build what is here already, and hold two copies of
+                // a large index while it did (56 MB each for a million blobs). An index that
+                // gained packs since (a backup that failed before its index object was
+                // written) is reloaded, so that those packs' blobs are forgotten.
+                return Ok(());
+            }
+        }
         // Fetching, decrypting and decoding an object is most of the work and independent of
         // the others: a window of objects at a time goes to the worker threads, and their
         // entries are loaded in key order (which decides among duplicates). The window bounds
@@ -834,6 +848,7 @@ impl Repository {
             }
         }
         index.finish_loading();
+        index.as_loaded = true;
         *self
             .index
             .write()
@@ -1757,6 +1772,41 @@ mod tests {
             let found = index.sorted_with_prefix(&e.id.0[..16]);
             assert_eq!(found, crate::page_list::Found::One(e.id));
         }
+    }
+
+    #[test]
+    fn a_reload_reads_nothing_again_unless_the_objects_or_the_packs_in_memory_changed() {
+        let store = backstop_store::CountingStore::new(MemoryStore::new());
+        let counter = store.counter();
+        let init = InitOptions::default()
+            .with_password("pw")
+            .with_kdf(8 * 1024, 1);
+        let repo = Repository::init(
+            Arc::new(store),
+            &init,
+            EngineOptions::default().with_password("pw"),
+        )
+        .unwrap();
+        let packs = synthetic_packs(4, 100);
+        repo.write_index(packs[..2].to_vec()).unwrap();
+        let gets = || counter.counts().gets;
+        repo.reload_index().unwrap();
+        let after_load = gets();
+        repo.reload_index().unwrap();
+        assert_eq!(gets(), after_load, "an unchanged index was read again");
+        // A new object (another process's backup) is loaded.
+        repo.write_index(packs[2..3].to_vec()).unwrap();
+        repo.reload_index().unwrap();
+        assert!(gets() > after_load);
+        let third = &packs[2].entries[0].id;
+        assert!(repo.index_read().contains(third));
+        // A pack this process added without an index object (its backup failed) is forgotten.
+        let orphan = &packs[3];
+        repo.index_write().add_pack(orphan);
+        assert!(repo.index_read().contains(&orphan.entries[0].id));
+        repo.reload_index().unwrap();
+        assert!(!repo.index_read().contains(&orphan.entries[0].id));
+        assert!(repo.index_read().contains(third));
     }
 
     #[test]
