@@ -11,6 +11,12 @@ use crate::format::{self, ContentId, IndexPack, PackEntry};
 use crate::repo::Repository;
 use crate::{Error, ErrorKind, Result};
 
+/// Blobs in one pack, at most (unless one stored unit holds more). A pack's entries are kept in
+/// memory until it is stored and then go into one index object, whose size this bounds too (an
+/// index object is cut at about as many entries, but never inside a pack). Without it, a pack
+/// of a million tiny files' blobs held 68 MB of entries while it was written.
+pub(crate) const MAX_PACK_ENTRIES: usize = 16_384;
+
 /// Assembles packs of about the repository's pack size from stored units (a sealed blob, or a
 /// sealed frame of small blobs) and their entries.
 pub(crate) struct PackWriter<'a> {
@@ -42,8 +48,8 @@ impl<'a> PackWriter<'a> {
 
     /// Appends a stored unit; `entries` are the entries of the blobs in it, whose offset and
     /// length this sets. Returns the packs this completed: the open pack is stored before a
-    /// unit that would carry it past the target (so a pack stays within the target unless a
-    /// single unit is larger), and once it reaches the target.
+    /// unit that would carry it past the target size or past [`MAX_PACK_ENTRIES`] blobs (so a
+    /// pack stays within both unless a single unit is larger), and once it reaches either.
     pub(crate) fn push(
         &mut self,
         stored: &[u8],
@@ -51,11 +57,12 @@ impl<'a> PackWriter<'a> {
     ) -> Result<Vec<IndexPack>> {
         let mut done = Vec::new();
         let len = stored.len() as u64;
-        if self
-            .open
-            .as_ref()
-            .is_some_and(|p| !p.entries.is_empty() && p.pending.len() + len > self.target)
-        {
+        let entries: Vec<PackEntry> = entries.into_iter().collect();
+        if self.open.as_ref().is_some_and(|p| {
+            !p.entries.is_empty()
+                && (p.pending.len() + len > self.target
+                    || p.entries.len() + entries.len() > MAX_PACK_ENTRIES)
+        }) {
             done.extend(self.finish_open()?);
         }
         let open = match &mut self.open {
@@ -80,7 +87,7 @@ impl<'a> PackWriter<'a> {
             length,
             ..e
         }));
-        if open.pending.len() >= self.target {
+        if open.pending.len() >= self.target || open.entries.len() >= MAX_PACK_ENTRIES {
             done.extend(self.finish_open()?);
         }
         Ok(done)
@@ -112,5 +119,68 @@ impl<'a> PackWriter<'a> {
             size,
             entries: open.entries,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use backstop_store::MemoryStore;
+
+    use super::*;
+    use crate::format::BlobKind;
+    use crate::{EngineOptions, InitOptions};
+
+    #[test]
+    fn a_pack_of_tiny_blobs_is_stored_once_it_holds_the_most_entries_a_pack_may() {
+        let repo = Repository::init(
+            Arc::new(MemoryStore::new()),
+            &InitOptions::default(),
+            EngineOptions::default(),
+        )
+        .unwrap();
+        let mut writer = PackWriter::new(&repo);
+        let mut packs = Vec::new();
+        let blobs = 2 * MAX_PACK_ENTRIES + 100;
+        for n in 0..blobs {
+            let unit = (n as u64).to_le_bytes();
+            let entry = PackEntry {
+                id: ContentId::hash(&unit),
+                kind: BlobKind::Data,
+                offset: 0,
+                length: 0,
+                raw_length: 8,
+                compressed: false,
+                within: None,
+            };
+            packs.extend(writer.push(&unit, [entry]).unwrap());
+        }
+        packs.extend(writer.finish().unwrap());
+        let sizes: Vec<usize> = packs.iter().map(|p| p.entries.len()).collect();
+        // 262 KiB of units: far below the size target, so only the count cut them.
+        assert_eq!(sizes, [MAX_PACK_ENTRIES, MAX_PACK_ENTRIES, 100]);
+        // A unit with more entries than that (a frame of tiny blobs) still makes one pack.
+        let mut writer = PackWriter::new(&repo);
+        let frame: Vec<PackEntry> = (0..MAX_PACK_ENTRIES + 1)
+            .map(|n| PackEntry {
+                id: ContentId::hash(format!("in frame {n}").as_bytes()),
+                kind: BlobKind::Data,
+                offset: 0,
+                length: 0,
+                raw_length: 1,
+                compressed: false,
+                within: Some(u32::try_from(n).unwrap()),
+            })
+            .collect();
+        writer
+            .push(b"small", packs[0].entries[..1].to_vec())
+            .unwrap();
+        let done = writer.push(b"frame", frame).unwrap();
+        assert_eq!(
+            done.iter().map(|p| p.entries.len()).collect::<Vec<_>>(),
+            [1, MAX_PACK_ENTRIES + 1]
+        );
+        assert!(writer.finish().unwrap().is_none());
     }
 }
