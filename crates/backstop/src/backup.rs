@@ -36,6 +36,9 @@ use crate::parent::{ParentCursor, ParentNodes};
 use crate::repo::{Repository, lock};
 use crate::{Error, ErrorKind, Result};
 
+/// The fewest queued blob ids the dispatcher prunes (of those the index has since got):
+/// 2 MiB of ids.
+const PENDING_PRUNE_MIN: usize = 65_536;
 /// Nodes per tree blob; about 100 bytes each plus 34 per chunk id.
 const TREE_NODES_PER_BLOB: usize = 2048;
 /// A file modified this close before it was read may change again within the same timestamp.
@@ -75,8 +78,10 @@ struct Dispatch {
 }
 
 struct DispatchState {
-    /// Blobs queued in this backup but not yet in the index.
+    /// Blobs queued in this backup and, since the last prune, not yet found in the index.
     pending: HashSet<BlobId>,
+    /// `pending` is pruned of the blobs the index has when it reaches this many.
+    prune_at: usize,
     /// The open frame of each lane (at least one).
     frames: Vec<Job>,
 }
@@ -87,6 +92,7 @@ impl Dispatch {
             job_tx,
             state: Mutex::new(DispatchState {
                 pending: HashSet::new(),
+                prune_at: PENDING_PRUNE_MIN,
                 frames: (0..lanes.max(1)).map(|_| empty_frame()).collect(),
             }),
         }
@@ -110,9 +116,18 @@ impl Dispatch {
     ) -> bool {
         let ready = {
             let mut state = self.state();
-            if repo.index_read().contains(&id) || !state.pending.insert(id) {
+            let index = repo.index_read();
+            if index.contains(&id) || !state.pending.insert(id) {
                 return true;
             }
+            if state.pending.len() >= state.prune_at {
+                // The blobs of stored packs are in the index now, which answers for them; only
+                // those on their way to a pack need remembering here. Pruning when the set has
+                // doubled keeps the cost at a lookup or two per blob.
+                state.pending.retain(|id| !index.contains(id));
+                state.prune_at = (state.pending.len() * 2).max(PENDING_PRUNE_MIN);
+            }
+            drop(index);
             if kind != BlobKind::Data || data.len() >= format::SMALL_BLOB {
                 Some(Job {
                     kind,
@@ -1034,6 +1049,59 @@ mod tests {
 
     use super::*;
     use crate::options::{EngineOptions, InitOptions};
+
+    /// The ids a backup queued are forgotten once the index has them (their packs are stored),
+    /// and a blob offered again is still stored once, before and after.
+    #[test]
+    fn queued_ids_are_pruned_once_the_index_has_them() {
+        let repo = Repository::init(
+            Arc::new(MemoryStore::new()),
+            &InitOptions::default(),
+            EngineOptions::default(),
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dispatch = Dispatch::new(tx, 1);
+        let data = |n: usize| format!("tree blob {n}").into_bytes();
+        let offer = |n: usize| {
+            let raw = data(n);
+            let id = format::blob_id(&raw, None);
+            assert!(dispatch.offer(0, &repo, id, BlobKind::Tree, raw));
+            id
+        };
+        let stored: Vec<BlobId> = (0..PENDING_PRUNE_MIN - 1).map(offer).collect();
+        assert_eq!(rx.try_iter().count(), PENDING_PRUNE_MIN - 1);
+        // Their pack is stored: the packer puts it in the index.
+        repo.index_write().add_pack(&IndexPack {
+            id: format::ContentId::hash(b"pack"),
+            size: 1,
+            entries: stored
+                .iter()
+                .map(|&id| PackEntry {
+                    id,
+                    kind: BlobKind::Tree,
+                    offset: 0,
+                    length: 1,
+                    raw_length: 1,
+                    compressed: false,
+                    within: None,
+                })
+                .collect(),
+        });
+        let on_its_way = offer(PENDING_PRUNE_MIN);
+        assert_eq!(rx.try_iter().count(), 1);
+        {
+            let state = dispatch.state();
+            assert_eq!(state.pending.len(), 1, "only the blob not yet in the index");
+            assert!(state.pending.contains(&on_its_way));
+            assert_eq!(state.prune_at, PENDING_PRUNE_MIN);
+        }
+        // Offered again: the one on its way and the ones in the index are queued no more.
+        offer(PENDING_PRUNE_MIN);
+        offer(0);
+        offer(PENDING_PRUNE_MIN / 2);
+        assert_eq!(rx.try_iter().count(), 0);
+    }
 
     /// Two readers offering small blobs in turn (an incremental's changed pages of two files
     /// read at once) fill a frame each: no frame holds blobs of both.
