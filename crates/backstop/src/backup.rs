@@ -1043,23 +1043,14 @@ pub(crate) fn is_safe_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use backstop_store::MemoryStore;
 
     use super::*;
-    use crate::options::{EngineOptions, InitOptions};
 
     /// The ids a backup queued are forgotten once the index has them (their packs are stored),
     /// and a blob offered again is still stored once, before and after.
     #[test]
     fn queued_ids_are_pruned_once_the_index_has_them() {
-        let repo = Repository::init(
-            Arc::new(MemoryStore::new()),
-            &InitOptions::default(),
-            EngineOptions::default(),
-        )
-        .unwrap();
+        let repo = crate::repo::memory_repository();
         let (tx, rx) = crossbeam_channel::unbounded();
         let dispatch = Dispatch::new(tx, 1);
         let data = |n: usize| format!("tree blob {n}").into_bytes();
@@ -1077,15 +1068,7 @@ mod tests {
             size: 1,
             entries: stored
                 .iter()
-                .map(|&id| PackEntry {
-                    id,
-                    kind: BlobKind::Tree,
-                    offset: 0,
-                    length: 1,
-                    raw_length: 1,
-                    compressed: false,
-                    within: None,
-                })
+                .map(|&id| PackEntry::for_test(id, BlobKind::Tree))
                 .collect(),
         });
         let on_its_way = offer(PENDING_PRUNE_MIN);
@@ -1107,12 +1090,7 @@ mod tests {
     /// read at once) fill a frame each: no frame holds blobs of both.
     #[test]
     fn each_reader_fills_frames_of_its_own() {
-        let repo = Repository::init(
-            Arc::new(MemoryStore::new()),
-            &InitOptions::default(),
-            EngineOptions::default(),
-        )
-        .unwrap();
+        let repo = crate::repo::memory_repository();
         let (tx, rx) = crossbeam_channel::unbounded();
         let dispatch = Dispatch::new(tx, 2);
         let page = |lane: usize, n: usize| {

@@ -399,6 +399,22 @@ pub(crate) struct PackHeader {
     pub(crate) entries: Vec<HeaderEntry>,
 }
 
+#[cfg(test)]
+impl PackEntry {
+    /// An entry for a unit test: `id` of `kind`, one byte at offset 0, in a unit of its own.
+    pub(crate) fn for_test(id: BlobId, kind: BlobKind) -> Self {
+        Self {
+            id,
+            kind,
+            offset: 0,
+            length: 1,
+            raw_length: 1,
+            compressed: false,
+            within: None,
+        }
+    }
+}
+
 /// Assembles a pack: `blob bytes … ‖ sealed header ‖ header length (u32 LE) ‖ "BKP1"`.
 #[cfg(test)]
 pub(crate) fn finish_pack(

@@ -124,36 +124,18 @@ impl<'a> PackWriter<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use backstop_store::MemoryStore;
-
     use super::*;
     use crate::format::BlobKind;
-    use crate::{EngineOptions, InitOptions};
 
     #[test]
     fn a_pack_of_tiny_blobs_is_stored_once_it_holds_the_most_entries_a_pack_may() {
-        let repo = Repository::init(
-            Arc::new(MemoryStore::new()),
-            &InitOptions::default(),
-            EngineOptions::default(),
-        )
-        .unwrap();
+        let repo = crate::repo::memory_repository();
         let mut writer = PackWriter::new(&repo);
         let mut packs = Vec::new();
         let blobs = 2 * MAX_PACK_ENTRIES + 100;
         for n in 0..blobs {
             let unit = (n as u64).to_le_bytes();
-            let entry = PackEntry {
-                id: ContentId::hash(&unit),
-                kind: BlobKind::Data,
-                offset: 0,
-                length: 0,
-                raw_length: 8,
-                compressed: false,
-                within: None,
-            };
+            let entry = PackEntry::for_test(ContentId::hash(&unit), BlobKind::Data);
             packs.extend(writer.push(&unit, [entry]).unwrap());
         }
         packs.extend(writer.finish().unwrap());
@@ -164,13 +146,11 @@ mod tests {
         let mut writer = PackWriter::new(&repo);
         let frame: Vec<PackEntry> = (0..MAX_PACK_ENTRIES + 1)
             .map(|n| PackEntry {
-                id: ContentId::hash(format!("in frame {n}").as_bytes()),
-                kind: BlobKind::Data,
-                offset: 0,
-                length: 0,
-                raw_length: 1,
-                compressed: false,
                 within: Some(u32::try_from(n).unwrap()),
+                ..PackEntry::for_test(
+                    ContentId::hash(format!("in frame {n}").as_bytes()),
+                    BlobKind::Data,
+                )
             })
             .collect();
         writer

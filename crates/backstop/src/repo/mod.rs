@@ -1648,6 +1648,14 @@ pub(crate) fn referenced_blobs(
     Ok(used)
 }
 
+/// An unencrypted repository in memory, for unit tests.
+#[cfg(test)]
+pub(crate) fn memory_repository() -> Repository {
+    let store = std::sync::Arc::new(backstop_store::MemoryStore::new());
+    Repository::init(store, &InitOptions::default(), EngineOptions::default())
+        .unwrap_or_else(|e| panic!("a repository in memory: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
