@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::recognise::PageRecogniser;
-
 use crate::{
     ChangeModel, Entry, EntryKind, EntryStream, Phase, RestoreProfile, Session, SessionContext,
     SessionOutcome, Source, SourceError,
@@ -118,7 +117,7 @@ pub fn walk_tree(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Entry>, SourceError> {
     let walk = TreeWalk::new(root, excludes.clone(), ctx);
-    let found = Arc::clone(&walk.warnings);
+    let found = walk.warnings();
     let entries = walk.collect::<Result<Vec<_>, _>>();
     warnings.append(&mut found.lock().unwrap_or_else(PoisonError::into_inner));
     entries

@@ -66,12 +66,12 @@ impl Phase {
 pub struct EntryStream {
     // Behind a mutex so that a phase may wait inside a session, which is shared between threads.
     inner: std::sync::Mutex<Box<dyn Iterator<Item = Result<Entry, SourceError>> + Send>>,
-    scan: std::sync::Mutex<Option<Scan>>,
+    scan: std::sync::Mutex<Option<EntryScan>>,
     done: bool,
 }
 
 /// Counts a stream's files ahead of it (see [`EntryStream::with_scan`]).
-type Scan = Box<dyn FnOnce(&mut dyn FnMut(u64, u64) -> bool) + Send>;
+pub type EntryScan = Box<dyn FnOnce(&mut dyn FnMut(u64, u64) -> bool) + Send>;
 
 impl EntryStream {
     /// Wraps an iterator of entries.
@@ -100,7 +100,7 @@ impl EntryStream {
     }
 
     /// The counting listing, if the stream has one (taken: it runs once).
-    pub fn take_scan(&mut self) -> Option<Scan> {
+    pub fn take_scan(&mut self) -> Option<EntryScan> {
         self.scan
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -110,13 +110,11 @@ impl EntryStream {
     /// Applies `f` to every entry as it is listed.
     #[must_use]
     pub fn map_entries(
-        self,
-        f: impl FnMut(Entry) -> Result<Entry, SourceError> + Send + 'static,
+        mut self,
+        mut f: impl FnMut(Entry) -> Result<Entry, SourceError> + Send + 'static,
     ) -> Self {
-        let mut f = f;
-        let mut this = self;
-        let scan = this.take_scan();
-        let mapped = Self::new(this.map(move |entry| entry.and_then(&mut f)));
+        let scan = self.take_scan();
+        let mapped = Self::new(self.map(move |entry| entry.and_then(&mut f)));
         match scan {
             Some(scan) => mapped.with_scan(scan),
             None => mapped,

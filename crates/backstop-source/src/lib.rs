@@ -41,7 +41,7 @@ pub mod sqlite;
 
 pub use cancel::CancelToken;
 pub use entry::{
-    ChangeModel, Content, Entry, EntryKind, EntryStream, FsIdentity, Phase, tree_order,
+    ChangeModel, Content, Entry, EntryKind, EntryScan, EntryStream, FsIdentity, Phase, tree_order,
 };
 pub use error::SourceError;
 pub use restore_profile::{RestoreParams, RestoreProfile};
