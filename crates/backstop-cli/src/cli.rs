@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use backstop::{BackupId, BackupSelector};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-/// The `--help` footer; the same table is in the crate's README.
 /// zstd's levels: its fastest (`ZSTD_minCLevel`, `zstd --fast=131072`) to its smallest.
 pub(crate) const MIN_COMPRESSION_LEVEL: i32 = -131_072;
 pub(crate) const MAX_COMPRESSION_LEVEL: i32 = 22;
 
+/// The `--help` footer; the same table is in the crate's README.
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success
