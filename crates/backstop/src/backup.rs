@@ -238,14 +238,13 @@ pub(crate) fn create_backup(
                 repo,
                 options,
                 dispatch: Dispatch::new(job_tx, threads),
-                parent_map: ParentNodes::default(),
+                parent_map: None,
                 failed: &failed,
                 threads,
             },
             out: TreeBuilder::default(),
             chunker: chunk::Chunker::default(),
             parent: parent.as_ref(),
-            parent_map_read: false,
             parent_cursor: None,
         };
         let walked = walker.walk(session);
@@ -433,7 +432,6 @@ struct Walker<'a> {
     /// The previous backup of the source, whose nodes are read the first time a phase needs
     /// them: all at once for a listed phase, alongside for a streamed one.
     parent: Option<&'a Snapshot>,
-    parent_map_read: bool,
     parent_cursor: Option<ParentCursor<'a>>,
 }
 
@@ -453,8 +451,8 @@ struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
     dispatch: Dispatch,
-    /// The parent's nodes, once a listed phase needed them (empty before).
-    parent_map: ParentNodes,
+    /// The parent's nodes, once a listed phase needed them (empty if there is no parent).
+    parent_map: Option<ParentNodes>,
     failed: &'a AtomicBool,
     threads: usize,
 }
@@ -521,11 +519,11 @@ impl<'a> Walker<'a> {
             return Err(bad_path(entry));
         }
         let files = entries.iter().filter(|e| e.kind == EntryKind::File).count();
-        if !entries.is_empty() && !self.parent_map_read {
-            if let Some(parent) = self.parent {
-                self.files.parent_map = ParentNodes::read(self.files.repo, parent)?;
-            }
-            self.parent_map_read = true;
+        if !entries.is_empty() && self.files.parent_map.is_none() {
+            self.files.parent_map = Some(match self.parent {
+                Some(parent) => ParentNodes::read(self.files.repo, parent)?,
+                None => ParentNodes::default(),
+            });
         }
         if stream.is_some() && self.parent_cursor.is_none() {
             self.parent_cursor = self
@@ -784,7 +782,7 @@ impl TreeBuilder {
         for (mut node, streamed_parent) in std::mem::take(&mut self.tree) {
             let parent = streamed_parent
                 .as_ref()
-                .or_else(|| files.parent_map.get(&node.path));
+                .or_else(|| files.parent_by_path(&node.path));
             let lists = {
                 let index = files.repo.index_read();
                 page_list::encode(
@@ -832,6 +830,11 @@ impl FileStorer<'_> {
         Ok(())
     }
 
+    /// The parent's node at `path` in the map a listed phase reads.
+    fn parent_by_path(&self, path: &str) -> Option<&Node> {
+        self.parent_map.as_ref()?.get(path)
+    }
+
     /// The parent's node for an entry, if it proves the file unchanged; `by_path` is the
     /// parent's node at the entry's path if a streamed phase found it.
     fn unchanged_from_parent(&self, entry: &Entry, by_path: Option<&Node>) -> Option<Node> {
@@ -841,7 +844,11 @@ impl FileStorer<'_> {
             identity: Some(identity),
         } = &entry.change
         {
-            if let Some(node) = self.parent_map.with_identity(identity) {
+            let by_identity = self
+                .parent_map
+                .as_ref()
+                .and_then(|m| m.with_identity(identity));
+            if let Some(node) = by_identity {
                 if all_present(node) {
                     return Some(node.clone());
                 }
@@ -851,7 +858,7 @@ impl FileStorer<'_> {
             return None;
         }
         let fs = entry.fs_identity?;
-        let node = by_path.or_else(|| self.parent_map.get(&entry.path))?;
+        let node = by_path.or_else(|| self.parent_by_path(&entry.path))?;
         let same = node.kind == NODE_FILE
             && !node.racy
             && node.fs == Some(fs)

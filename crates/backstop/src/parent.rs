@@ -35,7 +35,8 @@ impl ParentNodes {
     }
 
     fn from_nodes(mut nodes: Vec<Node>) -> Self {
-        // Tree order is depth first, which is not byte order ("a/x" comes before "a-b").
+        // A snapshot holds its nodes in the order its phases stored them, which is not byte
+        // order (in tree order "a-b" comes before "a/x").
         nodes.sort_by(|a, b| a.path.cmp(&b.path));
         // A snapshot names each path once; should a damaged one repeat a path, the last node
         // wins, as it did when these were inserted into a map one by one (the sort is stable,
@@ -97,10 +98,10 @@ impl<'r> ParentCursor<'r> {
     /// slower, never wrong.
     pub(crate) fn find(&mut self, path: &str) -> Result<Option<Node>> {
         loop {
-            if self.nodes.is_empty() && !self.read_more()? {
-                return Ok(None);
-            }
             let Some(front) = self.nodes.front() else {
+                if self.read_more()? {
+                    continue;
+                }
                 return Ok(None);
             };
             match backstop_source::tree_order(&front.path, path) {
@@ -146,14 +147,14 @@ mod tests {
     fn finds_nodes_given_in_tree_order_by_path_and_by_identity() {
         let mut sst = node("db/000009.sst", NODE_FILE, 9);
         sst.identity = Some("sst-9".into());
-        // Depth-first order, as a tree holds them: not sorted as bytes.
+        // Tree order, as a directory backup stores them: not sorted as bytes.
         let nodes = vec![
             node("a", NODE_DIR, 0),
-            node("a/x", NODE_FILE, 1),
             node("a-b", NODE_FILE, 2),
             node("db", NODE_DIR, 0),
-            sst,
             node("z", NODE_FILE, 3),
+            node("a/x", NODE_FILE, 1),
+            sst,
         ];
         let parent = ParentNodes::from_nodes(nodes);
         for (path, size) in [("a/x", 1), ("a-b", 2), ("z", 3), ("db/000009.sst", 9)] {
