@@ -1564,15 +1564,16 @@ def write_report(bench, chart_name):
             if meta.get("caches_dropped")
             else ""
         )
+        + "reads the whole source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
+        "page cache"
         + (
-            "touches and frees anonymous memory of the data's size and 512 MiB more (this guest reports free pages to its "
-            "host, which takes back what `drop_caches` frees: without it, `cp -a` restoring right after a drop "
-            "took up to 7× as long, in host page faults), "
+            ", then touches and frees anonymous memory of the data's size and 512 MiB more (this guest reports free "
+            "pages to its host, which takes back what `drop_caches` frees: without it, `cp -a` restoring right after "
+            "a drop took up to 7× as long, in host page faults)"
             if meta.get("caches_dropped") and meta.get("page_reporting")
             else ""
         )
-        + "reads the whole source (before a restore: the tool's repository) once, untimed, so every tool starts with a warm "
-        "page cache. Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
+        + ". Tools run one at a time; who goes first rotates between the steps. Wall time is measured by the "
         "harness; CPU time (user+sys) and peak RSS by GNU time around the tool's process (children "
         "included; for a pipeline, the largest member's RSS). Repository bytes are apparent file sizes; "
         "bytes added = growth of the repository in that step. restic, borg and Backstop encrypt; borg, "
