@@ -1319,6 +1319,9 @@ class Bench:
         backup directory or repository) gained. None, with a note, when the command fails."""
         read_tree(self.data)
         self.settle()
+        if self.page_reporting and not self.smoke:
+            # No drop here, but the restores before left freed memory the host may have taken.
+            prefault(self.prefault_bytes)
         before = tree_bytes(grows) if Path(grows).exists() else 0
         try:
             m = self.runner.run(f"native-{db}-{label}", argv, env=env)
