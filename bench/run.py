@@ -1048,9 +1048,16 @@ class Bench:
             except OSError:
                 pass
         read_tree(warm)
-        if dropped and self.page_reporting:
-            prefault(self.prefault_bytes)
+        if dropped:
+            self.touch_freed_memory()
         return dropped
+
+    def touch_freed_memory(self):
+        """On a guest that reports free pages to its host, touches memory of the size a step
+        writes (`prefault`), so that the step does not wait for the host to back it again.
+        Not in smoke mode, which never drops caches."""
+        if self.page_reporting and not self.smoke:
+            prefault(self.prefault_bytes)
 
     def step(self, tool, step, data_bytes):
         """One measured step of one tool, preceded by an untimed warm-up and `sync`."""
@@ -1320,9 +1327,8 @@ class Bench:
         backup directory or repository) gained. None, with a note, when the command fails."""
         read_tree(self.data)
         self.settle()
-        if self.page_reporting and not self.smoke:
-            # No drop here, but the restores before left freed memory the host may have taken.
-            prefault(self.prefault_bytes)
+        # No drop here, but the restores before left freed memory the host may have taken.
+        self.touch_freed_memory()
         before = tree_bytes(grows) if Path(grows).exists() else 0
         try:
             m = self.runner.run(f"native-{db}-{label}", argv, env=env)
