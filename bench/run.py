@@ -1076,7 +1076,9 @@ class Bench:
         self.caches_dropped = self.prepare(tool.repo if restore or step == "prune" else self.data)
         before = tree_bytes(tool.repo) if tool.repo.exists() else 0
         progress(f"  {tool.name:<22} {step:<12}", end="")
+        counters_before = cpu_counters()
         m = self.runner.run(f"{tool.name}-{step}", argv, cwd=tool.cwd(), env=tool.env())
+        counters_after = cpu_counters()
         sync_s = None
         if step == "restore":
             # A restore is done when it is on disk: every tool pays for writing its files back,
@@ -1101,6 +1103,12 @@ class Bench:
             "data_bytes": data_bytes,
             "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step != "prune" else None,
         }
+        if counters_before and counters_after:
+            # The machine's busy time beyond the tool's own: other processes, and kernel threads
+            # (writeback, reclaim) that the tool's own writes may have set working.
+            busy = counters_after[0] - counters_before[0]
+            row["other_cpu_s"] = round(max(0.0, busy - m.cpu), 2)
+            row["steal_s"] = round(counters_after[1] - counters_before[1], 2)
         row.update({f"reported_{k}": v for k, v in tool.reported(m).items()})
         if restore:
             problems = compare_trees(self.data, restored_root(target))
@@ -1239,6 +1247,7 @@ class Bench:
 
         self.loads.append(("end", os.getloadavg()))
         self.meta = {
+            "interference": interference(self.runs),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "smoke": self.smoke,
             "target_size": self.size,
@@ -1516,6 +1525,39 @@ class Bench:
         )
 
 
+def cpu_counters():
+    """Busy and stolen CPU-seconds of the whole machine since boot, from /proc/stat; None where
+    there is none. Busy is user, nice, system, irq and softirq time; steal is time a virtual
+    CPU was ready to run while the hypervisor ran something else."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return busy / hz, steal / hz
+
+
+def interference(runs):
+    """What the timed runs shared the machine with: CPU-seconds spent outside the measured
+    process trees and stolen by the hypervisor, summed, and the run with the most of both."""
+    measured = [r for rs in runs.values() for r in rs if r.get("other_cpu_s") is not None]
+    if not measured:
+        return None
+    worst = max(measured, key=lambda r: r["other_cpu_s"] + r["steal_s"])
+    return {
+        "runs": len(measured),
+        "wall_s": round(sum(r["wall_s"] - (r.get("sync_s") or 0) for r in measured), 2),
+        "other_cpu_s": round(sum(r["other_cpu_s"] for r in measured), 2),
+        "steal_s": round(sum(r["steal_s"] for r in measured), 2),
+        "worst": {k: worst[k] for k in ("tool", "step", "run", "other_cpu_s", "steal_s")},
+    }
+
+
 def cpu_model():
     try:
         for line in open("/proc/cpuinfo"):
@@ -1556,14 +1598,20 @@ def write_report(bench, chart_name):
     peak_load = max(x[1][0] for x in la)
     w(
         f"Load average (1/5/15 min) at start {la[0][1]}, at end {la[-1][1]}; highest 1-minute value at the "
-        f"start of a step {peak_load:.2f}"
-        + (
-            " (above the 2 cores: other processes were running, read the times with that in mind)."
-            if peak_load > 1.5
-            else "."
-        )
-        + "\n"
+        f"start of a step {peak_load:.2f} (it counts the tools' own earlier steps, so it says little about "
+        "other work).\n"
     )
+    busy = meta.get("interference")
+    if busy:
+        worst = busy["worst"]
+        w(
+            f"What else the machine did during the {busy['runs']} timed runs ({busy['wall_s']} s of wall time, from "
+            f"/proc/stat): {busy['other_cpu_s']} CPU-seconds outside the measured tools (other processes, and kernel "
+            "threads such as writeback, which the tools' own writes set working), and the hypervisor took "
+            f"{busy['steal_s']} CPU-seconds from this guest (steal). The most in one run: {worst['tool']} "
+            f"{worst['step']} (run {worst['run']}), {worst['other_cpu_s']} s outside and {worst['steal_s']} s "
+            "stolen.\n"
+        )
     w(
         "Method: every tool backs up the same directory (a stopped PostgreSQL cluster's files, an SQLite "
         "file, a closed RocksDB directory, plain files), first version 1 (full), then version 2 "

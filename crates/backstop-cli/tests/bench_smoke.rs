@@ -124,6 +124,25 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(markdown.contains("| backstop | full |"), "{markdown}");
+    // What else the machine did while the tools ran, from /proc/stat (this test runs on Linux).
+    let busy = &report["meta"]["interference"];
+    let timed_runs = results.iter().filter(|r| r["step"] != "prune").count();
+    assert!(
+        busy["runs"]
+            .as_u64()
+            .is_some_and(|n| n as usize >= timed_runs),
+        "fewer runs measured for interference than timed rows: {busy}"
+    );
+    for key in ["other_cpu_s", "steal_s"] {
+        assert!(
+            busy[key].as_f64().is_some_and(|s| s >= 0.0),
+            "no {key} in {busy}"
+        );
+    }
+    assert!(
+        markdown.contains("CPU-seconds outside the measured tools"),
+        "the report does not say what else the machine did: {markdown}"
+    );
     let png = out.path().join("chart.png");
     if in_ci() {
         // scripts/install/bench.sh installs matplotlib, so the PNG path cannot rot unseen.
