@@ -213,73 +213,48 @@ impl<S: Store + ?Sized> PendingObject for GatheredObject<'_, S> {
     }
 }
 
-impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
-    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
-        (**self).put(key, bytes, mode)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        (**self).get(key)
-    }
-    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
-        (**self).get_range(key, range)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        (**self).list(prefix)
-    }
-    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        (**self).head(key)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        (**self).delete(key)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
-        (**self).remove_temp_files(min_age)
-    }
-    fn put_pieces(
-        &self,
-        size_hint: usize,
-        buffer: Vec<u8>,
-    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        (**self).put_pieces(size_hint, buffer)
-    }
+/// Implements [`Store`] for pointer types by forwarding every method, from one list: a method
+/// with a default that a pointer type failed to forward would run the default instead of the
+/// pointee's own (a store's `put_pieces` or `remove_temp_files`), silently.
+macro_rules! forward_store {
+    ($($pointer:ty),+) => {$(
+        impl<S: Store + ?Sized> Store for $pointer {
+            fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+                (**self).put(key, bytes, mode)
+            }
+            fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+                (**self).get(key)
+            }
+            fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+                (**self).get_range(key, range)
+            }
+            fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+                (**self).list(prefix)
+            }
+            fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+                (**self).head(key)
+            }
+            fn delete(&self, key: &str) -> Result<(), StoreError> {
+                (**self).delete(key)
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+            fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
+                (**self).remove_temp_files(min_age)
+            }
+            fn put_pieces(
+                &self,
+                size_hint: usize,
+                buffer: Vec<u8>,
+            ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
+                (**self).put_pieces(size_hint, buffer)
+            }
+        }
+    )+};
 }
 
-impl<S: Store + ?Sized> Store for Box<S> {
-    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
-        (**self).put(key, bytes, mode)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        (**self).get(key)
-    }
-    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
-        (**self).get_range(key, range)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        (**self).list(prefix)
-    }
-    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        (**self).head(key)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        (**self).delete(key)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-    fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
-        (**self).remove_temp_files(min_age)
-    }
-    fn put_pieces(
-        &self,
-        size_hint: usize,
-        buffer: Vec<u8>,
-    ) -> Result<Box<dyn PendingObject + '_>, StoreError> {
-        (**self).put_pieces(size_hint, buffer)
-    }
-}
+forward_store!(std::sync::Arc<S>, Box<S>);
 
 /// Checks a key against the contract's rules; stores call it before touching anything.
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
