@@ -5,8 +5,8 @@
 # chart. They install in seconds, so CI runs the harness's smoke mode against real peers and
 # draws its chart.
 #
-# Not installed here (optional, see bench/README.md): rustic (`cargo install rustic-rs --locked`,
-# a build of about 20 minutes on two cores).
+# Not installed here (optional, see bench/README.md): rustic, which scripts/install/rustic.sh
+# builds with `cargo install rustic-rs --locked` (10 to 20 minutes on two cores).
 # Idempotent and quick when everything is there; runs as root; `apt-get update` is done by the
 # caller.
 set -euo pipefail
