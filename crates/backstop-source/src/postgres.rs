@@ -1983,20 +1983,8 @@ mod tests {
             return;
         }
         let tmp = pg_cluster::tempdir();
-        let mut primary = PgCluster::init(&tmp.path().join("primary"), &[]);
-        primary.start(&[]);
-        primary.pgbench_init(1, &[]);
-        let ts_dir = pg_cluster::server_dir(&tmp.path().join("ts-primary"));
-        primary.psql(&format!(
-            "CREATE TABLESPACE ts1 LOCATION '{}'",
-            ts_dir.display()
-        ));
-        primary.psql(
-            "CREATE TABLE in_ts (id int PRIMARY KEY, v text) TABLESPACE ts1; \
-             INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
-             CREATE UNLOGGED TABLE scratch (id int); INSERT INTO scratch VALUES (1)",
-        );
-        let ts_oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+        let (primary, ts_oid) = PgCluster::primary_with_tablespace(tmp.path(), 5000);
+        primary.psql("CREATE UNLOGGED TABLE scratch (id int); INSERT INTO scratch VALUES (1)");
 
         let load = primary.pgbench_load(2, 120, Some(300));
         let committed_before = primary.history_rows();

@@ -92,19 +92,7 @@ fn ten_base_backups_under_pgbench_load_each_restore_consistent() {
     }
     let started = std::time::Instant::now();
     let tmp = pg_cluster::tempdir();
-    let mut primary = PgCluster::init(&tmp.path().join("primary"), &[]);
-    primary.start(&[]);
-    primary.pgbench_init(1, &[]);
-    let ts_dir = pg_cluster::server_dir(&tmp.path().join("ts-primary"));
-    primary.psql(&format!(
-        "CREATE TABLESPACE ts1 LOCATION '{}'",
-        ts_dir.display()
-    ));
-    primary.psql(
-        "CREATE TABLE in_ts (id int PRIMARY KEY, v text) TABLESPACE ts1; \
-         INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
-    );
-    let ts_oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (primary, ts_oid) = PgCluster::primary_with_tablespace(tmp.path(), 2000);
 
     let engine = engine();
     let mut source = PostgresSource::new(primary.conninfo()).with_fast_checkpoint(true);

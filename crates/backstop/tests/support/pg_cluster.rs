@@ -170,6 +170,26 @@ impl PgCluster {
         }
     }
 
+    /// The primary of the base-backup tests, started under `root/primary`: `pgbench -i` at
+    /// scale 1, and a table `in_ts` of `rows` rows in a tablespace `ts1` outside the data
+    /// directory (`root/ts-primary`), which a backup must follow. Returns the tablespace's oid.
+    pub(crate) fn primary_with_tablespace(root: &Path, rows: u32) -> (Self, String) {
+        let mut primary = Self::init(&root.join("primary"), &[]);
+        primary.start(&[]);
+        primary.pgbench_init(1, &[]);
+        let ts_dir = server_dir(&root.join("ts-primary"));
+        primary.psql(&format!(
+            "CREATE TABLESPACE ts1 LOCATION '{}'",
+            ts_dir.display()
+        ));
+        primary.psql(&format!(
+            "CREATE TABLE in_ts (id int PRIMARY KEY, v text) TABLESPACE ts1; \
+             INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
+        ));
+        let ts_oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+        (primary, ts_oid)
+    }
+
     /// initdb (1 MiB WAL segments, page checksums on) and settings for a small, fast test
     /// server, plus `extra_conf` lines; not started.
     pub(crate) fn init(root: &Path, extra_conf: &[&str]) -> Self {
