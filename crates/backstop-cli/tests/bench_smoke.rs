@@ -126,12 +126,15 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
     assert!(markdown.contains("| backstop | full |"), "{markdown}");
     // What else the machine did while the tools ran, from /proc/stat (this test runs on Linux).
     let busy = &report["meta"]["interference"];
-    let timed_runs = results.iter().filter(|r| r["step"] != "prune").count();
+    let timed_runs: usize = results
+        .iter()
+        .map(|r| r["wall_runs"].as_array().map_or(0, Vec::len))
+        .sum();
     assert!(
         busy["runs"]
             .as_u64()
-            .is_some_and(|n| n as usize >= timed_runs),
-        "fewer runs measured for interference than timed rows: {busy}"
+            .is_some_and(|n| n as usize == timed_runs),
+        "interference measured for other than every timed run ({timed_runs}): {busy}"
     );
     for key in ["other_cpu_s", "steal_s"] {
         assert!(
