@@ -1009,7 +1009,7 @@ class Bench:
             if shutil.which(name):
                 tools.append(cls(self.work))
             elif name == "rustic":
-                self.note("rustic not installed (optional: scripts/install/rustic.sh); left out")
+                self.note("rustic not installed (optional: scripts/optional/rustic.sh); left out")
             elif self.args.strict:
                 raise BenchError(f"{name} is not installed (--strict): run scripts/install/bench.sh")
             else:

@@ -2,7 +2,8 @@
 # Installs everything the test suite needs on a fresh Debian 12 machine (run as root): the
 # package lists once, then every script in scripts/install/ (each is idempotent and fast when
 # its tools are already there). Not root: prints what would be needed and goes on, so a
-# developer without root can still run the tests that need nothing extra.
+# developer without root can still run the tests that need nothing extra. scripts/optional/ (the
+# bench peer rustic, a 15-minute build) is not run here: no test needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,7 +5,7 @@
 # chart. They install in seconds, so CI runs the harness's smoke mode against real peers and
 # draws its chart.
 #
-# Not installed here (optional, see bench/README.md): rustic, which scripts/install/rustic.sh
+# Not installed here (optional, see bench/README.md): rustic, which scripts/optional/rustic.sh
 # builds with `cargo install rustic-rs --locked` (10 to 20 minutes on two cores).
 # Idempotent and quick when everything is there; runs as root; `apt-get update` is done by the
 # caller.
