@@ -146,6 +146,16 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
         markdown.contains("CPU-seconds outside the measured tools"),
         "the report does not say what else the machine did: {markdown}"
     );
+    // Smoke mode never drops caches, so it never prefaults, and the report says only what ran.
+    let prefaults = &report["meta"]["prefaults"];
+    assert!(
+        prefaults["steps"].as_u64() == Some(0) && prefaults["native"].as_u64() == Some(0),
+        "smoke mode prefaulted, or did not record it: {prefaults}"
+    );
+    assert!(
+        !markdown.contains("touches and frees"),
+        "the report describes a prefault that did not run: {markdown}"
+    );
     let png = out.path().join("chart.png");
     if in_ci() {
         // scripts/install/bench.sh installs matplotlib, so the PNG path cannot rot unseen.
