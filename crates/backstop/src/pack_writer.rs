@@ -47,14 +47,27 @@ impl<'a> PackWriter<'a> {
     }
 
     /// Appends a stored unit; `entries` are the entries of the blobs in it, whose offset and
-    /// length this sets. Returns the packs this completed: the open pack is stored before a
-    /// unit that would carry it past the target size or past [`MAX_PACK_ENTRIES`] blobs (so a
-    /// pack stays within both unless a single unit is larger), and once it reaches either.
+    /// length this sets. Returns the packs this completed, stored: the open pack is stored
+    /// before a unit that would carry it past the target size or past [`MAX_PACK_ENTRIES`]
+    /// blobs (so a pack stays within both unless a single unit is larger), and once it reaches
+    /// either.
     pub(crate) fn push(
         &mut self,
         stored: &[u8],
         entries: impl IntoIterator<Item = PackEntry>,
     ) -> Result<Vec<IndexPack>> {
+        let closed = self.push_closing(stored, entries)?;
+        closed.into_iter().map(|pack| self.store(pack)).collect()
+    }
+
+    /// [`push`](Self::push), but the completed packs come back closed, not stored: the caller
+    /// stores them ([`ClosedPack::store`]), on another thread if it likes, and may hand their
+    /// buffers back ([`give_buffer`](Self::give_buffer)).
+    pub(crate) fn push_closing(
+        &mut self,
+        stored: &[u8],
+        entries: impl IntoIterator<Item = PackEntry>,
+    ) -> Result<Vec<ClosedPack<'a>>> {
         let mut done = Vec::new();
         let len = stored.len() as u64;
         let entries: Vec<PackEntry> = entries.into_iter().collect();
@@ -63,7 +76,7 @@ impl<'a> PackWriter<'a> {
                 && (p.pending.len() + len > self.target
                     || p.entries.len() + entries.len() > MAX_PACK_ENTRIES)
         }) {
-            done.extend(self.finish_open()?);
+            done.extend(self.close()?);
         }
         let open = match &mut self.open {
             Some(open) => open,
@@ -88,17 +101,19 @@ impl<'a> PackWriter<'a> {
             ..e
         }));
         if open.pending.len() >= self.target || open.entries.len() >= MAX_PACK_ENTRIES {
-            done.extend(self.finish_open()?);
+            done.extend(self.close()?);
         }
         Ok(done)
     }
 
     /// Stores the open pack, if there is one with blobs in it.
     pub(crate) fn finish(mut self) -> Result<Option<IndexPack>> {
-        self.finish_open()
+        self.close()?.map(|pack| self.store(pack)).transpose()
     }
 
-    fn finish_open(&mut self) -> Result<Option<IndexPack>> {
+    /// Closes the open pack, if there is one with blobs in it: writes its header and names it.
+    /// The pack is not stored yet.
+    pub(crate) fn close(&mut self) -> Result<Option<ClosedPack<'a>>> {
         let Some(mut open) = self.open.take() else {
             return Ok(None);
         };
@@ -111,14 +126,45 @@ impl<'a> PackWriter<'a> {
         open.hasher.update(&trailer);
         let id = ContentId(*open.hasher.finalize().as_bytes());
         let size = open.pending.len();
-        self.buffer = open
-            .pending
-            .finish(&format::pack_key(id), PutMode::Overwrite)?;
-        Ok(Some(IndexPack {
-            id,
-            size,
-            entries: open.entries,
+        Ok(Some(ClosedPack {
+            pending: open.pending,
+            pack: IndexPack {
+                id,
+                size,
+                entries: open.entries,
+            },
         }))
+    }
+
+    /// A buffer a stored pack gave back, for the next pack.
+    pub(crate) fn give_buffer(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() > self.buffer.capacity() {
+            self.buffer = buffer;
+        }
+    }
+
+    fn store(&mut self, pack: ClosedPack<'_>) -> Result<IndexPack> {
+        let (pack, buffer) = pack.store()?;
+        self.give_buffer(buffer);
+        Ok(pack)
+    }
+}
+
+/// A pack whose bytes are all written and whose name is known, not yet stored.
+pub(crate) struct ClosedPack<'a> {
+    pending: Box<dyn PendingObject + 'a>,
+    pack: IndexPack,
+}
+
+impl ClosedPack<'_> {
+    /// Stores the pack (on a local store: fsync, then rename into place; on an object store:
+    /// the upload). Returns its index entry and the buffer the store gave back. Dropped
+    /// instead, the pack leaves nothing visible.
+    pub(crate) fn store(self) -> Result<(IndexPack, Vec<u8>)> {
+        let buffer = self
+            .pending
+            .finish(&format::pack_key(self.pack.id), PutMode::Overwrite)?;
+        Ok((self.pack, buffer))
     }
 }
 
