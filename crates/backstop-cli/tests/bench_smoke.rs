@@ -174,3 +174,73 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
         eprintln!("bench note: {note}");
     }
 }
+
+/// bench/ab.py, the A/B script the notes' measurements come from, runs both builds the asked
+/// number of times and the commands really run: the backups make a repository whose restore,
+/// run through the script too, gives the data back.
+#[test]
+fn ab_script_runs_both_builds_alternately_and_their_commands_take_effect() {
+    if !have("python3", "--version") {
+        missing("python3");
+        return;
+    }
+    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/ab.py");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).expect("data directory");
+    let content: Vec<u8> = (0u32..50_000).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(data.join("numbers"), &content).expect("data file");
+    let repo = work.path().join("repo");
+    let target = work.path().join("target");
+    let bin = env!("CARGO_BIN_EXE_backstop");
+
+    let ab = |extra: &[&str], command: &[&str]| {
+        let run = Command::new("python3")
+            .arg(&script)
+            .args(["--a", bin, "--b", bin, "--no-drop", "--no-prefault"])
+            .arg("--repo")
+            .arg(&repo)
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .env("BACKSTOP_PASSWORD", "ab-test")
+            .output()
+            .expect("running bench/ab.py");
+        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(
+            run.status.success(),
+            "bench/ab.py failed ({}):\n{}\n{stdout}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+        stdout
+    };
+
+    let data_arg = data.to_str().expect("UTF-8 path");
+    let out = ab(
+        &["--fresh", "--warm", data_arg, "-n", "2"],
+        &["backup", data_arg],
+    );
+    let order: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("round "))
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        order,
+        ["round 1 A", "round 1 B", "round 2 B", "round 2 A"],
+        "{out}"
+    );
+    for line in ["A: wall mean", "B: wall mean", "B/A wall: "] {
+        assert!(out.contains(line), "no `{line}` in:\n{out}");
+    }
+
+    let target_arg = target.to_str().expect("UTF-8 path");
+    let out = ab(
+        &["--clean", target_arg, "--sync", "-n", "1"],
+        &["restore", "latest", target_arg],
+    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("round ")).count(), 2);
+    let restored = std::fs::read(target.join("numbers")).expect("the restore through ab.py");
+    assert_eq!(restored, content);
+}
