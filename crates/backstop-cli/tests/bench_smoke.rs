@@ -29,14 +29,24 @@ fn have(program: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
+/// The path of a script in bench/, or None (having skipped loudly) without python3.
+fn bench_script(name: &str) -> Option<PathBuf> {
     if !have("python3", "--version") {
         missing("python3");
-        return;
+        return None;
     }
-    let harness: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/run.py");
-    assert!(harness.is_file(), "no harness at {}", harness.display());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../bench")
+        .join(name);
+    assert!(path.is_file(), "no {name} at {}", path.display());
+    Some(path)
+}
+
+#[test]
+fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
+    let Some(harness) = bench_script("run.py") else {
+        return;
+    };
     let out = tempfile::tempdir().expect("temporary directory");
 
     let mut cmd = Command::new("python3");
@@ -180,11 +190,9 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
 /// run through the script too, gives the data back.
 #[test]
 fn ab_script_runs_both_builds_alternately_and_their_commands_take_effect() {
-    if !have("python3", "--version") {
-        missing("python3");
+    let Some(script) = bench_script("ab.py") else {
         return;
-    }
-    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/ab.py");
+    };
     let work = tempfile::tempdir().expect("temporary directory");
     let data = work.path().join("data");
     std::fs::create_dir(&data).expect("data directory");
