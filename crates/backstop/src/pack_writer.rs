@@ -56,8 +56,14 @@ impl<'a> PackWriter<'a> {
         stored: &[u8],
         entries: impl IntoIterator<Item = PackEntry>,
     ) -> Result<Vec<IndexPack>> {
-        let closed = self.push_closing(stored, entries)?;
-        closed.into_iter().map(|pack| self.store(pack)).collect()
+        let mut done = Vec::new();
+        // Each pack is stored as soon as it is closed, so the next one opens with the buffer
+        // the store gave back instead of a new one.
+        self.push_with(stored, entries, |writer, pack| {
+            done.push(writer.store(pack)?);
+            Ok(())
+        })?;
+        Ok(done)
     }
 
     /// [`push`](Self::push), but the completed packs come back closed, not stored: the caller
@@ -69,14 +75,29 @@ impl<'a> PackWriter<'a> {
         entries: impl IntoIterator<Item = PackEntry>,
     ) -> Result<Vec<ClosedPack<'a>>> {
         let mut done = Vec::new();
+        self.push_with(stored, entries, |_, pack| {
+            done.push(pack);
+            Ok(())
+        })?;
+        Ok(done)
+    }
+
+    /// Appends a stored unit, giving each pack it completes to `closed` as soon as it is closed.
+    fn push_with(
+        &mut self,
+        stored: &[u8],
+        entries: impl IntoIterator<Item = PackEntry>,
+        mut closed: impl FnMut(&mut Self, ClosedPack<'a>) -> Result<()>,
+    ) -> Result<()> {
         let len = stored.len() as u64;
         let entries: Vec<PackEntry> = entries.into_iter().collect();
         if self.open.as_ref().is_some_and(|p| {
             !p.entries.is_empty()
                 && (p.pending.len() + len > self.target
                     || p.entries.len() + entries.len() > MAX_PACK_ENTRIES)
-        }) {
-            done.extend(self.close()?);
+        }) && let Some(pack) = self.close()?
+        {
+            closed(self, pack)?;
         }
         let open = match &mut self.open {
             Some(open) => open,
@@ -100,10 +121,12 @@ impl<'a> PackWriter<'a> {
             length,
             ..e
         }));
-        if open.pending.len() >= self.target || open.entries.len() >= MAX_PACK_ENTRIES {
-            done.extend(self.close()?);
+        if (open.pending.len() >= self.target || open.entries.len() >= MAX_PACK_ENTRIES)
+            && let Some(pack) = self.close()?
+        {
+            closed(self, pack)?;
         }
-        Ok(done)
+        Ok(())
     }
 
     /// Stores the open pack, if there is one with blobs in it.
@@ -208,5 +231,26 @@ mod tests {
             [1, MAX_PACK_ENTRIES + 1]
         );
         assert!(writer.finish().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_pack_stored_before_a_unit_gives_its_buffer_to_the_pack_that_unit_opens() {
+        // The memory store gathers a pack's pieces in the buffer it is given and gives it back.
+        let repo = crate::repo::memory_repository();
+        let mut writer = PackWriter::new(&repo);
+        let unit = vec![7u8; 5 << 20]; // more than half the 8 MiB target: one unit per pack
+        let first = PackEntry::for_test(ContentId::hash(b"first"), BlobKind::Data);
+        assert!(writer.push(&unit, [first]).unwrap().is_empty());
+        let second = PackEntry::for_test(ContentId::hash(b"second"), BlobKind::Data);
+        let done = writer.push(&unit, [second]).unwrap();
+        assert_eq!(
+            done.len(),
+            1,
+            "the first pack is stored before the second unit"
+        );
+        // Had the first pack been stored only after the second opened, the second would have
+        // started a buffer of its own and the writer would now hold the first one's.
+        assert_eq!(writer.buffer.capacity(), 0, "the open pack took the buffer");
+        assert_eq!(writer.finish().unwrap().map(|p| p.entries.len()), Some(1));
     }
 }
