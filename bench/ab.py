@@ -2,11 +2,12 @@
 """A/B of two backstop builds on one command: alternating runs under the harness's conditions.
 
     python3 bench/ab.py --a OLD --b NEW --repo R --fresh --warm DATA -n 4 -- backup DATA
-    python3 bench/ab.py --a OLD --b NEW --repo R --clean T --warm R --sync -n 8 -- restore latest T
+    python3 bench/ab.py --a OLD --b NEW --repo R --clean T --warm R --prefault-extra 1536 --sync -n 8 -- restore latest T
 
 Each run: (with --clean) remove that directory; (with --fresh) a new repository at --repo,
 untimed; `sync`; as root, drop the clean page cache; read the --warm paths once; on a guest that
-reports free pages to its host, touch and free memory (bench/run.py's `prefault`); then the
+reports free pages to its host, touch and free memory (bench/run.py's `prefault`: the --warm
+bytes and --prefault-extra MiB, which for a restore should cover what it writes); then the
 timed `BIN --repo R -q ARGS` (with --sync, until a `sync` after it returns). The builds alternate
 and the one that goes first changes every round. Prints every run, then per build the mean,
 least and most wall time, the mean CPU time and the highest peak RSS, and B's mean over A's.
@@ -46,7 +47,7 @@ def prepare(args, binary, env):
         read_tree(path)
         warm += tree_bytes(path)
     if not args.no_prefault and Path("/sys/module/page_reporting").exists():
-        prefault(warm + (512 << 20))
+        prefault(warm + (args.prefault_extra << 20))
 
 
 def timed(args, binary, env):
@@ -90,6 +91,14 @@ def main():
     ap.add_argument("-n", "--rounds", type=int, default=4, help="runs of each build (default 4)")
     ap.add_argument("--no-drop", action="store_true", help="do not drop the page cache")
     ap.add_argument("--no-prefault", action="store_true", help="never touch and free memory")
+    ap.add_argument(
+        "--prefault-extra",
+        type=int,
+        default=512,
+        metavar="MIB",
+        help="MiB to touch beyond the --warm bytes (default 512; bench/run.py touches the data "
+        "set's size plus 512 MiB, which a restore of the whole data set needs too)",
+    )
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then backstop's arguments")
     args = ap.parse_args()
     if args.command[:1] == ["--"]:

@@ -146,6 +146,10 @@ pub struct RestoreInfo {
     pub symlinks: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Of those, the bytes written with direct I/O, past the page cache: whole blocks of large
+    /// files, when the restore syncs and the filesystem supports it.
+    #[serde(default)]
+    pub bytes_direct: u64,
     /// Milliseconds taken.
     pub duration_ms: u64,
     /// What the restore fix-ups did, a line per step.

@@ -11,8 +11,10 @@
 //! offsets in the file follow from the index's raw lengths, so several workers write one large
 //! file at once with positioned writes. Blobs are decoded and written one at a time, and the
 //! bytes all reads hold at once (stored plus decoded) stay within a shared budget, so memory
-//! does not grow with compression ratios or file sizes. Writeback of each written segment
-//! starts at once; the one `syncfs` at the end remains the durability point. Small files
+//! does not grow with compression ratios or file sizes. A restore that ends with a sync writes
+//! the whole blocks of large files with direct I/O, past the page cache, from a thread beside
+//! each worker (`OpenFile::direct`); other writes start their writeback as soon as a segment
+//! is written. The one `syncfs` at the end remains the durability point. Small files
 //! stored close together in one pack go to one worker as a group and are fetched with one
 //! ranged read (on an object store, one request instead of one per file).
 
@@ -119,8 +121,9 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
     }
-    let bytes = restore_files(repo, snapshot, target, &nodes, options, tuning)?;
+    let (bytes, bytes_direct) = restore_files(repo, snapshot, target, &nodes, options, tuning)?;
     info.bytes = bytes;
+    info.bytes_direct = bytes_direct;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
     for node in nodes.iter().filter(|n| n.kind == NODE_SYMLINK) {
         if let Some((parent, _)) = node.path.rsplit_once('/') {
@@ -310,6 +313,9 @@ struct Tuning {
     /// Small blobs are gathered into writes of this many bytes; larger ones are written from
     /// where they were decoded, without a copy.
     write_buffer: usize,
+    /// Files of at least this many bytes are written with direct I/O when the restore ends
+    /// with a sync (see [`OpenFile::direct`]).
+    direct_from: u64,
 }
 
 impl Default for Tuning {
@@ -319,6 +325,7 @@ impl Default for Tuning {
             max_run: 8 << 20,
             memory_budget: 32 << 20,
             write_buffer: 1 << 20,
+            direct_from: 1 << 20,
         }
     }
 }
@@ -377,14 +384,16 @@ struct FileJob<'a> {
     node: &'a Node,
     path: PathBuf,
     /// Created by whichever worker gets to the file first.
-    file: Mutex<Option<Arc<File>>>,
+    file: Mutex<Option<Arc<OpenFile>>>,
+    /// Whether its aligned blocks are written with direct I/O (see [`OpenFile::direct`]).
+    direct: bool,
     /// Segments not yet written; the worker that writes the last one closes the file and sets
     /// its metadata.
     remaining: AtomicUsize,
 }
 
 impl FileJob<'_> {
-    fn open(&self) -> Result<Arc<File>> {
+    fn open(&self) -> Result<Arc<OpenFile>> {
         let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(file) = slot.as_ref() {
             return Ok(Arc::clone(file));
@@ -395,12 +404,21 @@ impl FileJob<'_> {
             .create_new(true)
             .open(&self.path)
             .map_err(|e| io_error("creating", &self.path, e))?;
-        if self.remaining.load(Ordering::Relaxed) > 1 {
+        let direct = if self.direct {
+            open_direct(&self.path, &file, self.node.size)
+        } else {
+            None
+        };
+        if direct.is_none() && self.remaining.load(Ordering::Relaxed) > 1 {
             // Segments may finish out of order: the file has its final size from the start.
             file.set_len(self.node.size)
                 .map_err(|e| io_error("setting the size of", &self.path, e))?;
         }
-        let file = Arc::new(file);
+        let file = Arc::new(OpenFile {
+            file,
+            direct,
+            refused: AtomicBool::new(false),
+        });
         *slot = Some(Arc::clone(&file));
         Ok(file)
     }
@@ -428,7 +446,7 @@ fn restore_files(
     nodes: &[Node],
     options: &RestoreOptions,
     tuning: Tuning,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let threads = repo.options.worker_threads();
     let (tx, rx) = bounded::<Vec<Segment<'_>>>(threads * 4);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -440,11 +458,13 @@ fn restore_files(
         failed.store(true, Ordering::Relaxed);
     };
     let bytes = AtomicU64::new(0);
+    let bytes_direct = AtomicU64::new(0);
     let budget = Budget::new(tuning.memory_budget);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx = rx.clone();
             let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
+            let bytes_direct = &bytes_direct;
             scope.spawn(move || {
                 let mut out = SegmentWriter::new(tuning.write_buffer, options.sync);
                 let mut frames = FrameCache::new(FRAME_CACHE);
@@ -468,6 +488,7 @@ fn restore_files(
                         Err(e) => record(e),
                     }
                 }
+                bytes_direct.fetch_add(out.direct_bytes(), Ordering::Relaxed);
             });
         }
         drop(rx);
@@ -476,7 +497,8 @@ fn restore_files(
             if options.cancel.is_cancelled() || failed.load(Ordering::Relaxed) {
                 break;
             }
-            let segments = match plan_file(repo, snapshot, target, node, tuning) {
+            let direct = options.sync && node.size >= tuning.direct_from;
+            let segments = match plan_file(repo, snapshot, target, node, tuning, direct) {
                 Ok(segments) => segments,
                 Err(e) => {
                     record(e);
@@ -509,7 +531,7 @@ fn restore_files(
             "the restore was cancelled; the target is incomplete",
         ));
     }
-    Ok(bytes.into_inner())
+    Ok((bytes.into_inner(), bytes_direct.into_inner()))
 }
 
 fn damaged_file(snapshot: &Snapshot, node: &Node, source: Error) -> Error {
@@ -531,6 +553,7 @@ fn plan_file<'a>(
     target: &Path,
     node: &'a Node,
     tuning: Tuning,
+    direct: bool,
 ) -> Result<Vec<Segment<'a>>> {
     let context = format!("`{}` of backup {}", node.path, snapshot.id);
     let runs = read_runs(repo, &node.chunks, tuning.max_run, &context)
@@ -569,6 +592,7 @@ fn plan_file<'a>(
         path: target.join(&node.path),
         file: Mutex::new(None),
         remaining: AtomicUsize::new(parts.len()),
+        direct,
     });
     Ok(parts
         .into_iter()
@@ -719,7 +743,7 @@ fn restore_group(
     }
     // Blobs arrive in order; each segment takes as many as its runs hold.
     let mut segments = group.iter();
-    let mut current: Option<(&Segment<'_>, Arc<File>, usize)> = None;
+    let mut current: Option<(&Segment<'_>, Arc<OpenFile>, usize)> = None;
     let mut written = 0u64;
     for run in &runs {
         if options.cancel.is_cancelled() {
@@ -747,7 +771,7 @@ fn restore_group(
                     ));
                 };
                 let file = segment.job.open()?;
-                out.start(segment.offset);
+                out.start(&file, segment.offset);
                 let blobs = segment.runs.iter().map(|r| r.entries.len()).sum();
                 current = Some((segment, file, blobs));
             }
@@ -774,7 +798,7 @@ fn restore_group(
     // Files of no bytes have no blobs and are never reached by the loop above.
     for segment in segments {
         let file = segment.job.open()?;
-        out.start(segment.offset);
+        out.start(&file, segment.offset);
         written += finish_segment(snapshot, segment, file, out)?;
     }
     Ok(written)
@@ -793,7 +817,7 @@ fn restore_segment(
     let job = &segment.job;
     let node = job.node;
     let file = job.open()?;
-    out.start(segment.offset);
+    out.start(&file, segment.offset);
     for run in &segment.runs {
         if options.cancel.is_cancelled() {
             return Err(Error::msg(
@@ -821,7 +845,7 @@ fn restore_segment(
 fn finish_segment(
     snapshot: &Snapshot,
     segment: &Segment<'_>,
-    file: Arc<File>,
+    file: Arc<OpenFile>,
     out: &mut SegmentWriter,
 ) -> Result<u64> {
     let job = &segment.job;
@@ -843,7 +867,7 @@ fn finish_segment(
             ),
         ));
     }
-    if out.early_writeback && written >= EARLY_WRITEBACK_FROM {
+    if out.early_writeback && file.direct.is_none() && written >= EARLY_WRITEBACK_FROM {
         // The kernel would hold these pages dirty until the final syncfs (background writeback
         // starts only at a share of RAM): starting their writeback now overlaps the disk with
         // the decoding of what follows. On Linux, POSIX_FADV_DONTNEED starts writeback of
@@ -851,7 +875,7 @@ fn finish_segment(
         // only pages that are already clean. Advice only: the syncfs stays the durability
         // point, so an error here changes nothing.
         let _ = rustix::fs::fadvise(
-            &*file,
+            &file.file,
             segment.offset,
             std::num::NonZeroU64::new(written),
             rustix::fs::Advice::DontNeed,
@@ -866,16 +890,250 @@ fn finish_segment(
     Ok(written)
 }
 
+/// A file being restored, open for writing.
+struct OpenFile {
+    file: File,
+    /// The same file opened with `O_DIRECT`, and the alignment its offsets, lengths and
+    /// buffers need. Why: a restore that ends with a sync writes every byte to disk anyway;
+    /// through the page cache it also pays the kernel's copy of every byte (a fifth of a
+    /// restore's CPU) and then waits for writeback, while direct writes go from the worker's
+    /// buffer to the device. Only whole aligned blocks go this way: a segment's first and last
+    /// partial blocks, which it may share with its neighbours, are written through `file`,
+    /// and direct writes never touch a page those writes use.
+    direct: Option<(File, usize)>,
+    /// Set once the filesystem refused a direct write: the rest goes through the page cache.
+    refused: AtomicBool,
+}
+
+/// Opens `path` again with `O_DIRECT` and allocates `size` bytes, or `None` where the
+/// filesystem does not support direct I/O (then the file is written through the page cache).
+fn open_direct(path: &Path, file: &File, size: u64) -> Option<(File, usize)> {
+    use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, StatxFlags};
+    let stat = rustix::fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    if !StatxFlags::from_bits_retain(stat.stx_mask).contains(StatxFlags::DIOALIGN)
+        || stat.stx_dio_offset_align == 0
+    {
+        return None;
+    }
+    // At least a page, so that no page holds both directly written blocks and bytes written
+    // through the page cache.
+    let align = rustix::param::page_size()
+        .max(stat.stx_dio_offset_align as usize)
+        .max(stat.stx_dio_mem_align as usize);
+    if !align.is_power_of_two() || align > MAX_DIRECT_ALIGN {
+        return None;
+    }
+    let direct = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    // Allocated blocks let the workers write one file's segments at once: ext4 takes the
+    // file's lock exclusively for a direct write into a hole, and holds it until the write is
+    // done.
+    rustix::fs::fallocate(file, FallocateFlags::empty(), 0, size).ok()?;
+    Some((File::from(direct), align))
+}
+
+/// Alignments above this are not worth a buffer's slack.
+const MAX_DIRECT_ALIGN: usize = 64 << 10;
+
 /// Positioned writes of a segment: small blobs are gathered into one write, large ones are
-/// written from where they were decoded.
+/// written from where they were decoded. For a file with direct I/O every byte goes through
+/// an aligned window instead, and each full window is written by a thread of the worker's own
+/// while the worker fills the next, so the worker's core is not idle while the device writes.
 struct SegmentWriter {
     buf: Vec<u8>,
     capacity: usize,
-    /// File offset of the first byte of `buf`.
+    /// File offset of the first byte of `buf`; with direct I/O, of the first byte of the
+    /// window, which is aligned and may come before the segment's start.
     at: u64,
     /// Whether finished segments start their writeback at once (only worth it when the
     /// restore ends with a sync, see [`RestoreOptions::sync`]).
     early_writeback: bool,
+    /// The window being filled, while the current segment's file has direct I/O.
+    window: Option<Window>,
+    /// Windows whose writes are done, to fill next.
+    spare: Vec<Window>,
+    writer: Option<DirectWriter>,
+    /// Bytes written directly by this thread (its writer thread counts its own).
+    direct_bytes: u64,
+}
+
+/// An aligned buffer for direct writes, and which file bytes it holds.
+struct Window {
+    /// Safe code cannot ask the allocator for alignment: the window starts where the
+    /// alignment falls in a larger allocation.
+    mem: Vec<u8>,
+    start: usize,
+    align: usize,
+    /// A multiple of `align`, so that every window after a segment's first starts aligned.
+    capacity: usize,
+    /// Bytes in use; they map to file offsets `at ..` of the writer (or of the job).
+    fill: usize,
+    /// The segment's first byte: the window's bytes before it belong to the segment before.
+    first: u64,
+}
+
+impl Window {
+    fn new(capacity: usize, align: usize) -> Self {
+        let capacity = capacity.max(1).next_multiple_of(align);
+        let mem = vec![0u8; capacity + align];
+        let start = mem.as_ptr().align_offset(align);
+        Self {
+            mem,
+            start,
+            align,
+            capacity,
+            fill: 0,
+            first: 0,
+        }
+    }
+
+    /// Writes the bytes from the segment's first byte on, the window's first byte being file
+    /// offset `at`: whole aligned blocks directly, a partial block at either end through the
+    /// page cache. Returns how many bytes went directly.
+    fn write_out(&self, file: &OpenFile, at: u64) -> std::io::Result<u64> {
+        let align = self.align as u64;
+        let lo = at.max(self.first);
+        let hi = at + self.fill as u64;
+        if hi <= lo {
+            return Ok(0);
+        }
+        let a = lo.next_multiple_of(align).min(hi);
+        let b = (hi - hi % align).max(a);
+        let bytes = |from: u64, to: u64| {
+            let start = self.start + (from - at) as usize;
+            &self.mem[start..start + (to - from) as usize]
+        };
+        if a > lo {
+            file.file.write_all_at(bytes(lo, a), lo)?;
+        }
+        let mut direct_bytes = 0;
+        if b > a {
+            let written = match &file.direct {
+                Some((direct, _)) if !file.refused.load(Ordering::Relaxed) => {
+                    direct.write_all_at(bytes(a, b), a)
+                }
+                _ => Err(std::io::ErrorKind::InvalidInput.into()),
+            };
+            match written {
+                Ok(()) => direct_bytes = b - a,
+                // A filesystem may refuse a direct write it said it supports (or a short
+                // write may leave an unaligned rest): the page cache takes it instead.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    file.refused.store(true, Ordering::Relaxed);
+                    file.file.write_all_at(bytes(a, b), a)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if hi > b {
+            file.file.write_all_at(bytes(b, hi), b)?;
+        }
+        Ok(direct_bytes)
+    }
+}
+
+/// A window handed to the writer thread, and back with its result.
+struct WriteJob {
+    file: Arc<OpenFile>,
+    window: Window,
+    at: u64,
+    result: std::io::Result<u64>,
+}
+
+/// Windows a worker may have queued for its writer thread or being written. With one, the
+/// workers of a restore of the benchmark's mix waited a sixth of their time for the device; two
+/// took 7 % off the restore (`bench/ab.py`, four runs each). A second writer thread per worker,
+/// or 2 MiB windows, gained nothing more.
+const WINDOWS_IN_FLIGHT: usize = 2;
+
+/// A worker's writer thread, with up to [`WINDOWS_IN_FLIGHT`] windows queued or being written.
+struct DirectWriter {
+    jobs: Option<crossbeam_channel::Sender<WriteJob>>,
+    done: crossbeam_channel::Receiver<WriteJob>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+    /// Bytes its windows wrote directly.
+    direct_bytes: u64,
+}
+
+impl DirectWriter {
+    fn spawn() -> std::io::Result<Self> {
+        let (jobs, queue) = bounded::<WriteJob>(WINDOWS_IN_FLIGHT);
+        let (finished, done) = bounded::<WriteJob>(WINDOWS_IN_FLIGHT);
+        let thread = std::thread::Builder::new()
+            .name("restore-writer".into())
+            .spawn(move || {
+                for mut job in queue {
+                    job.result = job.window.write_out(&job.file, job.at);
+                    if finished.send(job).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: 0,
+            direct_bytes: 0,
+        })
+    }
+
+    /// Waits for every window in flight: the last one's buffer, or the first error.
+    /// Waits for every window in flight, keeping their buffers in `spare`; the first error.
+    fn wait_all(&mut self, spare: &mut Vec<Window>) -> std::io::Result<()> {
+        let mut result = Ok(());
+        while self.in_flight > 0 {
+            match self.wait() {
+                Ok(window) => spare.extend(window),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Waits for the oldest window in flight, if any: its buffer, or the error writing it.
+    fn wait(&mut self) -> std::io::Result<Option<Window>> {
+        if self.in_flight == 0 {
+            return Ok(None);
+        }
+        self.in_flight -= 1;
+        let job = self
+            .done
+            .recv()
+            .map_err(|_| std::io::Error::other("the restore's writer thread stopped"))?;
+        self.direct_bytes += job.result?;
+        Ok(Some(job.window))
+    }
+
+    fn send(&mut self, job: WriteJob) -> std::io::Result<()> {
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        match sent {
+            Some(Ok(())) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            _ => Err(std::io::Error::other("the restore's writer thread stopped")),
+        }
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        // Every write is done before the restore goes on to metadata and its sync.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SegmentWriter {
@@ -885,27 +1143,61 @@ impl SegmentWriter {
             capacity,
             at: 0,
             early_writeback,
+            window: None,
+            spare: Vec::new(),
+            writer: None,
+            direct_bytes: 0,
         }
     }
 
-    fn start(&mut self, offset: u64) {
+    /// Bytes written with direct I/O so far (windows still in flight not counted).
+    fn direct_bytes(&self) -> u64 {
+        self.direct_bytes + self.writer.as_ref().map_or(0, |w| w.direct_bytes)
+    }
+
+    fn start(&mut self, file: &OpenFile, offset: u64) {
         self.buf.clear();
         self.at = offset;
+        // A window still in flight belongs to a segment that failed (a finished one waited
+        // for it); that failure is already recorded.
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer.wait_all(&mut self.spare);
+        }
+        let Some((_, align)) = file.direct else {
+            if let Some(window) = self.window.take() {
+                self.spare.push(window);
+            }
+            return;
+        };
+        let mut window = match self.window.take().or_else(|| self.spare.pop()) {
+            Some(w) if w.align == align => w,
+            _ => Window::new(self.capacity, align),
+        };
+        window.fill = 0;
+        window.first = offset;
+        self.at = offset - offset % align as u64;
+        self.window = Some(window);
     }
 
     /// The file offset after everything written so far.
     fn position(&self) -> u64 {
-        self.at + self.buf.len() as u64
+        match &self.window {
+            Some(w) => (self.at + w.fill as u64).max(w.first),
+            None => self.at + self.buf.len() as u64,
+        }
     }
 
-    fn write(&mut self, file: &File, data: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, file: &Arc<OpenFile>, data: &[u8]) -> std::io::Result<()> {
+        if self.window.is_some() {
+            return self.write_direct(file, data);
+        }
         let large = data.len() >= self.capacity / 4;
         // Buffered bytes come first in the file, so they go out before a large blob does.
         if large || self.buf.len() + data.len() > self.capacity {
             self.flush(file)?;
         }
         if large {
-            file.write_all_at(data, self.at)?;
+            file.file.write_all_at(data, self.at)?;
             self.at += data.len() as u64;
         } else {
             if self.buf.capacity() < self.capacity {
@@ -916,9 +1208,74 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn flush(&mut self, file: &File) -> std::io::Result<()> {
+    fn write_direct(&mut self, file: &Arc<OpenFile>, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let Some(w) = self.window.as_mut() else {
+                return Ok(());
+            };
+            let capacity = w.capacity;
+            if w.fill == 0 && self.at < w.first {
+                // The window starts before the segment: its first bytes are not ours.
+                w.fill = (w.first - self.at) as usize;
+            }
+            let take = data.len().min(capacity - w.fill);
+            let from = w.start + w.fill;
+            w.mem[from..from + take].copy_from_slice(&data[..take]);
+            w.fill += take;
+            data = &data[take..];
+            if w.fill == capacity {
+                self.hand_over(file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the full window to the writer thread and takes an empty one.
+    fn hand_over(&mut self, file: &Arc<OpenFile>) -> std::io::Result<()> {
+        let Some(window) = self.window.take() else {
+            return Ok(());
+        };
+        let writer = match self.writer.as_mut() {
+            Some(writer) => writer,
+            None => self.writer.insert(DirectWriter::spawn()?),
+        };
+        let waited = if writer.in_flight >= WINDOWS_IN_FLIGHT {
+            writer.wait()?
+        } else {
+            None
+        };
+        let mut next = match waited.or_else(|| self.spare.pop()) {
+            Some(w) => w,
+            None => Window::new(self.capacity, window.align),
+        };
+        let end = self.at + window.fill as u64;
+        next.fill = 0;
+        next.first = end;
+        writer.send(WriteJob {
+            file: Arc::clone(file),
+            window,
+            at: self.at,
+            result: Ok(0),
+        })?;
+        self.at = end;
+        self.window = Some(next);
+        Ok(())
+    }
+
+    fn flush(&mut self, file: &OpenFile) -> std::io::Result<()> {
+        if let Some(window) = self.window.as_mut() {
+            if let Some(writer) = self.writer.as_mut() {
+                writer.wait_all(&mut self.spare)?;
+            }
+            self.direct_bytes += window.write_out(file, self.at)?;
+            let end = (self.at + window.fill as u64).max(window.first);
+            self.at = end;
+            window.fill = 0;
+            window.first = end;
+            return Ok(());
+        }
         if !self.buf.is_empty() {
-            file.write_all_at(&self.buf, self.at)?;
+            file.file.write_all_at(&self.buf, self.at)?;
             self.at += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -1060,6 +1417,7 @@ mod tests {
             max_run: 32 * 1024,
             memory_budget: 48 * 1024,
             write_buffer: 8 * 1024,
+            direct_from: 0,
         }
     }
 
@@ -1130,7 +1488,8 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
-        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
+        let segments =
+            plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), false).unwrap();
         assert!(segments.len() >= 4, "{} segments", segments.len());
         let target = outer.path().join("target");
         let info = restore_tuned(
@@ -1149,6 +1508,89 @@ mod tests {
         assert!(!target.join(INCOMPLETE_MARKER).exists());
     }
 
+    /// Whether the filesystem of `dir` supports direct I/O, asked the way [`open_direct`] asks.
+    fn supports_direct_io(dir: &Path) -> bool {
+        let probe = dir.join("probe");
+        let file = File::create(&probe).unwrap();
+        let supported = open_direct(&probe, &file, 4096).is_some();
+        std::fs::remove_file(&probe).unwrap();
+        supported
+    }
+
+    #[test]
+    fn a_syncing_restore_writes_whole_blocks_directly_and_the_rest_through_the_cache() {
+        let (_store, engine, big, _source) = backed_up_large_file();
+        let repo = &engine.repo;
+        let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
+        let outer = tempfile::tempdir().unwrap();
+        let node = big_node(repo, &snapshot);
+        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), true);
+        let unaligned = segments
+            .unwrap()
+            .iter()
+            .filter(|s| s.offset % 4096 != 0)
+            .count();
+        assert!(unaligned >= 3, "{unaligned} segments start inside a block");
+        let direct = supports_direct_io(outer.path());
+        for sync in [true, false] {
+            let target = outer.path().join(format!("target-{sync}"));
+            let options = RestoreOptions::default().with_sync(sync);
+            let info = restore_tuned(repo, &snapshot, &target, &options, small_tuning()).unwrap();
+            let restored = std::fs::read(target.join("big.db")).unwrap();
+            let first_difference = restored.iter().zip(&big).position(|(a, b)| a != b);
+            assert_eq!((restored.len(), first_difference), (big.len(), None));
+            assert_eq!(std::fs::read(target.join("small")).unwrap(), b"tiny");
+            if sync && direct {
+                // Every segment's partial blocks at either end went through the page cache.
+                assert!(
+                    info.bytes_direct > big.len() as u64 / 2
+                        && info.bytes_direct < big.len() as u64,
+                    "{} of {} bytes written directly",
+                    info.bytes_direct,
+                    big.len()
+                );
+            } else {
+                if sync {
+                    eprintln!(
+                        "NOTE: {} has no direct I/O; only the page cache path was tested",
+                        outer.path().display()
+                    );
+                }
+                assert_eq!(info.bytes_direct, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_direct_write_goes_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OpenFile {
+            file: File::create(&path).unwrap(),
+            direct: None,
+            refused: AtomicBool::new(false),
+        };
+        let mut window = Window::new(3 * 4096, 4096);
+        assert_eq!(window.capacity, 3 * 4096);
+        // The window maps file offsets 4096.. and the segment starts at 5000: a head, one
+        // whole block and a tail.
+        let at = 4096;
+        window.first = 5000;
+        window.fill = 4096 + 4096 + 100;
+        let data = noise(window.fill, 3);
+        let start = window.start;
+        window.mem[start..start + window.fill].copy_from_slice(&data);
+        assert_eq!(window.write_out(&file, at).unwrap(), 0);
+        assert!(file.refused.load(Ordering::Relaxed));
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len(), 4096 + window.fill);
+        assert!(
+            written[..5000].iter().all(|&b| b == 0),
+            "before the segment"
+        );
+        assert_eq!(&written[5000..], &data[5000 - 4096..]);
+    }
+
     #[test]
     fn a_damaged_blob_in_a_middle_segment_fails_naming_the_file() {
         let (store, engine, _big, _source) = backed_up_large_file();
@@ -1156,7 +1598,8 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
-        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning()).unwrap();
+        let segments =
+            plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), false).unwrap();
         // Damage a unit of a middle segment that does not also hold `small` (a reading thread
         // that reads both files puts small blobs of both into the same frames).
         let small_unit = {
