@@ -53,6 +53,15 @@ pub struct RestoreParams {
     pub options: BTreeMap<String, String>,
 }
 
+/// Whether applying `profile` may read the restored files' contents: SQLite's integrity check
+/// reads every page, Berkeley DB's catastrophic recovery the logs and databases, RocksDB's
+/// check its manifest. A restore writes files past the page cache only when nothing reads them
+/// right after (they would come back from the device, page by page). Kinds other than a plain
+/// directory's count as reading, whatever their fix-up does today.
+pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) -> bool {
+    !params.raw && !matches!(profile.kind.as_str(), "" | "none" | "dir")
+}
+
 /// Applies `profile` to the restored tree at `target` and returns a line per step taken.
 pub fn apply(
     profile: &RestoreProfile,
@@ -81,5 +90,38 @@ pub fn apply(
             "this build of backstop cannot apply the `{other}` restore procedure; rebuild with \
              that source's feature, or restore the raw files with `--raw`"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_directories_and_raw_restores_leave_the_files_unread() {
+        let read = RestoreParams::default();
+        let raw = RestoreParams {
+            raw: true,
+            ..RestoreParams::default()
+        };
+        for kind in ["", "none", "dir"] {
+            assert!(
+                !reads_restored_files(&RestoreProfile::new(kind), &read),
+                "{kind}"
+            );
+        }
+        for kind in [
+            "sqlite",
+            "bdb",
+            "postgres",
+            "rocksdb",
+            "eventstore",
+            "group",
+            "new",
+        ] {
+            let profile = RestoreProfile::new(kind);
+            assert!(reads_restored_files(&profile, &read), "{kind}");
+            assert!(!reads_restored_files(&profile, &raw), "{kind} raw");
+        }
     }
 }

@@ -11,10 +11,10 @@
 //! offsets in the file follow from the index's raw lengths, so several workers write one large
 //! file at once with positioned writes. Blobs are decoded and written one at a time, and the
 //! bytes all reads hold at once (stored plus decoded) stay within a shared budget, so memory
-//! does not grow with compression ratios or file sizes. A restore that ends with a sync writes
-//! the whole blocks of large files with direct I/O, past the page cache, from a thread beside
-//! each worker (`OpenFile::direct`); other writes start their writeback as soon as a segment
-//! is written. The one `syncfs` at the end remains the durability point. Small files
+//! does not grow with compression ratios or file sizes. A restore that ends with a sync, and
+//! whose fix-ups do not read the files back, writes the whole blocks of large files with direct
+//! I/O, past the page cache, from a thread beside each worker (`OpenFile::direct`); other
+//! writes start their writeback as soon as a segment is written. The one `syncfs` at the end remains the durability point. Small files
 //! stored close together in one pack go to one worker as a group and are fetched with one
 //! ranged read (on an object store, one request instead of one per file).
 
@@ -121,7 +121,13 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
     }
-    let (bytes, bytes_direct) = restore_files(repo, snapshot, target, &nodes, options, tuning)?;
+    let params = backstop_source::RestoreParams {
+        raw: options.raw,
+        options: options.fixup_options.clone(),
+    };
+    let direct = writes_directly(snapshot, options, &params);
+    let (bytes, bytes_direct) =
+        restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;
     info.bytes = bytes;
     info.bytes_direct = bytes_direct;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
@@ -148,10 +154,6 @@ fn restore_tuned(
         apply_metadata(&target.join(&node.path), node)?;
     }
 
-    let params = backstop_source::RestoreParams {
-        raw: options.raw,
-        options: options.fixup_options.clone(),
-    };
     info.fixups =
         backstop_source::restore_profile::apply(&snapshot.restore_profile, target, &params)
             .map_err(|source| {
@@ -172,6 +174,22 @@ fn restore_tuned(
     }
     info.duration_ms = started.elapsed().as_millis() as u64;
     Ok(info)
+}
+
+/// Whether large files go past the page cache (see [`OpenFile::direct`]): only when the
+/// restore syncs anyway, and no fix-up reads the files right after (they would come back from
+/// the device page by page: SQLite's integrity check of a 21 MB database took 0.38 s instead of
+/// 0.14 s).
+fn writes_directly(
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    params: &backstop_source::RestoreParams,
+) -> bool {
+    options.sync
+        && !backstop_source::restore_profile::reads_restored_files(
+            &snapshot.restore_profile,
+            params,
+        )
 }
 
 /// Flushes everything written under `target` to disk (one `syncfs` of its filesystem).
@@ -314,7 +332,7 @@ struct Tuning {
     /// where they were decoded, without a copy.
     write_buffer: usize,
     /// Files of at least this many bytes are written with direct I/O when the restore ends
-    /// with a sync (see [`OpenFile::direct`]).
+    /// with a sync and no fix-up reads them (see [`OpenFile::direct`]).
     direct_from: u64,
 }
 
@@ -464,6 +482,7 @@ fn restore_files(
     nodes: &[Node],
     options: &RestoreOptions,
     tuning: Tuning,
+    direct: bool,
 ) -> Result<(u64, u64)> {
     let threads = repo.options.worker_threads();
     let (tx, rx) = bounded::<Vec<Segment<'_>>>(threads * 4);
@@ -536,7 +555,7 @@ fn restore_files(
                         hi -= 1;
                         files[hi]
                     };
-                    let direct = options.sync && node.size >= tuning.direct_from;
+                    let direct = direct && node.size >= tuning.direct_from;
                     let segments = match plan_file(repo, snapshot, target, node, tuning, direct) {
                         Ok(segments) => segments,
                         Err(e) => {
@@ -1609,6 +1628,28 @@ mod tests {
                 assert_eq!(info.bytes_direct, 0);
             }
         }
+    }
+
+    #[test]
+    fn files_a_fix_up_reads_stay_in_the_page_cache() {
+        let mut snapshot = {
+            let (_store, engine, _big, _source) = backed_up_large_file();
+            engine
+                .repo
+                .load_snapshot(crate::BackupSelector::Latest)
+                .unwrap()
+        };
+        let params = |raw| backstop_source::RestoreParams {
+            raw,
+            options: Default::default(),
+        };
+        let sync = RestoreOptions::default();
+        let no_sync = RestoreOptions::default().with_sync(false);
+        assert!(writes_directly(&snapshot, &sync, &params(false)));
+        assert!(!writes_directly(&snapshot, &no_sync, &params(false)));
+        snapshot.restore_profile = backstop_source::RestoreProfile::new("sqlite");
+        assert!(!writes_directly(&snapshot, &sync, &params(false)));
+        assert!(writes_directly(&snapshot, &sync, &params(true)));
     }
 
     #[test]
