@@ -1152,7 +1152,6 @@ impl DirectWriter {
         })
     }
 
-    /// Waits for every window in flight: the last one's buffer, or the first error.
     /// Waits for every window in flight, keeping their buffers in `spare`; the first error.
     fn wait_all(&mut self, spare: &mut Vec<Window>) -> std::io::Result<()> {
         let mut result = Ok(());
