@@ -13,6 +13,28 @@
 //! master becomes its child instead of init's, and when the command ends it ends every `ssh`
 //! process still its child. Masters of sessions that were closed properly are gone by then.
 //! A command killed with SIGKILL cannot do this; its masters live on.
+//!
+//! Only a command that opened an `sftp://` store looks for them: the look reads the `stat` of
+//! every process on the machine, a few milliseconds that every other command would pay.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether this command opened a store that runs `ssh`.
+static SSH_USED: AtomicBool = AtomicBool::new(false);
+
+/// Notes that the command opens the store at `location`: one that runs `ssh` (`sftp://`)
+/// makes [`end_leftover_ssh`] look for leftovers.
+pub(crate) fn opening_store(location: &str) {
+    if runs_ssh(location) {
+        SSH_USED.store(true, Ordering::Relaxed);
+    }
+}
+
+fn runs_ssh(location: &str) -> bool {
+    location
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sftp://"))
+}
 
 /// Makes this process the reaper of its orphaned descendants (Linux; elsewhere nothing).
 pub(crate) fn adopt() {
@@ -22,9 +44,12 @@ pub(crate) fn adopt() {
     }
 }
 
-/// Ends the `ssh` processes that are children of this process and reaps them; returns how
-/// many there were.
+/// Ends the `ssh` processes that are children of this process and reaps them, if it opened a
+/// store that runs `ssh`; returns how many there were.
 pub(crate) fn end_leftover_ssh() -> usize {
+    if !SSH_USED.load(Ordering::Relaxed) {
+        return 0;
+    }
     use nix::sys::signal::{Signal, kill};
     use nix::sys::wait::waitpid;
     use nix::unistd::Pid;
@@ -72,8 +97,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_sftp_stores_run_ssh() {
+        assert!(runs_ssh("sftp://backup@host:2222/srv/backups"));
+        assert!(runs_ssh("SFTP://host/srv"));
+        for other in [
+            "/srv/backups",
+            "s3://bucket/p",
+            "sftp:/x",
+            "",
+            "webdav+https://h/p",
+        ] {
+            assert!(!runs_ssh(other), "{other}");
+        }
+    }
+
+    #[test]
     fn an_orphaned_ssh_becomes_our_child_and_is_ended() {
         adopt();
+        opening_store("SFTP://backup@host/srv/backups");
         // A stand-in for a forked master: a `sleep` named ssh, started in the background by a
         // shell that exits at once, as `ssh -f` does after forking.
         let dir = tempfile::tempdir().unwrap();

@@ -138,6 +138,7 @@ impl Settings {
             )
             .into());
         }
+        crate::orphans::opening_store(repo);
         backstop::store::open_url(repo).with_context(|| format!("opening repository `{repo}`"))
     }
 

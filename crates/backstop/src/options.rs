@@ -213,7 +213,11 @@ impl EngineOptions {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            // Asked once: on Linux each call reads the cgroup's CPU quota from three files.
+            static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            *CORES.get_or_init(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            })
         }
     }
 }

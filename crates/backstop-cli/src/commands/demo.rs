@@ -298,6 +298,7 @@ fn open_store(location: &str) -> Result<Arc<dyn backstop::Store>> {
     if !location.contains("://") {
         std::fs::create_dir_all(location)?;
     }
+    crate::orphans::opening_store(location);
     backstop::store::open_url(location).with_context(|| format!("opening `{location}`"))
 }
 
