@@ -68,7 +68,8 @@ pub(crate) struct GlobalArgs {
     pub(crate) config: Option<PathBuf>,
 
     /// zstd level for new data: 1 to 22, or -1 and below for zstd's fast levels (less
-    /// compression, less CPU); 0 stores uncompressed [default: 3]
+    /// compression, less CPU); 0 stores uncompressed. Frames of pages and small files use a
+    /// level-1 setting instead where it stores them smaller [default: 3]
     #[arg(
         long,
         env = "BACKSTOP_COMPRESSION",

@@ -28,6 +28,7 @@ use backstop_source::{
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::chunk::{self, Chunking};
+use crate::compress::LevelChoice;
 use crate::format::{
     self, BlobId, BlobKind, IndexPack, NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, PackEntry,
     Snapshot, SnapshotStats, TreeBlob,
@@ -54,6 +55,9 @@ struct Job {
     data: Vec<u8>,
     /// The blobs in `data`, in order: id and raw length.
     blobs: Vec<(BlobId, u32)>,
+    /// The reader lane that made it: a frame is compressed the way [`LevelChoice`] picks for
+    /// its lane.
+    lane: usize,
 }
 
 impl Job {
@@ -97,7 +101,7 @@ impl Dispatch {
             state: Mutex::new(DispatchState {
                 pending: HashSet::new(),
                 prune_at: PENDING_PRUNE_MIN,
-                frames: (0..lanes.max(1)).map(|_| empty_frame()).collect(),
+                frames: (0..lanes.max(1)).map(empty_frame).collect(),
             }),
         }
     }
@@ -137,14 +141,15 @@ impl Dispatch {
                     kind,
                     blobs: vec![(id, data.len() as u32)],
                     data,
+                    lane,
                 })
             } else {
-                let lanes = state.frames.len();
-                let frame = &mut state.frames[lane % lanes];
+                let lane = lane % state.frames.len();
+                let frame = &mut state.frames[lane];
                 frame.blobs.push((id, data.len() as u32));
                 frame.data.extend_from_slice(&data);
                 (frame.data.len() >= format::FRAME_TARGET)
-                    .then(|| std::mem::replace(frame, empty_frame()))
+                    .then(|| std::mem::replace(frame, empty_frame(lane)))
             }
         };
         ready.is_none_or(|job| self.send(job))
@@ -157,8 +162,9 @@ impl Dispatch {
             state
                 .frames
                 .iter_mut()
-                .filter(|f| !f.blobs.is_empty())
-                .map(|f| std::mem::replace(f, empty_frame()))
+                .enumerate()
+                .filter(|(_, f)| !f.blobs.is_empty())
+                .map(|(lane, f)| std::mem::replace(f, empty_frame(lane)))
                 .collect()
         };
         frames.into_iter().all(|frame| self.send(frame))
@@ -169,11 +175,12 @@ impl Dispatch {
     }
 }
 
-fn empty_frame() -> Job {
+fn empty_frame(lane: usize) -> Job {
     Job {
         kind: BlobKind::Data,
         data: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
         blobs: Vec::new(),
+        lane,
     }
 }
 
@@ -221,6 +228,7 @@ pub(crate) fn create_backup(
 
     let threads = repo.options.worker_threads();
     let level = repo.options.compression_level;
+    let frame_levels = LevelChoice::new(level, threads);
     // Short queues: a job is up to one maximum-size chunk, and what waits is memory. One job
     // and two sealed units per worker absorb the moments when a thread is not scheduled: with
     // one of each, workers blocked on the packer and on the readers (2.29 → 1.98 s for a full
@@ -234,7 +242,8 @@ pub(crate) fn create_backup(
         for _ in 0..threads {
             let rx = job_rx.clone();
             let tx = sealed_tx.clone();
-            scope.spawn(move || seal_worker(rx, tx, level, repo.key()));
+            let frame_levels = &frame_levels;
+            scope.spawn(move || seal_worker(rx, tx, level, frame_levels, repo.key()));
         }
         drop(job_rx);
         drop(sealed_tx);
@@ -351,11 +360,12 @@ fn seal_worker(
     rx: Receiver<Job>,
     tx: Sender<Sealed>,
     level: i32,
+    frame_levels: &LevelChoice,
     key: Option<&crate::crypto::MasterKey>,
 ) {
     for job in rx {
         let (stored, compressed) = if job.framed() {
-            format::encode_frame(&job.data, level, key)
+            format::encode_frame(&job.data, frame_levels, job.lane, key)
         } else {
             format::encode_blob(&job.data, level, key)
         };

@@ -481,9 +481,15 @@ pub(crate) fn encode_blob(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (V
     seal_unit(raw, crate::compress::compress(raw, level), key)
 }
 
-/// [`encode_blob`] for a frame of small blobs.
-pub(crate) fn encode_frame(raw: &[u8], level: i32, key: Option<&MasterKey>) -> (Vec<u8>, bool) {
-    seal_unit(raw, crate::compress::compress_whole(raw, level), key)
+/// [`encode_blob`] for a frame of small blobs, compressed the way `levels` picks for the
+/// reader `lane` that filled it.
+pub(crate) fn encode_frame(
+    raw: &[u8],
+    levels: &crate::compress::LevelChoice,
+    lane: usize,
+    key: Option<&MasterKey>,
+) -> (Vec<u8>, bool) {
+    seal_unit(raw, levels.compress(lane, raw), key)
 }
 
 fn seal_unit(raw: &[u8], compressed: Option<Vec<u8>>, key: Option<&MasterKey>) -> (Vec<u8>, bool) {
@@ -897,7 +903,8 @@ mod tests {
             .map(|i| [b"page ".as_slice(), &[i; 8187]].concat())
             .collect();
         let frame = pages.concat();
-        let (stored, compressed) = encode_frame(&frame, 3, Some(&key));
+        let levels = crate::compress::LevelChoice::new(3, 1);
+        let (stored, compressed) = encode_frame(&frame, &levels, 0, Some(&key));
         assert!(compressed);
         let entry = |i: usize| PackEntry {
             id: blob_id(&pages[i], Some(&key)),

@@ -375,6 +375,8 @@ struct Repacker<'a> {
     packs: PackWriter<'a>,
     frame: Vec<u8>,
     frame_entries: Vec<PackEntry>,
+    /// The level of the frames it makes: one lane, as the survivors come in pack order.
+    levels: crate::compress::LevelChoice,
     written: Vec<IndexPack>,
 }
 
@@ -385,6 +387,7 @@ impl<'a> Repacker<'a> {
             packs: PackWriter::new(repo),
             frame: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
             frame_entries: Vec::new(),
+            levels: crate::compress::LevelChoice::new(repo.options.compression_level, 1),
             written: Vec::new(),
         }
     }
@@ -423,11 +426,8 @@ impl<'a> Repacker<'a> {
         if self.frame_entries.is_empty() {
             return Ok(());
         }
-        let (stored, compressed) = format::encode_frame(
-            &self.frame,
-            self.repo.options.compression_level,
-            self.repo.key(),
-        );
+        let (stored, compressed) =
+            format::encode_frame(&self.frame, &self.levels, 0, self.repo.key());
         let entries = std::mem::take(&mut self.frame_entries);
         self.frame.clear();
         self.push_stored(&stored, &entries, Some(compressed))

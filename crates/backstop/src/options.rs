@@ -152,7 +152,8 @@ pub struct EngineOptions {
     /// Worker threads for chunking, hashing, compressing and encrypting (0: one per core).
     pub threads: usize,
     /// zstd level for new data: 1 to 22, or a negative fast level (zstd's `--fast=N` is -N);
-    /// 0 stores uncompressed; 3 is the default.
+    /// 0 stores uncompressed; 3 is the default. Above 1, frames of small blobs use a level-1
+    /// setting where it stores them smaller.
     pub compression_level: i32,
     /// Directory for the local metadata cache; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,

@@ -1814,7 +1814,8 @@ mod tests {
     /// snapshot whose one file is those pages in `order`.
     fn framed_snapshot(repo: &Repository, pages: &[Vec<u8>], order: &[usize]) -> Snapshot {
         let frame = pages.concat();
-        let (stored, compressed) = format::encode_frame(&frame, 3, repo.key());
+        let levels = crate::compress::LevelChoice::new(3, 1);
+        let (stored, compressed) = format::encode_frame(&frame, &levels, 0, repo.key());
         let mut within = 0u32;
         let entries: Vec<PackEntry> = pages
             .iter()
