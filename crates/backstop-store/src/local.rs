@@ -63,6 +63,9 @@ struct OpenFiles {
     /// Key, the open file, its size when opened, and when it was last used.
     files: Vec<(String, Arc<File>, u64, u64)>,
     clock: u64,
+    /// Counts puts and deletes: a file opened before one of them may hold the bytes it
+    /// replaced, and is not kept.
+    changes: u64,
 }
 
 impl OpenFiles {
@@ -75,7 +78,7 @@ impl OpenFiles {
     }
 
     fn insert(&mut self, key: &str, file: Arc<File>, size: u64) {
-        self.forget(key);
+        self.files.retain(|(k, ..)| k != key);
         if self.files.len() >= OPEN_FILES {
             if let Some(oldest) = (0..self.files.len()).min_by_key(|&i| self.files[i].3) {
                 self.files.swap_remove(oldest);
@@ -86,6 +89,7 @@ impl OpenFiles {
     }
 
     fn forget(&mut self, key: &str) {
+        self.changes += 1;
         self.files.retain(|(k, ..)| k != key);
     }
 }
@@ -112,9 +116,13 @@ impl LocalStore {
     /// The file of `key` for ranged reads, and its size: kept open from an earlier read, or
     /// opened now (and kept).
     fn open_for_range(&self, key: &str, path: &Path) -> Result<(Arc<File>, u64), StoreError> {
-        if let Some(open) = self.open_files().get(key) {
-            return Ok(open);
-        }
+        let changes = {
+            let mut open = self.open_files();
+            if let Some(kept) = open.get(key) {
+                return Ok(kept);
+            }
+            open.changes
+        };
         let file = File::open(path).map_err(|err| {
             StoreError::from_io(key, format!("cannot open `{}`", path.display()), err)
         })?;
@@ -125,7 +133,10 @@ impl LocalStore {
             return Err(not_a_file(key, path));
         }
         let file = Arc::new(file);
-        self.open_files().insert(key, Arc::clone(&file), meta.len());
+        let mut open = self.open_files();
+        if open.changes == changes {
+            open.insert(key, Arc::clone(&file), meta.len());
+        }
         Ok((file, meta.len()))
     }
 
