@@ -1672,23 +1672,36 @@ mod tests {
         );
         std::fs::write(source.path().join("big.db"), &big).unwrap();
         std::fs::write(source.path().join("small"), b"tiny").unwrap();
+        let (store, engine) = backed_up(source.path(), Some((1024, 4096, 16 * 1024)));
+        (store, engine, big, source)
+    }
+
+    /// `source` backed up into a fresh encrypted repository in memory, with these chunk sizes
+    /// or the defaults.
+    fn backed_up(
+        source: &Path,
+        chunks: Option<(u32, u32, u32)>,
+    ) -> (Arc<backstop_store::MemoryStore>, crate::BackupEngine) {
         let store = Arc::new(backstop_store::MemoryStore::new());
+        let mut init = InitOptions::default()
+            .with_kdf(8 * 1024, 1)
+            .with_password("pw");
+        if let Some((min, avg, max)) = chunks {
+            init = init.with_chunk_sizes(min, avg, max);
+        }
         let engine = crate::BackupEngine::init(
             Arc::clone(&store),
-            InitOptions::default()
-                .with_kdf(8 * 1024, 1)
-                .with_password("pw")
-                .with_chunk_sizes(1024, 4096, 16 * 1024),
+            init,
             EngineOptions::default().with_password("pw"),
         )
         .unwrap();
         engine
             .create_backup(
-                &mut crate::DirSource::new(source.path()),
+                &mut crate::DirSource::new(source),
                 &crate::BackupOptions::default(),
             )
             .unwrap();
-        (store, engine, big, source)
+        (store, engine)
     }
 
     fn big_node(repo: &Repository, snapshot: &Snapshot) -> Node {
@@ -1725,21 +1738,7 @@ mod tests {
             std::fs::write(source.path().join(name), bytes).unwrap();
         }
         std::fs::write(source.path().join("small"), b"tiny").unwrap();
-        let store = Arc::new(backstop_store::MemoryStore::new());
-        let engine = crate::BackupEngine::init(
-            store,
-            InitOptions::default()
-                .with_kdf(8 * 1024, 1)
-                .with_password("pw"),
-            EngineOptions::default().with_password("pw"),
-        )
-        .unwrap();
-        engine
-            .create_backup(
-                &mut crate::DirSource::new(source.path()),
-                &crate::BackupOptions::default(),
-            )
-            .unwrap();
+        let (_store, engine) = backed_up(source.path(), None);
         let repo = &engine.repo;
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let mut work = std::collections::BTreeMap::new();
