@@ -14,9 +14,11 @@
 //! does not grow with compression ratios or file sizes. A restore that ends with a sync, and
 //! whose fix-ups do not read the files back, writes the whole blocks of large files with direct
 //! I/O, past the page cache, from a thread beside each worker (`OpenFile::direct`); other
-//! writes start their writeback as soon as a segment is written. The one `syncfs` at the end remains the durability point. Small files
-//! stored close together in one pack go to one worker as a group and are fetched with one
-//! ranged read (on an object store, one request instead of one per file).
+//! writes start their writeback as soon as a segment is written. The one `syncfs` at the end
+//! remains the durability point. Small files stored close together in one pack go to one
+//! worker as a group and are fetched with one ranged read (on an object store, one request
+//! instead of one per file). Files reach the workers in two lanes, work for the cores and work
+//! for the device (`Work`), so that while one worker decodes another writes.
 
 use std::collections::HashSet;
 use std::fs::File;
