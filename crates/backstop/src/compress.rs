@@ -262,8 +262,7 @@ mod tests {
     /// after it take the way that won; lanes choose apart; levels up to 1 are used as asked.
     #[test]
     fn a_lane_keeps_the_smaller_way_and_follows_it() {
-        // Rows of hex strings and integers, like the benchmark's SQLite pages, and rows of
-        // repeated short words, like PostgreSQL's tuples.
+        // Rows of hex strings and integers, like the benchmark's SQLite pages.
         let hex_rows = |seed: u64| -> Vec<u8> {
             (0..6_000u64)
                 .flat_map(|i| {

@@ -465,19 +465,41 @@ impl FileJob<'_> {
     }
 }
 
-/// The files of one kind of [`Work`], planned in list order: work not yet handed to the
-/// workers.
+/// The files of one kind of [`Work`], planned in list order, a file at a time as the lane's
+/// workers need them.
 struct Lane<'a> {
+    files: std::vec::IntoIter<&'a Node>,
     grouper: Grouper<'a>,
     pending: std::collections::VecDeque<Vec<Segment<'a>>>,
+    /// The group being handed out, waiting for room in the lane's channel.
+    ready: Option<Vec<Segment<'a>>>,
 }
 
-impl Lane<'_> {
-    fn new(tuning: Tuning) -> Self {
+impl<'a> Lane<'a> {
+    fn new(tuning: Tuning, files: Vec<&'a Node>) -> Self {
         Self {
+            files: files.into_iter(),
             grouper: Grouper::new(tuning.max_run, tuning.segment_bytes / 2),
             pending: std::collections::VecDeque::new(),
+            ready: None,
         }
+    }
+
+    /// Makes the next group ready unless one is, planning files with `plan` as needed; leaves
+    /// none once the lane is done.
+    fn make_ready(&mut self, plan: impl Fn(&'a Node) -> Result<Vec<Segment<'a>>>) -> Result<()> {
+        while self.ready.is_none() {
+            if let Some(group) = self.pending.pop_front() {
+                self.ready = Some(group);
+            } else if let Some(node) = self.files.next() {
+                let groups = self.grouper.add(plan(node)?);
+                self.pending.extend(groups);
+            } else {
+                self.ready = self.grouper.finish();
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -532,18 +554,18 @@ struct Segment<'a> {
     runs: Vec<ReadRun>,
 }
 
-fn restore_files(
+fn restore_files<'n>(
     repo: &Repository,
     snapshot: &Snapshot,
     target: &Path,
-    nodes: &[Node],
+    nodes: &'n [Node],
     options: &RestoreOptions,
     tuning: Tuning,
     direct: bool,
 ) -> Result<(u64, u64)> {
     let threads = repo.options.worker_threads();
-    let (tx_cpu, rx_cpu) = bounded::<Vec<Segment<'_>>>(threads * 2);
-    let (tx_device, rx_device) = bounded::<Vec<Segment<'_>>>(threads * 2);
+    let (tx_cpu, rx_cpu) = bounded::<Vec<Segment<'n>>>(threads * 2);
+    let (tx_device, rx_device) = bounded::<Vec<Segment<'n>>>(threads * 2);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
     let record = |e: Error| {
@@ -605,60 +627,45 @@ fn restore_files(
         for node in nodes.iter().filter(|n| n.kind == NODE_FILE) {
             lists[Work::of(repo, node, tuning) as usize].push(node);
         }
-        let senders = [&tx_cpu, &tx_device];
-        let mut lanes = [Lane::new(tuning), Lane::new(tuning)];
-        let mut next: [Option<Vec<Segment<'_>>>; 2] = [None, None];
-        let mut planned = [0, 0];
-        let mut finished = [false, false];
+        let [cpu_files, device_files] = lists;
+        let mut lanes = [
+            (Lane::new(tuning, cpu_files), &tx_cpu),
+            (Lane::new(tuning, device_files), &tx_device),
+        ];
+        let plan = |node: &'n Node| {
+            let direct = direct && node.size >= tuning.direct_from;
+            let segments = plan_file(repo, snapshot, target, node, tuning, direct)?;
+            options.progress.file(&node.path);
+            Ok(segments)
+        };
         'plan: loop {
             if options.cancel.is_cancelled() || failed.load(Ordering::Relaxed) {
                 break;
             }
-            for lane in 0..2 {
-                while next[lane].is_none() {
-                    if let Some(group) = lanes[lane].pending.pop_front() {
-                        next[lane] = Some(group);
-                    } else if let Some(&node) = lists[lane].get(planned[lane]) {
-                        planned[lane] += 1;
-                        let direct = direct && node.size >= tuning.direct_from;
-                        let segments = match plan_file(repo, snapshot, target, node, tuning, direct)
-                        {
-                            Ok(segments) => segments,
-                            Err(e) => {
-                                record(e);
-                                break 'plan;
-                            }
-                        };
-                        options.progress.file(&node.path);
-                        let groups = lanes[lane].grouper.add(segments);
-                        lanes[lane].pending.extend(groups);
-                    } else if !finished[lane] {
-                        finished[lane] = true;
-                        let groups = lanes[lane].grouper.finish();
-                        lanes[lane].pending.extend(groups);
-                    } else {
-                        break;
-                    }
+            for (lane, _) in &mut lanes {
+                if let Err(e) = lane.make_ready(plan) {
+                    record(e);
+                    break 'plan;
                 }
             }
             // Hand a group to whichever lane has room first.
             let mut select = crossbeam_channel::Select::new();
-            let mut lane_of = Vec::with_capacity(2);
-            for lane in 0..2 {
-                if next[lane].is_some() {
-                    select.send(senders[lane]);
-                    lane_of.push(lane);
+            let mut waiting = Vec::with_capacity(2);
+            for (at, (lane, tx)) in lanes.iter().enumerate() {
+                if lane.ready.is_some() {
+                    select.send(tx);
+                    waiting.push(at);
                 }
             }
-            if lane_of.is_empty() {
+            if waiting.is_empty() {
                 break;
             }
             let operation = select.select();
-            let lane = lane_of[operation.index()];
-            let Some(group) = next[lane].take() else {
+            let (lane, tx) = &mut lanes[waiting[operation.index()]];
+            let Some(group) = lane.ready.take() else {
                 break;
             };
-            if operation.send(senders[lane], group).is_err() {
+            if operation.send(tx, group).is_err() {
                 break;
             }
         }
