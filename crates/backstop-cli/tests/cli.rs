@@ -699,7 +699,7 @@ fn unencrypted_repository_needs_no_password() {
 
 #[test]
 fn init_seals_with_the_cipher_asked_for_and_records_its_version() {
-    for (cipher, version) in [("xchacha20-poly1305", 5u8), ("xaes-256-gcm", 5)] {
+    for (cipher, version) in [("xchacha20-poly1305", 6u8), ("xaes-256-gcm", 6)] {
         let world = World::new();
         let init = world.json(&["init", "--cipher", cipher]);
         assert_eq!(init["cipher"], cipher);

@@ -23,6 +23,8 @@ pub(crate) struct MasterKey {
     data: [u8; 32],
     id: [u8; 32],
     sealing: Sealing,
+    /// Whether blob ids are cut to their first 16 bytes (format version 6 and later).
+    short_ids: bool,
 }
 
 /// The AEAD of a repository (its config's `cipher`).
@@ -56,6 +58,7 @@ impl MasterKey {
             data,
             id,
             sealing: Sealing::XChaCha,
+            short_ids: false,
         }
     }
 
@@ -94,7 +97,20 @@ impl MasterKey {
             data,
             id,
             sealing: Sealing::XChaCha,
+            short_ids: false,
         })
+    }
+
+    /// This key naming blobs by the first 16 bytes of their keyed hash (`short`, a repository
+    /// of format version 6 and later) or by all 32.
+    pub(crate) fn with_short_ids(mut self, short: bool) -> Self {
+        self.short_ids = short;
+        self
+    }
+
+    /// Whether blob ids are the first 16 bytes of their keyed hash.
+    pub(crate) fn short_ids(&self) -> bool {
+        self.short_ids
     }
 
     /// The key for blob ids.

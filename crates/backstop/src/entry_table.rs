@@ -1,4 +1,5 @@
-//! The entries of one pack in an index object, as a compact table (format version 4).
+//! The entries of one pack in an index object, as a compact table (format version 4; ids of 16
+//! bytes from version 6).
 //!
 //! Every command loads the whole index at open, so decoding it is on the path of every backup,
 //! restore and `list`. As CBOR maps (versions 1–3), each entry carried seven string keys: in
@@ -11,7 +12,7 @@
 //!
 //! ```text
 //! n          u32            number of entries
-//! ids        n × 32 bytes
+//! ids        n × width bytes  (width 32, or 16 when the pack's index entry says so)
 //! kinds      n × u8         0 data, 1 tree
 //! flags      n × u8         bit 0 compressed, bit 1 in a frame, bit 2 same frame as the entry before
 //! raw        n × u32        raw lengths
@@ -29,14 +30,25 @@ const COMPRESSED: u8 = 1;
 const FRAMED: u8 = 2;
 const SAME_FRAME: u8 = 4;
 
-/// Encodes `entries` (in any order) as a table.
-pub(crate) fn encode(entries: &[PackEntry]) -> Vec<u8> {
+/// Bytes each id takes in a table of `entries`: [`ContentId::SHORT`] when every one is a short
+/// id (the blobs of an encrypted repository of version 6 and later), else 32.
+pub(crate) fn id_width(entries: &[PackEntry]) -> usize {
+    if !entries.is_empty() && entries.iter().all(|e| e.id.is_short()) {
+        ContentId::SHORT
+    } else {
+        32
+    }
+}
+
+/// Encodes `entries` (in any order) as a table whose ids take `width` bytes
+/// ([`id_width`]).
+pub(crate) fn encode(entries: &[PackEntry], width: usize) -> Vec<u8> {
     let mut sorted: Vec<&PackEntry> = entries.iter().collect();
     sorted.sort_by_key(|e| (e.offset, e.within));
     let n = sorted.len();
     // Index objects are cut at about 16,384 entries, far below u32::MAX.
     let count = u32::try_from(n).unwrap_or(u32::MAX);
-    let mut ids = Vec::with_capacity(4 + n * 32);
+    let mut ids = Vec::with_capacity(4 + n * width);
     ids.extend_from_slice(&count.to_le_bytes());
     let mut kinds = Vec::with_capacity(n);
     let mut flags = Vec::with_capacity(n);
@@ -45,7 +57,7 @@ pub(crate) fn encode(entries: &[PackEntry]) -> Vec<u8> {
     let mut gaps = Vec::new();
     let mut previous: Option<&PackEntry> = None;
     for entry in sorted {
-        ids.extend_from_slice(&entry.id.0);
+        ids.extend_from_slice(&entry.id.0[..width]);
         kinds.push(entry.kind as u8);
         raw.extend_from_slice(&entry.raw_length.to_le_bytes());
         let same_frame = previous.filter(|p| same_unit(p, entry));
@@ -85,11 +97,15 @@ fn frame_end(entry: &PackEntry) -> u32 {
     entry.within.unwrap_or(0).wrapping_add(entry.raw_length)
 }
 
-/// Decodes a table; the error says what is wrong with it.
-pub(crate) fn decode(table: &[u8]) -> Result<Vec<PackEntry>, String> {
+/// Decodes a table whose ids take `width` bytes (32 or [`ContentId::SHORT`]); the error says
+/// what is wrong with it.
+pub(crate) fn decode(table: &[u8], width: usize) -> Result<Vec<PackEntry>, String> {
+    if width != 32 && width != ContentId::SHORT {
+        return Err(format!("ids of {width} bytes"));
+    }
     let mut reader = Reader { rest: table };
     let n = reader.u32("the entry count")? as usize;
-    let ids = reader.take(n.checked_mul(32), "the ids")?;
+    let ids = reader.take(n.checked_mul(width), "the ids")?;
     let kinds = reader.take(Some(n), "the kinds")?;
     let flags = reader.take(Some(n), "the flags")?;
     let raw = reader.take(n.checked_mul(4), "the raw lengths")?;
@@ -106,7 +122,7 @@ pub(crate) fn decode(table: &[u8]) -> Result<Vec<PackEntry>, String> {
     }
     let mut raw = Reader { rest: raw };
     let mut entries: Vec<PackEntry> = Vec::with_capacity(n);
-    for (i, ((id, &kind), &flag)) in ids.chunks_exact(32).zip(kinds).zip(flags).enumerate() {
+    for (i, ((id, &kind), &flag)) in ids.chunks_exact(width).zip(kinds).zip(flags).enumerate() {
         let kind = match kind {
             0 => BlobKind::Data,
             1 => BlobKind::Tree,
@@ -132,7 +148,7 @@ pub(crate) fn decode(table: &[u8]) -> Result<Vec<PackEntry>, String> {
             None
         };
         let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(id);
+        bytes[..width].copy_from_slice(id);
         entries.push(PackEntry {
             id: ContentId(bytes),
             kind,
@@ -171,40 +187,46 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `#[serde(with = …)]` for a pack's entries: written as a table, read as a table or as the
-/// array of maps of format versions 1–3.
-pub(crate) mod serde_entries {
-    use serde::de::{self, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
+/// A pack's entries as an index object holds them: a table (version 4 and later), or the
+/// array of maps of versions 1–3.
+pub(crate) enum StoredEntries {
+    Table(Vec<u8>),
+    Maps(Vec<PackEntry>),
+}
 
-    use crate::format::PackEntry;
-
-    pub(crate) fn serialize<S: Serializer>(entries: &[PackEntry], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&super::encode(entries))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PackEntry>, D::Error> {
+impl<'de> serde::Deserialize<'de> for StoredEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, SeqAccess, Visitor};
         struct Entries;
         impl<'de> Visitor<'de> for Entries {
-            type Value = Vec<PackEntry>;
+            type Value = StoredEntries;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an entry table or an array of entries")
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-                super::decode(v).map_err(|e| E::custom(format!("entry table: {e}")))
+                Ok(StoredEntries::Table(v.to_vec()))
             }
             fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
-                self.visit_bytes(&v)
+                Ok(StoredEntries::Table(v))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
                 while let Some(entry) = seq.next_element()? {
                     entries.push(entry);
                 }
-                Ok(entries)
+                Ok(StoredEntries::Maps(entries))
             }
         }
         d.deserialize_any(Entries)
+    }
+}
+
+/// A table written as one CBOR byte string.
+pub(crate) struct TableBytes<'a>(pub(crate) &'a [u8]);
+
+impl serde::Serialize for TableBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
     }
 }
 
@@ -284,20 +306,44 @@ mod tests {
             within: Some(5),
         });
         entries.reverse();
-        let back = decode(&encode(&entries)).unwrap();
-        assert_eq!(back, sorted(entries));
-        assert_eq!(decode(&encode(&[])).unwrap(), Vec::new());
+        assert_eq!(id_width(&entries), 32);
+        let back = decode(&encode(&entries, 32), 32).unwrap();
+        assert_eq!(back, sorted(entries.clone()));
+        let short = shortened(entries);
+        assert_eq!(id_width(&short), ContentId::SHORT);
+        let back = decode(&encode(&short, ContentId::SHORT), ContentId::SHORT).unwrap();
+        assert_eq!(back, sorted(short));
+        assert_eq!(decode(&encode(&[], 32), 32).unwrap(), Vec::new());
+        assert!(
+            decode(&encode(&[], 32), 24)
+                .unwrap_err()
+                .contains("24 bytes")
+        );
+    }
+
+    /// `entries` with their ids cut to 16 bytes, as in an encrypted repository of version 6.
+    fn shortened(mut entries: Vec<PackEntry>) -> Vec<PackEntry> {
+        for entry in &mut entries {
+            entry.id.0[ContentId::SHORT..].fill(0);
+        }
+        entries
     }
 
     #[test]
     fn a_damaged_table_is_refused_not_misread() {
-        let table = encode(&pack_entries(2, 4, 4096));
+        let table = encode(&pack_entries(2, 4, 4096), 32);
         for len in 0..table.len() {
-            assert!(decode(&table[..len]).is_err(), "truncated to {len} bytes");
+            assert!(
+                decode(&table[..len], 32).is_err(),
+                "truncated to {len} bytes"
+            );
         }
         let mut longer = table.clone();
         longer.push(0);
-        assert!(decode(&longer).is_err());
+        assert!(decode(&longer, 32).is_err());
+        // Read with the wrong width, the columns do not line up.
+        assert!(decode(&table, ContentId::SHORT).is_err());
+        let decode = |table: &[u8]| decode(table, 32);
         let flags_at = 4 + 10 * 32 + 10;
         let mut bad = table.clone();
         bad[flags_at] |= 0x80;
@@ -366,23 +412,80 @@ mod tests {
     #[test]
     fn a_page_costs_little_more_than_its_id_in_an_index_object() {
         // 16,384 pages of 8 KiB in frames of 32, as a full backup of a database writes them:
-        // the ids (32 bytes each, incompressible) are the floor.
-        let entries = pack_entries(512, 32, 8192);
-        let pages = entries.len() - 2;
-        let file = IndexFile {
-            packs: vec![IndexPack {
-                id: id(1),
-                size: 1 << 23,
-                entries,
-            }],
-        };
+        // the ids (incompressible: 32 bytes each, 16 in an encrypted repository of version 6)
+        // are the floor.
         let key = crate::crypto::MasterKey::random();
-        let bytes = format::seal_object(ObjectType::Index, &file, Some(&key));
-        let per_page = bytes.len() as f64 / pages as f64;
-        assert!(per_page < 32.5, "{per_page:.2} bytes per page");
-        let back: IndexFile =
-            format::open_object("index", ObjectType::Index, &bytes, Some(&key)).unwrap();
-        assert_eq!(back, file_sorted(file));
+        for (entries, bound) in [
+            (pack_entries(512, 32, 8192), 32.5),
+            (shortened(pack_entries(512, 32, 8192)), 16.5),
+        ] {
+            let pages = entries.len() - 2;
+            let file = IndexFile {
+                packs: vec![IndexPack {
+                    id: id(1),
+                    size: 1 << 23,
+                    entries,
+                }],
+            };
+            let bytes = format::seal_object(ObjectType::Index, &file, Some(&key));
+            let per_page = bytes.len() as f64 / pages as f64;
+            assert!(per_page < bound, "{per_page:.2} bytes per page");
+            let back: IndexFile =
+                format::open_object("index", ObjectType::Index, &bytes, Some(&key)).unwrap();
+            assert_eq!(back, file_sorted(file));
+        }
+    }
+
+    /// A pack whose ids are full is written without a width, byte for byte as versions 4 and 5
+    /// wrote it; one of short ids says `width: 16`, which a table without it would misread.
+    #[test]
+    fn only_a_table_of_short_ids_names_its_width() {
+        #[derive(serde::Serialize)]
+        struct Version5Pack<'a> {
+            id: format::PackId,
+            size: u64,
+            entries: TableBytes<'a>,
+        }
+        let entries = pack_entries(2, 8, 4096);
+        let table = encode(&entries, 32);
+        let pack = IndexPack {
+            id: id(7),
+            size: 123,
+            entries: entries.clone(),
+        };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        ciborium::into_writer(&pack, &mut ours).unwrap();
+        let old = Version5Pack {
+            id: id(7),
+            size: 123,
+            entries: TableBytes(&table),
+        };
+        ciborium::into_writer(&old, &mut theirs).unwrap();
+        assert_eq!(ours, theirs);
+
+        let short = IndexPack {
+            entries: shortened(entries),
+            ..pack
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&short, &mut bytes).unwrap();
+        assert!(
+            bytes.len() < ours.len() - 18 * 15,
+            "{} vs {}",
+            bytes.len(),
+            ours.len()
+        );
+        let back: IndexPack = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(back.entries, sorted(short.entries.clone()));
+        // The same table without its width is refused, not read as 32-byte ids.
+        let mut value: ciborium::Value = ciborium::from_reader(&bytes[..]).unwrap();
+        if let ciborium::Value::Map(fields) = &mut value {
+            fields.retain(|(k, _)| k.as_text() != Some("width"));
+        }
+        let mut without = Vec::new();
+        ciborium::into_writer(&value, &mut without).unwrap();
+        let err = ciborium::from_reader::<IndexPack, _>(&without[..]).unwrap_err();
+        assert!(err.to_string().contains("entry table"), "{err}");
     }
 
     fn file_sorted(mut file: IndexFile) -> IndexFile {

@@ -1,4 +1,4 @@
-//! The repository format (version 5): object names, the object envelope, packs, index, trees,
+//! The repository format (version 6): object names, the object envelope, packs, index, trees,
 //! snapshots and the config. Encoding and decoding only, no I/O. `docs/format.md` describes
 //! every byte.
 
@@ -10,17 +10,22 @@ use crate::crypto::MasterKey;
 use crate::options::Cipher;
 
 /// The newest repository format this build reads, and the one a repository it creates has:
+/// version 6 names the blobs of an encrypted repository by 128 bits ([`SHORT_BLOB_ID_VERSION`]),
 /// version 5 names the ids in chunk lists by 16 bytes (`page_list`), version 4 stores an index
 /// object's entries as a compact table (`entry_table`), version 3 added XAES-256-GCM. Objects
-/// of versions 1–4 are still read, and a repository created before version 5 keeps being
+/// of versions 1–5 are still read, and a repository created before version 6 keeps being
 /// written in its own version ([`write_version`]).
-pub(crate) const FORMAT_VERSION: u32 = 5;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 
 /// The first version whose index objects hold their entries as a table.
 pub(crate) const TABLE_INDEX_VERSION: u32 = 4;
 
 /// The first version whose chunk lists name ids by their first 16 bytes.
 pub(crate) const SHORT_LIST_ID_VERSION: u32 = 5;
+
+/// The first version whose encrypted repositories name each blob by the first 16 bytes of its
+/// keyed hash ([`ContentId::SHORT`]).
+pub(crate) const SHORT_BLOB_ID_VERSION: u32 = 6;
 
 /// The version of the objects written into a repository whose config says `config_version`:
 /// its own, so that the builds that created it keep reading it, except that a version 1
@@ -34,7 +39,9 @@ const OBJECT_MAGIC: &[u8; 4] = b"BKS1";
 /// Magic at the very end of a pack.
 const PACK_MAGIC: &[u8; 4] = b"BKP1";
 
-/// A 32-byte content id (BLAKE3). Ordered by its bytes, like the array.
+/// A 32-byte content id (BLAKE3), or a 16-byte one (the blob ids of an encrypted repository of
+/// version 6 and later) held as 32 bytes whose last 16 are zero and written as its 16. Ordered
+/// by its bytes, like the array.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct ContentId(#[serde(with = "id_bytes")] pub(crate) [u8; 32]);
 
@@ -71,16 +78,22 @@ impl PartialOrd for ContentId {
 mod id_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    use super::ContentId;
+
     pub(super) fn serialize<S: Serializer>(id: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(id)
+        s.serialize_bytes(ContentId(*id).significant())
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let bytes: serde_bytes_like::Bytes = Deserialize::deserialize(d)?;
-        bytes
-            .0
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("content id is not 32 bytes"))
+        ContentId::from_significant(&bytes.0)
+            .map(|id| id.0)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "content id is {} bytes, not 32 or 16",
+                    bytes.0.len()
+                ))
+            })
     }
 
     mod serde_bytes_like {
@@ -118,8 +131,37 @@ mod id_bytes {
 }
 
 impl ContentId {
+    /// Bytes of a short id: 128 bits, as kopia's content ids.
+    pub(crate) const SHORT: usize = 16;
+
     pub(crate) fn to_hex(self) -> String {
         hex::encode(self.0)
+    }
+
+    /// Whether this is a short id (its last 16 bytes are zero). A 256-bit hash ends in 16
+    /// zero bytes with probability 2^-128, so the form never misjudges a full id.
+    pub(crate) fn is_short(&self) -> bool {
+        self.0[Self::SHORT..].iter().all(|&b| b == 0)
+    }
+
+    /// The bytes that name this id: the first 16 of a short id, else all 32.
+    pub(crate) fn significant(&self) -> &[u8] {
+        if self.is_short() {
+            &self.0[..Self::SHORT]
+        } else {
+            &self.0
+        }
+    }
+
+    /// The id written as `bytes`: 32 bytes, or the 16 of a short id.
+    pub(crate) fn from_significant(bytes: &[u8]) -> Option<Self> {
+        let mut id = [0u8; 32];
+        match bytes.len() {
+            32 => id.copy_from_slice(bytes),
+            Self::SHORT => id[..Self::SHORT].copy_from_slice(bytes),
+            _ => return None,
+        }
+        Some(Self(id))
     }
 
     /// Plain BLAKE3 of `bytes` (pack and object names).
@@ -130,7 +172,7 @@ impl ContentId {
 
 impl std::fmt::Display for ContentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(&hex::encode(self.significant()))
     }
 }
 
@@ -140,7 +182,8 @@ impl std::fmt::Debug for ContentId {
     }
 }
 
-/// Id of a blob: BLAKE3 of its raw bytes, keyed with the id key when encrypted.
+/// Id of a blob: BLAKE3 of its raw bytes, keyed with the id key when encrypted (and then cut
+/// to 16 bytes from version 6).
 pub(crate) type BlobId = ContentId;
 /// Id of a pack: BLAKE3 of the pack's stored bytes.
 pub(crate) type PackId = ContentId;
@@ -598,19 +641,92 @@ pub(crate) fn decode_blob(
 /// The id of raw blob bytes.
 pub(crate) fn blob_id(raw: &[u8], key: Option<&MasterKey>) -> BlobId {
     match key {
-        Some(key) => ContentId(*blake3::keyed_hash(key.id_key(), raw).as_bytes()),
+        Some(key) => {
+            let mut id = *blake3::keyed_hash(key.id_key(), raw).as_bytes();
+            if key.short_ids() {
+                // Why 128 bits are enough here and not in an unencrypted repository: only the
+                // key's holder can compute these hashes, so no one can search for a collision,
+                // and an accidental one among 2^40 blobs has a chance of about 2^-49.
+                id[ContentId::SHORT..].fill(0);
+            }
+            ContentId(id)
+        }
         None => ContentId::hash(raw),
     }
 }
 
 /// One pack and its blobs, as an index object lists them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "StoredIndexPack")]
 pub(crate) struct IndexPack {
     pub(crate) id: PackId,
     /// The pack's stored size in bytes.
     pub(crate) size: u64,
-    #[serde(with = "crate::entry_table::serde_entries")]
     pub(crate) entries: Vec<PackEntry>,
+}
+
+impl Serialize for IndexPack {
+    /// As a table (`entry_table`), with `width: 16` when its ids are short.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let width = crate::entry_table::id_width(&self.entries);
+        let table = crate::entry_table::encode(&self.entries, width);
+        WrittenIndexPack {
+            id: self.id,
+            size: self.size,
+            entries: crate::entry_table::TableBytes(&table),
+            width: u8::try_from(width).ok().filter(|&w| w != 32),
+        }
+        .serialize(s)
+    }
+}
+
+/// An [`IndexPack`] as written: before version 6 never with a `width`, so the bytes are those
+/// of the builds of versions 4 and 5.
+#[derive(Serialize)]
+struct WrittenIndexPack<'a> {
+    id: PackId,
+    size: u64,
+    entries: crate::entry_table::TableBytes<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u8>,
+}
+
+/// An [`IndexPack`] as read, before its table is decoded.
+#[derive(Deserialize)]
+struct StoredIndexPack {
+    id: PackId,
+    size: u64,
+    entries: crate::entry_table::StoredEntries,
+    /// Bytes of each id in the table; absent for 32.
+    #[serde(default)]
+    width: Option<u8>,
+}
+
+impl TryFrom<StoredIndexPack> for IndexPack {
+    type Error = String;
+
+    fn try_from(stored: StoredIndexPack) -> Result<Self, String> {
+        use crate::entry_table::StoredEntries;
+        let entries = match (stored.entries, stored.width) {
+            (StoredEntries::Table(table), width) => {
+                let width = width.map_or(32, usize::from);
+                crate::entry_table::decode(&table, width)
+                    .map_err(|e| format!("entry table of pack {}: {e}", stored.id))?
+            }
+            (StoredEntries::Maps(entries), None) => entries,
+            (StoredEntries::Maps(_), Some(width)) => {
+                return Err(format!(
+                    "pack {} lists its entries as maps but gives an id width ({width})",
+                    stored.id
+                ));
+            }
+        };
+        Ok(Self {
+            id: stored.id,
+            size: stored.size,
+            entries,
+        })
+    }
 }
 
 /// An index object: which blobs live where.

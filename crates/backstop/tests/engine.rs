@@ -150,13 +150,13 @@ fn backup_verify_restore_round_trip_encrypted() {
 }
 
 /// Each cipher backs up, verifies and restores, and every object carries the version this build
-/// writes (5: short ids in chunk lists), so that older builds refuse them rather than misread.
+/// writes (6: 16-byte blob ids in an encrypted repository), so that older builds refuse them rather than misread.
 #[test]
 fn both_ciphers_round_trip_and_write_the_current_version() {
     use backstop::{Cipher, Store};
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
-    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 5u8), (Cipher::Xaes256Gcm, 5)] {
+    for (cipher, version) in [(Cipher::XChaCha20Poly1305, 6u8), (Cipher::Xaes256Gcm, 6)] {
         let store = MemoryStore::new();
         let init = encrypted().with_cipher(cipher);
         let engine = BackupEngine::init(store.clone(), init, opts()).unwrap();
@@ -184,7 +184,7 @@ fn both_ciphers_round_trip_and_write_the_current_version() {
     let engine =
         BackupEngine::init(MemoryStore::new(), fast_init(), EngineOptions::default()).unwrap();
     let info = engine.repository_info();
-    assert_eq!((info.cipher, info.version), (None, 5));
+    assert_eq!((info.cipher, info.version), (None, 6));
 }
 
 #[test]
@@ -481,6 +481,93 @@ fn chunk_lists_hold_short_ids_only_in_a_repository_of_version_5() {
     assert!(added[&5].1.abs_diff(added[&4].1) < 64, "{added:?}");
 }
 
+/// An encrypted repository created as version 6 names its blobs by the first 16 bytes of
+/// their keyed hash, so each blob costs 16 bytes less in the index; an unencrypted one (whose
+/// ids anyone can compute, and so search for collisions) keeps 32. Both restore and verify
+/// what they stored, find the unchanged pages of a second backup, and write their own version.
+#[test]
+fn an_encrypted_repository_of_version_6_names_blobs_by_16_bytes() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("table.db");
+    let pages = 2 * 4096;
+    let mut bytes = pseudo_random(pages * 4096, 12);
+    let index_bytes = |store: &MemoryStore| -> u64 {
+        backstop::Store::list(store, "index/")
+            .unwrap()
+            .iter()
+            .map(|m| m.size)
+            .sum()
+    };
+    let mut index = BTreeMap::new();
+    for encrypted_repo in [true, false] {
+        for version in [5u32, 6] {
+            let store = MemoryStore::new();
+            let (init, options) = if encrypted_repo {
+                (encrypted(), opts())
+            } else {
+                (fast_init(), EngineOptions::default().with_threads(2))
+            };
+            BackupEngine::init(store.clone(), init, options.clone()).unwrap();
+            backstop::testing_support::set_config_version(&store, version).unwrap();
+            let engine = BackupEngine::open(store.clone(), options.clone()).unwrap();
+            std::fs::write(&file, &bytes).unwrap();
+            let mut source = PagedDir(DirSource::new(data.path()), 4096);
+            let first = engine
+                .create_backup(&mut source, &BackupOptions::default())
+                .unwrap();
+            assert_eq!(
+                first.blobs_added,
+                pages as u64 + 2 + 1,
+                "pages, lists, tree"
+            );
+            index.insert(
+                (encrypted_repo, version),
+                (index_bytes(&store), first.blobs_added),
+            );
+            let original = bytes.clone();
+            bytes[4321 * 4096] ^= 1;
+            std::fs::write(&file, &bytes).unwrap();
+            let second = engine
+                .create_backup(&mut source, &BackupOptions::default())
+                .unwrap();
+            assert_eq!(
+                second.blobs_added, 3,
+                "the page, a patch of its list, the tree"
+            );
+            // A fresh engine reads the index back from the store.
+            let engine = BackupEngine::open(store.clone(), options).unwrap();
+            for (id, expected) in [(first.id, &original), (second.id, &bytes)] {
+                let target = tempfile::tempdir().unwrap();
+                engine
+                    .restore(id, target.path(), &RestoreOptions::default())
+                    .unwrap();
+                assert!(std::fs::read(target.path().join("table.db")).unwrap() == *expected);
+            }
+            assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
+            for prefix in ["index/", "snapshots/"] {
+                for meta in backstop::Store::list(&store, prefix).unwrap() {
+                    let object = backstop::Store::get(&store, &meta.key).unwrap();
+                    assert_eq!(u32::from(object[5]), version, "{}", meta.key);
+                }
+            }
+            bytes[4321 * 4096] ^= 1;
+        }
+    }
+    let (v5, blobs) = index[&(true, 5)];
+    let (v6, _) = index[&(true, 6)];
+    let saved = v5 - v6;
+    assert!(
+        (15 * blobs..=17 * blobs).contains(&saved),
+        "an encrypted index saved {saved} bytes for {blobs} blobs: {index:?}"
+    );
+    let (plain5, _) = index[&(false, 5)];
+    let (plain6, _) = index[&(false, 6)];
+    assert!(
+        plain5.abs_diff(plain6) < plain5 / 100,
+        "an unencrypted index keeps its full ids: {index:?}"
+    );
+}
+
 #[test]
 fn wrong_password_is_refused_with_wrong_key() {
     let store = MemoryStore::new();
@@ -514,8 +601,8 @@ fn init_twice_is_refused() {
 fn newer_format_is_refused_not_misread() {
     let store = MemoryStore::new();
     BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
-    // One past the newest version this build reads (5).
-    assert!(store.corrupt("config", |b| b[5] = 6));
+    // One past the newest version this build reads (6).
+    assert!(store.corrupt("config", |b| b[5] = 7));
     let err = BackupEngine::open(store, opts()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible, "{err}");
     let message = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())

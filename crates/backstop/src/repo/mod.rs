@@ -218,7 +218,7 @@ pub(crate) fn missing_blob(id: &BlobId, context: &str) -> Error {
     Error::new(
         ErrorKind::Corrupt,
         RepoError::MissingBlob {
-            blob: id.to_hex(),
+            blob: id.to_string(),
             context: context.to_owned(),
         },
     )
@@ -679,7 +679,7 @@ impl Repository {
         };
         let (key, key_id) = match &init.password {
             Some(password) => {
-                let master = with_cipher(MasterKey::random(), config.cipher)?;
+                let master = repository_key(MasterKey::random(), &config)?;
                 let file = KeyFile::wrap(
                     &master,
                     password,
@@ -752,7 +752,7 @@ impl Repository {
                 .as_deref()
                 .ok_or_else(|| Error::new(ErrorKind::WrongKey, RepoError::PasswordNeeded))?;
             let (k, id) = unlock(&*store, password, &config.id)?;
-            (Some(with_cipher(k, config.cipher)?), Some(id))
+            (Some(repository_key(k, &config)?), Some(id))
         } else {
             (None, None)
         };
@@ -1551,13 +1551,17 @@ fn read_key_file(store: &dyn Store, key: &str) -> Result<KeyFile> {
 }
 
 /// `key` sealing with the repository's cipher.
-fn with_cipher(key: MasterKey, cipher: Cipher) -> Result<MasterKey> {
-    key.with_cipher(cipher).ok_or_else(|| {
+/// The master key as the repository of `config` uses it: sealing with its cipher, and naming
+/// blobs by 16 bytes from version 6.
+fn repository_key(key: MasterKey, config: &Config) -> Result<MasterKey> {
+    let cipher = config.cipher;
+    let key = key.with_cipher(cipher).ok_or_else(|| {
         Error::msg(
             ErrorKind::Incompatible,
             format!("the crypto library of this build refused a {cipher} key"),
         )
-    })
+    })?;
+    Ok(key.with_short_ids(format::write_version(config.version) >= format::SHORT_BLOB_ID_VERSION))
 }
 
 fn unlock(store: &dyn Store, password: &str, repo_id: &str) -> Result<(MasterKey, String)> {
