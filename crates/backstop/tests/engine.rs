@@ -1727,22 +1727,29 @@ fn a_failure_at_any_step_of_a_rewriting_gc_leaves_the_repository_valid() {
     }
 }
 
-/// The files the format version 1 fixture backed up (tests/fixtures/format-v1/README.md).
-fn format_v1_source(root: &Path) {
-    let mut app: Vec<u8> = (0..20 * 4096usize)
-        .map(|j| ((j / 4096) * 7 + j % 251) as u8)
-        .collect();
-    app[..16].copy_from_slice(b"SQLite format 3\0");
-    // The page size, 4096, big-endian as SQLite stores it.
-    app[16..18].copy_from_slice(&[0x10, 0x00]);
-    std::fs::write(root.join("app.db"), app).unwrap();
+/// The files the fixture of format `version` backed up (tests/fixtures/format-v*/README.md);
+/// version 5's add `table.db`, whose page ids fill a chunk list.
+fn fixture_source(root: &Path, version: u32) {
+    let sqlite_file = |pages: usize, step: usize, modulus: usize| {
+        let mut bytes: Vec<u8> = (0..pages * 4096)
+            .map(|j| ((j / 4096) * step + j % modulus) as u8)
+            .collect();
+        bytes[..16].copy_from_slice(b"SQLite format 3\0");
+        // The page size, 4096, big-endian as SQLite stores it.
+        bytes[16..18].copy_from_slice(&[0x10, 0x00]);
+        bytes
+    };
+    std::fs::write(root.join("app.db"), sqlite_file(20, 7, 251)).unwrap();
     let big: Vec<u8> = (0..300 * 1024usize).map(|j| (j * 31 / 97) as u8).collect();
     std::fs::write(root.join("big.bin"), big).unwrap();
     std::fs::write(
         root.join("notes.txt"),
-        b"a repository written by backstop format version 1\n",
+        format!("a repository written by backstop format version {version}\n"),
     )
     .unwrap();
+    if version >= 5 {
+        std::fs::write(root.join("table.db"), sqlite_file(1100, 13, 239)).unwrap();
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -1759,10 +1766,37 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn file_contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    ["app.db", "big.bin", "notes.txt"]
+    walk_files(root)
         .into_iter()
-        .map(|f| (f.to_owned(), std::fs::read(root.join(f)).unwrap()))
+        .map(|f| {
+            let name = f.strip_prefix(root).unwrap().display().to_string();
+            (name, std::fs::read(&f).unwrap())
+        })
         .collect()
+}
+
+/// The format version of each object under `index/`, `snapshots/` and `packs/` of `repo` that
+/// its `fixture` does not have (a pack's: its header's), by relative path.
+fn versions_written(repo: &Path, fixture: &Path) -> BTreeMap<String, u8> {
+    let mut versions = BTreeMap::new();
+    for dir in ["index", "snapshots", "packs"] {
+        for file in walk_files(&repo.join(dir)) {
+            let relative = file.strip_prefix(repo).unwrap().to_owned();
+            if fixture.join(&relative).exists() {
+                continue;
+            }
+            let bytes = std::fs::read(&file).unwrap();
+            // A pack's header envelope sits before its length and magic at the end.
+            let version = if dir == "packs" {
+                let len = u32::from_le_bytes(bytes[bytes.len() - 8..][..4].try_into().unwrap());
+                bytes[bytes.len() - 8 - len as usize + 5]
+            } else {
+                bytes[5]
+            };
+            versions.insert(relative.display().to_string(), version);
+        }
+    }
+    versions
 }
 
 #[test]
@@ -1776,7 +1810,7 @@ fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
     )
     .unwrap();
     let source = tempfile::tempdir().unwrap();
-    format_v1_source(source.path());
+    fixture_source(source.path(), 1);
     let restored = |id: u64| {
         let target = tempfile::tempdir().unwrap();
         engine
@@ -1806,27 +1840,7 @@ fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
     assert_eq!(restored(second.id), file_contents(source.path()));
     // What this build wrote into the repository is version 2 (index entries as maps), which
     // builds from before version 4 read: a repository is not upgraded behind their back.
-    let written_versions = || {
-        let mut versions = BTreeMap::new();
-        for dir in ["index", "snapshots", "packs"] {
-            for file in walk_files(&repo.path().join(dir)) {
-                let relative = file.strip_prefix(repo.path()).unwrap().to_owned();
-                if fixture.join(&relative).exists() {
-                    continue;
-                }
-                let bytes = std::fs::read(&file).unwrap();
-                // A pack's header envelope sits before its length and magic at the end.
-                let version = if dir == "packs" {
-                    let len = u32::from_le_bytes(bytes[bytes.len() - 8..][..4].try_into().unwrap());
-                    bytes[bytes.len() - 8 - len as usize + 5]
-                } else {
-                    bytes[5]
-                };
-                versions.insert(relative.display().to_string(), version);
-            }
-        }
-        versions
-    };
+    let written_versions = || versions_written(repo.path(), &fixture);
     let versions = written_versions();
     assert!(
         versions.keys().any(|k| k.starts_with("index/")),
@@ -1845,6 +1859,59 @@ fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
     assert_eq!(restored(second.id), file_contents(source.path()));
     let versions = written_versions();
     assert!(versions.values().all(|v| *v == 2), "after gc: {versions:?}");
+}
+
+/// A repository the last version 5 build wrote (full 32-byte ids everywhere, short ids only in
+/// chunk lists) verifies and restores, and this build's backups into it name blobs as that
+/// build did: the unchanged pages are found, the chunk list is patched, and every object it
+/// writes is version 5 again, with full ids.
+#[test]
+fn a_version_5_repository_reads_verifies_and_takes_new_backups() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v5/repo");
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, repo.path());
+    let options = || EngineOptions::default().with_password("pw");
+    let engine = BackupEngine::open(backstop::LocalStore::new(repo.path()), options()).unwrap();
+    assert_eq!(engine.repository_info().version, 5);
+    let source = tempfile::tempdir().unwrap();
+    fixture_source(source.path(), 5);
+    let restored = |engine: &BackupEngine, id: u64| {
+        let target = tempfile::tempdir().unwrap();
+        engine
+            .restore(id, target.path(), &RestoreOptions::default())
+            .unwrap();
+        file_contents(target.path())
+    };
+    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(verified.is_ok(), "{verified:?}");
+    assert_eq!(restored(&engine, 1), file_contents(source.path()));
+
+    let mut table = std::fs::read(source.path().join("table.db")).unwrap();
+    table[1050 * 4096 + 9] ^= 0x40;
+    std::fs::write(source.path().join("table.db"), &table).unwrap();
+    let second = engine
+        .create_backup(
+            &mut DirSource::new(source.path()),
+            &BackupOptions::default(),
+        )
+        .unwrap();
+    // Had this build named the blobs by 16 bytes here, none would match the fixture's ids
+    // and every page would be stored again.
+    assert_eq!(
+        second.blobs_added, 3,
+        "the changed page, a patch of the version 5 list, the tree"
+    );
+    let versions = versions_written(repo.path(), &fixture);
+    assert!(
+        versions.keys().any(|k| k.starts_with("index/")),
+        "{versions:?}"
+    );
+    assert!(versions.values().all(|v| *v == 5), "{versions:?}");
+    // A fresh engine reads both versions' objects back from the store.
+    let engine = BackupEngine::open(backstop::LocalStore::new(repo.path()), options()).unwrap();
+    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(verified.is_ok(), "{verified:?}");
+    assert_eq!(restored(&engine, second.id), file_contents(source.path()));
 }
 
 /// Every file under `dir`, recursively.
