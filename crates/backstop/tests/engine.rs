@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use backstop::store::{FaultPlan, FaultStore};
 use backstop::{
-    BackupEngine, BackupOptions, ChangeModel, DirSource, EngineOptions, ErrorKind, ExistingTarget,
-    InitOptions, MemoryStore, ReadOnlyEngine, RestoreOptions, Session, SessionContext,
-    SessionOutcome, Source, SourceError, VerifyLevel,
+    BackupEngine, BackupInfo, BackupOptions, ChangeModel, DirSource, EngineOptions, ErrorKind,
+    ExistingTarget, InitOptions, MemoryStore, ReadOnlyEngine, RestoreOptions, Session,
+    SessionContext, SessionOutcome, Source, SourceError, VerifyLevel,
 };
 
 fn fast_init() -> InitOptions {
@@ -424,6 +424,54 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
     assert_eq!(restored(third.id), bytes);
 }
 
+/// Backs `file` (holding `bytes`, cut into 4 KiB pages) up into a fresh repository that `init`
+/// creates and that is then set to format `version`, and again with a byte of `page` changed;
+/// checks that a fresh engine restores and verifies both, and that every index and snapshot
+/// object carries `version`. Returns the store and both backups; `bytes` ends as it began.
+fn two_backups_in_version(
+    init: InitOptions,
+    options: EngineOptions,
+    version: u32,
+    file: &Path,
+    bytes: &mut [u8],
+    page: usize,
+) -> (MemoryStore, BackupInfo, BackupInfo) {
+    let store = MemoryStore::new();
+    BackupEngine::init(store.clone(), init, options.clone()).unwrap();
+    backstop::testing_support::set_config_version(&store, version).unwrap();
+    let engine = BackupEngine::open(store.clone(), options.clone()).unwrap();
+    assert_eq!(engine.repository_info().version, version);
+    std::fs::write(file, &*bytes).unwrap();
+    let mut source = PagedDir(DirSource::new(file.parent().unwrap()), 4096);
+    let first = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    let original = bytes.to_vec();
+    bytes[page * 4096] ^= 1;
+    std::fs::write(file, &*bytes).unwrap();
+    let second = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    // A fresh engine reads the index back from the store.
+    let engine = BackupEngine::open(store.clone(), options).unwrap();
+    for (id, expected) in [(first.id, &original[..]), (second.id, &*bytes)] {
+        let target = tempfile::tempdir().unwrap();
+        engine
+            .restore(id, target.path(), &RestoreOptions::default())
+            .unwrap();
+        assert!(std::fs::read(target.path().join(file.file_name().unwrap())).unwrap() == expected);
+    }
+    assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
+    for prefix in ["config", "index/", "snapshots/"] {
+        for meta in backstop::Store::list(&store, prefix).unwrap() {
+            let object = backstop::Store::get(&store, &meta.key).unwrap();
+            assert_eq!(u32::from(object[5]), version, "{}", meta.key);
+        }
+    }
+    bytes[page * 4096] ^= 1;
+    (store, first, second)
+}
+
 /// A repository created as version 5 stores 16 bytes an id in its chunk lists; one created
 /// before keeps full ids there (and its version in every object), so that the builds of its
 /// version go on reading it. Both restore what they stored.
@@ -437,38 +485,9 @@ fn chunk_lists_hold_short_ids_only_in_a_repository_of_version_5() {
     let options = || EngineOptions::default().with_compression_level(0);
     let mut added = BTreeMap::new();
     for version in [4u32, 5] {
-        let store = MemoryStore::new();
-        BackupEngine::init(store.clone(), fast_init(), options()).unwrap();
-        backstop::testing_support::set_config_version(&store, version).unwrap();
-        let engine = BackupEngine::open(store.clone(), options()).unwrap();
-        assert_eq!(engine.repository_info().version, version);
-        std::fs::write(&file, &bytes).unwrap();
-        let mut source = PagedDir(DirSource::new(data.path()), 4096);
-        let first = engine
-            .create_backup(&mut source, &BackupOptions::default())
-            .unwrap();
-        let original = bytes.clone();
-        bytes[5000 * 4096] ^= 1;
-        std::fs::write(&file, &bytes).unwrap();
-        let second = engine
-            .create_backup(&mut source, &BackupOptions::default())
-            .unwrap();
-        for (id, expected) in [(first.id, &original), (second.id, &bytes)] {
-            let target = tempfile::tempdir().unwrap();
-            engine
-                .restore(id, target.path(), &RestoreOptions::default())
-                .unwrap();
-            assert!(std::fs::read(target.path().join("table.db")).unwrap() == *expected);
-        }
-        assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
-        for prefix in ["config", "index/", "snapshots/"] {
-            for meta in backstop::Store::list(&store, prefix).unwrap() {
-                let object = backstop::Store::get(&store, &meta.key).unwrap();
-                assert_eq!(u32::from(object[5]), version, "{}", meta.key);
-            }
-        }
+        let (_, first, second) =
+            two_backups_in_version(fast_init(), options(), version, &file, &mut bytes, 5000);
         added.insert(version, (first.bytes_added_raw, second.bytes_added_raw));
-        bytes[5000 * 4096] ^= 1;
     }
     // The full lists: 16 bytes less an id, less a digest and its key per list.
     let saved = added[&4].0 - added[&5].0;
@@ -501,56 +520,26 @@ fn an_encrypted_repository_of_version_6_names_blobs_by_16_bytes() {
     let mut index = BTreeMap::new();
     for encrypted_repo in [true, false] {
         for version in [5u32, 6] {
-            let store = MemoryStore::new();
             let (init, options) = if encrypted_repo {
                 (encrypted(), opts())
             } else {
                 (fast_init(), EngineOptions::default().with_threads(2))
             };
-            BackupEngine::init(store.clone(), init, options.clone()).unwrap();
-            backstop::testing_support::set_config_version(&store, version).unwrap();
-            let engine = BackupEngine::open(store.clone(), options.clone()).unwrap();
-            std::fs::write(&file, &bytes).unwrap();
-            let mut source = PagedDir(DirSource::new(data.path()), 4096);
-            let first = engine
-                .create_backup(&mut source, &BackupOptions::default())
-                .unwrap();
+            let (store, first, second) =
+                two_backups_in_version(init, options, version, &file, &mut bytes, 4321);
             assert_eq!(
                 first.blobs_added,
                 pages as u64 + 2 + 1,
                 "pages, lists, tree"
             );
-            index.insert(
-                (encrypted_repo, version),
-                (index_bytes(&store), first.blobs_added),
-            );
-            let original = bytes.clone();
-            bytes[4321 * 4096] ^= 1;
-            std::fs::write(&file, &bytes).unwrap();
-            let second = engine
-                .create_backup(&mut source, &BackupOptions::default())
-                .unwrap();
             assert_eq!(
                 second.blobs_added, 3,
                 "the page, a patch of its list, the tree"
             );
-            // A fresh engine reads the index back from the store.
-            let engine = BackupEngine::open(store.clone(), options).unwrap();
-            for (id, expected) in [(first.id, &original), (second.id, &bytes)] {
-                let target = tempfile::tempdir().unwrap();
-                engine
-                    .restore(id, target.path(), &RestoreOptions::default())
-                    .unwrap();
-                assert!(std::fs::read(target.path().join("table.db")).unwrap() == *expected);
-            }
-            assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
-            for prefix in ["index/", "snapshots/"] {
-                for meta in backstop::Store::list(&store, prefix).unwrap() {
-                    let object = backstop::Store::get(&store, &meta.key).unwrap();
-                    assert_eq!(u32::from(object[5]), version, "{}", meta.key);
-                }
-            }
-            bytes[4321 * 4096] ^= 1;
+            index.insert(
+                (encrypted_repo, version),
+                (index_bytes(&store), first.blobs_added + second.blobs_added),
+            );
         }
     }
     let (v5, blobs) = index[&(true, 5)];
@@ -1752,6 +1741,44 @@ fn fixture_source(root: &Path, version: u32) {
     }
 }
 
+/// A copy of the repository a build of format `version` wrote (tests/fixtures), opened with
+/// its password, and the files it backed up.
+struct Fixture {
+    fixture: PathBuf,
+    repo: tempfile::TempDir,
+    source: tempfile::TempDir,
+    engine: BackupEngine,
+}
+
+fn open_fixture(version: u32) -> Fixture {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/format-v{version}/repo"));
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, repo.path());
+    let engine = BackupEngine::open(
+        backstop::LocalStore::new(repo.path()),
+        EngineOptions::default().with_password("pw"),
+    )
+    .unwrap();
+    let source = tempfile::tempdir().unwrap();
+    fixture_source(source.path(), version);
+    Fixture {
+        fixture,
+        repo,
+        source,
+        engine,
+    }
+}
+
+/// The files of backup `id`, restored into a fresh directory.
+fn restored_files(engine: &BackupEngine, id: u64) -> BTreeMap<String, Vec<u8>> {
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(id, target.path(), &RestoreOptions::default())
+        .unwrap();
+    file_contents(target.path())
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -1801,23 +1828,13 @@ fn versions_written(repo: &Path, fixture: &Path) -> BTreeMap<String, u8> {
 
 #[test]
 fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1/repo");
-    let repo = tempfile::tempdir().unwrap();
-    copy_dir(&fixture, repo.path());
-    let engine = BackupEngine::open(
-        backstop::LocalStore::new(repo.path()),
-        EngineOptions::default().with_password("pw"),
-    )
-    .unwrap();
-    let source = tempfile::tempdir().unwrap();
-    fixture_source(source.path(), 1);
-    let restored = |id: u64| {
-        let target = tempfile::tempdir().unwrap();
-        engine
-            .restore(id, target.path(), &RestoreOptions::default())
-            .unwrap();
-        file_contents(target.path())
-    };
+    let Fixture {
+        fixture,
+        repo,
+        source,
+        engine,
+    } = open_fixture(1);
+    let restored = |id: u64| restored_files(&engine, id);
 
     // Version 1 pack headers name framed pages by id; version 2 ones do not.
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
@@ -1867,21 +1884,14 @@ fn a_version_1_repository_reads_verifies_and_takes_new_backups() {
 /// writes is version 5 again, with full ids.
 #[test]
 fn a_version_5_repository_reads_verifies_and_takes_new_backups() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v5/repo");
-    let repo = tempfile::tempdir().unwrap();
-    copy_dir(&fixture, repo.path());
-    let options = || EngineOptions::default().with_password("pw");
-    let engine = BackupEngine::open(backstop::LocalStore::new(repo.path()), options()).unwrap();
+    let Fixture {
+        fixture,
+        repo,
+        source,
+        engine,
+    } = open_fixture(5);
     assert_eq!(engine.repository_info().version, 5);
-    let source = tempfile::tempdir().unwrap();
-    fixture_source(source.path(), 5);
-    let restored = |engine: &BackupEngine, id: u64| {
-        let target = tempfile::tempdir().unwrap();
-        engine
-            .restore(id, target.path(), &RestoreOptions::default())
-            .unwrap();
-        file_contents(target.path())
-    };
+    let restored = restored_files;
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     assert_eq!(restored(&engine, 1), file_contents(source.path()));
@@ -1908,7 +1918,11 @@ fn a_version_5_repository_reads_verifies_and_takes_new_backups() {
     );
     assert!(versions.values().all(|v| *v == 5), "{versions:?}");
     // A fresh engine reads both versions' objects back from the store.
-    let engine = BackupEngine::open(backstop::LocalStore::new(repo.path()), options()).unwrap();
+    let engine = BackupEngine::open(
+        backstop::LocalStore::new(repo.path()),
+        EngineOptions::default().with_password("pw"),
+    )
+    .unwrap();
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     assert_eq!(restored(&engine, second.id), file_contents(source.path()));
