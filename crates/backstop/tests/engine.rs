@@ -150,7 +150,8 @@ fn backup_verify_restore_round_trip_encrypted() {
 }
 
 /// Each cipher backs up, verifies and restores, and every object carries the version this build
-/// writes (6: 16-byte blob ids in an encrypted repository), so that older builds refuse them rather than misread.
+/// writes (6: 16-byte blob ids in an encrypted repository), so that older builds refuse them
+/// rather than misread.
 #[test]
 fn both_ciphers_round_trip_and_write_the_current_version() {
     use backstop::{Cipher, Store};
@@ -426,8 +427,9 @@ fn one_changed_page_of_a_100_mib_page_file_adds_one_block_and_a_small_patch() {
 
 /// Backs `file` (holding `bytes`, cut into 4 KiB pages) up into a fresh repository that `init`
 /// creates and that is then set to format `version`, and again with a byte of `page` changed;
-/// checks that a fresh engine restores and verifies both, and that every index and snapshot
-/// object carries `version`. Returns the store and both backups; `bytes` ends as it began.
+/// checks that a fresh engine restores and verifies both, and that the config and every index
+/// and snapshot object carry `version`. Returns the store and both backups; `bytes` ends as it
+/// began.
 fn two_backups_in_version(
     init: InitOptions,
     options: EngineOptions,
@@ -1893,10 +1895,9 @@ fn a_version_5_repository_reads_verifies_and_takes_new_backups() {
         engine,
     } = open_fixture(5);
     assert_eq!(engine.repository_info().version, 5);
-    let restored = restored_files;
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
-    assert_eq!(restored(&engine, 1), file_contents(source.path()));
+    assert_eq!(restored_files(&engine, 1), file_contents(source.path()));
 
     let mut table = std::fs::read(source.path().join("table.db")).unwrap();
     table[1050 * 4096 + 9] ^= 0x40;
@@ -1927,7 +1928,10 @@ fn a_version_5_repository_reads_verifies_and_takes_new_backups() {
     .unwrap();
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(verified.is_ok(), "{verified:?}");
-    assert_eq!(restored(&engine, second.id), file_contents(source.path()));
+    assert_eq!(
+        restored_files(&engine, second.id),
+        file_contents(source.path())
+    );
 }
 
 /// Every file under `dir`, recursively.

@@ -1550,7 +1550,6 @@ fn read_key_file(store: &dyn Store, key: &str) -> Result<KeyFile> {
     Ok(file)
 }
 
-/// `key` sealing with the repository's cipher.
 /// The master key as the repository of `config` uses it: sealing with its cipher, and naming
 /// blobs by 16 bytes from version 6.
 fn repository_key(key: MasterKey, config: &Config) -> Result<MasterKey> {
