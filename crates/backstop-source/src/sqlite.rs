@@ -778,24 +778,29 @@ impl PageReader {
             .page_count
             .min(self.next_pgno.saturating_add(self.batch_pages - 1));
         for pgno in self.next_pgno..=last {
-            let page: Vec<u8> = stmt.query_row([pgno], |row| row.get(0)).map_err(|e| {
-                std::io::Error::other(format!(
-                    "reading page {pgno} of {} of SQLite database `{}`: {e}",
-                    self.page_count, self.file_name
-                ))
-            })?;
-            if page.len() != self.page_size {
+            // The page is copied from SQLite's row straight into the batch.
+            let buf = &mut self.buf;
+            let len = stmt
+                .query_row([pgno], |row| {
+                    let page = row.get_ref(0)?.as_blob()?;
+                    buf.extend_from_slice(page);
+                    Ok(page.len())
+                })
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "reading page {pgno} of {} of SQLite database `{}`: {e}",
+                        self.page_count, self.file_name
+                    ))
+                })?;
+            if len != self.page_size {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "page {pgno} of SQLite database `{}` is {} bytes, expected {}",
-                        self.file_name,
-                        page.len(),
-                        self.page_size
+                        "page {pgno} of SQLite database `{}` is {len} bytes, expected {}",
+                        self.file_name, self.page_size
                     ),
                 ));
             }
-            self.buf.extend_from_slice(&page);
         }
         self.next_pgno = last + 1;
         Ok(())
