@@ -65,7 +65,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             by_pack
                 .entry(loc.pack as usize)
                 .or_default()
-                .push(loc.entry(*id));
+                .push(loc.entry(id));
         }
         let mut plan = Plan::default();
         for (pos, (pack, size)) in index.packs.iter().enumerate() {

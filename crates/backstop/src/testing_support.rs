@@ -7,12 +7,22 @@ use crate::format::{
 };
 
 /// Writes unencrypted index objects listing `blobs` synthetic blobs, `per_object` per index
-/// object, in packs of 1,000 blobs; the packs themselves are not written.
+/// object, in packs of 1,000 blobs; the packs themselves are not written. With `short_ids` the
+/// blobs have 16-byte ids, as an encrypted repository of format 6 names them.
 pub fn write_synthetic_index(
     store: &dyn Store,
     blobs: usize,
     per_object: usize,
+    short_ids: bool,
 ) -> crate::Result<()> {
+    let id_of = |b: usize| {
+        let id = ContentId::hash(&(b as u64).to_le_bytes());
+        if short_ids {
+            ContentId::from_significant(&id.0[..ContentId::SHORT]).unwrap_or(id)
+        } else {
+            id
+        }
+    };
     let mut n = 0usize;
     while n < blobs {
         let mut file = IndexFile::default();
@@ -22,7 +32,7 @@ pub fn write_synthetic_index(
             let entries = (n..pack_end)
                 .enumerate()
                 .map(|(i, b)| PackEntry {
-                    id: ContentId::hash(&(b as u64).to_le_bytes()),
+                    id: id_of(b),
                     kind: BlobKind::Data,
                     offset: (i * 16384) as u32,
                     length: 16384,

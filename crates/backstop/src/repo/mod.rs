@@ -16,6 +16,9 @@ use crate::options::{Cipher, EngineOptions, InitOptions};
 use crate::{Error, ErrorKind, Result};
 
 pub(crate) mod lock;
+mod sorted;
+
+use sorted::Sorted;
 
 pub(crate) const CONFIG_KEY: &str = "config";
 
@@ -247,16 +250,15 @@ const RECENT_MAX: usize = 1 << 15;
 
 /// The union of every index object: blob id → location.
 ///
-/// Blobs loaded from index objects live in one vector sorted by id (56 bytes a blob, no hash
-/// table overhead: `docs/format.md` has the measurement); blobs added since the last load
-/// (this process's own backup) live in a small hash map until the next reload merges them.
+/// Blobs loaded from index objects live in one vector sorted by id ([`Sorted`]: 40 bytes a
+/// blob with short ids, 56 with full ones, no hash-table overhead: `docs/format.md` has the
+/// measurement); blobs added since the last load (this process's own backup) live in a small
+/// hash map until the next reload merges them.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub(crate) packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
-    sorted: Vec<(BlobId, BlobLocation)>,
-    /// Where each bucket of ids (by their leading bits) starts in `sorted`.
-    fanout: Fanout,
+    sorted: Sorted,
     recent: HashMap<BlobId, BlobLocation>,
     /// Keys of the index objects loaded.
     pub(crate) objects: Vec<String>,
@@ -283,7 +285,7 @@ impl Index {
         self.as_loaded = false;
         let pos = self.pack_position(pack.id, pack.size);
         for e in &pack.entries {
-            if self.sorted_get(&e.id).is_none() {
+            if self.sorted.get(&e.id).is_none() {
                 self.recent.entry(e.id).or_insert(BlobLocation::new(pos, e));
             }
         }
@@ -306,90 +308,32 @@ impl Index {
 
     /// Sorts what was loaded; the first listing of a blob wins.
     fn finish_loading(&mut self) {
-        // A stable sort keeps the first listing of a duplicate first; dedup keeps it.
-        self.sorted.sort_by_key(|a| a.0);
-        self.sorted.dedup_by(|later, first| later.0 == first.0);
-        self.sorted.shrink_to_fit();
-        self.fanout = Fanout::build(&self.sorted);
-    }
-
-    fn sorted_get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        let candidates = self.sorted.get(self.fanout.range(id, self.sorted.len()))?;
-        candidates
-            .binary_search_by(|(probe, _)| probe.cmp(id))
-            .ok()
-            .and_then(|i| candidates.get(i))
-            .map(|(_, loc)| loc)
+        self.sorted.finish_loading();
     }
 
     fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        self.sorted_get(id).or_else(|| self.recent.get(id))
+        self.sorted.get(id).or_else(|| self.recent.get(id))
     }
 
     /// The ids loaded from index objects that start with `prefix` (a list's short id).
     fn sorted_with_prefix(&self, prefix: &[u8]) -> crate::page_list::Found {
-        use crate::page_list::Found;
-        let mut lowest = [0u8; 32];
-        let Some(head) = lowest.get_mut(..prefix.len()) else {
-            return Found::None;
-        };
-        head.copy_from_slice(prefix);
-        let lowest = format::ContentId(lowest);
-        // Ids sharing the prefix share their bucket: the fanout uses at most 24 leading bits.
-        let bucket = self
-            .sorted
-            .get(self.fanout.range(&lowest, self.sorted.len()))
-            .unwrap_or_default();
-        let start = bucket.partition_point(|(id, _)| *id < lowest);
-        let mut matching = bucket
-            .iter()
-            .skip(start)
-            .take_while(|(id, _)| id.0.starts_with(prefix))
-            .map(|(id, _)| *id);
-        match (matching.next(), matching.next()) {
-            (None, _) => Found::None,
-            (Some(id), None) => Found::One(id),
-            (Some(a), Some(b)) => Found::Many([a, b].into_iter().chain(matching).collect()),
-        }
+        self.sorted.with_prefix(prefix)
     }
 
     /// Moves the blobs added by this process into the sorted vector, where lookups by short
-    /// id find them too. Only the map's blobs are sorted; they are merged in from the back,
-    /// so that a repository of millions of blobs is not sorted again at every move.
+    /// id find them too.
     fn merge_recent(&mut self) {
         if self.recent.is_empty() {
             return;
         }
-        let mut added: Vec<(BlobId, BlobLocation)> = self.recent.drain().collect();
-        added.sort_unstable_by_key(|a| a.0);
-        let old = self.sorted.len();
-        self.sorted.reserve_exact(added.len());
-        // Placeholders, each overwritten below.
-        self.sorted.extend_from_slice(&added);
-        let (mut i, mut j) = (old, added.len());
-        for k in (0..self.sorted.len()).rev() {
-            let take_old = match (i.checked_sub(1), j.checked_sub(1)) {
-                (_, None) => break,
-                (Some(a), Some(b)) => self.sorted[a].0 > added[b].0,
-                (None, Some(_)) => false,
-            };
-            if take_old {
-                i -= 1;
-                self.sorted[k] = self.sorted[i];
-            } else {
-                j -= 1;
-                self.sorted[k] = added[j];
-            }
-        }
-        self.fanout = Fanout::build(&self.sorted);
+        self.sorted.merge(self.recent.drain().collect());
     }
 
     /// Every blob with its location.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (BlobId, &BlobLocation)> {
         self.sorted
             .iter()
-            .map(|(id, loc)| (id, loc))
-            .chain(self.recent.iter())
+            .chain(self.recent.iter().map(|(id, loc)| (*id, loc)))
     }
 
     pub(crate) fn contains(&self, id: &BlobId) -> bool {
@@ -407,66 +351,6 @@ impl Index {
             .get(id)
             .and_then(|p| self.packs.get(*p as usize))
             .map(|(_, s)| *s)
-    }
-}
-
-/// A first-level table over the sorted ids: ids are uniformly distributed hashes, so their
-/// leading bits say almost where an id sits. A lookup binary-searches only its bucket of four
-/// to eight ids instead of the whole vector: a restore looks up every page of every file, and
-/// with 200,000 blobs the 18 comparisons of a full binary search were 4 % of a restore's CPU
-/// (perf). The table costs 4 bytes per 4 to 8 blobs.
-#[derive(Debug, Default)]
-struct Fanout {
-    bits: u32,
-    /// `starts[b]` is the position of the first id whose bucket is `b` or later; one more
-    /// entry than there are buckets, the last being the vector's length.
-    starts: Vec<u32>,
-}
-
-impl Fanout {
-    /// At most 2^24 buckets (64 MiB of table for 64 million blobs and more).
-    const MAX_BITS: u32 = 24;
-
-    fn build(sorted: &[(BlobId, BlobLocation)]) -> Self {
-        let bits = sorted
-            .len()
-            .checked_ilog2()
-            .map_or(0, |log| log.saturating_sub(2).min(Self::MAX_BITS));
-        let buckets = 1usize << bits;
-        let mut starts = Vec::with_capacity(buckets + 1);
-        let mut position = 0usize;
-        for bucket in 0..buckets {
-            while sorted
-                .get(position)
-                .is_some_and(|(id, _)| Self::bucket_of(bits, id) < bucket)
-            {
-                position += 1;
-            }
-            starts.push(position as u32);
-        }
-        starts.push(sorted.len() as u32);
-        Self { bits, starts }
-    }
-
-    fn bucket_of(bits: u32, id: &BlobId) -> usize {
-        if bits == 0 {
-            return 0;
-        }
-        // Most significant byte first, so that buckets follow the ids' byte order.
-        let lead = id.0[..4]
-            .iter()
-            .fold(0u32, |lead, byte| (lead << 8) | u32::from(*byte));
-        (lead >> (32 - bits)) as usize
-    }
-
-    /// The positions in the sorted vector (of `len` ids) where `id` can be: all of them while
-    /// the table is not built.
-    fn range(&self, id: &BlobId, len: usize) -> std::ops::Range<usize> {
-        let bucket = Self::bucket_of(self.bits, id);
-        match (self.starts.get(bucket), self.starts.get(bucket + 1)) {
-            (Some(start), Some(end)) => *start as usize..*end as usize,
-            _ => 0..len,
-        }
     }
 }
 
@@ -1725,7 +1609,7 @@ mod tests {
             }
             // The table narrows a lookup to a handful of ids, not the whole vector.
             if ids.len() > 1000 {
-                let widest = index.fanout.starts.windows(2).map(|w| w[1] - w[0]).max();
+                let widest = index.sorted.widest_bucket();
                 assert!(widest.is_some_and(|w| w <= 32), "widest bucket {widest:?}");
             }
         }
