@@ -325,6 +325,7 @@ impl Fanout {
 mod tests {
     use super::*;
     use crate::format::BlobKind;
+    use proptest::prelude::*;
 
     fn location(n: u32) -> BlobLocation {
         BlobLocation::new(
@@ -363,6 +364,7 @@ mod tests {
         }
         // The full id a short one was cut from is a different blob.
         assert!(sorted.get(&ContentId::hash(&7u32.to_le_bytes())).is_none());
+        assert!(sorted.get(&full(7)).is_none());
         assert_eq!(sorted.with_prefix(&short(7).0[..16]), Found::One(short(7)));
         assert_eq!(sorted.with_prefix(&short(7).0[..20]), Found::One(short(7)));
         let mut past = short(7).0;
@@ -380,6 +382,86 @@ mod tests {
         assert_eq!(sorted.get(&full).map(|l| l.offset), Some(9999));
         let ids: Vec<BlobId> = sorted.iter().map(|(id, _)| id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in id order");
+    }
+
+    /// A full id, distinct from every `short(n)`.
+    fn full(n: u32) -> BlobId {
+        ContentId::hash(format!("full {n}").as_bytes())
+    }
+
+    /// Loads `loaded`, merges each batch of `merged` (numbers, and whether the id is full), and
+    /// checks every lookup, prefix lookup and the iteration against a plain ordered map in
+    /// which a blob's first listing wins.
+    fn agrees_with_a_model(
+        loaded: &[(u32, bool)],
+        merged: &[Vec<(u32, bool)>],
+    ) -> Result<(), TestCaseError> {
+        let id = |n: u32, is_full: bool| if is_full { full(n) } else { short(n) };
+        let mut model = std::collections::BTreeMap::new();
+        let mut sorted = Sorted::default();
+        for (at, &(n, is_full)) in loaded.iter().enumerate() {
+            model.entry(id(n, is_full)).or_insert(at as u32);
+        }
+        sorted.extend(
+            loaded
+                .iter()
+                .enumerate()
+                .map(|(at, &(n, is_full))| (id(n, is_full), location(at as u32))),
+        );
+        sorted.finish_loading();
+        for (round, batch) in merged.iter().enumerate() {
+            // The repository merges only blobs the vector lacks, each once.
+            let mut added = Vec::new();
+            for &(n, is_full) in batch {
+                let blob = id(n, is_full);
+                let offset = 10_000 * (round as u32 + 1) + n;
+                if let std::collections::btree_map::Entry::Vacant(slot) = model.entry(blob) {
+                    slot.insert(offset);
+                    added.push((blob, location(offset)));
+                }
+            }
+            sorted.merge(added);
+        }
+        prop_assert_eq!(sorted.is_short(), model.keys().all(ContentId::is_short));
+        prop_assert_eq!(sorted.len(), model.len());
+        let listed: Vec<(BlobId, u32)> = sorted.iter().map(|(id, loc)| (id, loc.offset)).collect();
+        let expected: Vec<(BlobId, u32)> = model.iter().map(|(id, at)| (*id, *at)).collect();
+        prop_assert_eq!(listed, expected);
+        for (blob, at) in &model {
+            prop_assert_eq!(sorted.get(blob).map(|l| l.offset), Some(*at));
+            let prefix = &blob.0[..16];
+            let matching: Vec<BlobId> = model
+                .keys()
+                .filter(|k| k.0.starts_with(prefix))
+                .copied()
+                .collect();
+            let found = match matching.as_slice() {
+                [] => Found::None,
+                [one] => Found::One(*one),
+                many => Found::Many(many.to_vec()),
+            };
+            prop_assert_eq!(sorted.with_prefix(prefix), found);
+        }
+        for absent in 800..820 {
+            prop_assert!(sorted.get(&short(absent)).is_none());
+            prop_assert!(sorted.get(&full(absent)).is_none());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any mix of loaded and merged blobs, short or full ids, with repeats while loading.
+        #[test]
+        fn lookups_agree_with_an_ordered_map(
+            loaded in prop::collection::vec((0u32..400, prop::bool::weighted(0.05)), 0..300),
+            merged in prop::collection::vec(
+                prop::collection::vec((400u32..800, prop::bool::weighted(0.05)), 0..60),
+                0..4,
+            ),
+        ) {
+            agrees_with_a_model(&loaded, &merged)?;
+        }
     }
 
     #[test]
