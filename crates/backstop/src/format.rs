@@ -153,15 +153,19 @@ impl ContentId {
         }
     }
 
+    /// The short id whose 16 bytes are `head`.
+    pub(crate) fn from_short(head: [u8; Self::SHORT]) -> Self {
+        let mut id = [0u8; 32];
+        id[..Self::SHORT].copy_from_slice(&head);
+        Self(id)
+    }
+
     /// The id written as `bytes`: 32 bytes, or the 16 of a short id.
     pub(crate) fn from_significant(bytes: &[u8]) -> Option<Self> {
-        let mut id = [0u8; 32];
-        match bytes.len() {
-            32 => id.copy_from_slice(bytes),
-            Self::SHORT => id[..Self::SHORT].copy_from_slice(bytes),
-            _ => return None,
+        if let Ok(head) = <[u8; Self::SHORT]>::try_from(bytes) {
+            return Some(Self::from_short(head));
         }
-        Some(Self(id))
+        Some(Self(bytes.try_into().ok()?))
     }
 
     /// Plain BLAKE3 of `bytes` (pack and object names).

@@ -32,9 +32,7 @@ impl SortKey for ShortKey {
     }
 
     fn id(&self) -> BlobId {
-        let mut bytes = [0u8; 32];
-        bytes[..ContentId::SHORT].copy_from_slice(&self.0);
-        ContentId(bytes)
+        ContentId::from_short(self.0)
     }
 
     fn lead(&self) -> &[u8] {
