@@ -1621,6 +1621,58 @@ fn gc_rewrites_mostly_unused_packs_and_deletes_them_after_the_grace_period() {
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
 }
 
+/// A pack that gc is to rewrite but that does not match its id stops the gc before anything
+/// changes: no index object, pack or backup goes, the error names the pack, and once the pack
+/// is mended the gc runs. gc reads such a pack in pieces and copies its used units as it goes,
+/// so a byte changed in a part it does not copy (here the pack's last byte) must still be found.
+#[test]
+fn gc_stops_at_a_damaged_pack_it_would_rewrite_and_changes_nothing() {
+    let (store, kept) = repository_with_mostly_unused_packs();
+    let engine = BackupEngine::open(store.clone(), opts()).unwrap();
+    assert!(
+        engine
+            .gc_with(&backstop::GcOptions::default().dry_run(true))
+            .unwrap()
+            .packs_repacked
+            >= 1
+    );
+    let before: BTreeMap<String, Vec<u8>> = store
+        .keys()
+        .into_iter()
+        .map(|k| (k.clone(), store.raw_get(&k).unwrap()))
+        .collect();
+    for (key, bytes) in before.iter().filter(|(k, _)| k.starts_with("packs/")) {
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() ^= 0x40;
+        store.raw_put(key, bad);
+    }
+
+    let error = engine.gc(false).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
+    let named = before
+        .keys()
+        .find(|k| k.starts_with("packs/") && error.to_string().contains(k.as_str()));
+    assert!(named.is_some(), "the error names no pack: {error}");
+    let after: Vec<String> = store.keys();
+    for key in before.keys() {
+        assert!(after.contains(key), "the failed gc removed {key}");
+    }
+    for key in after.iter().filter(|k| !k.starts_with("packs/")) {
+        assert!(before.contains_key(key), "the failed gc left {key}");
+    }
+
+    for (key, bytes) in &before {
+        store.raw_put(key, bytes.clone());
+    }
+    let report = engine.gc(false).unwrap();
+    assert!(report.packs_repacked >= 1, "{report:?}");
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(2, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(describe_tree(target.path()), describe_tree(kept.path()));
+}
+
 /// Crash safety of a rewriting gc: fail each of its puts and deletes in turn (the gc stops
 /// there, as if killed). The backup must verify and restore after every failure, and two
 /// clean gcs must bring the repository to the state a clean run reaches.

@@ -907,15 +907,8 @@ impl Repository {
     }
 
     /// Stored bytes of a pack.
-    fn read_stored(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    pub(crate) fn read_stored(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
         self.store.get_range(key, range).map_err(pack_read_error)
-    }
-
-    /// A whole pack the index lists, as stored (not yet checked against its id).
-    pub(crate) fn read_pack(&self, id: PackId) -> Result<Vec<u8>> {
-        self.store
-            .get(&format::pack_key(id))
-            .map_err(pack_read_error)
     }
 
     /// Reads a run of adjacent blobs of one pack with one ranged read and hands each blob to
