@@ -2,6 +2,7 @@
 //! size) or thoroughly (every byte read, authenticated and hashed).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Result;
 use crate::format::{self, PackId, Snapshot};
@@ -78,86 +79,146 @@ pub(crate) fn verify(
     if read_share == 0 {
         return Ok(report);
     }
-    for (pack, mut entries) in packs {
+    let to_read: Vec<(PackId, Vec<format::PackEntry>)> = packs
+        .into_iter()
         // A stable choice per pack id: the same subset each run unless the share changes.
-        if read_share < 100 && u32::from(pack.0[0]) * 100 / 256 >= u32::from(read_share) {
-            continue;
+        .filter(|(pack, _)| {
+            read_share == 100 || u32::from(pack.0[0]) * 100 / 256 < u32::from(read_share)
+        })
+        // A missing pack is already reported.
+        .filter(|(pack, _)| listed.contains_key(&format::pack_key(*pack)))
+        .collect();
+    for checked in check_packs(repo, to_read) {
+        if let Some(bytes) = checked.bytes_read {
+            report.packs_read += 1;
+            report.bytes_read += bytes;
         }
-        let key = format::pack_key(pack);
-        if !listed.contains_key(&key) {
-            continue; // already reported
-        }
-        let bytes = match repo.store.get(&key) {
-            Ok(b) => b,
-            Err(e) => {
-                report
-                    .problems
-                    .push(format!("pack `{key}` cannot be read: {e}"));
-                continue;
-            }
-        };
-        report.packs_read += 1;
-        report.bytes_read += bytes.len() as u64;
-        if format::ContentId::hash(&bytes) != pack {
-            report.problems.push(format!(
-                "pack `{key}` does not match its name (hash mismatch)"
-            ));
-        }
-        let header = match format::read_pack_header(&bytes, repo.key()) {
-            Ok(h) => h,
-            Err(e) => {
-                report.problems.push(format!("pack `{key}`: {e}"));
-                continue;
-            }
-        };
-        // Sorted by place for lookups: a pack of page-sized blobs lists tens of thousands, and
-        // the header names a framed blob by where it sits, not by its id.
-        let mut listed = header.entries;
-        listed.sort_unstable_by_key(|e| (e.offset, e.within));
-        entries.sort_unstable_by_key(|e| (e.offset, e.within));
-        // Blobs of one frame share their stored bytes: decode each frame once.
-        let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
-        for entry in &entries {
-            let in_header = listed
-                .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
-                .ok()
-                .and_then(|i| listed.get(i))
-                .is_some_and(|e| e.records(entry));
-            if !in_header {
-                report.problems.push(format!(
-                    "pack `{key}`: its header does not list blob {} as the index does",
-                    entry.id
-                ));
-                continue;
-            }
-            let range = entry.offset as usize..(entry.offset as usize + entry.length as usize);
-            let Some(stored) = bytes.get(range) else {
-                report
-                    .problems
-                    .push(format!("pack `{key}`: blob {} lies outside it", entry.id));
-                continue;
-            };
-            let checked = if entry.within.is_none() {
-                format::decode_blob(entry, stored, repo.key()).map(drop)
-            } else {
-                if unit
-                    .as_ref()
-                    .is_none_or(|(offset, _)| *offset != entry.offset)
-                {
-                    unit = Some((entry.offset, format::decode_unit(entry, stored, repo.key())));
-                }
-                match unit.as_ref().map(|(_, u)| u) {
-                    Some(Ok(frame)) => format::blob_from_unit(entry, frame, repo.key()).map(drop),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Ok(()),
-                }
-            };
-            if let Err(e) = checked {
-                report
-                    .problems
-                    .push(format!("pack `{key}`: blob {}: {e}", entry.id));
-            }
-        }
+        report.problems.extend(checked.problems);
     }
     Ok(report)
+}
+
+/// What reading one pack found.
+#[derive(Default)]
+struct PackCheck {
+    /// The pack's size, if it could be read.
+    bytes_read: Option<u64>,
+    problems: Vec<String>,
+}
+
+/// Reads and checks the packs on the worker threads, one pack at a time each (a pack is held
+/// whole while it is checked), and returns their findings in the order of `packs`. One thread
+/// read 340 MB/s of the benchmark mix's repository: hashing, decryption and decompression,
+/// all CPU.
+fn check_packs(repo: &Repository, packs: Vec<(PackId, Vec<format::PackEntry>)>) -> Vec<PackCheck> {
+    let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((pack, entries)) = packs.get(i) else {
+                break;
+            };
+            done.push((i, check_pack(repo, *pack, entries)));
+        }
+        done
+    };
+    let mut found: Vec<(usize, PackCheck)> = if threads == 1 {
+        work()
+    } else {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        vec![(
+                            usize::MAX,
+                            PackCheck {
+                                bytes_read: None,
+                                problems: vec!["a thread checking packs panicked".into()],
+                            },
+                        )]
+                    })
+                })
+                .collect()
+        })
+    };
+    found.sort_by_key(|(i, _)| *i);
+    found.into_iter().map(|(_, check)| check).collect()
+}
+
+/// Reads one pack and checks it against its id, its header against the index, and each of
+/// `entries` (the blobs of the pack the backups need) against its id.
+fn check_pack(repo: &Repository, pack: PackId, entries: &[format::PackEntry]) -> PackCheck {
+    let key = format::pack_key(pack);
+    let mut check = PackCheck::default();
+    let problems = &mut check.problems;
+    let bytes = match repo.store.get(&key) {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(format!("pack `{key}` cannot be read: {e}"));
+            return check;
+        }
+    };
+    check.bytes_read = Some(bytes.len() as u64);
+    if format::ContentId::hash(&bytes) != pack {
+        problems.push(format!(
+            "pack `{key}` does not match its name (hash mismatch)"
+        ));
+    }
+    let header = match format::read_pack_header(&bytes, repo.key()) {
+        Ok(h) => h,
+        Err(e) => {
+            problems.push(format!("pack `{key}`: {e}"));
+            return check;
+        }
+    };
+    // Sorted by place for lookups: a pack of page-sized blobs lists tens of thousands, and
+    // the header names a framed blob by where it sits, not by its id.
+    let mut listed = header.entries;
+    listed.sort_unstable_by_key(|e| (e.offset, e.within));
+    let mut entries = entries.to_vec();
+    entries.sort_unstable_by_key(|e| (e.offset, e.within));
+    // Blobs of one frame share their stored bytes: decode each frame once.
+    let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
+    for entry in &entries {
+        let in_header = listed
+            .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
+            .ok()
+            .and_then(|i| listed.get(i))
+            .is_some_and(|e| e.records(entry));
+        if !in_header {
+            problems.push(format!(
+                "pack `{key}`: its header does not list blob {} as the index does",
+                entry.id
+            ));
+            continue;
+        }
+        let range = entry.offset as usize..(entry.offset as usize + entry.length as usize);
+        let Some(stored) = bytes.get(range) else {
+            problems.push(format!("pack `{key}`: blob {} lies outside it", entry.id));
+            continue;
+        };
+        let checked = if entry.within.is_none() {
+            format::decode_blob(entry, stored, repo.key()).map(drop)
+        } else {
+            if unit
+                .as_ref()
+                .is_none_or(|(offset, _)| *offset != entry.offset)
+            {
+                unit = Some((entry.offset, format::decode_unit(entry, stored, repo.key())));
+            }
+            match unit.as_ref().map(|(_, u)| u) {
+                Some(Ok(frame)) => format::blob_from_unit(entry, frame, repo.key()).map(drop),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = checked {
+            problems.push(format!("pack `{key}`: blob {}: {e}", entry.id));
+        }
+    }
+    check
 }

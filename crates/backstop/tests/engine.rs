@@ -824,6 +824,62 @@ fn a_missing_pack_is_reported_by_quick_verify() {
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
+/// A full verify reads every pack once, on all worker threads, and reports each damaged pack
+/// in the order of the packs' names, whichever thread read it.
+#[test]
+fn full_verify_reads_each_pack_once_and_reports_every_damaged_one_in_order() {
+    let (store, _kept) = repository_with_mostly_unused_packs();
+    let engine = BackupEngine::open(store.clone(), opts()).unwrap();
+    let clean = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(clean.is_ok(), "{:?}", clean.problems);
+    let packs: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("packs/"))
+        .collect();
+    // Packs no backup needs are not read.
+    assert!(
+        clean.packs_read > 2 && clean.packs_read <= packs.len() as u64,
+        "{clean:?}"
+    );
+    assert_eq!(clean.packs_read, clean.packs);
+
+    // Damage, in its first byte, every needed pack that holds no part of the file list (which
+    // would hide the blobs it names), so that each yields problems.
+    let (mut needed, mut tree) = (Vec::new(), 0);
+    for key in &packs {
+        let original = store.raw_get(key).unwrap();
+        store.raw_remove(key);
+        let missing = engine.verify_all(VerifyLevel::Quick).unwrap();
+        store.raw_put(key, original);
+        if missing.problems.iter().any(|p| p.contains("file list")) {
+            tree += 1;
+        } else if !missing.is_ok() {
+            needed.push(key);
+        }
+    }
+    assert!(needed.len() >= 2, "{needed:?}");
+    assert_eq!(needed.len() as u64 + tree, clean.packs, "{needed:?}");
+    for key in &needed {
+        let mut bytes = store.raw_get(key).unwrap();
+        bytes[0] ^= 1;
+        store.raw_put(key, bytes);
+    }
+    let damaged = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert_eq!(damaged.packs_read, clean.packs_read);
+    assert_eq!(damaged.bytes_read, clean.bytes_read);
+    let mut named: Vec<&String> = Vec::new();
+    for problem in &damaged.problems {
+        let pack = needed.iter().find(|k| problem.contains(k.as_str()));
+        let pack = pack.unwrap_or_else(|| panic!("a problem names no damaged pack: {problem}"));
+        if named.last() != Some(pack) {
+            named.push(pack);
+        }
+    }
+    // `store.keys()` and the report both go in the order of the keys, which is that of the ids.
+    assert_eq!(named, needed, "{:?}", damaged.problems);
+}
+
 /// Crash safety: fail every store write of a backup in turn. The failed backup must not be
 /// visible, the two earlier ones must verify and restore, and gc must remove the leftovers.
 #[test]
