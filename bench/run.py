@@ -706,6 +706,11 @@ class Tool:
         full used; None where the tool cannot (a tar incremental needs its full)."""
         return None
 
+    def check_cmd(self):
+        """Reads back every byte of the repository and checks it against the tool's own
+        checksums; None where the tool has no such check."""
+        return None
+
     def env(self):
         return {}
 
@@ -766,6 +771,9 @@ class Backstop(Tool):
         base = " ".join(shlex.quote(a) for a in self.base())
         return ["bash", "-c", f"{base} -q delete 1 && {base} -q gc --grace 0s"]
 
+    def check_cmd(self):
+        return self.base() + ["-q", "verify", "--full"]
+
     def reported(self, measured):
         try:
             result = json.loads(measured.stdout)["result"]
@@ -800,6 +808,9 @@ class Restic(Tool):
     def prune_cmd(self):
         return self.base() + ["forget", "--keep-last", "1", "--prune"]
 
+    def check_cmd(self):
+        return self.base() + ["check", "--read-data"]
+
 
 class Rustic(Tool):
     name = "rustic"
@@ -826,6 +837,9 @@ class Rustic(Tool):
 
     def prune_cmd(self):
         return self.base() + ["forget", "--keep-last", "1", "--prune"]
+
+    def check_cmd(self):
+        return self.base() + ["check", "--read-data"]
 
 
 class Borg(Tool):
@@ -857,6 +871,11 @@ class Borg(Tool):
         # borg 1.2 frees segment space only in `compact`.
         return ["bash", "-c", f'borg delete "{self.repo}::full" && borg compact "{self.repo}"']
 
+    def check_cmd(self):
+        # --verify-data decrypts every chunk and checks its id (borg's --repository-only
+        # would check only the segment CRCs).
+        return ["borg", "check", "--verify-data", str(self.repo)]
+
 
 class TarZstd(Tool):
     """GNU tar's --listed-incremental (changed files are stored whole) through zstd -T0 -3."""
@@ -884,6 +903,10 @@ class TarZstd(Tool):
             "-c",
             " && ".join(one.format(r=self.repo, s=s, t=target) for s in ("full", "incremental")),
         ]
+
+    def check_cmd(self):
+        # zstd's frame checksums (xxh64 of the content), the most a tar archive offers.
+        return ["zstd", "-tq", str(self.repo / "full.tar.zst"), str(self.repo / "incremental.tar.zst")]
 
 
 class CopyAll(Tool):
@@ -1076,9 +1099,12 @@ class Bench:
             argv = tool.restore_cmd(target, sync=step == "restore")
         elif step == "prune":
             argv = tool.prune_cmd()
+        elif step == "check":
+            argv = tool.check_cmd()
         else:
             argv = tool.backup_cmd(step, self.data)
-        self.caches_dropped = self.prepare(tool.repo if restore or step == "prune" else self.data)
+        on_repo = restore or step in ("prune", "check")
+        self.caches_dropped = self.prepare(tool.repo if on_repo else self.data)
         before = tree_bytes(tool.repo) if tool.repo.exists() else 0
         progress(f"  {tool.name:<22} {step:<12}", end="")
         counters_before = cpu_counters()
@@ -1106,7 +1132,7 @@ class Bench:
             "bytes_added": after - before if not restore else None,
             "sync_s": None if sync_s is None else round(sync_s, 3),
             "data_bytes": data_bytes,
-            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step != "prune" else None,
+            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step not in ("prune", "check") else None,
         }
         if counters_before and counters_after:
             # The machine's busy time beyond the tool's own: other processes, and kernel threads
@@ -1229,6 +1255,10 @@ class Bench:
         progress("restores of the latest backup without a sync (Backstop: --no-sync)")
         order = self.phase(order, "restore-nosync", v2_bytes)
         order = order[1:] + order[:1]
+
+        progress("reading back and checking every byte of the repository")
+        checkers = [t for t in order if t.check_cmd() is not None]
+        self.phase(checkers, "check", v2_bytes)
 
         progress("deleting the full backup and giving back its space")
         pruners = [t for t in order if t.prune_cmd() is not None]
@@ -1726,6 +1756,28 @@ def write_report(bench, chart_name):
         )
         w("## Targets of issue 9\n")
         w(target_table(get, tools, bench.history))
+    checked = [t for t in tools if get.get((t, "check"))]
+    if checked:
+        w("## Reading back every byte\n")
+        w(
+            "After the restores, each tool reads its whole repository (both backups) and checks it: "
+            "Backstop `verify --full` (every pack against its BLAKE3 name, every blob decrypted, decompressed "
+            "and hashed), restic and rustic `check --read-data`, borg `check --verify-data`, and for "
+            "tar+zstd `zstd -t` (the frames' xxh64 checksums). MiB/s is of the repository's bytes.\n"
+        )
+        w(f"| tool | wall s | CPU s | peak RSS MiB | repository MiB | MiB/s | Backstop / tool{runs_head} |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + (" | ---" if repeat > 1 else "") + " |")
+        bs_check = get.get(("backstop", "check"))
+        for tool in checked:
+            r = get[(tool, "check")]
+            speed = round(r["repo_bytes"] / MIB / r["wall_s"], 1) if r["wall_s"] > 0 else None
+            versus = ratio(bs_check["wall_s"], r["wall_s"]) if bs_check and tool != "backstop" else ""
+            w(
+                f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
+                f"{mib(r['repo_bytes'])} | {speed} | {versus} |"
+                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
+            )
+        w("")
     pruned = [t for t in tools if get.get((t, "prune"))]
     if pruned:
         w("## Deleting the full backup\n")

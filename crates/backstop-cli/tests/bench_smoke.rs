@@ -108,6 +108,15 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
                 );
             }
         }
+        // Every tool but `cp -a` reads its repository back and checks it, changing nothing.
+        if *tool != "cp-a" {
+            let r = row(tool, "check").unwrap_or_else(|| panic!("no check row for {tool}"));
+            assert!(
+                r["wall_s"].as_f64().is_some_and(|w| w > 0.0),
+                "{tool} check: no wall time in {r}"
+            );
+            assert_eq!(r["bytes_added"], 0, "{tool} check changed its repository: {r}");
+        }
         // Deleting the full backup gives space back (tar's incremental needs its full).
         if *tool != "tar+zstd" {
             let r = row(tool, "prune").unwrap_or_else(|| panic!("no prune row for {tool}"));
@@ -134,6 +143,7 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(markdown.contains("| backstop | full |"), "{markdown}");
+    assert!(markdown.contains("## Reading back every byte"), "{markdown}");
     // What else the machine did while the tools ran, from /proc/stat (this test runs on Linux).
     let busy = &report["meta"]["interference"];
     let timed_runs: usize = results
