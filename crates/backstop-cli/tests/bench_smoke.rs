@@ -115,7 +115,10 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
                 r["wall_s"].as_f64().is_some_and(|w| w > 0.0),
                 "{tool} check: no wall time in {r}"
             );
-            assert_eq!(r["bytes_added"], 0, "{tool} check changed its repository: {r}");
+            assert_eq!(
+                r["bytes_added"], 0,
+                "{tool} check changed its repository: {r}"
+            );
         }
         // Deleting the full backup gives space back (tar's incremental needs its full).
         if *tool != "tar+zstd" {
@@ -143,7 +146,10 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(markdown.contains("| backstop | full |"), "{markdown}");
-    assert!(markdown.contains("## Reading back every byte"), "{markdown}");
+    assert!(
+        markdown.contains("## Reading back every byte"),
+        "{markdown}"
+    );
     // What else the machine did while the tools ran, from /proc/stat (this test runs on Linux).
     let busy = &report["meta"]["interference"];
     let timed_runs: usize = results
