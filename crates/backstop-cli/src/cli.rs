@@ -444,6 +444,11 @@ pub(crate) struct RestoreArgs {
     #[arg(long)]
     pub(crate) raw: bool,
 
+    /// Restore only the paths matching GLOB, as `info ID --files` lists them, with all that is
+    /// under them (repeatable; `*` matches across `/`). A database backup only with --raw
+    #[arg(long, value_name = "GLOB", conflicts_with = "group")]
+    pub(crate) include: Vec<String>,
+
     /// Do not flush the restored files to disk at the end: faster, but a machine crash soon
     /// after can lose or tear them while the restore looks complete. For scratch restores only
     #[arg(long)]

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 #[path = "support/files.rs"]
 mod files;
-use files::{files_under, pseudo_random, tree};
+use files::{Tree, files_under, pseudo_random, tree};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -235,6 +235,46 @@ fn backup_list_info_and_restore_round_trip() {
         .assert()
         .success();
     assert_eq!(tree(&latest), tree(&data));
+}
+
+/// `restore --include` restores the matching paths with what is under them; patterns that
+/// match nothing exit 6 with where to look, and leave the target alone.
+#[test]
+fn restore_include_restores_only_the_matching_paths() {
+    let world = World::new();
+    world.init();
+    let id = world.backup().to_string();
+    let target = world.path("part");
+    let restored = world.json(&[
+        "restore",
+        &id,
+        target.to_str().unwrap(),
+        "--include",
+        "sub/deeper",
+        "--include",
+        "*.txt",
+    ]);
+    assert_eq!(restored["files"], 2, "{restored}");
+    let expected: Tree = tree(&world.data())
+        .into_iter()
+        .filter(|(path, _)| {
+            ["sub", "sub/deeper", "sub/deeper/empty", "hello.txt"].contains(&path.as_str())
+        })
+        .collect();
+    assert_eq!(tree(&target), expected);
+
+    let untouched = world.path("untouched");
+    world
+        .cmd()
+        .args(["restore", &id, untouched.to_str().unwrap()])
+        .args(["--include", "no/such/path"])
+        .assert()
+        .code(6)
+        .stderr(
+            predicate::str::contains("`no/such/path`")
+                .and(predicate::str::contains(format!("info {id} --files"))),
+        );
+    assert!(!untouched.exists(), "a refused restore created its target");
 }
 
 #[test]

@@ -28,6 +28,11 @@ impl RestoreProfile {
         }
     }
 
+    /// Whether the backup is of plain files, which need no fix-up (and can be restored in part).
+    pub fn is_plain_files(&self) -> bool {
+        matches!(self.kind.as_str(), "" | "none" | "dir")
+    }
+
     /// A profile of `kind` with no parameters yet.
     pub fn new(kind: impl Into<String>) -> Self {
         Self {
@@ -59,7 +64,7 @@ pub struct RestoreParams {
 /// right after (they would come back from the device, page by page). Kinds other than a plain
 /// directory's count as reading, whatever their fix-up does today.
 pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) -> bool {
-    !params.raw && !matches!(profile.kind.as_str(), "" | "none" | "dir")
+    !params.raw && !profile.is_plain_files()
 }
 
 /// Applies `profile` to the restored tree at `target` and returns a line per step taken.
@@ -74,8 +79,10 @@ pub fn apply(
             profile.kind
         )]);
     }
+    if profile.is_plain_files() {
+        return Ok(Vec::new());
+    }
     match profile.kind.as_str() {
-        "" | "none" | "dir" => Ok(Vec::new()),
         "eventstore" => crate::eventstore::restore_fixup(profile, target, params),
         "group" => crate::group::restore_fixup(profile, target, params),
         #[cfg(feature = "sqlite")]

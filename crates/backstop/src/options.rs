@@ -338,6 +338,11 @@ pub struct RestoreOptions {
     pub sync: bool,
     /// Options for the fix-ups (`target-time`, `target-lsn`…).
     pub fixup_options: BTreeMap<String, String>,
+    /// Restore only the paths matching one of these globs (as `info --files` lists them; `*`
+    /// matches across `/`), with everything under them and the directories above them. Empty:
+    /// the whole backup. A database backup restores in part only with [`raw`](Self::raw): its
+    /// files alone would not open consistent.
+    pub include: Vec<String>,
     /// Progress observer.
     pub progress: Arc<dyn Progress>,
     /// Cancellation.
@@ -351,6 +356,7 @@ impl Default for RestoreOptions {
             raw: false,
             sync: true,
             fixup_options: BTreeMap::new(),
+            include: Vec::new(),
             progress: Arc::new(NoProgress),
             cancel: CancelToken::new(),
         }
@@ -364,6 +370,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("raw", &self.raw)
             .field("sync", &self.sync)
             .field("fixup_options", &self.fixup_options)
+            .field("include", &self.include)
             .finish_non_exhaustive()
     }
 }
@@ -380,6 +387,13 @@ impl RestoreOptions {
     #[must_use]
     pub fn with_raw(mut self, raw: bool) -> Self {
         self.raw = raw;
+        self
+    }
+
+    /// Restores only the paths matching `globs` (see [`RestoreOptions::include`]).
+    #[must_use]
+    pub fn with_include(mut self, globs: Vec<String>) -> Self {
+        self.include = globs;
         self
     }
 

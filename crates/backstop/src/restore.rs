@@ -63,6 +63,14 @@ enum RestoreError {
     },
     #[error("backup {backup} has no file `{path}`")]
     NoSuchFile { backup: u64, path: String },
+    #[error(
+        "no path of backup {backup} matches `{patterns}`; `backstop info {backup} --files` lists them"
+    )]
+    NoMatch { backup: u64, patterns: String },
+    #[error(
+        "backup {backup} is of a `{kind}` database, whose files restored in part would not open consistent; restore all of it, or add --raw for the files alone"
+    )]
+    PartOfDatabase { backup: u64, kind: String },
     #[error("the restore procedure `{kind}` failed; the files are restored but not fixed up")]
     Fixup {
         kind: String,
@@ -88,11 +96,8 @@ fn restore_tuned(
     tuning: Tuning,
 ) -> Result<RestoreInfo> {
     let started = Instant::now();
-    prepare_target(target, options.existing)?;
-    let marker = target.join(INCOMPLETE_MARKER);
-    std::fs::write(&marker, format!("backup {}\n", snapshot.id))
-        .map_err(|e| io_error("writing", &marker, e))?;
-
+    // Everything that can refuse the restore does so before the target is touched.
+    let select = Selection::new(snapshot, options)?;
     let mut nodes = Vec::new();
     repo.for_each_node(snapshot, |n| {
         if !is_safe_path(&n.path) {
@@ -107,6 +112,19 @@ fn restore_tuned(
         nodes.push(n);
         Ok(())
     })?;
+    if let Some(select) = select {
+        nodes = select.apply(nodes)?;
+    }
+    let files = nodes.iter().filter(|n| n.kind == NODE_FILE);
+    options.progress.phase(
+        "restore",
+        files.clone().count() as u64,
+        files.map(|n| n.size).sum(),
+    );
+    prepare_target(target, options.existing)?;
+    let marker = target.join(INCOMPLETE_MARKER);
+    std::fs::write(&marker, format!("backup {}\n", snapshot.id))
+        .map_err(|e| io_error("writing", &marker, e))?;
 
     let mut info = RestoreInfo {
         id: snapshot.id,
@@ -176,6 +194,90 @@ fn restore_tuned(
     }
     info.duration_ms = started.elapsed().as_millis() as u64;
     Ok(info)
+}
+
+/// The part of a backup a restore asks for ([`RestoreOptions::include`]).
+struct Selection {
+    backup: u64,
+    patterns: Vec<String>,
+    globs: globset::GlobSet,
+}
+
+impl Selection {
+    /// None for the whole backup. Refuses bad patterns, and a part of a database backup
+    /// unless only its raw files are asked for.
+    fn new(snapshot: &Snapshot, options: &RestoreOptions) -> Result<Option<Self>> {
+        if options.include.is_empty() {
+            return Ok(None);
+        }
+        if !options.raw && !snapshot.restore_profile.is_plain_files() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                RestoreError::PartOfDatabase {
+                    backup: snapshot.id,
+                    kind: snapshot.restore_profile.kind.clone(),
+                },
+            ));
+        }
+        let mut builder = globset::GlobSetBuilder::new();
+        for pattern in &options.include {
+            let glob = globset::Glob::new(pattern.trim_matches('/')).map_err(|e| {
+                Error::msg(
+                    ErrorKind::InvalidInput,
+                    format!("bad include pattern `{pattern}`: {e}"),
+                )
+            })?;
+            builder.add(glob);
+        }
+        let globs = builder.build().map_err(|e| {
+            Error::msg(
+                ErrorKind::InvalidInput,
+                format!("bad include patterns: {e}"),
+            )
+        })?;
+        Ok(Some(Self {
+            backup: snapshot.id,
+            patterns: options.include.clone(),
+            globs,
+        }))
+    }
+
+    /// The nodes under a matching path, and the directories above them (so that theirs are
+    /// the backup's modes and times too).
+    fn apply(&self, nodes: Vec<Node>) -> Result<Vec<Node>> {
+        let matches = |path: &str| {
+            self.globs.is_match(path)
+                || path
+                    .match_indices('/')
+                    .any(|(at, _)| self.globs.is_match(&path[..at]))
+        };
+        let chosen: Vec<bool> = nodes.iter().map(|n| matches(&n.path)).collect();
+        if !chosen.contains(&true) {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                RestoreError::NoMatch {
+                    backup: self.backup,
+                    patterns: self.patterns.join("`, `"),
+                },
+            ));
+        }
+        let above: HashSet<&str> = nodes
+            .iter()
+            .zip(&chosen)
+            .filter(|(_, c)| **c)
+            .flat_map(|(n, _)| n.path.match_indices('/').map(|(at, _)| &n.path[..at]))
+            .collect();
+        let keep: Vec<bool> = nodes
+            .iter()
+            .zip(&chosen)
+            .map(|(n, c)| *c || (n.kind == NODE_DIR && above.contains(n.path.as_str())))
+            .collect();
+        Ok(nodes
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(n, k)| k.then_some(n))
+            .collect())
+    }
 }
 
 /// Whether large files go past the page cache (see [`OpenFile::direct`]): only when the
@@ -1633,10 +1735,8 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Unsafe, "{evil}: {err}");
             assert!(err.to_string().contains(evil), "{err}");
             assert!(!outer.path().join("escaped").exists());
-            assert!(
-                target.join(INCOMPLETE_MARKER).exists(),
-                "a failed restore must stay marked"
-            );
+            // The whole list of paths is checked before anything is written.
+            assert!(!target.exists(), "{evil}: the refused restore made its target");
         }
     }
 

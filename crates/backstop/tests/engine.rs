@@ -670,6 +670,122 @@ fn restore_refuses_a_non_empty_target_unless_told() {
     );
 }
 
+/// A restore of part of a backup writes the matching paths, all that is under them and the
+/// directories above them (with the backup's modes and times), and nothing else.
+#[test]
+fn a_restore_of_some_paths_writes_those_and_the_directories_above_them() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    std::fs::set_permissions(
+        data.path().join("sub"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let backup = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let whole = describe_tree(data.path());
+
+    let target = tempfile::tempdir().unwrap();
+    let only = RestoreOptions::default().with_include(vec!["sub/deeper".into(), "*.txt".into()]);
+    let info = engine.restore(backup.id, target.path(), &only).unwrap();
+    let expected: BTreeMap<String, String> = whole
+        .iter()
+        .filter(|(path, _)| {
+            ["sub", "sub/deeper", "sub/deeper/zeros", "small.txt"].contains(&path.as_str())
+        })
+        .map(|(p, d)| (p.clone(), d.clone()))
+        .collect();
+    assert_eq!(describe_tree(target.path()), expected);
+    assert_eq!(
+        (info.files, info.dirs, info.symlinks),
+        (2, 2, 0),
+        "{info:?}"
+    );
+}
+
+/// What a partial restore refuses, it refuses before the target is touched: patterns that
+/// match nothing, a bad pattern, and a part of a database backup without `raw`.
+#[test]
+fn a_partial_restore_that_cannot_be_done_leaves_the_target_untouched() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let dir = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let entries = vec![
+        backstop::Entry::bytes("main.db", b"pages".to_vec(), 0o644, 0),
+        backstop::Entry::bytes("main.db-wal", b"frames".to_vec(), 0o644, 0),
+    ];
+    let database = engine
+        .create_backup(&mut Profiled(entries, "sqlite"), &BackupOptions::default())
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let refused = |id: u64, include: &[&str], raw: bool| {
+        let options = RestoreOptions::default()
+            .with_include(include.iter().map(|p| p.to_string()).collect())
+            .with_raw(raw);
+        let err = engine.restore(id, target.path(), &options).unwrap_err();
+        assert_eq!(
+            std::fs::read_dir(target.path()).unwrap().count(),
+            0,
+            "{include:?}: the target was touched"
+        );
+        err
+    };
+    let err = refused(dir.id, &["nothing*", "sub/none"], false);
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("`nothing*`, `sub/none`"), "{err}");
+    let err = refused(dir.id, &["sub/[z"], false);
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("sub/[z"), "{err}");
+    let err = refused(database.id, &["main.db"], false);
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("--raw"), "{err}");
+
+    // The raw files of a database can be had in part.
+    let raw = RestoreOptions::default()
+        .with_include(vec!["main.db".into()])
+        .with_raw(true);
+    engine.restore(database.id, target.path(), &raw).unwrap();
+    let restored: Vec<String> = describe_tree(target.path()).into_keys().collect();
+    assert_eq!(restored, ["main.db"]);
+}
+
+/// A source of given entries whose backups carry a restore procedure of `kind`.
+struct Profiled(Vec<backstop::Entry>, &'static str);
+
+impl Source for Profiled {
+    fn kind(&self) -> &str {
+        self.1
+    }
+    fn identity(&self) -> String {
+        "test".into()
+    }
+    fn begin(&mut self, _: &SessionContext) -> Result<Box<dyn Session + '_>, SourceError> {
+        Ok(Box::new(ProfiledSession(
+            Some(backstop::Phase::new("all", self.0.clone())),
+            self.1,
+        )))
+    }
+}
+
+struct ProfiledSession(Option<backstop::Phase>, &'static str);
+
+impl Session for ProfiledSession {
+    fn next_phase(&mut self) -> Result<Option<backstop::Phase>, SourceError> {
+        Ok(self.0.take())
+    }
+    fn finish(self: Box<Self>) -> Result<SessionOutcome, SourceError> {
+        Ok(SessionOutcome {
+            restore_profile: backstop::RestoreProfile::new(self.1),
+            ..SessionOutcome::default()
+        })
+    }
+}
+
 /// A source whose entries are given by the test, to build hostile backups.
 struct Entries(Vec<backstop::Entry>);
 

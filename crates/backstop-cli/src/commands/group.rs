@@ -317,6 +317,7 @@ pub(super) fn restore(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             target: args.target.clone(),
             force: args.force,
             raw: args.raw,
+            include: Vec::new(),
             no_sync: args.no_sync,
             target_time: args.target_time.clone(),
             target_lsn: args.target_lsn.clone(),

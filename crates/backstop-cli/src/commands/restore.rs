@@ -18,7 +18,9 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     let backup = engine.backup_info(args.backup)?;
 
     let progress = Arc::new(CliProgress::new(settings.show_progress, "restoring"));
-    progress.set_totals(backup.files, backup.size);
+    if args.include.is_empty() {
+        progress.set_totals(backup.files, backup.size);
+    }
     let existing = if args.force {
         ExistingTarget::Overwrite
     } else {
@@ -29,6 +31,7 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         .with_cancel(interrupt::cancel_token())
         .with_existing(existing)
         .with_raw(args.raw)
+        .with_include(args.include.clone())
         .with_sync(!args.no_sync);
     let targets = [
         ("target-time", &args.target_time),
