@@ -1736,7 +1736,10 @@ mod tests {
             assert!(err.to_string().contains(evil), "{err}");
             assert!(!outer.path().join("escaped").exists());
             // The whole list of paths is checked before anything is written.
-            assert!(!target.exists(), "{evil}: the refused restore made its target");
+            assert!(
+                !target.exists(),
+                "{evil}: the refused restore made its target"
+            );
         }
     }
 
