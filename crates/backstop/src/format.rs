@@ -490,29 +490,52 @@ pub(crate) fn pack_trailer(
     trailer
 }
 
-/// Reads the header of a whole pack.
+/// The bytes a pack's trailer takes after its sealed header: its length and the magic.
+pub(crate) const PACK_TAIL: usize = 8;
+
+/// Reads the header of a whole pack (the commands read packs in pieces: `pack_reader`).
+#[cfg(test)]
 pub(crate) fn read_pack_header(
     pack: &[u8],
     key: Option<&MasterKey>,
 ) -> Result<PackHeader, FormatError> {
-    let what = "pack header";
-    let Some((rest, tail)) = pack.split_last_chunk::<8>() else {
+    let Some((rest, tail)) = pack.split_last_chunk::<PACK_TAIL>() else {
         return Err(FormatError::Truncated {
-            what,
+            what: "pack header",
             len: pack.len(),
         });
     };
+    let start = pack_header_start(tail, pack.len() as u64)?;
+    open_pack_header(&rest[start as usize..], start, key)
+}
+
+/// Where the sealed header of a pack of `size` bytes starts, from the pack's last
+/// [`PACK_TAIL`] bytes.
+pub(crate) fn pack_header_start(tail: &[u8; PACK_TAIL], size: u64) -> Result<u64, FormatError> {
+    let what = "pack header";
     if &tail[4..] != PACK_MAGIC {
         return Err(FormatError::BadMagic { what });
     }
-    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
-    let start = rest.len().checked_sub(len).ok_or(FormatError::Truncated {
-        what,
-        len: pack.len(),
-    })?;
-    let header: PackHeader = open_object(what, ObjectType::PackHeader, &rest[start..], key)?;
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    size.checked_sub(PACK_TAIL as u64)
+        .and_then(|before| before.checked_sub(u64::from(len)))
+        .ok_or(FormatError::Truncated {
+            what,
+            len: usize::try_from(size).unwrap_or(usize::MAX),
+        })
+}
+
+/// Opens a pack's sealed header, which starts at `start`, and checks that every blob it names
+/// lies before it.
+pub(crate) fn open_pack_header(
+    sealed: &[u8],
+    start: u64,
+    key: Option<&MasterKey>,
+) -> Result<PackHeader, FormatError> {
+    let what = "pack header";
+    let header: PackHeader = open_object(what, ObjectType::PackHeader, sealed, key)?;
     for e in &header.entries {
-        if u64::from(e.offset) + u64::from(e.length) > start as u64 {
+        if u64::from(e.offset) + u64::from(e.length) > start {
             return Err(FormatError::Decode {
                 what,
                 detail: format!("blob {e:?} lies outside the pack"),

@@ -20,6 +20,7 @@ use backstop_store::PutMode;
 use crate::format::{self, IndexPack, ObjectType, PackEntry, PackId, SupersededPacks};
 use crate::info::GcReport;
 use crate::options::GcOptions;
+use crate::pack_reader::PackStream;
 use crate::pack_writer::PackWriter;
 use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex, referenced_blobs};
 use crate::{Error, ErrorKind, Result};
@@ -348,111 +349,6 @@ fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>>
     out.finish()
 }
 
-/// Bytes of a pack read at most this many at a time. Reading whole packs took one pack's size
-/// per thread (8 MiB by default; 16.5 of gc's 48 MiB heap peak on the benchmark mix).
-const PACK_PIECE: u64 = 1 << 20;
-
-/// A pack read front to back in pieces, hashed as it goes by, keeping only the bytes from the
-/// unit asked for last: memory is a piece plus the largest unit, not the pack.
-struct PackStream<'a> {
-    repo: &'a Repository,
-    id: PackId,
-    key: String,
-    size: u64,
-    piece: u64,
-    hasher: blake3::Hasher,
-    /// The bytes `start..read` of the pack.
-    kept: Vec<u8>,
-    start: u64,
-    read: u64,
-}
-
-impl<'a> PackStream<'a> {
-    fn new(repo: &'a Repository, id: PackId, size: u64) -> Self {
-        Self {
-            repo,
-            id,
-            key: format::pack_key(id),
-            size,
-            piece: PACK_PIECE,
-            hasher: blake3::Hasher::new(),
-            kept: Vec::new(),
-            start: 0,
-            read: 0,
-        }
-    }
-
-    /// The stored bytes `offset..offset + length`. Units must come in the order of their offsets.
-    fn unit(&mut self, offset: u32, length: u32) -> Result<&[u8]> {
-        let (offset, end) = (u64::from(offset), u64::from(offset) + u64::from(length));
-        if end > self.size || offset < self.start {
-            return Err(damaged(
-                &self.key,
-                format::FormatError::Truncated {
-                    what: "pack (a unit the index lists lies outside it)",
-                    len: usize::try_from(self.size).unwrap_or(usize::MAX),
-                },
-            ));
-        }
-        // Nothing before this unit is asked for again.
-        let done = usize::try_from(offset - self.start)
-            .unwrap_or(usize::MAX)
-            .min(self.kept.len());
-        self.kept.drain(..done);
-        self.start += done as u64;
-        while self.read < end {
-            let piece = self.next_piece()?;
-            // Only with nothing kept can the unit start beyond what was read.
-            let skip = usize::try_from(offset.saturating_sub(self.read - piece.len() as u64))
-                .unwrap_or(usize::MAX)
-                .min(piece.len());
-            self.start += skip as u64;
-            self.kept.extend_from_slice(&piece[skip..]);
-        }
-        let from = usize::try_from(offset - self.start).unwrap_or(usize::MAX);
-        let to = usize::try_from(end - self.start).unwrap_or(usize::MAX);
-        self.kept.get(from..to).ok_or_else(|| {
-            Error::msg(
-                ErrorKind::Io,
-                format!("gc lost track of pack `{}` at offset {offset}", self.key),
-            )
-        })
-    }
-
-    /// Reads and hashes the next piece.
-    fn next_piece(&mut self) -> Result<Vec<u8>> {
-        let to = (self.read + self.piece).min(self.size);
-        let piece = self.repo.read_stored(&self.key, self.read..to)?;
-        if piece.len() as u64 != to - self.read {
-            return Err(damaged(
-                &self.key,
-                format::FormatError::Truncated {
-                    what: "pack",
-                    len: usize::try_from(self.read).unwrap_or(usize::MAX) + piece.len(),
-                },
-            ));
-        }
-        self.hasher.update(&piece);
-        self.read = to;
-        Ok(piece)
-    }
-
-    /// Reads the rest of the pack and checks all of it against its id.
-    fn finish(mut self) -> Result<()> {
-        self.kept = Vec::new();
-        while self.read < self.size {
-            self.next_piece()?;
-        }
-        if format::ContentId(*self.hasher.finalize().as_bytes()) != self.id {
-            return Err(damaged(
-                &self.key,
-                format::FormatError::Checksum { what: "pack" },
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// What a rewrite writes: the packs, and the frames of blobs it takes out of old frames.
 struct Repacker<'a> {
     repo: &'a Repository,
@@ -578,77 +474,6 @@ mod tests {
         assert!(!units[0].all_used());
         assert!(units[1].all_used());
         assert_eq!(units[1].entries[0].id, ContentId([5; 32]));
-    }
-
-    /// A pack of `len` bytes in the store of an unencrypted repository in memory.
-    fn stored_pack(len: usize) -> (Repository, PackId, Vec<u8>) {
-        let repo = crate::repo::memory_repository();
-        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
-        let id = ContentId::hash(&bytes);
-        repo.store
-            .put(&format::pack_key(id), &bytes, PutMode::Create)
-            .unwrap();
-        (repo, id, bytes)
-    }
-
-    #[test]
-    fn a_pack_stream_hands_out_units_across_pieces_and_checks_the_whole_pack() {
-        let (repo, id, bytes) = stored_pack(10_000);
-        let mut stream = PackStream::new(&repo, id, bytes.len() as u64);
-        stream.piece = 1000;
-        // Within the first piece, across three pieces, adjacent to the last, after a gap of
-        // whole unread pieces, and ending at the last byte.
-        for (offset, length) in [(10, 100), (900, 2200), (3100, 5), (7300, 1), (9990, 10)] {
-            let unit = stream.unit(offset, length).unwrap();
-            let range = offset as usize..(offset + length) as usize;
-            assert_eq!(unit, &bytes[range], "unit at {offset}");
-            // What is kept is the unit and the rest of its last piece, never the pack.
-            assert!(
-                stream.kept.len() < length as usize + 1000,
-                "{}",
-                stream.kept.len()
-            );
-        }
-        stream.finish().unwrap();
-
-        // The units asked for are not all the pack: the rest is read for the check.
-        let mut stream = PackStream::new(&repo, id, bytes.len() as u64);
-        stream.piece = 1000;
-        assert_eq!(stream.unit(0, 10).unwrap(), &bytes[..10]);
-        stream.finish().unwrap();
-    }
-
-    #[test]
-    fn a_pack_stream_reports_a_damaged_pack_and_units_it_cannot_hold() {
-        let (repo, id, mut bytes) = stored_pack(5000);
-        let key = format::pack_key(id);
-        let stream = |repo| {
-            let mut s = PackStream::new(repo, id, 5000);
-            s.piece = 1000;
-            s
-        };
-        let mut units_out_of_order = stream(&repo);
-        units_out_of_order.unit(2000, 10).unwrap();
-        let error = units_out_of_order.unit(1000, 10).unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
-        let error = stream(&repo).unit(4990, 11).unwrap_err();
-        assert!(error.to_string().contains(&key), "{error}");
-
-        // A byte changed outside the units read is found by the whole-pack check.
-        bytes[4500] ^= 1;
-        repo.store.put(&key, &bytes, PutMode::Overwrite).unwrap();
-        let mut damaged = stream(&repo);
-        assert_eq!(damaged.unit(0, 100).unwrap(), &bytes[..100]);
-        let error = damaged.finish().unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
-        assert!(error.to_string().contains(&key), "{error}");
-
-        // A pack shorter than the index says.
-        repo.store
-            .put(&key, &bytes[..4000], PutMode::Overwrite)
-            .unwrap();
-        let error = stream(&repo).finish().unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
     }
 
     #[test]

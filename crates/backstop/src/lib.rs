@@ -46,6 +46,7 @@ mod format;
 mod gc;
 mod info;
 mod options;
+mod pack_reader;
 mod pack_writer;
 mod page_list;
 mod parent;

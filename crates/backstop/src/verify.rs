@@ -8,6 +8,7 @@ use crate::Result;
 use crate::format::{self, PackId, Snapshot};
 use crate::info::VerifyReport;
 use crate::options::VerifyLevel;
+use crate::pack_reader::PackStream;
 use crate::repo::Repository;
 
 pub(crate) fn verify(
@@ -79,14 +80,17 @@ pub(crate) fn verify(
     if read_share == 0 {
         return Ok(report);
     }
-    let to_read: Vec<(PackId, Vec<format::PackEntry>)> = packs
+    let to_read: Vec<(PackId, u64, Vec<format::PackEntry>)> = packs
         .into_iter()
         // A stable choice per pack id: the same subset each run unless the share changes.
         .filter(|(pack, _)| {
             read_share == 100 || u32::from(pack.0[0]) * 100 / 256 < u32::from(read_share)
         })
-        // A missing pack is already reported.
-        .filter(|(pack, _)| listed.contains_key(&format::pack_key(*pack)))
+        // A missing pack is already reported; one of another size is read as it is.
+        .filter_map(|(pack, entries)| {
+            let size = listed.get(&format::pack_key(pack))?;
+            Some((pack, *size, entries))
+        })
         .collect();
     for checked in check_packs(repo, to_read) {
         if let Some(bytes) = checked.bytes_read {
@@ -106,21 +110,23 @@ struct PackCheck {
     problems: Vec<String>,
 }
 
-/// Reads and checks the packs on the worker threads, one pack at a time each (a pack is held
-/// whole while it is checked), and returns their findings in the order of `packs`. One thread
-/// read 340 MB/s of the benchmark mix's repository: hashing, decryption and decompression,
-/// all CPU.
-fn check_packs(repo: &Repository, packs: Vec<(PackId, Vec<format::PackEntry>)>) -> Vec<PackCheck> {
+/// Reads and checks the packs (id, size, needed blobs) on the worker threads, one pack at a
+/// time each, and returns their findings in the order of `packs`. One thread read 340 MB/s of
+/// the benchmark mix's repository: hashing, decryption and decompression, all CPU.
+fn check_packs(
+    repo: &Repository,
+    packs: Vec<(PackId, u64, Vec<format::PackEntry>)>,
+) -> Vec<PackCheck> {
     let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
     let next = AtomicUsize::new(0);
     let work = || {
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some((pack, entries)) = packs.get(i) else {
+            let Some((pack, size, entries)) = packs.get(i) else {
                 break;
             };
-            done.push((i, check_pack(repo, *pack, entries)));
+            done.push((i, check_pack(repo, *pack, *size, entries)));
         }
         done
     };
@@ -149,76 +155,94 @@ fn check_packs(repo: &Repository, packs: Vec<(PackId, Vec<format::PackEntry>)>) 
     found.into_iter().map(|(_, check)| check).collect()
 }
 
-/// Reads one pack and checks it against its id, its header against the index, and each of
-/// `entries` (the blobs of the pack the backups need) against its id.
-fn check_pack(repo: &Repository, pack: PackId, entries: &[format::PackEntry]) -> PackCheck {
-    let key = format::pack_key(pack);
+/// Reads one pack of `size` bytes and checks it against its id, its header against the index,
+/// and each of `entries` (the blobs of the pack the backups need) against its id. The pack is
+/// read front to back in pieces ([`PackStream`]), so a thread holds a piece and a unit, not
+/// the pack.
+fn check_pack(
+    repo: &Repository,
+    pack: PackId,
+    size: u64,
+    entries: &[format::PackEntry],
+) -> PackCheck {
     let mut check = PackCheck::default();
+    let mut stream = PackStream::new(repo, pack, size);
+    let key = stream.key.clone();
     let problems = &mut check.problems;
-    let bytes = match repo.store.get(&key) {
-        Ok(b) => b,
+    let header = match stream.header() {
+        Ok(Ok(header)) => Some(header),
+        Ok(Err(e)) => {
+            problems.push(format!("pack `{key}`: {e}"));
+            None
+        }
         Err(e) => {
             problems.push(format!("pack `{key}` cannot be read: {e}"));
             return check;
         }
     };
-    check.bytes_read = Some(bytes.len() as u64);
-    if format::ContentId::hash(&bytes) != pack {
-        problems.push(format!(
-            "pack `{key}` does not match its name (hash mismatch)"
-        ));
+    if let Some(header) = header {
+        // Sorted by place for lookups: a pack of page-sized blobs lists tens of thousands,
+        // and the header names a framed blob by where it sits, not by its id.
+        let mut listed = header.entries;
+        listed.sort_unstable_by_key(|e| (e.offset, e.within));
+        // And the blobs in the order they stream by.
+        let mut entries = entries.to_vec();
+        entries.sort_unstable_by_key(|e| (e.offset, e.within));
+        // Blobs of one frame share their stored bytes: decode each frame once.
+        let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
+        for entry in &entries {
+            let in_header = listed
+                .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
+                .ok()
+                .and_then(|i| listed.get(i))
+                .is_some_and(|e| e.records(entry));
+            if !in_header {
+                problems.push(format!(
+                    "pack `{key}`: its header does not list blob {} as the index does",
+                    entry.id
+                ));
+                continue;
+            }
+            // The header put every blob it lists inside the pack.
+            let stored = match stream.unit(entry.offset, entry.length) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    problems.push(format!("pack `{key}` cannot be read: {e}"));
+                    return check;
+                }
+            };
+            let checked = if entry.within.is_none() {
+                format::decode_blob(entry, stored, repo.key()).map(drop)
+            } else {
+                if unit
+                    .as_ref()
+                    .is_none_or(|(offset, _)| *offset != entry.offset)
+                {
+                    unit = Some((entry.offset, format::decode_unit(entry, stored, repo.key())));
+                }
+                match unit.as_ref().map(|(_, u)| u) {
+                    Some(Ok(frame)) => format::blob_from_unit(entry, frame, repo.key()).map(drop),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = checked {
+                problems.push(format!("pack `{key}`: blob {}: {e}", entry.id));
+            }
+        }
     }
-    let header = match format::read_pack_header(&bytes, repo.key()) {
-        Ok(h) => h,
-        Err(e) => {
-            problems.push(format!("pack `{key}`: {e}"));
-            return check;
-        }
-    };
-    // Sorted by place for lookups: a pack of page-sized blobs lists tens of thousands, and
-    // the header names a framed blob by where it sits, not by its id.
-    let mut listed = header.entries;
-    listed.sort_unstable_by_key(|e| (e.offset, e.within));
-    let mut entries = entries.to_vec();
-    entries.sort_unstable_by_key(|e| (e.offset, e.within));
-    // Blobs of one frame share their stored bytes: decode each frame once.
-    let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
-    for entry in &entries {
-        let in_header = listed
-            .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
-            .ok()
-            .and_then(|i| listed.get(i))
-            .is_some_and(|e| e.records(entry));
-        if !in_header {
-            problems.push(format!(
-                "pack `{key}`: its header does not list blob {} as the index does",
-                entry.id
-            ));
-            continue;
-        }
-        let range = entry.offset as usize..(entry.offset as usize + entry.length as usize);
-        let Some(stored) = bytes.get(range) else {
-            problems.push(format!("pack `{key}`: blob {} lies outside it", entry.id));
-            continue;
-        };
-        let checked = if entry.within.is_none() {
-            format::decode_blob(entry, stored, repo.key()).map(drop)
-        } else {
-            if unit
-                .as_ref()
-                .is_none_or(|(offset, _)| *offset != entry.offset)
-            {
-                unit = Some((entry.offset, format::decode_unit(entry, stored, repo.key())));
+    match stream.finish_matches() {
+        Ok(matches) => {
+            check.bytes_read = Some(size);
+            if !matches {
+                check.problems.push(format!(
+                    "pack `{key}` does not match its name (hash mismatch)"
+                ));
             }
-            match unit.as_ref().map(|(_, u)| u) {
-                Some(Ok(frame)) => format::blob_from_unit(entry, frame, repo.key()).map(drop),
-                Some(Err(e)) => Err(e.clone()),
-                None => Ok(()),
-            }
-        };
-        if let Err(e) = checked {
-            problems.push(format!("pack `{key}`: blob {}: {e}", entry.id));
         }
+        Err(e) => check
+            .problems
+            .push(format!("pack `{key}` cannot be read: {e}")),
     }
     check
 }
