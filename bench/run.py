@@ -1701,8 +1701,14 @@ def write_report(bench, chart_name):
             "column every run's wall time in order.\n"
         )
     runs_head = " | wall s of every run" if repeat > 1 else ""
+    runs_sep = " | ---" if repeat > 1 else ""
+
+    def runs_cell(row):
+        """The last column with --repeat: every run's wall time, in order."""
+        return " " + ", ".join(f"{x:.2f}" for x in row.get("wall_runs", [])) + " |" if repeat > 1 else ""
+
     w(f"| tool | step | wall s | CPU s | peak RSS MiB | MiB/s | repository MiB | added MiB | restore{runs_head} |")
-    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---" + (" | ---" if repeat > 1 else "") + " |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---" + runs_sep + " |")
     for tool in tools:
         for step in STEPS:
             r = get.get((tool, step))
@@ -1712,7 +1718,7 @@ def write_report(bench, chart_name):
             w(
                 f"| {tool} | {step} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
                 f"{r['mib_per_s']} | {mib(r['repo_bytes'])} | {mib(r['bytes_added'])} | {check} |"
-                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
+                + runs_cell(r)
             )
     w("")
     bs = {s: get.get(("backstop", s)) for s in STEPS}
@@ -1766,7 +1772,7 @@ def write_report(bench, chart_name):
             "tar+zstd `zstd -t` (the frames' xxh64 checksums). MiB/s is of the repository's bytes.\n"
         )
         w(f"| tool | wall s | CPU s | peak RSS MiB | repository MiB | MiB/s | Backstop / tool{runs_head} |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + (" | ---" if repeat > 1 else "") + " |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + runs_sep + " |")
         bs_check = get.get(("backstop", "check"))
         for tool in checked:
             r = get[(tool, "check")]
@@ -1775,7 +1781,7 @@ def write_report(bench, chart_name):
             w(
                 f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
                 f"{mib(r['repo_bytes'])} | {speed} | {versus} |"
-                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
+                + runs_cell(r)
             )
         w("")
     pruned = [t for t in tools if get.get((t, "prune"))]
@@ -1789,14 +1795,14 @@ def write_report(bench, chart_name):
             "use stays.\n"
         )
         w(f"| tool | wall s | CPU s | peak RSS MiB | repository before MiB | after MiB | freed MiB{runs_head} |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + (" | ---" if repeat > 1 else "") + " |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + runs_sep + " |")
         for tool in pruned:
             r = get[(tool, "prune")]
             before = r["repo_bytes"] - r["bytes_added"]
             w(
                 f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | {mib(before)} | "
                 f"{mib(r['repo_bytes'])} | {mib(-r['bytes_added'])} |"
-                + (" " + ", ".join(f"{x:.2f}" for x in r.get("wall_runs", [])) + " |" if repeat > 1 else "")
+                + runs_cell(r)
             )
         w("")
     if bench.native:
