@@ -40,14 +40,15 @@ impl<'a> PackStream<'a> {
         }
     }
 
-    /// The stored bytes `offset..offset + length`. Units must come in the order of their offsets.
+    /// The stored bytes `offset..offset + length`. Units must come in the order of their offsets
+    /// (the same unit again is fine: the blobs of a frame share it).
     pub(crate) fn unit(&mut self, offset: u32, length: u32) -> Result<&[u8]> {
         let (offset, end) = (u64::from(offset), u64::from(offset) + u64::from(length));
         if end > self.size || offset < self.start {
             return Err(damaged(
                 &self.key,
                 format::FormatError::Truncated {
-                    what: "pack (a unit the index lists lies outside it)",
+                    what: "pack (a unit the index lists lies outside it, or before the last)",
                     len: usize::try_from(self.size).unwrap_or(usize::MAX),
                 },
             ));
@@ -72,7 +73,10 @@ impl<'a> PackStream<'a> {
         self.kept.get(from..to).ok_or_else(|| {
             Error::msg(
                 ErrorKind::Io,
-                format!("gc lost track of pack `{}` at offset {offset}", self.key),
+                format!(
+                    "lost track of pack `{}` at offset {offset} (a bug)",
+                    self.key
+                ),
             )
         })
     }
