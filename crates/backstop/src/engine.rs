@@ -13,6 +13,7 @@ use crate::info::{
 };
 use crate::options::{
     BackupOptions, EngineOptions, GcOptions, InitOptions, RestoreOptions, VerifyLevel,
+    VerifyOptions,
 };
 use crate::repo::Repository;
 
@@ -78,14 +79,28 @@ impl ReadOnlyEngine {
         which: impl Into<BackupSelector>,
         level: VerifyLevel,
     ) -> Result<VerifyReport> {
+        self.verify_with(which, &VerifyOptions::new(level))
+    }
+
+    /// [`verify`](Self::verify) with progress and cancellation.
+    pub fn verify_with(
+        &self,
+        which: impl Into<BackupSelector>,
+        options: &VerifyOptions,
+    ) -> Result<VerifyReport> {
         let snapshot = self.repo.load_snapshot(which.into())?;
-        crate::verify::verify(&self.repo, &[snapshot], level)
+        crate::verify::verify(&self.repo, &[snapshot], options)
     }
 
     /// Checks every backup at `level`.
     pub fn verify_all(&self, level: VerifyLevel) -> Result<VerifyReport> {
+        self.verify_all_with(&VerifyOptions::new(level))
+    }
+
+    /// [`verify_all`](Self::verify_all) with progress and cancellation.
+    pub fn verify_all_with(&self, options: &VerifyOptions) -> Result<VerifyReport> {
         let snapshots = self.repo.load_all_snapshots()?;
-        crate::verify::verify(&self.repo, &snapshots, level)
+        crate::verify::verify(&self.repo, &snapshots, options)
     }
 
     /// Restores a backup into `target`, checking every byte against its hash, then applies the

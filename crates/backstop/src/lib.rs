@@ -74,6 +74,6 @@ pub use info::{
 };
 pub use options::{
     BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RestoreOptions,
-    VerifyLevel,
+    VerifyLevel, VerifyOptions,
 };
 pub use progress::{NoProgress, Progress};

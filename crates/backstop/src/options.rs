@@ -438,6 +438,53 @@ pub enum VerifyLevel {
     Full,
 }
 
+/// How a verify runs ([`crate::ReadOnlyEngine::verify_with`]): its depth, and for the levels
+/// that read data, progress (a phase `verify` with the packs and bytes to read, then `bytes`
+/// as they are read) and cancellation (checked between pieces of a pack).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// How thoroughly.
+    pub level: VerifyLevel,
+    /// Progress observer.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: CancelToken,
+}
+
+impl VerifyOptions {
+    /// A verify at `level`, without progress or cancellation.
+    pub fn new(level: VerifyLevel) -> Self {
+        Self {
+            level,
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        }
+    }
+
+    /// Reports progress to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Stops when `cancel` is cancelled.
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+}
+
+impl std::fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How `gc` works ([`crate::BackupEngine::gc_with`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

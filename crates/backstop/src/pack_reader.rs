@@ -109,6 +109,11 @@ impl<'a> PackStream<'a> {
         Ok(format::open_pack_header(&sealed, start, self.repo.key()))
     }
 
+    /// Bytes read from the pack so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
     /// Reads and hashes the next piece.
     fn next_piece(&mut self) -> Result<Vec<u8>> {
         let to = (self.read + self.piece).min(self.size);

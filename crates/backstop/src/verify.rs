@@ -4,17 +4,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::Result;
 use crate::format::{self, PackId, Snapshot};
 use crate::info::VerifyReport;
-use crate::options::VerifyLevel;
+use crate::options::{VerifyLevel, VerifyOptions};
 use crate::pack_reader::PackStream;
 use crate::repo::Repository;
+use crate::{Error, ErrorKind, Result};
 
 pub(crate) fn verify(
     repo: &Repository,
     snapshots: &[Snapshot],
-    level: VerifyLevel,
+    options: &VerifyOptions,
 ) -> Result<VerifyReport> {
     repo.reload_index()?;
     let mut report = VerifyReport {
@@ -72,7 +72,7 @@ pub(crate) fn verify(
         }
     }
 
-    let read_share = match level {
+    let read_share = match options.level {
         VerifyLevel::Quick => 0,
         VerifyLevel::Subset(p) => p.clamp(1, 100),
         VerifyLevel::Full => 100,
@@ -92,7 +92,12 @@ pub(crate) fn verify(
             Some((pack, *size, entries))
         })
         .collect();
-    for checked in check_packs(repo, to_read) {
+    options.progress.phase(
+        "verify",
+        to_read.len() as u64,
+        to_read.iter().map(|(_, size, _)| size).sum(),
+    );
+    for checked in check_packs(repo, to_read, options)? {
         if let Some(bytes) = checked.bytes_read {
             report.packs_read += 1;
             report.bytes_read += bytes;
@@ -116,7 +121,8 @@ struct PackCheck {
 fn check_packs(
     repo: &Repository,
     packs: Vec<(PackId, u64, Vec<format::PackEntry>)>,
-) -> Vec<PackCheck> {
+    options: &VerifyOptions,
+) -> Result<Vec<PackCheck>> {
     let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
     let next = AtomicUsize::new(0);
     let work = || {
@@ -126,7 +132,10 @@ fn check_packs(
             let Some((pack, size, entries)) = packs.get(i) else {
                 break;
             };
-            done.push((i, check_pack(repo, *pack, *size, entries)));
+            if options.cancel.is_cancelled() {
+                break;
+            }
+            done.push((i, check_pack(repo, *pack, *size, entries, options)));
         }
         done
     };
@@ -151,8 +160,11 @@ fn check_packs(
                 .collect()
         })
     };
+    if options.cancel.is_cancelled() {
+        return Err(Error::msg(ErrorKind::Cancelled, "the verify was cancelled"));
+    }
     found.sort_by_key(|(i, _)| *i);
-    found.into_iter().map(|(_, check)| check).collect()
+    Ok(found.into_iter().map(|(_, check)| check).collect())
 }
 
 /// Reads one pack of `size` bytes and checks it against its id, its header against the index,
@@ -164,10 +176,13 @@ fn check_pack(
     pack: PackId,
     size: u64,
     entries: &[format::PackEntry],
+    options: &VerifyOptions,
 ) -> PackCheck {
     let mut check = PackCheck::default();
     let mut stream = PackStream::new(repo, pack, size);
     let key = stream.key.clone();
+    options.progress.file(&key);
+    let mut reported = 0;
     let problems = &mut check.problems;
     let header = match stream.header() {
         Ok(Ok(header)) => Some(header),
@@ -203,6 +218,13 @@ fn check_pack(
                 ));
                 continue;
             }
+            if options.cancel.is_cancelled() {
+                return check;
+            }
+            if stream.bytes_read() > reported {
+                options.progress.bytes(stream.bytes_read() - reported);
+                reported = stream.bytes_read();
+            }
             // The header put every blob it lists inside the pack.
             let stored = match stream.unit(entry.offset, entry.length) {
                 Ok(stored) => stored,
@@ -233,6 +255,7 @@ fn check_pack(
     }
     match stream.finish_matches() {
         Ok(matches) => {
+            options.progress.bytes(size - reported);
             check.bytes_read = Some(size);
             if !matches {
                 check.problems.push(format!(

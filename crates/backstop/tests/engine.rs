@@ -996,6 +996,78 @@ fn full_verify_reads_each_pack_once_and_reports_every_damaged_one_in_order() {
     assert_eq!(named, needed, "{:?}", damaged.problems);
 }
 
+/// What a verify reports to its progress observer, and a cancellation after the first bytes.
+#[derive(Default)]
+struct VerifyWatch {
+    phases: std::sync::Mutex<Vec<(String, u64, u64)>>,
+    packs: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    cancel_on_bytes: Option<backstop::CancelToken>,
+}
+
+impl backstop::Progress for VerifyWatch {
+    fn phase(&self, name: &str, files: u64, bytes: u64) {
+        self.phases
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), files, bytes));
+    }
+    fn file(&self, path: &str) {
+        assert!(path.starts_with("packs/"), "{path}");
+        self.packs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn bytes(&self, bytes: u64) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if let Some(token) = &self.cancel_on_bytes {
+            token.cancel();
+        }
+    }
+}
+
+/// A verify that reads packs announces them and their bytes up front, counts every byte it
+/// reads, and stops when cancelled, with an error rather than a report that looks clean.
+#[test]
+fn a_verify_reports_its_progress_and_stops_when_cancelled() {
+    let (store, _kept) = repository_with_mostly_unused_packs();
+    let engine = BackupEngine::open(store, opts()).unwrap();
+    let watch = Arc::new(VerifyWatch::default());
+    let full = backstop::VerifyOptions::new(VerifyLevel::Full).with_progress(watch.clone());
+    let report = engine.verify_all_with(&full).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.packs_read >= 2, "{report:?}");
+    let phases = watch.phases.lock().unwrap().clone();
+    assert_eq!(
+        phases,
+        [("verify".to_owned(), report.packs_read, report.bytes_read)]
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(watch.packs.load(Relaxed), report.packs_read);
+    assert_eq!(watch.bytes.load(Relaxed), report.bytes_read);
+
+    // A quick verify reads no pack and says nothing.
+    let quiet = Arc::new(VerifyWatch::default());
+    let quick = backstop::VerifyOptions::new(VerifyLevel::Quick).with_progress(quiet.clone());
+    assert!(engine.verify_all_with(&quick).unwrap().is_ok());
+    assert!(quiet.phases.lock().unwrap().is_empty());
+
+    let token = backstop::CancelToken::new();
+    let stopper = Arc::new(VerifyWatch {
+        cancel_on_bytes: Some(token.clone()),
+        ..VerifyWatch::default()
+    });
+    let cancelled = backstop::VerifyOptions::new(VerifyLevel::Full)
+        .with_progress(stopper.clone())
+        .with_cancel(token);
+    let err = engine.verify_all_with(&cancelled).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(
+        stopper.bytes.load(Relaxed) < report.bytes_read,
+        "the cancelled verify read everything"
+    );
+}
+
 /// Crash safety: fail every store write of a backup in turn. The failed backup must not be
 /// visible, the two earlier ones must verify and restore, and gc must remove the leftovers.
 #[test]

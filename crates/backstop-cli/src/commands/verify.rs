@@ -1,11 +1,15 @@
 //! `verify`: check backups at a chosen depth; problems found exit with code 3.
 
+use std::sync::Arc;
+
 use anyhow::Result;
-use backstop::{VerifyLevel, VerifyReport};
+use backstop::{VerifyLevel, VerifyOptions, VerifyReport};
 
 use crate::cli::VerifyArgs;
 use crate::exit::{Code, Exit};
+use crate::interrupt;
 use crate::output::{self, quoted};
+use crate::progress::CliProgress;
 use crate::repo::Settings;
 
 pub(super) fn run(settings: &Settings, args: &VerifyArgs) -> Result<()> {
@@ -15,10 +19,21 @@ pub(super) fn run(settings: &Settings, args: &VerifyArgs) -> Result<()> {
         (false, None) => VerifyLevel::Quick,
     };
     let engine = settings.open_read_only()?;
-    let report = match args.backup {
-        Some(which) if !args.all => engine.verify(which, level)?,
-        _ => engine.verify_all(level)?,
+    // A bar only where packs are read: a quick verify lists objects and is done.
+    let reads = level != VerifyLevel::Quick;
+    let progress = Arc::new(CliProgress::new(
+        settings.show_progress && reads,
+        "verifying",
+    ));
+    let options = VerifyOptions::new(level)
+        .with_progress(progress.clone())
+        .with_cancel(interrupt::cancel_token());
+    let result = match args.backup {
+        Some(which) if !args.all => engine.verify_with(which, &options),
+        _ => engine.verify_all_with(&options),
     };
+    progress.finish();
+    let report = result?;
 
     let printer = settings.printer;
     if printer.json {
