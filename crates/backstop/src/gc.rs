@@ -141,7 +141,12 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
 
     let mut keep = plan.keep;
     if !plan.repack.is_empty() {
-        let rewritten = rewrite_packs(repo, &plan.repack)?;
+        options.progress.phase(
+            "rewrite",
+            plan.repack.len() as u64,
+            plan.repack.iter().map(|p| p.size).sum(),
+        );
+        let rewritten = rewrite_packs(repo, &plan.repack, options)?;
         keep.extend(rewritten);
         index_changes = true;
     }
@@ -262,7 +267,11 @@ fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
 /// costly first ([`rewrite_cost`]). The shares do not depend on timing, so a rewrite writes the
 /// same number of packs every time (the crash test fails each put in turn). Each thread holds
 /// one old pack and one new one.
-fn rewrite_packs(repo: &Repository, packs: &[Rewrite]) -> Result<Vec<IndexPack>> {
+fn rewrite_packs(
+    repo: &Repository,
+    packs: &[Rewrite],
+    options: &GcOptions,
+) -> Result<Vec<IndexPack>> {
     let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
     let mut order: Vec<(u64, &Rewrite)> = packs
         .iter()
@@ -271,7 +280,7 @@ fn rewrite_packs(repo: &Repository, packs: &[Rewrite]) -> Result<Vec<IndexPack>>
     order.sort_by_key(|(cost, pack)| std::cmp::Reverse((*cost, pack.id)));
     if threads == 1 {
         let all: Vec<&Rewrite> = order.into_iter().map(|(_, item)| item).collect();
-        return rewrite_some(repo, &all);
+        return rewrite_some(repo, &all, options);
     }
     let mut shares: Vec<(u64, Vec<&Rewrite>)> = vec![(0, Vec::new()); threads];
     for (cost, item) in order {
@@ -283,7 +292,7 @@ fn rewrite_packs(repo: &Repository, packs: &[Rewrite]) -> Result<Vec<IndexPack>>
     std::thread::scope(|scope| {
         let workers: Vec<_> = shares
             .iter()
-            .map(|(_, part)| scope.spawn(move || rewrite_some(repo, part)))
+            .map(|(_, part)| scope.spawn(move || rewrite_some(repo, part, options)))
             .collect();
         let mut written = Vec::new();
         let mut failure = None;
@@ -323,11 +332,29 @@ fn rewrite_cost(pack: &Rewrite) -> u64 {
     pack.size + 8 * reframed
 }
 
-fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>> {
+fn rewrite_some(
+    repo: &Repository,
+    packs: &[&Rewrite],
+    options: &GcOptions,
+) -> Result<Vec<IndexPack>> {
     let mut out = Repacker::new(repo);
     for pack in packs.iter().copied() {
         let mut old = PackStream::new(repo, pack.id, pack.size);
+        options.progress.file(&old.key);
+        let mut reported = 0;
         for unit in &pack.units {
+            if options.cancel.is_cancelled() {
+                // Nothing lists the packs written so far: the next gc deletes them.
+                return Err(Error::msg(
+                    ErrorKind::Cancelled,
+                    "the gc was cancelled while it rewrote packs; it changed no index, and the \
+                     next gc deletes the packs it wrote",
+                ));
+            }
+            if old.bytes_read() > reported {
+                options.progress.bytes(old.bytes_read() - reported);
+                reported = old.bytes_read();
+            }
             let first = unit.entries[0];
             let stored = old.unit(first.offset, first.length)?;
             if unit.all_used() {
@@ -345,6 +372,7 @@ fn rewrite_some(repo: &Repository, packs: &[&Rewrite]) -> Result<Vec<IndexPack>>
         // Units copied as stored are only checked here, with the whole pack: until then they
         // sit in new packs that no index lists, which the next gc deletes if this one fails.
         old.finish()?;
+        options.progress.bytes(pack.size - reported);
     }
     out.finish()
 }

@@ -486,7 +486,7 @@ impl std::fmt::Debug for VerifyOptions {
 }
 
 /// How `gc` works ([`crate::BackupEngine::gc_with`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct GcOptions {
     /// Report what would be removed and rewritten, change nothing.
@@ -499,6 +499,12 @@ pub struct GcOptions {
     /// verify that loaded the old index before goes on finding it. A later gc deletes it; with
     /// a zero grace period, the gc that rewrote it.
     pub superseded_grace: Duration,
+    /// Progress of the rewrite, where there is one: a phase `rewrite` with the packs and bytes
+    /// to read, each pack as a `file`, then `bytes` as they are read.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation, honoured while packs are rewritten (before the gc changes what any index
+    /// lists): the packs written so far are left for the next gc to delete.
+    pub cancel: CancelToken,
 }
 
 impl Default for GcOptions {
@@ -507,7 +513,19 @@ impl Default for GcOptions {
             dry_run: false,
             repack_unused_percent: 25,
             superseded_grace: Duration::from_secs(3600),
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for GcOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcOptions")
+            .field("dry_run", &self.dry_run)
+            .field("repack_unused_percent", &self.repack_unused_percent)
+            .field("superseded_grace", &self.superseded_grace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -527,6 +545,20 @@ impl GcOptions {
     /// See [`GcOptions::superseded_grace`].
     pub fn with_superseded_grace(mut self, grace: Duration) -> Self {
         self.superseded_grace = grace;
+        self
+    }
+
+    /// Reports the rewrite's progress to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Stops the rewrite when `cancel` is cancelled.
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
         self
     }
 }

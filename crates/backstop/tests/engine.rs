@@ -996,16 +996,17 @@ fn full_verify_reads_each_pack_once_and_reports_every_damaged_one_in_order() {
     assert_eq!(named, needed, "{:?}", damaged.problems);
 }
 
-/// What a verify reports to its progress observer, and a cancellation after the first bytes.
+/// What a verify or gc reports to its progress observer, and a cancellation after the first
+/// bytes.
 #[derive(Default)]
-struct VerifyWatch {
+struct ProgressWatch {
     phases: std::sync::Mutex<Vec<(String, u64, u64)>>,
     packs: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
     cancel_on_bytes: Option<backstop::CancelToken>,
 }
 
-impl backstop::Progress for VerifyWatch {
+impl backstop::Progress for ProgressWatch {
     fn phase(&self, name: &str, files: u64, bytes: u64) {
         self.phases
             .lock()
@@ -1032,7 +1033,7 @@ impl backstop::Progress for VerifyWatch {
 fn a_verify_reports_its_progress_and_stops_when_cancelled() {
     let (store, _kept) = repository_with_mostly_unused_packs();
     let engine = BackupEngine::open(store, opts()).unwrap();
-    let watch = Arc::new(VerifyWatch::default());
+    let watch = Arc::new(ProgressWatch::default());
     let full = backstop::VerifyOptions::new(VerifyLevel::Full).with_progress(watch.clone());
     let report = engine.verify_all_with(&full).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -1047,15 +1048,15 @@ fn a_verify_reports_its_progress_and_stops_when_cancelled() {
     assert_eq!(watch.bytes.load(Relaxed), report.bytes_read);
 
     // A quick verify reads no pack and says nothing.
-    let quiet = Arc::new(VerifyWatch::default());
+    let quiet = Arc::new(ProgressWatch::default());
     let quick = backstop::VerifyOptions::new(VerifyLevel::Quick).with_progress(quiet.clone());
     assert!(engine.verify_all_with(&quick).unwrap().is_ok());
     assert!(quiet.phases.lock().unwrap().is_empty());
 
     let token = backstop::CancelToken::new();
-    let stopper = Arc::new(VerifyWatch {
+    let stopper = Arc::new(ProgressWatch {
         cancel_on_bytes: Some(token.clone()),
-        ..VerifyWatch::default()
+        ..ProgressWatch::default()
     });
     let cancelled = backstop::VerifyOptions::new(VerifyLevel::Full)
         .with_progress(stopper.clone())
@@ -1915,6 +1916,65 @@ fn gc_stops_at_a_damaged_pack_it_would_rewrite_and_changes_nothing() {
         .restore(2, target.path(), &RestoreOptions::default())
         .unwrap();
     assert_eq!(describe_tree(target.path()), describe_tree(kept.path()));
+}
+
+/// A gc that rewrites packs reports them and their bytes, and a cancelled one stops before it
+/// changes any index: every backup restores, and the next gc finishes the job.
+#[test]
+fn a_rewriting_gc_reports_progress_and_a_cancelled_one_changes_no_index() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (store, kept) = repository_with_mostly_unused_packs();
+    let engine = BackupEngine::open(store.clone(), opts()).unwrap();
+    let index_keys = |store: &MemoryStore| -> Vec<String> {
+        store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("index/"))
+            .collect()
+    };
+    let before_index = index_keys(&store);
+    let before_packs = pack_bytes(&store);
+
+    let token = backstop::CancelToken::new();
+    let stopper = Arc::new(ProgressWatch {
+        cancel_on_bytes: Some(token.clone()),
+        ..ProgressWatch::default()
+    });
+    let cancelled = backstop::GcOptions::default()
+        .with_progress(stopper.clone())
+        .with_cancel(token);
+    let err = engine.gc_with(&cancelled).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(
+        index_keys(&store),
+        before_index,
+        "a cancelled gc changed the index"
+    );
+    assert!(store.keys().iter().all(|k| !k.starts_with("superseded/")));
+    let after_cancel = pack_bytes(&store);
+    assert!(
+        after_cancel.1 >= before_packs.1,
+        "a cancelled gc deleted packs"
+    );
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(2, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(describe_tree(target.path()), describe_tree(kept.path()));
+
+    let watch = Arc::new(ProgressWatch::default());
+    let report = engine
+        .gc_with(&backstop::GcOptions::default().with_progress(watch.clone()))
+        .unwrap();
+    assert!(report.packs_repacked >= 1, "{report:?}");
+    let phases = watch.phases.lock().unwrap().clone();
+    assert_eq!(phases.len(), 1, "{phases:?}");
+    let (name, packs, bytes) = &phases[0];
+    assert_eq!((name.as_str(), *packs), ("rewrite", report.packs_repacked));
+    assert_eq!(watch.packs.load(Relaxed), report.packs_repacked);
+    assert_eq!(watch.bytes.load(Relaxed), *bytes);
+    assert!(*bytes > report.bytes_repacked, "{bytes} {report:?}");
+    assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
 }
 
 /// Crash safety of a rewriting gc: fail each of its puts and deletes in turn (the gc stops

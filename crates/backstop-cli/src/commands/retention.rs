@@ -1,11 +1,15 @@
 //! `purge`, `delete` and `gc`: removing backups and the data only they used.
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
 use backstop::{BackupId, GcOptions};
 use serde::Serialize;
 
 use crate::cli::{DeleteArgs, GcArgs, PurgeArgs};
+use crate::interrupt;
 use crate::output::{self, quoted};
+use crate::progress::CliProgress;
 use crate::repo::Settings;
 
 /// The `--json` result of `purge` and `delete`.
@@ -70,11 +74,19 @@ fn report_deleted(
 
 pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     let engine = settings.open()?;
+    let progress = Arc::new(CliProgress::new(
+        settings.show_progress && !args.dry_run,
+        "rewriting",
+    ));
     let options = GcOptions::default()
         .dry_run(args.dry_run)
         .with_repack_unused_percent(args.repack_unused)
-        .with_superseded_grace(args.grace);
-    let report = engine.gc_with(&options).context("collecting garbage")?;
+        .with_superseded_grace(args.grace)
+        .with_progress(progress.clone())
+        .with_cancel(interrupt::cancel_token());
+    let result = engine.gc_with(&options);
+    progress.finish();
+    let report = result.context("collecting garbage")?;
     let printer = settings.printer;
     if printer.json {
         return printer.json("gc", &report);
