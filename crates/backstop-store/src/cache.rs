@@ -382,6 +382,10 @@ impl<S: Store> Store for CachingStore<S> {
         self.inner.remove_temp_files(min_age)
     }
 
+    fn sequential_read_size(&self) -> u64 {
+        self.inner.sequential_read_size()
+    }
+
     /// Forwarded, so that the inner store's way of writing pieces (a local store's temp file)
     /// is kept. Such an object is not cached on the way, since its key comes only at the end:
     /// the repository writes only packs this way, which are not cached, and a cacheable

@@ -207,6 +207,10 @@ impl<S: Store> Store for CountingStore<S> {
         Ok(removed)
     }
 
+    fn sequential_read_size(&self) -> u64 {
+        self.inner.sequential_read_size()
+    }
+
     fn put_pieces(
         &self,
         size_hint: usize,

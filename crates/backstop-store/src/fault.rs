@@ -281,6 +281,10 @@ impl<S: Store> Store for FaultStore<S> {
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         self.inner.remove_temp_files(min_age)
     }
+
+    fn sequential_read_size(&self) -> u64 {
+        self.inner.sequential_read_size()
+    }
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
 
+    /// How many bytes a reader of a whole object asks for at a time (gc's rewrite and a full
+    /// verify read packs front to back, holding one such piece): small where a ranged read
+    /// costs little (a local file), so that memory stays small; large where each request costs
+    /// a round trip (an object store, SFTP), so that a pack of the default 8 MiB takes one
+    /// request. The default is the latter. Wrappers must forward it.
+    fn sequential_read_size(&self) -> u64 {
+        16 << 20
+    }
+
     /// Starts an object that is written piece by piece and named only when it is complete (a
     /// pack's key is the hash of its bytes), with `put`'s guarantees once
     /// [`PendingObject::finish`] returns; dropping it unfinished stores nothing. `size_hint` is
@@ -243,6 +252,9 @@ macro_rules! forward_store {
             fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
                 (**self).remove_temp_files(min_age)
             }
+            fn sequential_read_size(&self) -> u64 {
+                (**self).sequential_read_size()
+            }
             fn put_pieces(
                 &self,
                 size_hint: usize,
@@ -298,4 +310,32 @@ pub(crate) fn split_prefix(prefix: &str) -> Result<(&str, &str), StoreError> {
         ));
     }
     Ok((dir_part, name_part))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A wrapper that did not forward `sequential_read_size` would give gc and verify the
+    /// default's 16 MiB pieces over a local store, silently.
+    #[test]
+    fn every_wrapper_forwards_the_read_size_of_the_store_it_wraps() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temp dir: {e}"));
+        let local = LocalStore::new(dir.path().join("repo"));
+        let expected = local.sequential_read_size();
+        assert_ne!(expected, MemoryStore::new().sequential_read_size());
+        let cache_dir = dir.path().join("cache");
+        let wrapped = Arc::new(ThrottleStore::new(
+            FaultStore::new(CachingStore::new(
+                CountingStore::new(Box::new(local) as Box<dyn Store>),
+                cache_dir,
+            )),
+            ThrottleLimits::new(0, 0),
+        ));
+        assert_eq!(wrapped.sequential_read_size(), expected);
+        let shared: Arc<dyn Store> = wrapped;
+        assert_eq!(shared.sequential_read_size(), expected);
+    }
 }

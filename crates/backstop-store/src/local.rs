@@ -704,6 +704,12 @@ impl Store for LocalStore {
     fn remove_temp_files(&self, min_age: std::time::Duration) -> Result<u64, StoreError> {
         LocalStore::remove_temp_files(self, min_age)
     }
+
+    fn sequential_read_size(&self) -> u64 {
+        // A ranged read is a pread from the page cache: pieces cost nothing but the syscall,
+        // and reading whole packs took one pack's size of memory per thread.
+        1 << 20
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,10 @@ impl<S: Store> Store for ThrottleStore<S> {
         self.inner.remove_temp_files(min_age)
     }
 
+    fn sequential_read_size(&self) -> u64 {
+        self.inner.sequential_read_size()
+    }
+
     fn put_pieces(
         &self,
         size_hint: usize,

@@ -1,14 +1,11 @@
 //! Reading a whole pack front to back in bounded memory, for the commands that read every
-//! byte of a pack (gc's rewrite, a full verify): the pack comes in pieces, hashed as they go
+//! byte of a pack (gc's rewrite, a full verify): the pack comes in pieces of the store's
+//! [`sequential_read_size`](backstop_store::Store::sequential_read_size), hashed as they go
 //! by, and only the unit asked for is kept.
 
 use crate::format::{self, PackId};
 use crate::repo::{Repository, damaged};
 use crate::{Error, ErrorKind, Result};
-
-/// Bytes of a pack read at most this many at a time. Reading whole packs took one pack's size
-/// per thread (8 MiB by default; in gc 16.5 of its 48 MiB heap peak on the benchmark mix).
-const PACK_PIECE: u64 = 1 << 20;
 
 /// A pack read front to back in pieces, hashed as it goes by, keeping only the bytes from the
 /// unit asked for last: memory is a piece plus the largest unit, not the pack.
@@ -32,7 +29,9 @@ impl<'a> PackStream<'a> {
             id,
             key: format::pack_key(id),
             size,
-            piece: PACK_PIECE,
+            // Reading whole packs took one pack's size per thread (8 MiB by default; in gc 16.5
+            // of its 48 MiB heap peak on the benchmark mix); the store says what a piece costs.
+            piece: repo.store.sequential_read_size().max(1),
             hasher: blake3::Hasher::new(),
             kept: Vec::new(),
             start: 0,
