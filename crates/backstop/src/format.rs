@@ -493,8 +493,7 @@ pub(crate) fn pack_trailer(
 /// The bytes a pack's trailer takes after its sealed header: its length and the magic.
 pub(crate) const PACK_TAIL: usize = 8;
 
-/// Reads the header of a whole pack (the commands read packs in pieces: `pack_reader`).
-#[cfg(test)]
+/// Reads the header of a whole pack.
 pub(crate) fn read_pack_header(
     pack: &[u8],
     key: Option<&MasterKey>,

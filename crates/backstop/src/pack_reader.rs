@@ -80,12 +80,18 @@ impl<'a> PackStream<'a> {
         })
     }
 
-    /// The pack's header, read apart (two ranged reads of its end) so that blobs can be
-    /// checked against it as the pack streams by; the stream reads it again for the hash.
-    /// The outer error is a failed read, the inner a header that is not sound.
+    /// The pack's header, so that blobs can be checked against it as the pack streams by. A
+    /// pack that fits in one piece is read whole, here, once (one request to an object
+    /// store); of a larger one the header is read apart, with two ranged reads of its end, and
+    /// the stream reads it again for the hash. Asked for before any unit. The outer error is a
+    /// failed read, the inner a header that is not sound.
     pub(crate) fn header(
-        &self,
+        &mut self,
     ) -> Result<std::result::Result<format::PackHeader, format::FormatError>> {
+        if self.read == 0 && self.size <= self.piece {
+            self.kept = self.next_piece()?;
+            return Ok(format::read_pack_header(&self.kept, self.repo.key()));
+        }
         let tail_len = format::PACK_TAIL as u64;
         let Some(tail_start) = self.size.checked_sub(tail_len) else {
             return Ok(Err(format::FormatError::Truncated {
@@ -203,9 +209,27 @@ mod tests {
     fn stream_of<'a>(repo: &'a Repository, bytes: &[u8]) -> PackStream<'a> {
         let id = ContentId::hash(bytes);
         repo.store
-            .put(&format::pack_key(id), bytes, PutMode::Create)
+            .put(&format::pack_key(id), bytes, PutMode::Overwrite)
             .unwrap();
         PackStream::new(repo, id, bytes.len() as u64)
+    }
+
+    /// The header of `bytes` as a pack, read both ways: whole (it fits in a piece) and apart
+    /// (pieces of 16 bytes), which must agree.
+    fn header_both_ways(
+        repo: &Repository,
+        bytes: &[u8],
+    ) -> std::result::Result<format::PackHeader, format::FormatError> {
+        let whole = stream_of(repo, bytes).header().unwrap();
+        let mut apart = stream_of(repo, bytes);
+        apart.piece = 16;
+        let apart = apart.header().unwrap();
+        assert_eq!(
+            format!("{whole:?}"),
+            format!("{apart:?}"),
+            "the two ways disagree"
+        );
+        whole
     }
 
     #[test]
@@ -222,16 +246,21 @@ mod tests {
         };
         let mut pack = vec![7u8; 100];
         pack.extend(format::pack_trailer(&[entry], None, format::FORMAT_VERSION));
-        let header = stream_of(&repo, &pack).header().unwrap().unwrap();
+        let header = header_both_ways(&repo, &pack).unwrap();
         assert_eq!(header.entries.len(), 1);
         assert!(header.entries[0].records(&entry));
+        // Read whole, the pack's units come from what the header read kept.
+        let mut whole = stream_of(&repo, &pack);
+        whole.header().unwrap().unwrap();
+        assert_eq!(whole.unit(10, 90).unwrap(), &pack[10..100]);
+        assert!(whole.finish_matches().unwrap());
 
-        let short = stream_of(&repo, b"BKP1").header().unwrap().unwrap_err();
+        let short = header_both_ways(&repo, b"BKP1").unwrap_err();
         assert!(
             matches!(short, format::FormatError::Truncated { .. }),
             "{short}"
         );
-        let no_magic = stream_of(&repo, &[7u8; 100]).header().unwrap().unwrap_err();
+        let no_magic = header_both_ways(&repo, &[7u8; 100]).unwrap_err();
         assert!(
             matches!(no_magic, format::FormatError::BadMagic { .. }),
             "{no_magic}"
@@ -240,7 +269,7 @@ mod tests {
         let mut too_long = vec![7u8; 100];
         too_long.extend(1000u32.to_le_bytes());
         too_long.extend(b"BKP1");
-        let err = stream_of(&repo, &too_long).header().unwrap().unwrap_err();
+        let err = header_both_ways(&repo, &too_long).unwrap_err();
         assert!(
             matches!(err, format::FormatError::Truncated { .. }),
             "{err}"
