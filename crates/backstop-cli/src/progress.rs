@@ -37,11 +37,25 @@ pub(crate) struct CliProgress {
     files_total: AtomicU64,
     /// Totals given up front (restore knows them from the backup); phases then add nothing.
     totals_fixed: AtomicBool,
+    /// The bar is drawn only from the first phase on ([`CliProgress::from_first_phase`]).
+    hidden: AtomicBool,
 }
 
 impl CliProgress {
     /// A bar when `show_bar`, log lines otherwise.
     pub(crate) fn new(show_bar: bool, verb: &'static str) -> Self {
+        let progress = Self::hidden(show_bar, verb);
+        progress.show();
+        progress
+    }
+
+    /// Like [`new`](Self::new), but the bar appears only when the work announces a phase: for
+    /// commands that may have nothing to show (a gc that rewrites no pack).
+    pub(crate) fn from_first_phase(show_bar: bool, verb: &'static str) -> Self {
+        Self::hidden(show_bar, verb)
+    }
+
+    fn hidden(show_bar: bool, verb: &'static str) -> Self {
         let bar = show_bar.then(|| {
             // Two lines, so a long path never pushes the numbers off a narrow terminal.
             let style = ProgressStyle::with_template(
@@ -50,18 +64,26 @@ impl CliProgress {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-                .with_style(style);
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()).with_style(style)
         });
-        set_active_bar(bar.clone());
         Self {
             bar,
             verb,
             files_done: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
             totals_fixed: AtomicBool::new(false),
+            hidden: AtomicBool::new(true),
+        }
+    }
+
+    /// Draws the bar from now on (once), and prints log lines above it.
+    fn show(&self) {
+        if let Some(bar) = &self.bar
+            && self.hidden.swap(false, Ordering::Relaxed)
+        {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            set_active_bar(Some(bar.clone()));
         }
     }
 
@@ -110,6 +132,7 @@ impl CliProgress {
 
 impl backstop::Progress for CliProgress {
     fn phase(&self, name: &str, files: u64, bytes: u64) {
+        self.show();
         self.add_to_totals(files, bytes);
         if files == 0 && bytes == 0 {
             // A streamed phase (a directory walk): its entries are counted as they are found.

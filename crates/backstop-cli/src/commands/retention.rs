@@ -74,7 +74,8 @@ fn report_deleted(
 
 pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     let engine = settings.open()?;
-    let progress = Arc::new(CliProgress::new(
+    // A bar only once packs are rewritten: the rest of a gc is short, or deletions.
+    let progress = Arc::new(CliProgress::from_first_phase(
         settings.show_progress && !args.dry_run,
         "rewriting",
     ));
