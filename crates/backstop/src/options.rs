@@ -296,20 +296,6 @@ impl BackupOptions {
         self.full_read = full_read;
         self
     }
-
-    /// Reports progress to `progress`.
-    #[must_use]
-    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
-        self.progress = progress;
-        self
-    }
-
-    /// Stops when `cancel` is cancelled.
-    #[must_use]
-    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
-        self.cancel = cancel;
-        self
-    }
 }
 
 /// What to do with a restore target that is not empty.
@@ -411,20 +397,6 @@ impl RestoreOptions {
         self.fixup_options.insert(key.into(), value.into());
         self
     }
-
-    /// Reports progress to `progress`.
-    #[must_use]
-    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
-        self.progress = progress;
-        self
-    }
-
-    /// Stops when `cancel` is cancelled.
-    #[must_use]
-    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
-        self.cancel = cancel;
-        self
-    }
 }
 
 /// How thoroughly [`crate::ReadOnlyEngine::verify`] checks a backup.
@@ -460,20 +432,6 @@ impl VerifyOptions {
             progress: Arc::new(NoProgress),
             cancel: CancelToken::new(),
         }
-    }
-
-    /// Reports progress to `progress`.
-    #[must_use]
-    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
-        self.progress = progress;
-        self
-    }
-
-    /// Stops when `cancel` is cancelled.
-    #[must_use]
-    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
-        self.cancel = cancel;
-        self
     }
 }
 
@@ -547,18 +505,28 @@ impl GcOptions {
         self.superseded_grace = grace;
         self
     }
-
-    /// Reports the rewrite's progress to `progress`.
-    #[must_use]
-    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
-        self.progress = progress;
-        self
-    }
-
-    /// Stops the rewrite when `cancel` is cancelled.
-    #[must_use]
-    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
-        self.cancel = cancel;
-        self
-    }
 }
+
+/// `with_progress` and `with_cancel` for the options that carry a `progress` observer and a
+/// `cancel` token (what each reports, and where it stops, is said at those fields).
+macro_rules! progress_and_cancel {
+    ($($options:ty),+) => {$(
+        impl $options {
+            /// Reports progress to `progress`.
+            #[must_use]
+            pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+                self.progress = progress;
+                self
+            }
+
+            /// Stops when `cancel` is cancelled.
+            #[must_use]
+            pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+                self.cancel = cancel;
+                self
+            }
+        }
+    )+};
+}
+
+progress_and_cancel!(BackupOptions, RestoreOptions, VerifyOptions, GcOptions);
