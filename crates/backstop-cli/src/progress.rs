@@ -33,6 +33,8 @@ pub(crate) struct CliProgress {
     bar: Option<ProgressBar>,
     /// `storing` or `restoring`, for log lines.
     verb: &'static str,
+    /// What the work goes through one by one: `files`, or `packs` for verify and gc.
+    noun: &'static str,
     files_done: AtomicU64,
     files_total: AtomicU64,
     /// Totals given up front (restore knows them from the backup); phases then add nothing.
@@ -69,11 +71,18 @@ impl CliProgress {
         Self {
             bar,
             verb,
+            noun: "files",
             files_done: AtomicU64::new(0),
             files_total: AtomicU64::new(0),
             totals_fixed: AtomicBool::new(false),
             hidden: AtomicBool::new(true),
         }
+    }
+
+    /// Counts `noun` (plural) instead of files.
+    pub(crate) fn counting(mut self, noun: &'static str) -> Self {
+        self.noun = noun;
+        self
     }
 
     /// Draws the bar from now on (once), and prints log lines above it.
@@ -108,7 +117,7 @@ impl CliProgress {
         let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(bar) = &self.bar {
             let total = self.files_total.load(Ordering::Relaxed);
-            bar.set_message(format!("{done}/{total} files  `{path}`"));
+            bar.set_message(format!("{done}/{total} {}  `{path}`", self.noun));
         }
     }
 }
@@ -138,7 +147,11 @@ impl backstop::Progress for CliProgress {
             // A streamed phase (a directory walk): its entries are counted as they are found.
             tracing::info!("phase `{name}`");
         } else {
-            tracing::info!("phase `{name}`: {files} files, {}", output::size(bytes));
+            tracing::info!(
+                "phase `{name}`: {files} {}, {}",
+                self.noun,
+                output::size(bytes)
+            );
         }
     }
 

@@ -75,10 +75,10 @@ fn report_deleted(
 pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     let engine = settings.open()?;
     // A bar only once packs are rewritten: the rest of a gc is short, or deletions.
-    let progress = Arc::new(CliProgress::from_first_phase(
-        settings.show_progress && !args.dry_run,
-        "rewriting",
-    ));
+    let progress = Arc::new(
+        CliProgress::from_first_phase(settings.show_progress && !args.dry_run, "rewriting")
+            .counting("packs"),
+    );
     let options = GcOptions::default()
         .dry_run(args.dry_run)
         .with_repack_unused_percent(args.repack_unused)

@@ -21,10 +21,8 @@ pub(super) fn run(settings: &Settings, args: &VerifyArgs) -> Result<()> {
     let engine = settings.open_read_only()?;
     // A bar only where packs are read: a quick verify lists objects and is done.
     let reads = level != VerifyLevel::Quick;
-    let progress = Arc::new(CliProgress::new(
-        settings.show_progress && reads,
-        "verifying",
-    ));
+    let progress =
+        Arc::new(CliProgress::new(settings.show_progress && reads, "verifying").counting("packs"));
     let options = VerifyOptions::new(level)
         .with_progress(progress.clone())
         .with_cancel(interrupt::cancel_token());
