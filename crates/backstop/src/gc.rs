@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use backstop_store::PutMode;
 
-use crate::format::{self, IndexPack, ObjectType, PackEntry, PackId, SupersededPacks};
+use crate::format::{self, IndexPack, ObjectType, PackEntry, PackId, Snapshot, SupersededPacks};
 use crate::info::GcReport;
 use crate::options::GcOptions;
 use crate::pack_reader::PackStream;
 use crate::pack_writer::PackWriter;
-use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex, referenced_blobs};
+use crate::repo::{Repository, damaged, hostname, lock, now_unix, random_hex};
 use crate::{Error, ErrorKind, Result};
 
 /// Temp files younger than this may belong to a put still running (of a process that has not
@@ -46,7 +46,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
     let snapshots = repo.load_all_snapshots()?;
-    let used = referenced_blobs(repo, &snapshots)?;
+    let used = UsedBlobs::of(repo, &snapshots)?;
 
     let listed: BTreeMap<String, u64> = repo
         .store
@@ -61,17 +61,17 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
 
     let (plan, old_index_objects) = {
         let index = repo.index_read();
-        let mut by_pack: BTreeMap<usize, Vec<PackEntry>> = BTreeMap::new();
-        for (id, loc) in index.iter() {
+        let mut by_pack: BTreeMap<usize, Vec<(PackEntry, bool)>> = BTreeMap::new();
+        for (at, (id, loc)) in index.iter().enumerate() {
             by_pack
                 .entry(loc.pack as usize)
                 .or_default()
-                .push(loc.entry(id));
+                .push((loc.entry(id), used.contains(at, &id)));
         }
         let mut plan = Plan::default();
         for (pos, (pack, size)) in index.packs.iter().enumerate() {
             let mut entries = by_pack.remove(&pos).unwrap_or_default();
-            let (units, unused_bytes) = used_units(&mut entries, &used);
+            let (units, unused_bytes) = used_units(&mut entries);
             let (id, size) = (*pack, *size);
             if units.is_empty() {
                 plan.drop.push((id, size));
@@ -79,6 +79,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
                 // The units carry the entries a rewrite needs.
                 plan.repack.push(Rewrite { id, size, units });
             } else {
+                let entries = entries.into_iter().map(|(e, _)| e).collect();
                 plan.keep.push(IndexPack { id, size, entries });
             }
         }
@@ -189,6 +190,66 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
+/// The blobs the backups use: a bit for each blob loaded from index objects, by its position
+/// in the index (a set of 32-byte ids took about 40 bytes a blob, a third of gc's memory for
+/// a large repository), and the ids of any other blob (added by this process since, or in no
+/// index at all).
+struct UsedBlobs {
+    /// How many blobs were loaded: the positions the bits stand for.
+    loaded: usize,
+    bits: Vec<u64>,
+    others: HashSet<format::BlobId>,
+}
+
+impl UsedBlobs {
+    fn of(repo: &Repository, snapshots: &[Snapshot]) -> Result<Self> {
+        let loaded = repo.index_read().loaded_count();
+        let mut used = Self {
+            loaded,
+            bits: vec![0; loaded.div_ceil(64)],
+            others: HashSet::new(),
+        };
+        for snapshot in snapshots {
+            used.mark(repo, snapshot.tree.iter().copied());
+            repo.for_each_node(snapshot, |node| {
+                used.mark(
+                    repo,
+                    crate::page_list::blobs_of(&node).chain(node.chunks.iter().copied()),
+                );
+                Ok(())
+            })?;
+        }
+        Ok(used)
+    }
+
+    fn mark(&mut self, repo: &Repository, ids: impl Iterator<Item = format::BlobId>) {
+        let index = repo.index_read();
+        for id in ids {
+            match index.loaded_position(&id) {
+                Some(at) => {
+                    if let Some(word) = self.bits.get_mut(at / 64) {
+                        *word |= 1 << (at % 64);
+                    }
+                }
+                None => {
+                    self.others.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Whether the blob `id`, which [`crate::repo::Index::iter`] yields at `at`, is used.
+    fn contains(&self, at: usize, id: &format::BlobId) -> bool {
+        if at < self.loaded {
+            self.bits
+                .get(at / 64)
+                .is_some_and(|word| word & (1 << (at % 64)) != 0)
+        } else {
+            self.others.contains(id)
+        }
+    }
+}
+
 /// A pack to rewrite.
 struct Rewrite {
     id: PackId,
@@ -215,14 +276,14 @@ impl Unit {
 /// Groups a pack's entries into stored units (entries sharing an offset share a frame) and
 /// returns the units with at least one used blob, and the unused stored bytes: whole unused
 /// units, and of a frame the share of its raw bytes that belongs to unused blobs.
-/// `entries` are sorted by place on the way.
-fn used_units(entries: &mut [PackEntry], used: &HashSet<format::BlobId>) -> (Vec<Unit>, u64) {
-    entries.sort_by_key(|e| (e.offset, e.within));
-    let groups = entries.chunk_by(|a, b| a.offset == b.offset);
+/// `entries` (each with whether a backup uses its blob) are sorted by place on the way.
+fn used_units(entries: &mut [(PackEntry, bool)]) -> (Vec<Unit>, u64) {
+    entries.sort_by_key(|(e, _)| (e.offset, e.within));
+    let groups = entries.chunk_by(|(a, _), (b, _)| a.offset == b.offset);
     let mut units = Vec::new();
     let mut unused_bytes = 0u64;
-    for entries in groups {
-        let flags: Vec<bool> = entries.iter().map(|e| used.contains(&e.id)).collect();
+    for group in groups {
+        let (entries, flags): (Vec<PackEntry>, Vec<bool>) = group.iter().copied().unzip();
         let stored = u64::from(entries[0].length);
         let raw: u64 = entries.iter().map(|e| u64::from(e.raw_length)).sum();
         let dead_raw: u64 = entries
@@ -238,7 +299,7 @@ fn used_units(entries: &mut [PackEntry], used: &HashSet<format::BlobId>) -> (Vec
         unused_bytes += (stored * dead_raw).checked_div(raw).unwrap_or(0);
         units.push(Unit {
             used: flags,
-            entries: entries.to_vec(),
+            entries,
         });
     }
     (units, unused_bytes)
@@ -485,7 +546,7 @@ mod tests {
     #[test]
     fn unused_bytes_count_whole_units_and_the_unused_share_of_frames() {
         // A frame of three blobs (100 stored bytes for 300 raw), then two single blobs.
-        let entries = vec![
+        let entries = [
             entry(1, 0, 100, 100, Some(0)),
             entry(2, 0, 100, 150, Some(100)),
             entry(3, 0, 100, 50, Some(250)),
@@ -493,7 +554,9 @@ mod tests {
             entry(5, 140, 70, 70, None),
         ];
         let used: HashSet<_> = [ContentId([2; 32]), ContentId([5; 32])].into();
-        let (units, unused) = used_units(&mut entries.clone(), &used);
+        let mut flagged: Vec<(PackEntry, bool)> =
+            entries.iter().map(|e| (*e, used.contains(&e.id))).collect();
+        let (units, unused) = used_units(&mut flagged);
         // Blobs 1 and 3 are half the frame's raw bytes: 50 of its 100 stored; blob 4 is unused.
         assert_eq!(unused, 50 + 40);
         assert_eq!(units.len(), 2);
@@ -502,6 +565,26 @@ mod tests {
         assert!(!units[0].all_used());
         assert!(units[1].all_used());
         assert_eq!(units[1].entries[0].id, ContentId([5; 32]));
+    }
+
+    #[test]
+    fn used_blobs_are_bits_for_loaded_positions_and_ids_for_the_rest() {
+        let other = ContentId([9; 32]);
+        // Three loaded blobs, the first and the third used; the word's other bits are padding.
+        let used = UsedBlobs {
+            loaded: 3,
+            bits: vec![0b101],
+            others: [other].into(),
+        };
+        let any = ContentId([1; 32]);
+        assert!(used.contains(0, &any));
+        assert!(!used.contains(1, &any));
+        assert!(used.contains(2, &any));
+        // Past the loaded blobs only the id counts, whatever the padding bits say.
+        assert!(used.contains(3, &other));
+        assert!(!used.contains(3, &any));
+        assert!(used.contains(63, &other));
+        assert!(!used.contains(64, &any));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The repository: config, keys, the in-memory blob index, snapshots and locks on a store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use backstop_store::{PutMode, Store, StoreError, StoreErrorKind};
@@ -329,7 +329,19 @@ impl Index {
         self.sorted.merge(self.recent.drain().collect());
     }
 
-    /// Every blob with its location.
+    /// Where [`Index::iter`] yields `id`, if it is among the blobs loaded from index objects
+    /// (which [`Index::iter`] yields first, at positions `0..`[`Index::loaded_count`]).
+    pub(crate) fn loaded_position(&self, id: &BlobId) -> Option<usize> {
+        self.sorted.position(id)
+    }
+
+    /// How many blobs were loaded from index objects (or merged with them).
+    pub(crate) fn loaded_count(&self) -> usize {
+        self.sorted.count()
+    }
+
+    /// Every blob with its location: those loaded from index objects in id order, then the
+    /// ones this process added since.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (BlobId, &BlobLocation)> {
         self.sorted
             .iter()
@@ -1511,23 +1523,6 @@ impl Snapshot {
     }
 }
 
-/// Referenced blob ids of snapshots: tree blobs and data blobs.
-pub(crate) fn referenced_blobs(
-    repo: &Repository,
-    snapshots: &[Snapshot],
-) -> Result<HashSet<BlobId>> {
-    let mut used = HashSet::new();
-    for s in snapshots {
-        used.extend(s.tree.iter().copied());
-        repo.for_each_node(s, |n| {
-            used.extend(crate::page_list::blobs_of(&n));
-            used.extend(n.chunks);
-            Ok(())
-        })?;
-    }
-    Ok(used)
-}
-
 /// An unencrypted repository in memory, for unit tests.
 #[cfg(test)]
 pub(crate) fn memory_repository() -> Repository {
@@ -1587,7 +1582,7 @@ mod tests {
                 .collect();
             index.load_packs(loaded);
             index.finish_loading();
-            assert_eq!(index.sorted.len(), ids.len());
+            assert_eq!(index.sorted.count(), ids.len());
             for id in &ids {
                 assert!(
                     index.contains(id),
@@ -1643,7 +1638,7 @@ mod tests {
             index.add_pack(pack);
             assert!(index.recent.len() < RECENT_MAX);
         }
-        assert!(index.sorted.len() > 2 * RECENT_MAX);
+        assert!(index.sorted.count() > 2 * RECENT_MAX);
         let every = || {
             loaded
                 .iter()

@@ -77,14 +77,6 @@ impl Default for Sorted {
 }
 
 impl Sorted {
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        match &self.ids {
-            Ids::Short(v) => v.len(),
-            Ids::Full(v) => v.len(),
-        }
-    }
-
     /// Whether only the 16 significant bytes of each id are kept.
     #[cfg(test)]
     pub(super) fn is_short(&self) -> bool {
@@ -130,23 +122,40 @@ impl Sorted {
     }
 
     pub(super) fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        fn get<'a, K: SortKey>(
-            v: &'a [(K, BlobLocation)],
+        let at = self.position(id)?;
+        match &self.ids {
+            Ids::Short(v) => v.get(at).map(|(_, loc)| loc),
+            Ids::Full(v) => v.get(at).map(|(_, loc)| loc),
+        }
+    }
+
+    /// Where `id` sits in id order (the position [`Sorted::iter`] yields it at), if it is here.
+    pub(super) fn position(&self, id: &BlobId) -> Option<usize> {
+        fn position<K: SortKey>(
+            v: &[(K, BlobLocation)],
             fanout: &Fanout,
             id: &BlobId,
-        ) -> Option<&'a BlobLocation> {
+        ) -> Option<usize> {
             // A full id is never among short ones.
             let key = K::of(id)?;
-            let candidates = v.get(fanout.range(key.lead(), v.len()))?;
-            candidates
+            let range = fanout.range(key.lead(), v.len());
+            let start = range.start;
+            v.get(range)?
                 .binary_search_by(|(probe, _)| probe.cmp(&key))
                 .ok()
-                .and_then(|i| candidates.get(i))
-                .map(|(_, loc)| loc)
+                .map(|i| start + i)
         }
         match &self.ids {
-            Ids::Short(v) => get(v, &self.fanout, id),
-            Ids::Full(v) => get(v, &self.fanout, id),
+            Ids::Short(v) => position(v, &self.fanout, id),
+            Ids::Full(v) => position(v, &self.fanout, id),
+        }
+    }
+
+    /// How many blobs it holds.
+    pub(super) fn count(&self) -> usize {
+        match &self.ids {
+            Ids::Short(v) => v.len(),
+            Ids::Full(v) => v.len(),
         }
     }
 
@@ -373,7 +382,7 @@ mod tests {
         let full = ContentId::hash(b"a full id");
         sorted.merge(vec![(full, location(9999)), (short(600), location(600))]);
         assert!(!sorted.is_short());
-        assert_eq!(sorted.len(), 502);
+        assert_eq!(sorted.count(), 502);
         for n in (0..500).chain([600]) {
             assert_eq!(sorted.get(&short(n)).map(|l| l.offset), Some(n));
         }
@@ -421,12 +430,14 @@ mod tests {
             sorted.merge(added);
         }
         prop_assert_eq!(sorted.is_short(), model.keys().all(ContentId::is_short));
-        prop_assert_eq!(sorted.len(), model.len());
+        prop_assert_eq!(sorted.count(), model.len());
         let listed: Vec<(BlobId, u32)> = sorted.iter().map(|(id, loc)| (id, loc.offset)).collect();
         let expected: Vec<(BlobId, u32)> = model.iter().map(|(id, at)| (*id, *at)).collect();
         prop_assert_eq!(listed, expected);
-        for (blob, at) in &model {
+        for (rank, (blob, at)) in model.iter().enumerate() {
             prop_assert_eq!(sorted.get(blob).map(|l| l.offset), Some(*at));
+            // The position of a blob is its rank in id order, where `iter` yields it.
+            prop_assert_eq!(sorted.position(blob), Some(rank));
             let prefix = &blob.0[..16];
             let matching: Vec<BlobId> = model
                 .keys()
@@ -443,6 +454,7 @@ mod tests {
         for absent in 800..820 {
             prop_assert!(sorted.get(&short(absent)).is_none());
             prop_assert!(sorted.get(&full(absent)).is_none());
+            prop_assert!(sorted.position(&short(absent)).is_none());
         }
         Ok(())
     }
@@ -474,7 +486,7 @@ mod tests {
                 .collect(),
         );
         assert!(sorted.is_short());
-        assert_eq!(sorted.len(), 3000);
+        assert_eq!(sorted.count(), 3000);
         let ids: Vec<BlobId> = sorted.iter().map(|(id, _)| id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in id order");
         for n in 0..3000 {
