@@ -36,6 +36,7 @@
 
 mod archive;
 mod backup;
+mod blob_set;
 mod chunk;
 mod compress;
 mod crypto;

@@ -1,9 +1,10 @@
 //! Verification: prove that backups can be restored, cheaply (every object present, right
 //! size) or thoroughly (every byte read, authenticated and hashed).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::blob_set::BlobSet;
 use crate::format::{self, PackId, Snapshot};
 use crate::info::VerifyReport;
 use crate::options::{VerifyLevel, VerifyOptions};
@@ -22,15 +23,9 @@ pub(crate) fn verify(
         ..VerifyReport::default()
     };
     // Blobs each backup needs; a tree that cannot be read is a problem, not an abort.
-    let mut needed = HashSet::new();
+    let mut needed = BlobSet::new(repo);
     for snapshot in snapshots {
-        needed.extend(snapshot.tree.iter().copied());
-        let result = repo.for_each_node(snapshot, |n| {
-            needed.extend(crate::page_list::blobs_of(&n));
-            needed.extend(n.chunks);
-            Ok(())
-        });
-        if let Err(e) = result {
+        if let Err(e) = needed.add_snapshot(repo, snapshot) {
             report.problems.push(format!(
                 "backup {}: its file list cannot be read: {e:#}",
                 snapshot.id
@@ -43,13 +38,23 @@ pub(crate) fn verify(
     let mut packs: BTreeMap<PackId, Vec<format::PackEntry>> = BTreeMap::new();
     {
         let index = repo.index_read();
-        for id in &needed {
-            match index.locate(id) {
-                Some((pack, entry)) => packs.entry(pack).or_default().push(entry),
-                None => report.problems.push(format!(
-                    "blob {id} is needed but no index lists it (a pack or index object is missing)"
-                )),
+        if !needed.fits(&index) {
+            return Err(Error::msg(
+                ErrorKind::Io,
+                "the index changed while verify read the backups' file lists; verify again",
+            ));
+        }
+        for (at, (id, loc)) in index.iter().enumerate() {
+            if needed.contains(at, &id)
+                && let Some((pack, _)) = index.packs.get(loc.pack as usize)
+            {
+                packs.entry(*pack).or_default().push(loc.entry(id));
             }
+        }
+        for id in needed.others().filter(|id| !index.contains(id)) {
+            report.problems.push(format!(
+                "blob {id} is needed but no index lists it (a pack or index object is missing)"
+            ));
         }
     }
     report.packs = packs.len() as u64;

@@ -1069,6 +1069,40 @@ fn a_verify_reports_its_progress_and_stops_when_cancelled() {
     );
 }
 
+/// Without the index object that lists its blobs, a backup does not verify: each needed blob no
+/// index lists is reported by id (the tree's first, since its file list cannot be read then).
+#[test]
+fn a_missing_index_object_is_reported_by_verify() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let backup = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let index_objects: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("index/"))
+        .collect();
+    assert!(!index_objects.is_empty());
+    for key in &index_objects {
+        store.raw_remove(key);
+    }
+    let engine = BackupEngine::open(store.clone(), opts()).unwrap();
+    for level in [VerifyLevel::Quick, VerifyLevel::Full] {
+        let report = engine.verify(backup.id, level).unwrap();
+        let unlisted: Vec<&String> = report
+            .problems
+            .iter()
+            .filter(|p| p.contains("no index lists it"))
+            .collect();
+        assert!(!unlisted.is_empty(), "{level:?}: {:?}", report.problems);
+        assert!(report.blobs >= unlisted.len() as u64, "{report:?}");
+        assert_eq!(report.packs_read, 0, "{report:?}");
+    }
+}
+
 /// Crash safety: fail every store write of a backup in turn. The failed backup must not be
 /// visible, the two earlier ones must verify and restore, and gc must remove the leftovers.
 #[test]
