@@ -348,9 +348,7 @@ fn rewrite_some(
 ) -> Result<Vec<IndexPack>> {
     let mut out = Repacker::new(repo);
     for pack in packs.iter().copied() {
-        let mut old = PackStream::new(repo, pack.id, pack.size);
-        options.progress.file(&old.key);
-        let mut reported = 0;
+        let mut old = PackStream::new(repo, pack.id, pack.size, options.progress.as_ref());
         for unit in &pack.units {
             if options.cancel.is_cancelled() {
                 // Nothing lists the packs written so far: the next gc deletes them.
@@ -359,10 +357,6 @@ fn rewrite_some(
                     "the gc was cancelled while it rewrote packs; it changed no index, and the \
                      next gc deletes the packs it wrote",
                 ));
-            }
-            if old.bytes_read() > reported {
-                options.progress.bytes(old.bytes_read() - reported);
-                reported = old.bytes_read();
             }
             let first = unit.entries[0];
             let stored = old.unit(first.offset, first.length)?;
@@ -381,7 +375,6 @@ fn rewrite_some(
         // Units copied as stored are only checked here, with the whole pack: until then they
         // sit in new packs that no index lists, which the next gc deletes if this one fails.
         old.finish()?;
-        options.progress.bytes(pack.size - reported);
     }
     out.finish()
 }

@@ -4,6 +4,7 @@
 //! by, and only the unit asked for is kept.
 
 use crate::format::{self, PackId};
+use crate::progress::Progress;
 use crate::repo::{Repository, damaged};
 use crate::{Error, ErrorKind, Result};
 
@@ -11,6 +12,8 @@ use crate::{Error, ErrorKind, Result};
 /// unit asked for last: memory is a piece plus the largest unit, not the pack.
 pub(crate) struct PackStream<'a> {
     repo: &'a Repository,
+    /// Told of every piece read (`bytes`), and of the pack at the start (`file`).
+    progress: &'a dyn Progress,
     id: PackId,
     pub(crate) key: String,
     size: u64,
@@ -23,11 +26,19 @@ pub(crate) struct PackStream<'a> {
 }
 
 impl<'a> PackStream<'a> {
-    pub(crate) fn new(repo: &'a Repository, id: PackId, size: u64) -> Self {
+    pub(crate) fn new(
+        repo: &'a Repository,
+        id: PackId,
+        size: u64,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        let key = format::pack_key(id);
+        progress.file(&key);
         Self {
             repo,
+            progress,
             id,
-            key: format::pack_key(id),
+            key,
             size,
             // Reading whole packs took one pack's size per thread (8 MiB by default; in gc 16.5
             // of its 48 MiB heap peak on the benchmark mix); the store says what a piece costs.
@@ -114,11 +125,6 @@ impl<'a> PackStream<'a> {
         Ok(format::open_pack_header(&sealed, start, self.repo.key()))
     }
 
-    /// Bytes read from the pack so far.
-    pub(crate) fn bytes_read(&self) -> u64 {
-        self.read
-    }
-
     /// Reads and hashes the next piece.
     fn next_piece(&mut self) -> Result<Vec<u8>> {
         let to = (self.read + self.piece).min(self.size);
@@ -134,6 +140,7 @@ impl<'a> PackStream<'a> {
         }
         self.hasher.update(&piece);
         self.read = to;
+        self.progress.bytes(piece.len() as u64);
         Ok(piece)
     }
 
@@ -166,6 +173,7 @@ mod tests {
 
     use super::*;
     use crate::format::ContentId;
+    use crate::progress::NoProgress;
 
     /// A pack of `len` bytes in the store of an unencrypted repository in memory.
     fn stored_pack(len: usize) -> (Repository, PackId, Vec<u8>) {
@@ -181,7 +189,7 @@ mod tests {
     #[test]
     fn a_pack_stream_hands_out_units_across_pieces_and_checks_the_whole_pack() {
         let (repo, id, bytes) = stored_pack(10_000);
-        let mut stream = PackStream::new(&repo, id, bytes.len() as u64);
+        let mut stream = PackStream::new(&repo, id, bytes.len() as u64, &NoProgress);
         stream.piece = 1000;
         // Within the first piece, across three pieces, adjacent to the last, after a gap of
         // whole unread pieces, and ending at the last byte.
@@ -199,7 +207,7 @@ mod tests {
         stream.finish().unwrap();
 
         // The units asked for are not all the pack: the rest is read for the check.
-        let mut stream = PackStream::new(&repo, id, bytes.len() as u64);
+        let mut stream = PackStream::new(&repo, id, bytes.len() as u64, &NoProgress);
         stream.piece = 1000;
         assert_eq!(stream.unit(0, 10).unwrap(), &bytes[..10]);
         stream.finish().unwrap();
@@ -211,7 +219,7 @@ mod tests {
         repo.store
             .put(&format::pack_key(id), bytes, PutMode::Overwrite)
             .unwrap();
-        PackStream::new(repo, id, bytes.len() as u64)
+        PackStream::new(repo, id, bytes.len() as u64, &NoProgress)
     }
 
     /// The header of `bytes` as a pack, read both ways: whole (it fits in a piece) and apart
@@ -281,7 +289,7 @@ mod tests {
         let (repo, id, mut bytes) = stored_pack(5000);
         let key = format::pack_key(id);
         let stream = |repo| {
-            let mut s = PackStream::new(repo, id, 5000);
+            let mut s = PackStream::new(repo, id, 5000, &NoProgress);
             s.piece = 1000;
             s
         };

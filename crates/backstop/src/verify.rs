@@ -184,10 +184,8 @@ fn check_pack(
     options: &VerifyOptions,
 ) -> PackCheck {
     let mut check = PackCheck::default();
-    let mut stream = PackStream::new(repo, pack, size);
+    let mut stream = PackStream::new(repo, pack, size, options.progress.as_ref());
     let key = stream.key.clone();
-    options.progress.file(&key);
-    let mut reported = 0;
     let problems = &mut check.problems;
     let header = match stream.header() {
         Ok(Ok(header)) => Some(header),
@@ -226,10 +224,6 @@ fn check_pack(
             if options.cancel.is_cancelled() {
                 return check;
             }
-            if stream.bytes_read() > reported {
-                options.progress.bytes(stream.bytes_read() - reported);
-                reported = stream.bytes_read();
-            }
             // The header put every blob it lists inside the pack.
             let stored = match stream.unit(entry.offset, entry.length) {
                 Ok(stored) => stored,
@@ -260,7 +254,6 @@ fn check_pack(
     }
     match stream.finish_matches() {
         Ok(matches) => {
-            options.progress.bytes(size - reported);
             check.bytes_read = Some(size);
             if !matches {
                 check.problems.push(format!(
