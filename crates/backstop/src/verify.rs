@@ -92,8 +92,10 @@ pub(crate) fn verify(
             read_share == 100 || u32::from(pack.0[0]) * 100 / 256 < u32::from(read_share)
         })
         // A missing pack is already reported; one of another size is read as it is.
-        .filter_map(|(pack, entries)| {
+        .filter_map(|(pack, mut entries)| {
             let size = listed.get(&format::pack_key(pack))?;
+            // In the order the pack streams them by.
+            entries.sort_unstable_by_key(|e| (e.offset, e.within));
             Some((pack, *size, entries))
         })
         .collect();
@@ -173,7 +175,8 @@ fn check_packs(
 }
 
 /// Reads one pack of `size` bytes and checks it against its id, its header against the index,
-/// and each of `entries` (the blobs of the pack the backups need) against its id. The pack is
+/// and each of `entries` (the blobs of the pack the backups need, in the order of their place)
+/// against its id. The pack is
 /// read front to back in pieces ([`PackStream`]), so a thread holds a piece and a unit, not
 /// the pack.
 fn check_pack(
@@ -203,12 +206,9 @@ fn check_pack(
         // and the header names a framed blob by where it sits, not by its id.
         let mut listed = header.entries;
         listed.sort_unstable_by_key(|e| (e.offset, e.within));
-        // And the blobs in the order they stream by.
-        let mut entries = entries.to_vec();
-        entries.sort_unstable_by_key(|e| (e.offset, e.within));
         // Blobs of one frame share their stored bytes: decode each frame once.
         let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
-        for entry in &entries {
+        for entry in entries {
             let in_header = listed
                 .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
                 .ok()
