@@ -445,7 +445,8 @@ pub(crate) struct RestoreArgs {
     pub(crate) raw: bool,
 
     /// Restore only the paths matching GLOB, as `info ID --files` lists them, with all that is
-    /// under them (repeatable; `*` matches across `/`). A database backup only with --raw
+    /// under them (repeatable; `*` matches within one component, `**/` any directories). A
+    /// database backup only with --raw
     #[arg(long, value_name = "GLOB", conflicts_with = "group")]
     pub(crate) include: Vec<String>,
 

@@ -325,9 +325,9 @@ pub struct RestoreOptions {
     /// Options for the fix-ups (`target-time`, `target-lsn`…).
     pub fixup_options: BTreeMap<String, String>,
     /// Restore only the paths matching one of these globs (as `info --files` lists them; `*`
-    /// matches across `/`), with everything under them and the directories above them. Empty:
-    /// the whole backup. A database backup restores in part only with [`raw`](Self::raw): its
-    /// files alone would not open consistent.
+    /// matches within one component, `**` across `/`), with everything under them and the
+    /// directories above them. Empty: the whole backup. A database backup restores in part
+    /// only with [`raw`](Self::raw): its files alone would not open consistent.
     pub include: Vec<String>,
     /// Progress observer.
     pub progress: Arc<dyn Progress>,

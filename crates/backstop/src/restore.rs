@@ -221,12 +221,16 @@ impl Selection {
         }
         let mut builder = globset::GlobSetBuilder::new();
         for pattern in &options.include {
-            let glob = globset::Glob::new(pattern.trim_matches('/')).map_err(|e| {
-                Error::msg(
-                    ErrorKind::InvalidInput,
-                    format!("bad include pattern `{pattern}`: {e}"),
-                )
-            })?;
+            // `*` stays within one path component, as in a shell; `**` crosses them.
+            let glob = globset::GlobBuilder::new(pattern.trim_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| {
+                    Error::msg(
+                        ErrorKind::InvalidInput,
+                        format!("bad include pattern `{pattern}`: {e}"),
+                    )
+                })?;
             builder.add(glob);
         }
         let globs = builder.build().map_err(|e| {

@@ -671,11 +671,13 @@ fn restore_refuses_a_non_empty_target_unless_told() {
 }
 
 /// A restore of part of a backup writes the matching paths, all that is under them and the
-/// directories above them (with the backup's modes and times), and nothing else.
+/// directories above them (with the backup's modes and times), and nothing else. `*` stays
+/// within one component of a path, `**` crosses them.
 #[test]
 fn a_restore_of_some_paths_writes_those_and_the_directories_above_them() {
     let data = tempfile::tempdir().unwrap();
     sample_tree(data.path());
+    std::fs::write(data.path().join("sub/inner.txt"), b"not at the top").unwrap();
     std::fs::set_permissions(
         data.path().join("sub"),
         std::fs::Permissions::from_mode(0o750),
@@ -703,6 +705,12 @@ fn a_restore_of_some_paths_writes_those_and_the_directories_above_them() {
         (2, 2, 0),
         "{info:?}"
     );
+
+    let deep = tempfile::tempdir().unwrap();
+    let any_depth = RestoreOptions::default().with_include(vec!["**/*.txt".into()]);
+    engine.restore(backup.id, deep.path(), &any_depth).unwrap();
+    let restored: Vec<String> = describe_tree(deep.path()).into_keys().collect();
+    assert_eq!(restored, ["small.txt", "sub", "sub/inner.txt"]);
 }
 
 /// What a partial restore refuses, it refuses before the target is touched: patterns that
