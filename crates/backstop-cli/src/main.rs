@@ -25,7 +25,7 @@ use crate::exit::Code;
 use crate::output::Printer;
 
 fn main() -> ExitCode {
-    malloc::limit_arenas();
+    malloc::tune();
     // clap prints usage errors itself and exits with code 2.
     let cli = Cli::parse();
     init_logging(&cli.global);
