@@ -532,27 +532,29 @@ struct StoredFile {
     warnings: Vec<String>,
 }
 
-/// Stops a read when the backup is cancelled or the packer failed, and counts progress.
-struct GuardedReader<'a, R> {
-    inner: R,
+/// Stops a file's reading when the backup is cancelled or the packer failed, and counts
+/// progress.
+struct Guard<'a> {
     cancel: &'a backstop_source::CancelToken,
     failed: &'a AtomicBool,
     progress: &'a dyn crate::Progress,
     read: u64,
 }
 
-impl<R: Read> Read for GuardedReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl chunk::ReadGuard for Guard<'_> {
+    fn before_read(&mut self) -> std::io::Result<()> {
         if self.cancel.is_cancelled() {
             return Err(std::io::Error::other("cancelled"));
         }
         if self.failed.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("the store failed"));
         }
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        self.progress.bytes(n as u64);
-        Ok(n)
+        Ok(())
+    }
+
+    fn after_read(&mut self, bytes: usize) {
+        self.read += bytes as u64;
+        self.progress.bytes(bytes as u64);
     }
 }
 
@@ -993,8 +995,7 @@ impl FileStorer<'_> {
         } else {
             reader
         };
-        let mut guarded = GuardedReader {
-            inner: reader,
+        let mut guard = Guard {
             cancel: &self.options.cancel,
             failed: self.failed,
             progress,
@@ -1007,7 +1008,7 @@ impl FileStorer<'_> {
         let repo = self.repo;
         let key = repo.key();
         let mut send_error = false;
-        let result = chunker.for_each_chunk(&mut guarded, chunking, |data| {
+        let result = chunker.for_each_chunk_guarded(reader, &mut guard, chunking, |data| {
             let id = format::blob_id(&data, key);
             chunks.push(id);
             if !self.dispatch.offer(lane, repo, id, BlobKind::Data, data) {
@@ -1016,7 +1017,7 @@ impl FileStorer<'_> {
             }
             Ok(())
         });
-        let read = guarded.read;
+        let read = guard.read;
         out.read = read;
         if let Err(e) = result {
             self.check_running()?;

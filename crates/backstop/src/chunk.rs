@@ -151,25 +151,60 @@ impl ContentCut {
     }
 }
 
+/// What a chunker consults around its reads: whether to read on, and how much was read.
+///
+/// Kept apart from the reader rather than wrapped around it: a wrapping `Read` would hide the
+/// inner reader's `read_buf` (not implementable on stable Rust), and `read_to_end` would zero
+/// every chunk buffer before the read overwrites it (3.6 % of a re-read of a large file).
+pub(crate) trait ReadGuard {
+    /// Before a read: an error stops the chunking with it.
+    fn before_read(&mut self) -> io::Result<()>;
+    /// After a read that gave `bytes`.
+    fn after_read(&mut self, bytes: usize);
+}
+
+/// No checks and no counts.
+impl ReadGuard for () {
+    fn before_read(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn after_read(&mut self, _bytes: usize) {}
+}
+
 impl Chunker {
     /// Feeds every chunk of `reader` to `sink`, in order. Stops at the first error of either.
+    #[cfg(test)]
     pub(crate) fn for_each_chunk<R: Read>(
         &mut self,
         reader: R,
         chunking: Chunking,
         sink: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<()> {
+        self.for_each_chunk_guarded(reader, &mut (), chunking, sink)
+    }
+
+    /// [`Self::for_each_chunk`], with `guard` asked before and told after each read.
+    pub(crate) fn for_each_chunk_guarded<R: Read>(
+        &mut self,
+        reader: R,
+        guard: &mut dyn ReadGuard,
+        chunking: Chunking,
+        sink: impl FnMut(Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
         match chunking {
             Chunking::Content { min, avg, max } => {
-                self.content_chunks(reader, ContentCut::new(min, avg, max), sink)
+                self.content_chunks(reader, guard, ContentCut::new(min, avg, max), sink)
             }
-            Chunking::Fixed { size } => self.fixed_chunks(reader, size.max(1) as usize, sink),
+            Chunking::Fixed { size } => {
+                self.fixed_chunks(reader, guard, size.max(1) as usize, sink)
+            }
         }
     }
 
     fn content_chunks<R: Read>(
         &mut self,
         mut reader: R,
+        guard: &mut dyn ReadGuard,
         mut cut: ContentCut,
         mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<()> {
@@ -198,11 +233,14 @@ impl Chunker {
                 return Ok(());
             }
             chunk.reserve(READ_SIZE);
-            // `take(..).read_to_end` fills the spare capacity without zeroing it first and
-            // reads until READ_SIZE bytes or the end of the data.
+            // `take(..).read_to_end` reads until READ_SIZE bytes or the end of the data, and
+            // fills the spare capacity without zeroing it first where the reader implements
+            // `read_buf` (files do).
+            guard.before_read()?;
             let read = (&mut reader)
                 .take(READ_SIZE as u64)
                 .read_to_end(&mut chunk)?;
+            guard.after_read(read);
             eof = read < READ_SIZE;
         }
     }
@@ -210,6 +248,7 @@ impl Chunker {
     fn fixed_chunks<R: Read>(
         &mut self,
         mut reader: R,
+        guard: &mut dyn ReadGuard,
         size: usize,
         mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<()> {
@@ -225,12 +264,16 @@ impl Chunker {
                 let Some(free) = self.pages.get_mut(end..capacity) else {
                     break;
                 };
+                guard.before_read()?;
                 match reader.read(free) {
                     Ok(0) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => end += n,
+                    Ok(n) => {
+                        guard.after_read(n);
+                        end += n;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
@@ -351,6 +394,68 @@ mod tests {
             "only {shared} of {} chunks survived",
             before.len()
         );
+    }
+
+    /// Counts what it is told and refuses the read after `allow` reads.
+    struct Counting {
+        reads: usize,
+        bytes: usize,
+        allow: usize,
+    }
+
+    impl ReadGuard for Counting {
+        fn before_read(&mut self) -> io::Result<()> {
+            if self.reads == self.allow {
+                return Err(io::Error::other("stopped by the guard"));
+            }
+            self.reads += 1;
+            Ok(())
+        }
+        fn after_read(&mut self, bytes: usize) {
+            self.bytes += bytes;
+        }
+    }
+
+    /// The guard hears of every byte read, and its refusal stops the chunking before the next
+    /// read, for both ways of cutting.
+    #[test]
+    fn the_guard_counts_every_read_and_can_stop_the_next() {
+        let data = vec![7u8; 3 * READ_SIZE + 100];
+        let content = Chunking::Content {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
+        for chunking in [content, Chunking::Fixed { size: 8192 }] {
+            let mut guard = Counting {
+                reads: 0,
+                bytes: 0,
+                allow: usize::MAX,
+            };
+            let mut chunked = 0;
+            Chunker::default()
+                .for_each_chunk_guarded(&data[..], &mut guard, chunking, |c| {
+                    chunked += c.len();
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(
+                (guard.bytes, chunked),
+                (data.len(), data.len()),
+                "{chunking:?}"
+            );
+
+            let mut guard = Counting {
+                reads: 0,
+                bytes: 0,
+                allow: 2,
+            };
+            let err = Chunker::default()
+                .for_each_chunk_guarded(&data[..], &mut guard, chunking, |_| Ok(()))
+                .unwrap_err();
+            assert_eq!(err.to_string(), "stopped by the guard", "{chunking:?}");
+            assert_eq!(guard.bytes, 2 * READ_SIZE, "{chunking:?}");
+        }
     }
 
     /// Reads at most `step` bytes per call, like a pipe or a slow source.
