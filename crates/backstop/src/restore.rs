@@ -96,8 +96,10 @@ fn restore_tuned(
     tuning: Tuning,
 ) -> Result<RestoreInfo> {
     let started = Instant::now();
-    // Everything that can refuse the restore does so before the target is touched.
+    // Everything that can refuse the restore does so before the target is touched, and a
+    // target in the way before the backup's tree is read (which takes a while for a large one).
     let select = Selection::new(snapshot, options)?;
+    refuse_non_empty(target, options.existing)?;
     let mut nodes = Vec::new();
     repo.for_each_node(snapshot, |n| {
         if !is_safe_path(&n.path) {
@@ -330,7 +332,9 @@ fn read_runs(
     Ok(runs)
 }
 
-fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
+/// Refuses a target that holds anything unless told to overwrite; `Ok(false)` when there is
+/// no target yet.
+fn refuse_non_empty(target: &Path, existing: ExistingTarget) -> Result<bool> {
     match std::fs::read_dir(target) {
         Ok(mut entries) => {
             if entries.next().is_some() && existing == ExistingTarget::Refuse {
@@ -339,13 +343,19 @@ fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
                     RestoreError::NotEmpty(target.to_path_buf()),
                 ));
             }
-            Ok(())
+            Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(|e| io_error("creating", target, e))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error("opening the restore target", target, e)),
     }
+}
+
+/// Checks the target again (something may have appeared since the first look) and creates it.
+fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
+    if refuse_non_empty(target, existing)? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(target).map_err(|e| io_error("creating", target, e))
 }
 
 /// Creates directories below the target one component at a time, refusing symlinks.

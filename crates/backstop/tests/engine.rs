@@ -670,6 +670,29 @@ fn restore_refuses_a_non_empty_target_unless_told() {
     );
 }
 
+/// A target in the way is refused before the backup's tree is read from the store (which
+/// takes a while for a large backup, only to be told to pick another directory).
+#[test]
+fn a_non_empty_target_is_refused_before_the_tree_is_read() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let store = Arc::new(backstop::store::CountingStore::new(MemoryStore::new()));
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    std::fs::write(target.path().join("precious"), b"keep").unwrap();
+    let before = store.counts();
+    let err = engine
+        .restore(info.id, target.path(), &RestoreOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let read = store.counts().since(&before);
+    // The snapshot object only: trees live in packs, and reading one is another request.
+    assert_eq!((read.gets, read.range_gets), (1, 0), "{read:?}");
+}
+
 /// A restore of part of a backup writes the matching paths, all that is under them and the
 /// directories above them (with the backup's modes and times), and nothing else. `*` stays
 /// within one component of a path, `**` crosses them.
