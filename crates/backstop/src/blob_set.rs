@@ -2,9 +2,9 @@
 
 use std::collections::HashSet;
 
-use crate::Result;
 use crate::format::{BlobId, Snapshot};
 use crate::repo::Repository;
+use crate::{CancelToken, Error, ErrorKind, Result};
 
 /// A set of blobs: a bit for each blob loaded from index objects, by its position in the index
 /// (a hash set of 32-byte ids took about 40 bytes a blob, a third of gc's memory for a large
@@ -28,20 +28,39 @@ impl BlobSet {
         }
     }
 
-    /// The blobs `snapshots` reference.
-    pub(crate) fn used_by(repo: &Repository, snapshots: &[Snapshot]) -> Result<Self> {
+    /// The blobs `snapshots` reference. Stops with [`ErrorKind::Cancelled`] when `cancel` is.
+    pub(crate) fn used_by(
+        repo: &Repository,
+        snapshots: &[Snapshot],
+        cancel: &CancelToken,
+    ) -> Result<Self> {
         let mut used = Self::new(repo);
         for snapshot in snapshots {
-            used.add_snapshot(repo, snapshot)?;
+            used.add_snapshot(repo, snapshot, cancel)?;
         }
         Ok(used)
     }
 
     /// Adds the blobs `snapshot` references: its tree blobs, list blobs and data blobs (those
-    /// of the nodes read before an error, if its tree cannot be read to the end).
-    pub(crate) fn add_snapshot(&mut self, repo: &Repository, snapshot: &Snapshot) -> Result<()> {
+    /// of the nodes read before an error, if its tree cannot be read to the end). Reading the
+    /// file lists of many large backups takes a while, so `cancel` is looked at for each node.
+    pub(crate) fn add_snapshot(
+        &mut self,
+        repo: &Repository,
+        snapshot: &Snapshot,
+        cancel: &CancelToken,
+    ) -> Result<()> {
         self.mark(repo, snapshot.tree.iter().copied());
         repo.for_each_node(snapshot, |node| {
+            if cancel.is_cancelled() {
+                return Err(Error::msg(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "cancelled while reading the file list of backup {}",
+                        snapshot.id
+                    ),
+                ));
+            }
             self.mark(
                 repo,
                 crate::page_list::blobs_of(&node).chain(node.chunks.iter().copied()),

@@ -47,7 +47,16 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
     let snapshots = repo.load_all_snapshots()?;
-    let used = BlobSet::used_by(repo, &snapshots)?;
+    let used = BlobSet::used_by(repo, &snapshots, &options.cancel).map_err(|e| {
+        if e.kind() == ErrorKind::Cancelled {
+            Error::msg(
+                ErrorKind::Cancelled,
+                "the gc was cancelled while it read the backups' file lists; it changed nothing",
+            )
+        } else {
+            e
+        }
+    })?;
 
     let listed: BTreeMap<String, u64> = repo
         .store

@@ -460,8 +460,9 @@ pub struct GcOptions {
     /// Progress of the rewrite, where there is one: a phase `rewrite` with the packs and bytes
     /// to read, each pack as a `file`, then `bytes` as they are read.
     pub progress: Arc<dyn Progress>,
-    /// Cancellation, honoured while packs are rewritten (before the gc changes what any index
-    /// lists): the packs written so far are left for the next gc to delete.
+    /// Cancellation, honoured while the gc reads the backups' file lists (it has changed
+    /// nothing yet) and while it rewrites packs (before it changes what any index lists: the
+    /// packs written so far are left for the next gc to delete); not once indexes change.
     pub cancel: CancelToken,
 }
 

@@ -25,7 +25,10 @@ pub(crate) fn verify(
     // Blobs each backup needs; a tree that cannot be read is a problem, not an abort.
     let mut needed = BlobSet::new(repo);
     for snapshot in snapshots {
-        if let Err(e) = needed.add_snapshot(repo, snapshot) {
+        if let Err(e) = needed.add_snapshot(repo, snapshot, &options.cancel) {
+            if e.kind() == ErrorKind::Cancelled {
+                return Err(Error::msg(ErrorKind::Cancelled, "the verify was cancelled"));
+            }
             report.problems.push(format!(
                 "backup {}: its file list cannot be read: {e:#}",
                 snapshot.id

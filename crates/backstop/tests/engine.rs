@@ -2042,6 +2042,42 @@ fn a_rewriting_gc_reports_progress_and_a_cancelled_one_changes_no_index() {
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
 }
 
+/// A gc cancelled while it reads the backups' file lists stops there and changes nothing,
+/// also when it would only have deleted packs (and so never reached a rewrite to stop in).
+#[test]
+fn a_gc_cancelled_while_it_reads_the_file_lists_changes_nothing() {
+    let first = tempfile::tempdir().unwrap();
+    sample_tree(first.path());
+    let second = tempfile::tempdir().unwrap();
+    std::fs::write(second.path().join("other.bin"), pseudo_random(900_000, 7)).unwrap();
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    for data in [&first, &second] {
+        engine
+            .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+            .unwrap();
+    }
+    engine.delete_backup(1).unwrap();
+    let before = store.keys();
+
+    let token = backstop::CancelToken::new();
+    token.cancel();
+    let err = engine
+        .gc_with(&backstop::GcOptions::default().with_cancel(token))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(err.to_string().contains("changed nothing"), "{err}");
+    assert_eq!(
+        store.keys(),
+        before,
+        "a cancelled gc changed the repository"
+    );
+
+    let report = engine.gc_with(&backstop::GcOptions::default()).unwrap();
+    assert!(report.packs_deleted >= 1, "nothing to delete: {report:?}");
+    assert_eq!(report.packs_repacked, 0, "{report:?}");
+}
+
 /// Crash safety of a rewriting gc: fail each of its puts and deletes in turn (the gc stops
 /// there, as if killed). The backup must verify and restore after every failure, and two
 /// clean gcs must bring the repository to the state a clean run reaches.
