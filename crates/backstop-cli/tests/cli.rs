@@ -1031,3 +1031,87 @@ fn sigint_during_a_large_backup_leaves_a_valid_repository() {
     let second = world.backup();
     assert!(second > first);
 }
+
+/// A tmpfs of a given size, unmounted when dropped, to fill up for real.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// `None`, after a loud note, where this process may not mount one (not root, or a
+    /// container without the capability): what is tested is our message for the kernel's
+    /// ENOSPC, which only a real full filesystem gives.
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (needs root); full-disk messages untested"
+            );
+            return None;
+        }
+        Some(Self { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Running out of space, in a restore target or in the repository, names the path and says
+/// what to do; a backup that ran out records nothing and leaves a repository that opens.
+#[test]
+fn running_out_of_space_says_so_and_what_to_do() {
+    let Some(small) = SmallFs::mount(2 << 20) else {
+        return;
+    };
+    let world = World::new();
+    world.init();
+    std::fs::write(world.data().join("big.bin"), pseudo_random(4 << 20, 3)).unwrap();
+    let id = world.backup().to_string();
+
+    let target = small.dir.path().join("restore");
+    world
+        .cmd()
+        .args(["restore", &id, target.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("ran out of space")
+                .and(predicate::str::contains("holds a partial restore"))
+                .and(predicate::str::contains("big.bin"))
+                .and(predicate::str::contains("No space left on device")),
+        );
+    std::fs::remove_dir_all(&target).unwrap();
+
+    let repo = small.dir.path().join("repo");
+    let data = world.data();
+    world
+        .cmd()
+        .env("BACKSTOP_REPO", &repo)
+        .arg("init")
+        .assert()
+        .success();
+    world
+        .cmd()
+        .env("BACKSTOP_REPO", &repo)
+        .args(["backup", data.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("ran out of space")
+                .and(predicate::str::contains("no backup was recorded"))
+                .and(predicate::str::contains("No space left on device")),
+        );
+    let listed = world.json_with(world.cmd().env("BACKSTOP_REPO", &repo), &["list"]);
+    assert_eq!(listed, serde_json::json!([]), "a backup was recorded");
+}

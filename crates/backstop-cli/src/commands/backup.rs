@@ -40,16 +40,22 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<()> {
     let result = engine.create_backup(&mut *source, &options);
     progress.finish();
     let info = result.map_err(anyhow::Error::new).map_err(|err| {
-        let context =
-            if exit::engine_kind(&err) == Some(ErrorKind::Cancelled) || interrupt::interrupted() {
-                format!(
-                    "backup of {} interrupted; no backup was recorded and earlier backups are \
-                 intact (`backstop gc` removes the partial data)",
-                    quoted(&args.location)
-                )
-            } else {
-                format!("backing up {}", quoted(&args.location))
-            };
+        let location = quoted(&args.location);
+        let kind = exit::engine_kind(&err);
+        let context = if kind == Some(ErrorKind::Cancelled) || interrupt::interrupted() {
+            format!(
+                "backup of {location} interrupted; no backup was recorded and earlier backups \
+                 are intact (`backstop gc` removes the partial data)"
+            )
+        } else if kind == Some(ErrorKind::StorageFull) {
+            format!(
+                "backup of {location} ran out of space; no backup \
+                 was recorded and earlier backups are intact: free space where the cause \
+                 says and run it again (`backstop gc` removes what this attempt stored)"
+            )
+        } else {
+            format!("backing up {location}")
+        };
         err.context(context)
     })?;
 

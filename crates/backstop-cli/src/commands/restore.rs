@@ -69,10 +69,20 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     let result = engine.restore(backup.id, target, &options);
     progress.finish();
     let info = result.map_err(anyhow::Error::new).map_err(|err| {
-        let context = if exit::engine_kind(&err) == Some(ErrorKind::Cancelled) {
+        let kind = exit::engine_kind(&err);
+        let context = if kind == Some(ErrorKind::Cancelled) {
             format!(
                 "restore into {} interrupted; the target holds a partial restore",
                 quoted(target.display())
+            )
+        } else if kind == Some(ErrorKind::StorageFull) {
+            format!(
+                "restore of backup {} into {} ran out of space (the backup holds {}); the \
+                 target holds a partial restore: free space there or restore elsewhere \
+                 (`--force` restores over the partial one)",
+                quoted(backup.id),
+                quoted(target.display()),
+                output::size(backup.size)
             )
         } else {
             format!(
