@@ -319,6 +319,23 @@ impl ServerFacts {
     }
 }
 
+/// An error of a query inside a running backup session. One the server did not report itself
+/// is the connection breaking (the server stopped, crashed or cut the session): say so, and
+/// what to do, rather than leave the driver's "broken pipe" to explain it.
+fn session_error(context: &str, e: postgres::Error) -> SourceError {
+    if e.as_db_error().is_some() {
+        return SourceError::database(context, e);
+    }
+    SourceError::database(
+        format!(
+            "{context}: the connection to PostgreSQL broke during the backup (the server \
+             stopped, restarted or ended the session); no backup is recorded, so run it again \
+             once the server accepts connections"
+        ),
+        e,
+    )
+}
+
 fn get<'a, T: postgres::types::FromSql<'a>>(
     row: &'a postgres::Row,
     index: usize,
@@ -452,7 +469,7 @@ impl PgSession {
             };
             let row = client
                 .query_one(sql, &[])
-                .map_err(|e| SourceError::database("stopping the backup (`pg_backup_stop`)", e))?;
+                .map_err(|e| session_error("stopping the backup (`pg_backup_stop`)", e))?;
             Ok((
                 get::<String>(&row, 0, "stop LSN")?,
                 get::<String>(&row, 1, "labelfile")?,
@@ -485,7 +502,7 @@ impl PgSession {
             if flushed_lsn(client)? / seg <= stop_segno {
                 client
                     .execute("SELECT pg_switch_wal()", &[])
-                    .map_err(|e| SourceError::database("switching WAL (`pg_switch_wal`)", e))?;
+                    .map_err(|e| session_error("switching WAL (`pg_switch_wal`)", e))?;
                 let flushed = flushed_lsn(client)?;
                 if flushed / seg <= stop_segno {
                     return Err(SourceError::Procedure(format!(
@@ -600,7 +617,7 @@ impl PgSession {
 fn flushed_lsn(client: &mut Client) -> Result<u64, SourceError> {
     let row = client
         .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
-        .map_err(|e| SourceError::database("reading the flushed WAL position", e))?;
+        .map_err(|e| session_error("reading the flushed WAL position", e))?;
     parse_lsn(&get::<String>(&row, 0, "pg_current_wal_flush_lsn")?)
 }
 

@@ -2,7 +2,8 @@
 //! pgbench write load from a separate process: every backup restores into a new data directory
 //! where the server replays the stored WAL, reaches consistency, passes `pg_amcheck` and keeps
 //! the pgbench invariant; an incremental backup stores about what changed; a WAL segment the
-//! archive lacks is a clear `NotFound`.
+//! archive lacks is a clear `NotFound`; a server that goes away in the middle of a backup
+//! fails it without recording anything.
 //!
 //! Needs the PostgreSQL 15 server, pgbench and amcheck (scripts/install/postgres.sh); skipped
 //! loudly without them, and failing under `CI=true`.
@@ -314,4 +315,75 @@ fn page_checksums_are_verified_and_damage_is_reported() {
         "{:?}",
         damaged.warnings
     );
+}
+
+/// Crashes the server when the backup reads its first file, once.
+struct CrashOnFirstFile<F> {
+    crash: F,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+impl<F: Fn() + Send + Sync> backstop::Progress for CrashOnFirstFile<F> {
+    fn file(&self, _path: &str) {
+        if !self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            (self.crash)();
+        }
+    }
+}
+
+/// A server that goes away in the middle of a base backup (crashed under pgbench load while
+/// the data files are read) fails the backup with an error that says PostgreSQL's side broke
+/// off, records no backup, and leaves the repository valid; once the server is back (after
+/// crash recovery) the next backup works and restores consistent.
+#[test]
+fn a_server_that_goes_away_mid_backup_fails_it_and_records_nothing() {
+    if !pg_cluster::require_postgres() {
+        return;
+    }
+    let tmp = pg_cluster::tempdir();
+    let (mut primary, ts_oid) = PgCluster::primary_with_tablespace(tmp.path(), 2000);
+    let engine = engine();
+    let mut source = PostgresSource::new(primary.conninfo()).with_fast_checkpoint(true);
+
+    let load = primary.pgbench_load(2, 600, Some(200));
+    let hook = std::sync::Arc::new(CrashOnFirstFile {
+        crash: primary.crasher(),
+        crashed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let result = engine.create_backup(
+        &mut source,
+        &BackupOptions::default().with_progress(hook.clone()),
+    );
+    load.stop();
+    assert!(
+        hook.crashed.load(std::sync::atomic::Ordering::SeqCst),
+        "the server was not crashed"
+    );
+    let err = result.expect_err("a backup whose server went away succeeded");
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(inner) = cause {
+        message.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    eprintln!("the backup failed with: {message}");
+    assert!(
+        message.contains("pg_backup_stop")
+            && message.contains("connection to PostgreSQL broke")
+            && message.contains("run it again"),
+        "the error does not say what failed and what to do: {message}"
+    );
+    assert!(
+        engine.list_backups().unwrap().is_empty(),
+        "a backup was recorded"
+    );
+    assert!(engine.verify_all(VerifyLevel::Quick).unwrap().is_ok());
+
+    primary.start(&[]);
+    let committed_before = primary.history_rows();
+    let info = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    let root = tmp.path().join("restored");
+    restore_and_check(&engine, info.id, &root, &ts_oid, committed_before);
 }

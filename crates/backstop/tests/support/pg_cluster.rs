@@ -307,6 +307,26 @@ impl PgCluster {
         }
     }
 
+    /// What stops the server the way a crash would (`pg_ctl -m immediate`: no shutdown
+    /// checkpoint, every connection cut), to call from a test's progress hook, which must not
+    /// borrow the cluster; `start` brings it back, with crash recovery.
+    #[allow(
+        dead_code,
+        reason = "only some of the tests that share this module crash it"
+    )]
+    pub(crate) fn crasher(&self) -> impl Fn() + Send + Sync + 'static {
+        let (root, data) = (self.root.clone(), self.data.clone());
+        move || {
+            run_ok(
+                as_server_user(&pg("pg_ctl"))
+                    .current_dir(&root)
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-w", "-t", "60", "-m", "immediate", "stop"]),
+            );
+        }
+    }
+
     /// The last lines of the server log, for failure messages.
     pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
