@@ -179,9 +179,8 @@ fn check_packs(
 
 /// Reads one pack of `size` bytes and checks it against its id, its header against the index,
 /// and each of `entries` (the blobs of the pack the backups need, in the order of their place)
-/// against its id. The pack is
-/// read front to back in pieces ([`PackStream`]), so a thread holds a piece and a unit, not
-/// the pack.
+/// against its id. The pack is read front to back in pieces ([`PackStream`]), so a thread
+/// holds a piece and a unit, not the pack.
 fn check_pack(
     repo: &Repository,
     pack: PackId,
