@@ -10,7 +10,10 @@
 //! after (3) duplicate index entries (harmless); after (4) unreferenced packs that the next gc
 //! deletes. A rewritten pack is not deleted by the gc that rewrote it (unless the grace period
 //! is zero): a restore or verify that loaded the index before may still read it, so it waits
-//! out the grace period.
+//! out the grace period, which starts when the new index is written. No gc deletes a pack of
+//! a record within its grace period, even one an index still lists (after a crash at (3) the
+//! next gc may find either copy of a blob unused). gc checks that its lock is still its own
+//! before (2) and before (5).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -41,10 +44,13 @@ struct Plan {
     repack: Vec<Rewrite>,
     /// Wholly unused packs and their sizes.
     drop: Vec<(PackId, u64)>,
+    /// Wholly unused packs that an earlier gc rewrote and that still wait out its grace
+    /// period: the new index leaves them out, and a later gc deletes them.
+    unlisted_in_grace: usize,
 }
 
 pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
-    let _lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
+    let lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
     let snapshots = repo.load_all_snapshots()?;
     let used = BlobSet::used_by(repo, &snapshots, &options.cancel).map_err(|e| {
@@ -69,6 +75,23 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
         ..GcReport::default()
     };
 
+    // Packs earlier gcs rewrote wait until their record's grace period is over, whether an
+    // index still lists them or not: a gc cut short after writing its new index (before it
+    // deleted the old one) leaves them listed twice, and the next gc may find them unused.
+    let records = load_superseded(repo)?;
+    let now = now_unix();
+    let grace = i64::try_from(options.superseded_grace.as_secs()).unwrap_or(i64::MAX);
+    let in_grace: HashSet<PackId> = records
+        .iter()
+        .filter(|(_, r)| now.saturating_sub(r.time_unix) < grace)
+        .flat_map(|(_, r)| r.packs.iter().copied())
+        .collect();
+    let expired_records: Vec<&String> = records
+        .iter()
+        .filter(|(_, r)| now.saturating_sub(r.time_unix) >= grace)
+        .map(|(key, _)| key)
+        .collect();
+
     let (plan, old_index_objects) = {
         let index = repo.index_read();
         if !used.fits(&index) {
@@ -90,7 +113,10 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             let mut entries = by_pack.remove(&pos).unwrap_or_default();
             let (units, unused_bytes) = used_units(&mut entries);
             let (id, size) = (*pack, *size);
-            if units.is_empty() {
+            if units.is_empty() && in_grace.contains(&id) {
+                // Left out of the new index; deleted once its grace period is over.
+                plan.unlisted_in_grace += 1;
+            } else if units.is_empty() {
                 plan.drop.push((id, size));
             } else if worth_rewriting(size, unused_bytes, options.repack_unused_percent) {
                 // The units carry the entries a rewrite needs.
@@ -111,20 +137,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
         .collect();
 
     // Packs no index lists: uploads of interrupted backups, and packs earlier gcs rewrote.
-    // The latter wait until their record's grace period is over.
-    let records = load_superseded(repo)?;
-    let now = now_unix();
-    let grace = i64::try_from(options.superseded_grace.as_secs()).unwrap_or(i64::MAX);
-    let in_grace: HashSet<String> = records
-        .iter()
-        .filter(|(_, r)| now.saturating_sub(r.time_unix) < grace)
-        .flat_map(|(_, r)| r.packs.iter().map(|p| format::pack_key(*p)))
-        .collect();
-    let expired_records: Vec<&String> = records
-        .iter()
-        .filter(|(_, r)| now.saturating_sub(r.time_unix) >= grace)
-        .map(|(key, _)| key)
-        .collect();
+    let in_grace: HashSet<String> = in_grace.into_iter().map(format::pack_key).collect();
     let mut orphans: Vec<(String, u64)> = Vec::new();
     for (key, size) in listed.iter().filter(|(k, _)| !indexed.contains(*k)) {
         if in_grace.contains(key) {
@@ -152,6 +165,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     // Rewrite the index when packs go, or when its objects (one per backup) would fit in fewer.
     let mut index_changes = !plan.drop.is_empty()
         || !plan.repack.is_empty()
+        || plan.unlisted_in_grace > 0
         || old_index_objects.len() > crate::repo::index_object_count(&plan.keep);
     if options.dry_run {
         return Ok(report);
@@ -168,9 +182,14 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
         keep.extend(rewritten);
         index_changes = true;
     }
+    // Reading the file lists and rewriting packs take long on a large repository: a gc whose
+    // lock went stale meanwhile may have a backup beside it that relies on what it would drop.
+    still_held(&lock, "before it changed anything")?;
     if !plan.repack.is_empty() && !delete_rewritten {
         let record = SupersededPacks {
-            time_unix: now,
+            // The grace period protects readers of the old index, which is current until the
+            // new one is written just below: it starts now, not when the gc started.
+            time_unix: now_unix(),
             host: hostname(),
             packs: plan.repack.iter().map(|p| p.id).collect(),
         };
@@ -192,6 +211,10 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             }
         }
     }
+    still_held(
+        &lock,
+        "after it wrote the new index, before it deleted any pack",
+    )?;
     for (pack, _) in &plan.drop {
         repo.store.delete(&format::pack_key(*pack))?;
     }
@@ -205,6 +228,22 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     report.temp_files_removed = repo.store.remove_temp_files(TEMP_FILE_MIN_AGE)?;
     repo.reload_index()?;
     Ok(report)
+}
+
+/// Fails when the gc's exclusive lock is no longer certainly its own, saying where it stopped.
+fn still_held(lock: &lock::LockGuard, stage: &str) -> Result<()> {
+    match lock.lost()? {
+        None => Ok(()),
+        Some(why) => Err(Error::msg(
+            ErrorKind::Locked,
+            format!(
+                "gc stopped {stage}: its repository lock `{}` may no longer be its own ({why}), \
+                 and a backup may rely on what it would delete. What it left is cleaned up by \
+                 the next gc; run it again",
+                lock.key()
+            ),
+        )),
+    }
 }
 
 /// A pack to rewrite.

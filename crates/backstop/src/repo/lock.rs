@@ -79,27 +79,35 @@ impl LockGuard {
     /// Checks, right before a commit, that the lock is still ours: refreshed recently enough
     /// that nobody treats it as stale, and still in the store.
     pub(crate) fn check_held(&self) -> Result<()> {
-        let age = now_unix() - self.refreshed.load(Ordering::SeqCst);
-        if age > STALE_AFTER_SECS / 2 {
-            return Err(Error::new(
+        match self.lost()? {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
                 ErrorKind::Locked,
                 LockLostError {
                     key: self.key.clone(),
-                    why: format!("not refreshed for {age} s"),
-                },
-            ));
-        }
-        match self.store.head(&self.key) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == StoreErrorKind::NotFound => Err(Error::new(
-                ErrorKind::Locked,
-                LockLostError {
-                    key: self.key.clone(),
-                    why: "it was removed".into(),
+                    why,
                 },
             )),
+        }
+    }
+
+    /// Why the lock may no longer be ours (`None` while it is), for holders that word the
+    /// failure themselves.
+    pub(crate) fn lost(&self) -> Result<Option<String>> {
+        let age = now_unix() - self.refreshed.load(Ordering::SeqCst);
+        if age > STALE_AFTER_SECS / 2 {
+            return Ok(Some(format!("not refreshed for {age} s")));
+        }
+        match self.store.head(&self.key) {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(Some("it was removed".into())),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The lock's key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -231,6 +239,19 @@ pub(crate) fn acquire(store: &Arc<dyn Store>, exclusive: bool, purpose: &str) ->
         .spawn(move || {
             let mut info = info;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(REFRESH_EVERY) {
+                // A lock others may judge stale is never written again: a gc may delete it
+                // between our look and our write, and the write would bring it back as if it
+                // had been held all along. The holder's `check_held` fails from then on (it
+                // allows half the stale age), so it commits nothing.
+                let unrefreshed = now_unix() - refreshed.load(Ordering::SeqCst);
+                if unrefreshed > STALE_AFTER_SECS / 2 {
+                    tracing::warn!(
+                        key = %key,
+                        unrefreshed_s = unrefreshed,
+                        "the repository lock went unrefreshed too long; giving it up"
+                    );
+                    return;
+                }
                 // A lock someone removed (a gc that judged it stale) is never recreated: the
                 // holder must notice at its next `check_held` instead.
                 if store2.head(&key).is_err() {
