@@ -3,9 +3,13 @@
 //!
 //! Safety: every path is checked to be relative and free of `..`; directories are created one
 //! component at a time and each must be a real directory (never a symlink), and symlinks are
-//! created only after every file, so a backup cannot write outside the target. A marker file,
+//! created only after every file, so the tree cannot write outside the target. A marker file,
 //! `.backstop-restore-incomplete`, exists in the target from the first byte written until the
-//! restore and its fix-ups have succeeded, so a failed restore never looks complete.
+//! restore and its fix-ups have succeeded, so a failed restore never looks complete. Files and
+//! directories are created private (0600, 0700) and get their recorded modes, and when root
+//! restores their owners, once written (`apply_metadata`). Not defended: another local user
+//! who can write in the target while the restore runs (a checked directory swapped for a
+//! symlink); restore as root only into a directory nobody else can write to.
 //!
 //! Speed and memory: files are cut into segments of whole read runs (16 MiB of raw bytes), whose
 //! offsets in the file follow from the index's raw lengths, so several workers write one large
@@ -22,7 +26,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -125,8 +129,7 @@ fn restore_tuned(
     );
     prepare_target(target, options.existing)?;
     let marker = target.join(INCOMPLETE_MARKER);
-    std::fs::write(&marker, format!("backup {}\n", snapshot.id))
-        .map_err(|e| io_error("writing", &marker, e))?;
+    write_marker(&marker, snapshot.id, options.sync)?;
 
     let mut info = RestoreInfo {
         id: snapshot.id,
@@ -162,6 +165,8 @@ fn restore_tuned(
         let link_target = node.target.clone().unwrap_or_default();
         std::os::unix::fs::symlink(&link_target, &path)
             .map_err(|e| io_error("creating symlink", &path, e))?;
+        // A symlink's own mode means nothing; its owner matters to sticky directories.
+        let _ = set_id_bits_to_drop(&path, node);
         let mtime = filetime::FileTime::from_unix_time(
             node.mtime_ns.div_euclid(1_000_000_000),
             node.mtime_ns.rem_euclid(1_000_000_000) as u32,
@@ -302,6 +307,25 @@ fn writes_directly(
         )
 }
 
+/// Writes the incomplete-restore marker, durably when the restore syncs: direct writes of
+/// file data may reach the disk before a marker left in the page cache would.
+fn write_marker(marker: &Path, id: u64, sync: bool) -> Result<()> {
+    use std::io::Write as _;
+    let mut file = File::create(marker).map_err(|e| io_error("writing", marker, e))?;
+    file.write_all(format!("backup {id}\n").as_bytes())
+        .map_err(|e| io_error("writing", marker, e))?;
+    if sync {
+        file.sync_all()
+            .map_err(|e| io_error("syncing", marker, e))?;
+        if let Some(dir) = marker.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("syncing the directory of", marker, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Flushes everything written under `target` to disk (one `syncfs` of its filesystem).
 fn sync_filesystem(target: &Path) -> Result<()> {
     let dir = std::fs::File::open(target).map_err(|e| io_error("opening", target, e))?;
@@ -395,7 +419,12 @@ impl<'a> SafeDirs<'a> {
                     ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&path).map_err(|e| io_error("creating", &path, e))?;
+                    // Private until the end, when directories get their recorded modes: a
+                    // 0600 file in a 0700 directory must not be open to others meanwhile.
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&path)
+                        .map_err(|e| io_error("creating", &path, e))?;
                 }
                 Err(e) => return Err(io_error("inspecting", &path, e)),
             }
@@ -416,15 +445,57 @@ fn remove_existing(path: &Path) -> Result<()> {
     }
 }
 
+/// Gives a restored file or directory its owner, mode and mtime. Run as root, a restore gives
+/// every node its recorded owner (as `tar` does), then its mode: chown clears the set-id bits.
+/// Otherwise the files are the restoring user's, and a set-user-id or set-group-id bit is
+/// kept only when the recorded owner or group is that user's: a restore must never make a
+/// program run as someone who did not mark it so.
 fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
+    let mode = node.mode & 0o7777 & !set_id_bits_to_drop(path, node);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| io_error("setting permissions of", path, e))?;
     let mtime = filetime::FileTime::from_unix_time(
         node.mtime_ns.div_euclid(1_000_000_000),
         node.mtime_ns.rem_euclid(1_000_000_000) as u32,
     );
     filetime::set_file_mtime(path, mtime).map_err(|e| io_error("setting the mtime of", path, e))
+}
+
+/// Gives `path` its recorded owner when this process is root (without following a symlink),
+/// and returns the set-id bits of the node's mode that must not be applied: those of an owner
+/// or group the file did not get.
+fn set_id_bits_to_drop(path: &Path, node: &Node) -> u32 {
+    use rustix::fs::{AtFlags, CWD, Gid, Uid, chownat};
+    let (euid, egid) = (rustix::process::geteuid(), rustix::process::getegid());
+    let owned = if euid.is_root() {
+        // Ids not mapped in this user namespace fail, and are then reported below.
+        let (uid, gid) = (Uid::from_raw(node.uid), Gid::from_raw(node.gid));
+        match chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(()) => return 0,
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    uid = node.uid,
+                    gid = node.gid,
+                    error = %e,
+                    "could not give the restored file its recorded owner; it stays root's, \
+                     without set-id bits"
+                );
+                (false, false)
+            }
+        }
+    } else {
+        (node.uid == euid.as_raw(), node.gid == egid.as_raw())
+    };
+    let mut drop = 0;
+    if !owned.0 {
+        drop |= 0o4000;
+    }
+    if !owned.1 {
+        drop |= 0o2000;
+    }
+    drop
 }
 
 /// Segments of at least this many bytes have their writeback started as soon as they are
@@ -548,9 +619,11 @@ impl FileJob<'_> {
             return Ok(Arc::clone(file));
         }
         remove_existing(&self.path)?;
+        // Private until written: the recorded mode, which may let others read, comes last.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&self.path)
             .map_err(|e| io_error("creating", &self.path, e))?;
         let direct = if self.direct {
