@@ -84,6 +84,8 @@ pub enum PutMode {
     Overwrite,
     /// Fail with [`StoreErrorKind::AlreadyExists`] if the key exists. Best effort on stores that
     /// do not honour conditional writes; the repository never relies on it for safety alone.
+    /// An object store whose client retried a create that had landed (its answer lost) finds
+    /// the key taken; when the object there holds exactly these bytes, the put succeeds.
     Create,
 }
 

@@ -1,5 +1,6 @@
 //! A store in a local directory: one file per object, written atomically with temp file + rename.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -55,6 +56,8 @@ pub struct LocalStore {
     root: PathBuf,
     options: LocalStoreOptions,
     open: Arc<Mutex<OpenFiles>>,
+    /// Directories whose entries (up to the root) are known durable in this process.
+    durable: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// Files kept open for ranged reads, least recently used first out.
@@ -106,6 +109,7 @@ impl LocalStore {
             root: root.into(),
             options,
             open: Arc::default(),
+            durable: Arc::default(),
         }
     }
 
@@ -165,11 +169,16 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    /// Creates `dir` and any missing parents, fsyncing each parent that gained an entry so the
-    /// new directory survives a crash.
+    /// Creates `dir` and any missing parents, and makes sure each one's entry in its parent is
+    /// durable before an object in it is acknowledged: by fsyncing the parent after creating
+    /// it, and, for a directory that already existed (another writer may have created it a
+    /// moment ago and not yet synced its entry), once per store before first use.
     fn ensure_dir(&self, key: &str, dir: &Path) -> Result<(), StoreError> {
+        if self.durable_dirs().contains(dir) {
+            return Ok(());
+        }
         match fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
                 return Err(StoreError::new(
                     StoreErrorKind::Other,
@@ -181,7 +190,9 @@ impl LocalStore {
                     ),
                 ));
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.create_dir(key, dir)?;
+            }
             Err(err) => {
                 return Err(StoreError::from_io(
                     key,
@@ -190,16 +201,28 @@ impl LocalStore {
                 ));
             }
         }
-        let parent = dir.parent();
-        if let Some(parent) = parent {
-            if !parent.as_os_str().is_empty() {
+        // The root's own entry is the business of whoever made it (`init`).
+        if dir != self.root {
+            if let Some(parent) = dir.parent() {
                 self.ensure_dir(key, parent)?;
+                self.sync_dir(key, parent)?;
+            }
+        }
+        self.durable_dirs().insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Creates `dir` (and missing parents); another writer creating it meanwhile is fine.
+    fn create_dir(&self, key: &str, dir: &Path) -> Result<(), StoreError> {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            if !parent.exists() {
+                self.create_dir(key, parent)?;
             }
         }
         match fs::create_dir(dir) {
             Ok(()) => {}
-            // Another writer created it in between: fine, and it syncs its own entry.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => {
                 return Err(StoreError::from_io(
                     key,
@@ -208,10 +231,17 @@ impl LocalStore {
                 ));
             }
         }
-        if let Some(parent) = parent {
-            self.sync_dir(key, parent)?;
+        // The root has no durable-dirs walk above it: sync its parent when it is made here.
+        if dir == self.root {
+            if let Some(parent) = parent {
+                self.sync_dir(key, parent)?;
+            }
         }
         Ok(())
+    }
+
+    fn durable_dirs(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.durable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn sync_dir(&self, key: &str, dir: &Path) -> Result<(), StoreError> {

@@ -506,6 +506,24 @@ fn map_error(service: &str, key: &str, what: &str, err: object_store::Error) -> 
     StoreError::with_source(kind, key, message, err)
 }
 
+impl ObjectStoreAdapter {
+    /// A create-if-absent put that found the key taken. The client retries a put that timed
+    /// out or got a 5xx answer, and when the first try did land, the retry is refused with
+    /// 412: the object is then exactly ours. Identical bytes count as created; anything else
+    /// is `exists`.
+    fn created_by_an_earlier_try(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        exists: StoreError,
+    ) -> Result<(), StoreError> {
+        match self.get(key) {
+            Ok(stored) if stored == bytes => Ok(()),
+            _ => Err(exists),
+        }
+    }
+}
+
 impl Store for ObjectStoreAdapter {
     fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
         let path = self.path(key)?;
@@ -561,7 +579,13 @@ impl Store for ObjectStoreAdapter {
                         err,
                     ));
                 }
-                Err(err) => return Err(self.map_error(key, "put", err)),
+                Err(err) => {
+                    let err = self.map_error(key, "put", err);
+                    if conditional && err.kind() == StoreErrorKind::AlreadyExists {
+                        return self.created_by_an_earlier_try(key, bytes, err);
+                    }
+                    return Err(err);
+                }
             }
         }
     }

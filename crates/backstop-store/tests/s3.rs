@@ -215,3 +215,98 @@ fn a_server_killed_mid_upload_leaves_no_object_and_comes_back() {
     store.put("packs/big", &big, PutMode::Create).unwrap();
     assert_eq!(store.get("packs/big").unwrap().len(), big.len());
 }
+
+/// Reads one HTTP message (head and a `Content-Length` body) from `stream`.
+fn read_message(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+/// A create whose first try reached the server but whose answer was lost: the client tries
+/// again, and the server refuses the repeat (412, the object exists). The object is the one
+/// this put wrote, so the put succeeds; a create over different bytes still fails.
+#[test]
+fn a_create_retried_after_its_first_try_landed_succeeds() {
+    let Some(server) = S3Server::start(Kind::Moto) else {
+        return;
+    };
+    server.create_bucket("retried");
+    let backend = server.addr();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let puts_answered_503 = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lost = puts_answered_503.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut client) = stream else { return };
+            let lost = lost.clone();
+            std::thread::spawn(move || {
+                while let Some(request) = read_message(&mut client) {
+                    let mut server = std::net::TcpStream::connect(backend).unwrap();
+                    server.write_all(&request).unwrap();
+                    let Some(answer) = read_message(&mut server) else {
+                        return;
+                    };
+                    // The first PUT lands on the server, and its answer is lost.
+                    let is_put = request.starts_with(b"PUT ");
+                    if is_put && lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        continue;
+                    }
+                    if client.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let url = server
+        .url("retried", "repo")
+        .replace(&server.endpoint(), &format!("http://127.0.0.1:{port}"));
+    let store = S3Store::from_url_with_options(
+        &url,
+        S3StoreOptions::default().with_credentials(S3Credentials::new(ACCESS_KEY, SECRET_KEY)),
+    )
+    .unwrap();
+    store
+        .put("snapshots/0000000001-ab", b"the snapshot", PutMode::Create)
+        .expect("the retried create of our own bytes");
+    assert!(
+        puts_answered_503.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the put was not tried again"
+    );
+    assert_eq!(
+        store.get("snapshots/0000000001-ab").unwrap(),
+        b"the snapshot"
+    );
+    let err = store
+        .put("snapshots/0000000001-ab", b"another", PutMode::Create)
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::AlreadyExists, "{err}");
+}
