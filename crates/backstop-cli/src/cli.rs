@@ -421,7 +421,7 @@ pub(crate) struct VerifyArgs {
     #[arg(long, conflicts_with = "read_data_subset")]
     pub(crate) full: bool,
 
-    /// Read, decrypt and hash PERCENT of the packs
+    /// Read, decrypt and hash PERCENT of the packs (at least one; another part each run)
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub(crate) read_data_subset: Option<u8>,
 }

@@ -926,6 +926,46 @@ fn completions_and_man_page() {
         .stdout(predicate::str::contains("Exit codes:").and(predicate::str::contains("130")));
 }
 
+/// A recovery target given for a backup that is not replayed to a point in time is a usage
+/// error that names the backup's kind, and nothing is restored: otherwise the user gets the
+/// latest state while believing they asked for an earlier one.
+#[test]
+fn a_recovery_target_for_a_directory_backup_is_refused() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+    let target = world.path("restored");
+    for option in ["--target-time=2026-01-01 00:00:00+00", "--target-lsn=0/1"] {
+        world
+            .cmd()
+            .args(["restore", &id.to_string(), target.to_str().unwrap(), option])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("a directory backup"));
+        assert!(!target.exists(), "{option}: something was restored");
+    }
+}
+
+/// Output piped into a reader that stops early (`| head`): the command ends quietly with exit
+/// code 0, as the CLI README promises, even where a library writes the output (the bash
+/// completion script, 70 KB, is more than a pipe holds).
+#[test]
+fn a_closed_pipe_ends_completions_quietly() {
+    let world = World::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["completions", "bash"])
+        .current_dir(world.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Ctrl-C in the middle of a 300 MiB backup: the command exits 130, the interrupted backup
 /// is not listed, the repository verifies in full, and gc plus a new backup work afterwards.
 #[test]

@@ -404,7 +404,8 @@ impl RestoreOptions {
 pub enum VerifyLevel {
     /// Every object the backup needs exists with the right size.
     Quick,
-    /// Additionally reads, decrypts and hashes a share of the packs (percent, 1..=100).
+    /// Additionally reads, decrypts and hashes a share of the packs (percent, 1..=100, at least
+    /// one pack): a run of them from a random one, so that each run reads another part.
     Subset(u8),
     /// Reads, decrypts and hashes every byte.
     Full,

@@ -88,12 +88,17 @@ pub(crate) fn verify(
     if read_share == 0 {
         return Ok(report);
     }
+    // A subset is a run of packs (in id order) from a random one: another part each time, so
+    // that a subset verified now and then covers every pack in the end.
+    let n = packs.len().max(1);
+    let count = (packs.len() * usize::from(read_share)).div_ceil(100);
+    let start = (rand::random::<u64>() % n as u64) as usize;
+    let chosen = |i: usize| (i + n - start) % n < count;
     let to_read: Vec<(PackId, u64, Vec<format::PackEntry>)> = packs
         .into_iter()
-        // A stable choice per pack id: the same subset each run unless the share changes.
-        .filter(|(pack, _)| {
-            read_share == 100 || u32::from(pack.0[0]) * 100 / 256 < u32::from(read_share)
-        })
+        .enumerate()
+        .filter(|(i, _)| chosen(*i))
+        .map(|(_, pack)| pack)
         // A missing pack is already reported; one of another size is read as it is.
         .filter_map(|(pack, mut entries)| {
             let size = listed.get(&format::pack_key(pack))?;

@@ -6,10 +6,16 @@ use clap::CommandFactory as _;
 use crate::cli::{Cli, CompletionsArgs, ManArgs};
 
 pub(super) fn completions(args: &CompletionsArgs) -> Result<()> {
+    use std::io::Write as _;
     let mut command = Cli::command();
+    // clap_complete panics when its writer fails (`| head` closes the pipe): generate into
+    // memory, then write, so a closed pipe is an error the caller treats as such.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "backstop", &mut script);
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(args.shell, &mut command, "backstop", &mut out);
-    Ok(())
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
 }
 
 pub(super) fn man(args: &ManArgs) -> Result<()> {

@@ -40,6 +40,31 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         ("target-name", &args.target_name),
         ("target-action", &args.target_action),
     ];
+    // Recovery targets mean something only to a procedure that replays a log to a point in
+    // time; elsewhere they would be dropped, and the user would get the latest state unawares.
+    let pitr = matches!(backup.source_kind.as_str(), "postgres" | "group");
+    if let Some((key, _)) = targets.iter().find(|(_, value)| value.is_some()) {
+        if !pitr || args.raw {
+            return Err(exit::Exit::new(
+                exit::Code::Usage,
+                format!(
+                    "--{key} needs a backup that is replayed to a point in time (a PostgreSQL \
+                 backup, or a group's, without --raw); backup {} is {}{}",
+                    quoted(backup.id),
+                    if args.raw {
+                        "restored --raw, as files, from "
+                    } else {
+                        ""
+                    },
+                    match backup.source_kind.as_str() {
+                        "dir" => "a directory backup".to_owned(),
+                        kind => format!("a `{kind}` backup"),
+                    }
+                ),
+            )
+            .into());
+        }
+    }
     for (key, value) in targets {
         if let Some(value) = value {
             options = options.with_fixup_option(key, value.clone());
