@@ -392,7 +392,7 @@ pub(crate) enum RepoError {
     Missing { location: String },
     #[error("a Backstop repository already exists at {location}")]
     Exists { location: String },
-    #[error("object `{key}` is damaged")]
+    #[error("object `{key}` is damaged in the repository")]
     Damaged {
         key: String,
         #[source]
@@ -755,14 +755,45 @@ impl Repository {
     /// One index object, decoded; `None` when it is gone (deleted by a concurrent gc after it
     /// wrote the replacement index).
     fn read_index_object(&self, key: &str) -> Result<Option<IndexFile>> {
-        let bytes = match self.store.get(key) {
-            Ok(b) => b,
-            Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        format::open_object("index", ObjectType::Index, &bytes, self.key())
-            .map(Some)
-            .map_err(|e| damaged(key, e))
+        let read = self.read_metadata(key, |bytes| {
+            format::open_object("index", ObjectType::Index, bytes, self.key())
+                .map_err(|e| damaged(key, e))
+        });
+        match read {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the object under `key` and decodes it with `decode`. If the bytes are damaged
+    /// (`decode` fails with [`ErrorKind::Corrupt`]) and a cache on the way held a copy
+    /// ([`Store::evict`] dropped it), the object is read once more from the store: a cache
+    /// keeps what it fetched, and without this a copy fetched while the repository's object
+    /// was damaged would stay damaged after the object was mended (one cache entry serves
+    /// every copy of a repository). Only when the store's own bytes are damaged too is the
+    /// damage reported, and then no cache keeps them.
+    fn read_metadata<T>(&self, key: &str, decode: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
+        let first = decode(&self.store.get(key)?);
+        match first {
+            Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(key) => {
+                tracing::warn!(
+                    key,
+                    error = %e,
+                    "a cached copy of an object is damaged; reading the repository's copy"
+                );
+                let again = self
+                    .store
+                    .get(key)
+                    .map_err(Error::from)
+                    .and_then(|bytes| decode(&bytes));
+                if matches!(&again, Err(e) if e.kind() == ErrorKind::Corrupt) {
+                    self.store.evict(key);
+                }
+                again
+            }
+            other => other,
+        }
     }
 
     pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -1059,10 +1090,10 @@ impl Repository {
     }
 
     fn read_snapshot(&self, key: &str) -> Result<Snapshot> {
-        let bytes = self.store.get(key)?;
-        let snapshot: Snapshot =
-            format::open_object("snapshot", ObjectType::Snapshot, &bytes, self.key())
-                .map_err(|e| damaged(key, e))?;
+        let snapshot: Snapshot = self.read_metadata(key, |bytes| {
+            format::open_object("snapshot", ObjectType::Snapshot, bytes, self.key())
+                .map_err(|e| damaged(key, e))
+        })?;
         if snapshot.version > format::FORMAT_VERSION {
             return Err(damaged(
                 key,
