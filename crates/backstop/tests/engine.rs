@@ -1382,6 +1382,48 @@ fn archive_objects_round_trip_and_refuse_different_bytes() {
     assert!(engine.archive_put("wal", "../x", b"x").is_err());
 }
 
+/// An old snapshot copied to a key with a larger id would pass for the latest backup (its
+/// seal is sound: the key holder wrote it); the id it holds must be its key's.
+#[test]
+fn a_snapshot_copied_to_another_id_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    for _ in 0..2 {
+        engine
+            .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+            .unwrap();
+    }
+    let first = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("snapshots/0000000001-"))
+        .unwrap();
+    let replayed = "snapshots/0000000003-00112233445566778899aabbccddeeff";
+    store.raw_put(replayed, store.raw_get(&first).unwrap());
+    for err in [
+        engine.list_backups().unwrap_err(),
+        engine
+            .backup_info(backstop::BackupSelector::Latest)
+            .unwrap_err(),
+        engine.backup_info(3).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(replayed)
+                && message.contains("backup 1")
+                && message.contains("backup 3"),
+            "{message}"
+        );
+    }
+    // The backups under their own keys still read.
+    assert_eq!(engine.backup_info(2).unwrap().id, 2);
+    store.raw_remove(replayed);
+    assert_eq!(engine.list_backups().unwrap().len(), 2);
+}
+
 /// A cache keeps what it fetched: a copy fetched while the repository's object was damaged
 /// must not outlive the object's repair (one cache entry serves every copy of a repository
 /// with the same id). Regression: `list` kept failing with "index fails authentication" after

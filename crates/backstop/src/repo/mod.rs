@@ -398,6 +398,14 @@ pub(crate) enum RepoError {
         #[source]
         source: FormatError,
     },
+    #[error(
+        "object `{key}` is damaged in the repository: it holds backup {found}, but its key names backup {expected} (a snapshot copied to another key)"
+    )]
+    SnapshotMoved {
+        key: String,
+        expected: BackupId,
+        found: BackupId,
+    },
     #[error("object `{key}` was written by a newer Backstop")]
     TooNew {
         key: String,
@@ -1089,10 +1097,27 @@ impl Repository {
             .collect())
     }
 
-    fn read_snapshot(&self, key: &str) -> Result<Snapshot> {
-        let snapshot: Snapshot = self.read_metadata(key, |bytes| {
-            format::open_object("snapshot", ObjectType::Snapshot, bytes, self.key())
-                .map_err(|e| damaged(key, e))
+    /// The snapshot of backup `id` under `key`. The id it holds must be the key's: sealing
+    /// proves only that the repository's key holder wrote the object, and whoever can write to
+    /// the store could otherwise copy an old snapshot to a key with a larger id, where it would
+    /// pass for the latest backup (a backup that moves to a fresh id seals itself again with
+    /// that id, see [`Repository::commit_snapshot`]).
+    fn read_snapshot(&self, id: BackupId, key: &str) -> Result<Snapshot> {
+        let snapshot = self.read_metadata(key, |bytes| {
+            let snapshot: Snapshot =
+                format::open_object("snapshot", ObjectType::Snapshot, bytes, self.key())
+                    .map_err(|e| damaged(key, e))?;
+            if snapshot.id != id {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    RepoError::SnapshotMoved {
+                        key: key.to_owned(),
+                        expected: id,
+                        found: snapshot.id,
+                    },
+                ));
+            }
+            Ok(snapshot)
         })?;
         if snapshot.version > format::FORMAT_VERSION {
             return Err(damaged(
@@ -1109,24 +1134,22 @@ impl Repository {
     pub(crate) fn load_all_snapshots(&self) -> Result<Vec<Snapshot>> {
         self.snapshot_keys()?
             .iter()
-            .map(|(_, key)| self.read_snapshot(key))
+            .map(|(id, key)| self.read_snapshot(*id, key))
             .collect()
     }
 
     pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
         let keys = self.snapshot_keys()?;
-        let key = match which {
+        let (id, key) = match which {
             BackupSelector::Latest => keys
                 .last()
-                .map(|(_, k)| k.clone())
                 .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackups))?,
             BackupSelector::Id(id) => keys
                 .iter()
                 .find(|(i, _)| *i == id)
-                .map(|(_, k)| k.clone())
                 .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)))?,
         };
-        self.read_snapshot(&key)
+        self.read_snapshot(*id, key)
     }
 
     pub(crate) fn list_backups(&self) -> Result<Vec<BackupInfo>> {
