@@ -1382,6 +1382,36 @@ fn archive_objects_round_trip_and_refuse_different_bytes() {
     assert!(engine.archive_put("wal", "../x", b"x").is_err());
 }
 
+/// A WAL segment's object copied over another's key is refused, not returned as the other
+/// segment: PostgreSQL would take it for the segment it asked for and end recovery early,
+/// without that segment's transactions.
+#[test]
+fn an_archive_object_copied_to_another_name_is_refused() {
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let (first, second) = ("000000010000000000000001", "000000010000000000000002");
+    let first_bytes = pseudo_random(64 << 10, 11);
+    engine.archive_put("wal", first, &first_bytes).unwrap();
+    engine
+        .archive_put("wal", second, &pseudo_random(64 << 10, 12))
+        .unwrap();
+    let copied = store.raw_get(&format!("archive/wal/{first}")).unwrap();
+    store.raw_put(&format!("archive/wal/{second}"), copied);
+    let err = engine.archive_get("wal", second).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("archive/wal/{second}")) && message.contains(first),
+        "{message}"
+    );
+    // Pushing the segment again does not take the copy for an older push of it.
+    let err = engine
+        .archive_put("wal", second, &pseudo_random(64 << 10, 12))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(engine.archive_get("wal", first).unwrap(), first_bytes);
+}
+
 /// An old snapshot copied to a key with a larger id would pass for the latest backup (its
 /// seal is sound: the key holder wrote it); the id it holds must be its key's.
 #[test]
