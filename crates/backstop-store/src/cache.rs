@@ -4,7 +4,9 @@
 //! The cache is an accelerator, never the truth: the store decides which objects exist (every
 //! `list` goes to it and drops cache entries it no longer lists), and every cache entry carries
 //! the BLAKE3 hash of its bytes, checked on each read; a damaged entry is dropped and fetched
-//! again. Any failure of the cache itself (full disk, permissions) is logged and the request goes
+//! again. An entry whose hash matches but whose bytes the reader finds bad (they were fetched from
+//! a damaged copy of the repository) is dropped by [`Store::evict`], so that the next read goes
+//! to the store, which may hold a mended copy by then. Any failure of the cache itself (full disk, permissions) is logged and the request goes
 //! to the store, so a broken cache costs requests, never a failed operation.
 
 use std::collections::HashSet;
@@ -45,6 +47,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries whose bytes did not match their hash; dropped and fetched again.
     pub damaged: u64,
+    /// Entries dropped by [`Store::evict`]: the reader found their bytes bad (a copy of a
+    /// damaged object), so the next read fetches the object again.
+    pub evicted: u64,
     /// Entries removed because a listing no longer showed their object.
     pub pruned: u64,
     /// Failures of the cache directory itself (the request then went to the store).
@@ -56,6 +61,7 @@ struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     damaged: AtomicU64,
+    evicted: AtomicU64,
     pruned: AtomicU64,
     errors: AtomicU64,
 }
@@ -88,7 +94,10 @@ fn bump(counter: &AtomicU64) {
 ///   writes are not downloaded by the next one.
 /// - `list` always asks the store and removes the entries under the listed prefix that the
 ///   store no longer has (deleted by `gc`, `delete` or another host).
-/// - `delete` removes the entry too. Everything else goes to the store unchanged.
+/// - `delete` removes the entry too, and so does `evict`, which a reader calls when the bytes it
+///   got do not authenticate or decode: the entry's hash only proves that they are the bytes
+///   that were fetched, not that the object fetched was sound.
+/// - Everything else goes to the store unchanged.
 ///
 /// One directory per repository: the engine uses `<cache dir>/<repository id>`. Entries are
 /// written to a temporary file and renamed into place, so several processes can share the
@@ -149,6 +158,7 @@ impl<S: Store> CachingStore<S> {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             damaged: c.damaged.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
             pruned: c.pruned.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
         }
@@ -235,11 +245,15 @@ impl<S: Store> CachingStore<S> {
         }
     }
 
-    fn remove_entry(&self, key: &str, path: &Path) {
+    /// Removes the entry of `key`; returns whether there was one.
+    fn remove_entry(&self, key: &str, path: &Path) -> bool {
         match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => self.cache_error(key, "removing an entry", path, &err),
+            Ok(()) => true,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+            Err(err) => {
+                self.cache_error(key, "removing an entry", path, &err);
+                false
+            }
         }
     }
 
@@ -386,6 +400,24 @@ impl<S: Store> Store for CachingStore<S> {
         self.inner.sequential_read_size()
     }
 
+    /// Removes the entry of `key`, and forwards, so that a cache beneath this one drops its
+    /// copy too; `true` if either dropped one.
+    fn evict(&self, key: &str) -> bool {
+        let below = self.inner.evict(key);
+        let here = self.entry_path(key).is_some_and(|path| {
+            let removed = self.remove_entry(key, &path);
+            if removed {
+                bump(&self.counters.evicted);
+                tracing::warn!(
+                    key,
+                    "metadata cache entry holds a damaged object; dropped it, the next read fetches the object again"
+                );
+            }
+            removed
+        });
+        here || below
+    }
+
     /// Forwarded, so that the inner store's way of writing pieces (a local store's temp file)
     /// is kept. Such an object is not cached on the way, since its key comes only at the end:
     /// the repository writes only packs this way, which are not cached, and a cacheable
@@ -492,6 +524,38 @@ mod tests {
             assert_eq!(remote.counts().gets, before + 1);
         }
         assert_eq!(cache.stats().damaged, 4);
+    }
+
+    /// An entry's hash proves only that it holds the bytes fetched; when those were a damaged
+    /// copy, the reader evicts the entry and the next read sees the mended object.
+    #[test]
+    fn an_evicted_entry_is_fetched_again_from_the_store() {
+        let (dir, remote) = setup();
+        remote.inner().raw_put("index/i1", b"damaged copy".to_vec());
+        let cache = CachingStore::new(remote.clone(), dir.path());
+        assert_eq!(cache.get("index/i1").unwrap(), b"damaged copy");
+        // The repository's copy is mended; the entry still serves the old bytes.
+        remote.inner().raw_put("index/i1", b"the index".to_vec());
+        assert_eq!(cache.get("index/i1").unwrap(), b"damaged copy");
+        assert!(cache.evict("index/i1"));
+        assert_eq!(cache.get("index/i1").unwrap(), b"the index");
+        assert_eq!(remote.counts().gets, 2);
+        // The fresh entry serves the next run.
+        let again = CachingStore::new(remote.clone(), dir.path());
+        assert_eq!(again.get("index/i1").unwrap(), b"the index");
+        assert_eq!(remote.counts().gets, 2);
+        // Nothing to drop: no entry, or a key the cache does not keep.
+        assert!(cache.evict("index/i1"));
+        assert!(!cache.evict("index/i1"));
+        assert!(!cache.evict("config"));
+        assert_eq!(cache.stats().evicted, 2);
+        // Through wrappers and pointers, to the cache beneath them.
+        cache.get("index/i1").unwrap();
+        let wrapped: Box<dyn Store> = Box::new(CountingStore::new(crate::FaultStore::new(
+            crate::ThrottleStore::new(Arc::new(cache.clone()), crate::ThrottleLimits::new(0, 0)),
+        )));
+        assert!(wrapped.evict("index/i1"));
+        assert!(!dir.path().join("index/i1").exists());
     }
 
     #[test]

@@ -211,6 +211,10 @@ impl<S: Store> Store for CountingStore<S> {
         self.inner.sequential_read_size()
     }
 
+    fn evict(&self, key: &str) -> bool {
+        self.inner.evict(key)
+    }
+
     fn put_pieces(
         &self,
         size_hint: usize,

@@ -285,6 +285,10 @@ impl<S: Store> Store for FaultStore<S> {
     fn sequential_read_size(&self) -> u64 {
         self.inner.sequential_read_size()
     }
+
+    fn evict(&self, key: &str) -> bool {
+        self.inner.evict(key)
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         16 << 20
     }
 
+    /// Drops whatever copy of `key` a wrapper keeps on the way (a cache), because the caller
+    /// found the bytes it read bad (they fail authentication or do not decode); returns whether
+    /// a copy was dropped, and so whether reading `key` again may give other bytes. The object
+    /// in the store itself stays. Why: a cache that kept the bytes of a damaged copy would
+    /// serve them after the repository's copy was mended, and one cache entry serves every
+    /// copy of a repository. Stores that keep no copies do nothing and return `false`: the
+    /// default. Wrappers must forward it (and may drop a copy of their own).
+    fn evict(&self, key: &str) -> bool {
+        let _ = key;
+        false
+    }
+
     /// Starts an object that is written piece by piece and named only when it is complete (a
     /// pack's key is the hash of its bytes), with `put`'s guarantees once
     /// [`PendingObject::finish`] returns; dropping it unfinished stores nothing. `size_hint` is
@@ -256,6 +268,9 @@ macro_rules! forward_store {
             }
             fn sequential_read_size(&self) -> u64 {
                 (**self).sequential_read_size()
+            }
+            fn evict(&self, key: &str) -> bool {
+                (**self).evict(key)
             }
             fn put_pieces(
                 &self,

@@ -31,20 +31,42 @@ fn key(archive: &str, name: &str) -> Result<String> {
     Ok(format!("archive/{archive}/{name}"))
 }
 
-fn read(repo: &Repository, key: &str) -> Result<Option<ArchiveObject>> {
-    match repo.store.get(key) {
+/// The object archived as `name` under `key`, if there is one. The name it holds must be
+/// `name`: sealing proves only that the repository's key holder wrote the object, and whoever
+/// can write to the store could otherwise copy one segment's object over another's key, so
+/// that `wal-fetch` of the second returned the first's bytes (PostgreSQL would then end its
+/// recovery early, without the transactions of the segment it asked for).
+fn read(repo: &Repository, key: &str, name: &str) -> Result<Option<ArchiveObject>> {
+    let object: ArchiveObject = match repo.store.get(key) {
         Ok(bytes) => format::open_object("archive object", ObjectType::Archive, &bytes, repo.key())
-            .map(Some)
-            .map_err(|e| damaged(key, e)),
-        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+            .map_err(|e| damaged(key, e))?,
+        Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if object.name != name {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            ArchiveError::WrongName {
+                key: key.to_owned(),
+                found: object.name,
+            },
+        ));
     }
+    Ok(Some(object))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ArchiveError {
+    #[error(
+        "object `{key}` is damaged in the repository: it holds `{found}`, another archived object (copied over this one's key)"
+    )]
+    WrongName { key: String, found: String },
 }
 
 pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> Result<ArchivePut> {
     let key = key(archive, name)?;
     let hash = ContentId::hash(data);
-    if let Some(existing) = read(repo, &key)? {
+    if let Some(existing) = read(repo, &key, name)? {
         if existing.hash == hash {
             return Ok(ArchivePut::AlreadyPresent);
         }
@@ -66,7 +88,7 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
     match repo.store.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(ArchivePut::Stored),
         // Someone stored it between our check and our put: same rules as above.
-        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => match read(repo, &key)? {
+        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => match read(repo, &key, name)? {
             Some(existing) if existing.hash == hash => Ok(ArchivePut::AlreadyPresent),
             _ => Err(e.into()),
         },
@@ -76,7 +98,7 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
 
 pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8>> {
     let key = key(archive, name)?;
-    let object = read(repo, &key)?.ok_or_else(|| {
+    let object = read(repo, &key, name)?.ok_or_else(|| {
         Error::msg(
             ErrorKind::NotFound,
             format!(

@@ -1382,6 +1382,132 @@ fn archive_objects_round_trip_and_refuse_different_bytes() {
     assert!(engine.archive_put("wal", "../x", b"x").is_err());
 }
 
+/// A WAL segment's object copied over another's key is refused, not returned as the other
+/// segment: PostgreSQL would take it for the segment it asked for and end recovery early,
+/// without that segment's transactions.
+#[test]
+fn an_archive_object_copied_to_another_name_is_refused() {
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let (first, second) = ("000000010000000000000001", "000000010000000000000002");
+    let first_bytes = pseudo_random(64 << 10, 11);
+    engine.archive_put("wal", first, &first_bytes).unwrap();
+    engine
+        .archive_put("wal", second, &pseudo_random(64 << 10, 12))
+        .unwrap();
+    let copied = store.raw_get(&format!("archive/wal/{first}")).unwrap();
+    store.raw_put(&format!("archive/wal/{second}"), copied);
+    let err = engine.archive_get("wal", second).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("archive/wal/{second}")) && message.contains(first),
+        "{message}"
+    );
+    // Pushing the segment again does not take the copy for an older push of it.
+    let err = engine
+        .archive_put("wal", second, &pseudo_random(64 << 10, 12))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(engine.archive_get("wal", first).unwrap(), first_bytes);
+}
+
+/// An old snapshot copied to a key with a larger id would pass for the latest backup (its
+/// seal is sound: the key holder wrote it); the id it holds must be its key's.
+#[test]
+fn a_snapshot_copied_to_another_id_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    for _ in 0..2 {
+        engine
+            .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+            .unwrap();
+    }
+    let first = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("snapshots/0000000001-"))
+        .unwrap();
+    let replayed = "snapshots/0000000003-00112233445566778899aabbccddeeff";
+    store.raw_put(replayed, store.raw_get(&first).unwrap());
+    for err in [
+        engine.list_backups().unwrap_err(),
+        engine
+            .backup_info(backstop::BackupSelector::Latest)
+            .unwrap_err(),
+        engine.backup_info(3).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(replayed)
+                && message.contains("backup 1")
+                && message.contains("backup 3"),
+            "{message}"
+        );
+    }
+    // The backups under their own keys still read.
+    assert_eq!(engine.backup_info(2).unwrap().id, 2);
+    store.raw_remove(replayed);
+    assert_eq!(engine.list_backups().unwrap().len(), 2);
+}
+
+/// A cache keeps what it fetched: a copy fetched while the repository's object was damaged
+/// must not outlive the object's repair (one cache entry serves every copy of a repository
+/// with the same id). Regression: `list` kept failing with "index fails authentication" after
+/// the original index file was put back, until `--no-cache`.
+#[test]
+fn a_damaged_copy_in_the_metadata_cache_is_read_again_once_the_repository_is_mended() {
+    use backstop::Store as _;
+
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let repository_id = engine.repository_info().id;
+    drop(engine);
+    let cached = opts().with_cache_dir(cache.path());
+    for prefix in ["index/", "snapshots/"] {
+        let key = store
+            .keys()
+            .into_iter()
+            .find(|k| k.starts_with(prefix))
+            .unwrap();
+        let original = store.raw_get(&key).unwrap();
+        store.corrupt(&key, |b| *b.last_mut().unwrap() ^= 1);
+        // A run (of this build or an older one) fetched the damaged copy into the cache.
+        let entry = cache.path().join(&repository_id).join(&key);
+        let _ = std::fs::remove_file(&entry);
+        let filler =
+            backstop::store::CachingStore::new(store.clone(), cache.path().join(&repository_id));
+        filler.get(&key).unwrap();
+        // While the repository's copy is damaged, that is what is reported, and no cache
+        // entry is left holding it.
+        let err = BackupEngine::open(store.clone(), cached.clone())
+            .and_then(|engine| engine.list_backups())
+            .expect_err(prefix);
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{prefix}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&key) && message.contains("damaged in the repository"),
+            "{message}"
+        );
+        assert!(!entry.exists(), "{key}");
+        // Fetched into the cache again, then the repository is mended.
+        filler.get(&key).unwrap();
+        store.raw_put(&key, original);
+        let engine = BackupEngine::open(store.clone(), cached.clone()).unwrap();
+        assert_eq!(engine.list_backups().unwrap().len(), 1, "{prefix}");
+        assert_latest_restores_as(&engine.read_only(), data.path());
+    }
+}
+
 /// The sample tree (first directory) backed up once into an encrypted repository on a local
 /// disk (second directory).
 fn local_repository_with_one_backup() -> (tempfile::TempDir, tempfile::TempDir, BackupEngine) {

@@ -392,11 +392,19 @@ pub(crate) enum RepoError {
     Missing { location: String },
     #[error("a Backstop repository already exists at {location}")]
     Exists { location: String },
-    #[error("object `{key}` is damaged")]
+    #[error("object `{key}` is damaged in the repository")]
     Damaged {
         key: String,
         #[source]
         source: FormatError,
+    },
+    #[error(
+        "object `{key}` is damaged in the repository: it holds backup {found}, but its key names backup {expected} (a snapshot copied to another key)"
+    )]
+    SnapshotMoved {
+        key: String,
+        expected: BackupId,
+        found: BackupId,
     },
     #[error("object `{key}` was written by a newer Backstop")]
     TooNew {
@@ -755,14 +763,45 @@ impl Repository {
     /// One index object, decoded; `None` when it is gone (deleted by a concurrent gc after it
     /// wrote the replacement index).
     fn read_index_object(&self, key: &str) -> Result<Option<IndexFile>> {
-        let bytes = match self.store.get(key) {
-            Ok(b) => b,
-            Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        format::open_object("index", ObjectType::Index, &bytes, self.key())
-            .map(Some)
-            .map_err(|e| damaged(key, e))
+        let read = self.read_metadata(key, |bytes| {
+            format::open_object("index", ObjectType::Index, bytes, self.key())
+                .map_err(|e| damaged(key, e))
+        });
+        match read {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the object under `key` and decodes it with `decode`. If the bytes are damaged
+    /// (`decode` fails with [`ErrorKind::Corrupt`]) and a cache on the way held a copy
+    /// ([`Store::evict`] dropped it), the object is read once more from the store: a cache
+    /// keeps what it fetched, and without this a copy fetched while the repository's object
+    /// was damaged would stay damaged after the object was mended (one cache entry serves
+    /// every copy of a repository). Only when the store's own bytes are damaged too is the
+    /// damage reported, and then no cache keeps them.
+    fn read_metadata<T>(&self, key: &str, decode: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
+        let first = decode(&self.store.get(key)?);
+        match first {
+            Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(key) => {
+                tracing::warn!(
+                    key,
+                    error = %e,
+                    "a cached copy of an object is damaged; reading the repository's copy"
+                );
+                let again = self
+                    .store
+                    .get(key)
+                    .map_err(Error::from)
+                    .and_then(|bytes| decode(&bytes));
+                if matches!(&again, Err(e) if e.kind() == ErrorKind::Corrupt) {
+                    self.store.evict(key);
+                }
+                again
+            }
+            other => other,
+        }
     }
 
     pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -1058,11 +1097,28 @@ impl Repository {
             .collect())
     }
 
-    fn read_snapshot(&self, key: &str) -> Result<Snapshot> {
-        let bytes = self.store.get(key)?;
-        let snapshot: Snapshot =
-            format::open_object("snapshot", ObjectType::Snapshot, &bytes, self.key())
-                .map_err(|e| damaged(key, e))?;
+    /// The snapshot of backup `id` under `key`. The id it holds must be the key's: sealing
+    /// proves only that the repository's key holder wrote the object, and whoever can write to
+    /// the store could otherwise copy an old snapshot to a key with a larger id, where it would
+    /// pass for the latest backup (a backup that moves to a fresh id seals itself again with
+    /// that id, see [`Repository::commit_snapshot`]).
+    fn read_snapshot(&self, id: BackupId, key: &str) -> Result<Snapshot> {
+        let snapshot = self.read_metadata(key, |bytes| {
+            let snapshot: Snapshot =
+                format::open_object("snapshot", ObjectType::Snapshot, bytes, self.key())
+                    .map_err(|e| damaged(key, e))?;
+            if snapshot.id != id {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    RepoError::SnapshotMoved {
+                        key: key.to_owned(),
+                        expected: id,
+                        found: snapshot.id,
+                    },
+                ));
+            }
+            Ok(snapshot)
+        })?;
         if snapshot.version > format::FORMAT_VERSION {
             return Err(damaged(
                 key,
@@ -1078,24 +1134,22 @@ impl Repository {
     pub(crate) fn load_all_snapshots(&self) -> Result<Vec<Snapshot>> {
         self.snapshot_keys()?
             .iter()
-            .map(|(_, key)| self.read_snapshot(key))
+            .map(|(id, key)| self.read_snapshot(*id, key))
             .collect()
     }
 
     pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
         let keys = self.snapshot_keys()?;
-        let key = match which {
+        let (id, key) = match which {
             BackupSelector::Latest => keys
                 .last()
-                .map(|(_, k)| k.clone())
                 .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackups))?,
             BackupSelector::Id(id) => keys
                 .iter()
                 .find(|(i, _)| *i == id)
-                .map(|(_, k)| k.clone())
                 .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)))?,
         };
-        self.read_snapshot(&key)
+        self.read_snapshot(*id, key)
     }
 
     pub(crate) fn list_backups(&self) -> Result<Vec<BackupInfo>> {
