@@ -531,9 +531,19 @@ pub(crate) struct ArchiveLogsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PurgeArgs {
-    /// How many of the newest backups to keep
+    /// How many of the newest backups of each source to keep (at least 1). A source is a
+    /// host, source kind and path/URL/group name: each keeps its own newest N
     #[arg(long, value_name = "N")]
     pub(crate) keep_last: usize,
+
+    /// Only purge backups of this source: its path, URL or group name as `list` shows it
+    /// (repeatable); others are left alone
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub(crate) source_path: Vec<String>,
+
+    /// List what would be deleted and kept, per source, and change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -421,6 +421,100 @@ fn purge_delete_and_gc() {
     world.cmd().args(["delete", "999"]).assert().code(6);
 }
 
+// Regression: `purge --keep-last N` counted the backups of every source together, so the
+// README's tour (a database, PostgreSQL, Berkeley DB and directories in one repository, then
+// `purge --keep-last 7`) deleted every backup of a source backed up less often.
+#[test]
+fn purge_keeps_the_newest_backups_of_each_source() {
+    let world = World::new();
+    world.init();
+    let other = world.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut ids = Vec::new();
+    // data, other, data, data: `other` is backed up less often.
+    for (round, dir) in [world.data(), other.clone(), world.data(), world.data()]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.join("round.bin"), pseudo_random(10_000, round as u64)).unwrap();
+        let backup = world.json(&["backup", dir.to_str().unwrap()]);
+        ids.push(backup["id"].as_u64().unwrap());
+    }
+    assert_eq!(ids, [1, 2, 3, 4]);
+    let other_source = std::fs::canonicalize(&other)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // A policy that keeps nothing is a usage error, and nothing goes.
+    world
+        .cmd()
+        .args(["purge", "--keep-last", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("keeps no backup"));
+    assert_eq!(world.list_ids(), ids);
+
+    // The dry run shows the plan per source and changes nothing.
+    let dry = world.json(&["purge", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["deleted"], serde_json::json!([ids[0], ids[2]]), "{dry}");
+    let groups = dry["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{dry}");
+    let other_group = groups
+        .iter()
+        .find(|g| g["source"] == other_source.as_str())
+        .unwrap();
+    assert_eq!(other_group["source_kind"], "dir");
+    assert_eq!(other_group["kept"], serde_json::json!([ids[1]]));
+    assert_eq!(other_group["deleted"], serde_json::json!([]));
+    assert_eq!(world.list_ids(), ids);
+    world
+        .cmd()
+        .args(["purge", "--keep-last", "1", "--dry-run"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains(format!("dir `{other_source}`"))
+                .and(predicate::str::contains("keep 2; delete none"))
+                .and(predicate::str::contains("keep 4; delete 1, 3"))
+                .and(predicate::str::contains("nothing changed")),
+        );
+    assert_eq!(world.list_ids(), ids);
+
+    // `--source-path` picks one source; an unknown one is an error, not a silent no-op.
+    world
+        .cmd()
+        .args([
+            "purge",
+            "--keep-last",
+            "1",
+            "--source-path",
+            "/no/such/source",
+        ])
+        .assert()
+        .code(6);
+    let only_data = world.json(&[
+        "purge",
+        "--keep-last",
+        "2",
+        "--source-path",
+        world.data().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        only_data["deleted"],
+        serde_json::json!([ids[0]]),
+        "{only_data}"
+    );
+    assert_eq!(only_data["groups"].as_array().unwrap().len(), 1);
+
+    let purged = world.json(&["purge", "--keep-last", "1"]);
+    assert_eq!(purged["dry_run"], false);
+    assert_eq!(purged["deleted"], serde_json::json!([ids[2]]), "{purged}");
+    assert_eq!(purged["wal_deleted"], serde_json::json!([]));
+    assert_eq!(world.list_ids(), [ids[1], ids[3]]);
+}
+
 #[test]
 fn key_add_list_passwd_remove() {
     let world = World::new();

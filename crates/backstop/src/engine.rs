@@ -16,6 +16,7 @@ use crate::options::{
     VerifyOptions,
 };
 use crate::repo::Repository;
+use crate::retention::{RetentionPlan, RetentionPolicy};
 
 /// Lists, inspects, verifies and restores backups; never writes to the repository.
 #[derive(Clone, Debug)]
@@ -30,7 +31,7 @@ pub struct ReadOnlyEngine {
 /// |--------------------------------|-----------------------------|-------------------------|
 /// | list, info, verify, restore    | yes                         | yes                     |
 /// | create_backup                  | yes (each takes its own lock) | yes (shared locks)    |
-/// | delete, purge_old              | yes                         | yes                     |
+/// | delete, purge_old, apply_retention | yes                     | yes                     |
 /// | gc                             | refused while a backup holds a lock (`Locked`) | refused likewise |
 #[derive(Clone, Debug)]
 pub struct BackupEngine {
@@ -132,6 +133,42 @@ impl ReadOnlyEngine {
         crate::archive::list(&self.repo, archive)
     }
 
+    /// Which backups `policy` keeps and deletes, per source group; changes nothing. This is the
+    /// dry run of [`BackupEngine::apply_retention`]: applying the plan deletes exactly its
+    /// `delete` lists. See [`crate::SourceGroup`] for what counts as one source.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when the policy keeps nothing (`keep_last(0)`).
+    pub fn plan_retention(&self, policy: &RetentionPolicy) -> Result<RetentionPlan> {
+        policy.validate()?;
+        policy.plan(&self.repo.list_backups()?)
+    }
+
+    /// The archived WAL that [`BackupEngine::prune_wal_archive`] would delete once `plan` is
+    /// applied (the dry run of a purge); changes nothing.
+    #[cfg(feature = "postgres")]
+    pub fn plan_wal_prune(&self, plan: &RetentionPlan) -> Result<Vec<String>> {
+        let deleted = plan.delete_ids();
+        let mut remaining = self.repo.list_backups()?;
+        remaining.retain(|b| !deleted.contains(&b.id));
+        self.wal_not_needed(&remaining)
+    }
+
+    /// Names in the `wal` archive that none of `backups` (oldest first) needs.
+    #[cfg(feature = "postgres")]
+    fn wal_not_needed(&self, backups: &[BackupInfo]) -> Result<Vec<String>> {
+        let oldest = backups.iter().find(|b| b.source_kind == "postgres");
+        let Some(needed_from) =
+            oldest.and_then(|b| backstop_source::postgres::wal_needed_from(&b.source_meta))
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(crate::archive::list(&self.repo, "wal")?
+            .into_iter()
+            .filter(|name| !backstop_source::postgres::wal_archive_name_needed(name, &needed_from))
+            .collect())
+    }
+
     /// The keys of an encrypted repository.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         self.repo.list_keys()
@@ -194,14 +231,34 @@ impl BackupEngine {
         self.repo.delete_snapshot(id)
     }
 
-    /// Keeps the newest `keep_last` backups and deletes the others; returns the deleted ids.
+    /// Keeps the newest `keep_last` backups **of each source** and deletes the others; returns
+    /// the deleted ids, oldest first. RocksDB's `PurgeOldBackups`, with a repository of many
+    /// sources treated like one RocksDB backup engine per source: backups are grouped by host,
+    /// source kind and source identity ([`crate::SourceGroup`]), so a source backed up less
+    /// often keeps its own newest `keep_last`. Shorthand for
+    /// [`plan_retention`](ReadOnlyEngine::plan_retention) then
+    /// [`apply_retention`](Self::apply_retention) with
+    /// `RetentionPolicy::default().keep_last(keep_last)`.
+    ///
+    /// # Errors
+    /// Unlike RocksDB, `keep_last == 0` is refused ([`crate::ErrorKind::InvalidInput`]) rather
+    /// than deleting every backup; use [`delete_backup`](Self::delete_backup) for that.
     pub fn purge_old(&self, keep_last: usize) -> Result<Vec<BackupId>> {
-        let backups = self.repo.list_backups()?;
-        let delete = backups.len().saturating_sub(keep_last);
+        let plan = self.plan_retention(&RetentionPolicy::default().keep_last(keep_last))?;
+        self.apply_retention(&plan)
+    }
+
+    /// Deletes the backups `plan` deletes (their data goes at the next `gc`) and returns their
+    /// ids, oldest first. A backup already deleted meanwhile (by another purge, say) is skipped
+    /// and not returned; backups created after the plan are untouched.
+    pub fn apply_retention(&self, plan: &RetentionPlan) -> Result<Vec<BackupId>> {
         let mut deleted = Vec::new();
-        for info in backups.iter().take(delete) {
-            self.repo.delete_snapshot(info.id)?;
-            deleted.push(info.id);
+        for id in plan.delete_ids() {
+            match self.repo.delete_snapshot(id) {
+                Ok(()) => deleted.push(id),
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(deleted)
     }
@@ -236,24 +293,11 @@ impl BackupEngine {
     /// nothing is deleted. Returns the names deleted.
     #[cfg(feature = "postgres")]
     pub fn prune_wal_archive(&self) -> Result<Vec<String>> {
-        let oldest = self
-            .repo
-            .list_backups()?
-            .into_iter()
-            .find(|b| b.source_kind == "postgres");
-        let Some(needed_from) =
-            oldest.and_then(|b| backstop_source::postgres::wal_needed_from(&b.source_meta))
-        else {
-            return Ok(Vec::new());
-        };
-        let mut deleted = Vec::new();
-        for name in crate::archive::list(&self.repo, "wal")? {
-            if !backstop_source::postgres::wal_archive_name_needed(&name, &needed_from) {
-                crate::archive::delete(&self.repo, "wal", &name)?;
-                deleted.push(name);
-            }
+        let unneeded = self.wal_not_needed(&self.repo.list_backups()?)?;
+        for name in &unneeded {
+            crate::archive::delete(&self.repo, "wal", name)?;
         }
-        Ok(deleted)
+        Ok(unneeded)
     }
 
     /// Adds a password that opens the same master key; returns the new key's id.

@@ -6,6 +6,9 @@
 //!
 //! - [`BackupEngine`] creates backups, deletes them, collects garbage and manages keys;
 //!   [`ReadOnlyEngine`] lists, verifies and restores.
+//! - [`RetentionPolicy`] says which backups to keep of each source ([`SourceGroup`]);
+//!   [`ReadOnlyEngine::plan_retention`] turns it into a [`RetentionPlan`] (the dry run) and
+//!   [`BackupEngine::apply_retention`] deletes what the plan deletes.
 //! - [`Store`] is where bytes live: [`LocalStore`], [`MemoryStore`], object stores.
 //! - [`Source`] is a hot-backup session of one database; [`DirSource`] backs up a directory.
 //!
@@ -54,6 +57,7 @@ mod parent;
 mod progress;
 mod repo;
 mod restore;
+mod retention;
 mod verify;
 
 #[doc(hidden)]
@@ -78,3 +82,4 @@ pub use options::{
     VerifyLevel, VerifyOptions,
 };
 pub use progress::{NoProgress, Progress};
+pub use retention::{GroupPlan, RetentionPlan, RetentionPolicy, SourceGroup};

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use backstop::store::{FaultPlan, FaultStore};
 use backstop::{
     BackupEngine, BackupInfo, BackupOptions, ChangeModel, DirSource, EngineOptions, ErrorKind,
-    ExistingTarget, InitOptions, MemoryStore, ReadOnlyEngine, RestoreOptions, Session,
-    SessionContext, SessionOutcome, Source, SourceError, VerifyLevel,
+    ExistingTarget, InitOptions, MemoryStore, ReadOnlyEngine, RestoreOptions, RetentionPolicy,
+    Session, SessionContext, SessionOutcome, Source, SourceError, VerifyLevel,
 };
 
 fn fast_init() -> InitOptions {
@@ -1296,14 +1296,13 @@ fn ids_of_deleted_backups_are_never_given_out_again() {
 #[test]
 fn delete_purge_and_gc_free_space_and_keep_the_rest_restorable() {
     let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
-    let mut dirs = Vec::new();
+    // One source whose content changes: retention counts backups per source.
+    let d = tempfile::tempdir().unwrap();
     for i in 0..4 {
-        let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("f"), pseudo_random(150_000, 500 + i)).unwrap();
         engine
             .create_backup(&mut DirSource::new(d.path()), &BackupOptions::default())
             .unwrap();
-        dirs.push(d);
     }
     let deleted = engine.purge_old(2).unwrap();
     assert_eq!(deleted, vec![1, 2]);
@@ -1334,12 +1333,131 @@ fn delete_purge_and_gc_free_space_and_keep_the_rest_restorable() {
     );
     // Ids keep increasing after deletions.
     let next = engine
-        .create_backup(
-            &mut DirSource::new(dirs[0].path()),
-            &BackupOptions::default(),
-        )
+        .create_backup(&mut DirSource::new(d.path()), &BackupOptions::default())
         .unwrap();
     assert_eq!(next.id, 5);
+}
+
+/// Backs up `dirs[i]` for each `i` in `order`, changing its file first; returns the ids.
+fn interleaved_backups(engine: &BackupEngine, dirs: &[&Path], order: &[usize]) -> Vec<u64> {
+    order
+        .iter()
+        .enumerate()
+        .map(|(round, &i)| {
+            std::fs::write(dirs[i].join("f"), pseudo_random(20_000, 900 + round as u64)).unwrap();
+            engine
+                .create_backup(&mut DirSource::new(dirs[i]), &BackupOptions::default())
+                .unwrap()
+                .id
+        })
+        .collect()
+}
+
+fn backup_ids(engine: &BackupEngine) -> Vec<u64> {
+    engine
+        .list_backups()
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect()
+}
+
+// Regression: `purge --keep-last N` counted every backup of the repository together, so a
+// source backed up less often than another lost all its backups.
+#[test]
+fn purge_keeps_the_newest_backups_of_each_source() {
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let (hourly, weekly) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dirs = [hourly.path(), weekly.path()];
+    // hourly, weekly, hourly, hourly, weekly, hourly, hourly
+    let ids = interleaved_backups(&engine, &dirs, &[0, 1, 0, 0, 1, 0, 0]);
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
+
+    let deleted = engine.purge_old(1).unwrap();
+    assert_eq!(deleted, [1, 2, 3, 4, 6]);
+    assert_eq!(backup_ids(&engine), [5, 7], "the newest of each directory");
+    let weekly_info = engine.backup_info(5).unwrap();
+    assert_eq!(
+        Path::new(&weekly_info.source),
+        std::fs::canonicalize(weekly.path()).unwrap()
+    );
+    // Applying the same policy again deletes nothing more.
+    assert!(engine.purge_old(1).unwrap().is_empty());
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(5, target.path(), &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("f")).unwrap(),
+        pseudo_random(20_000, 904)
+    );
+}
+
+#[test]
+fn retention_dry_run_changes_nothing_and_shows_the_plan_applied() {
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ids = interleaved_backups(&engine, &[a.path(), b.path()], &[0, 1, 0, 1, 0]);
+    let policy = RetentionPolicy::default().keep_last(1);
+
+    let plan = engine.plan_retention(&policy).unwrap();
+    assert_eq!(backup_ids(&engine), ids, "a plan deletes nothing");
+    assert_eq!(engine.read_only().plan_retention(&policy).unwrap(), plan);
+    assert_eq!(plan.groups.len(), 2, "{plan}");
+    let source_of = |dir: &Path| {
+        std::fs::canonicalize(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let group_a = plan
+        .groups
+        .iter()
+        .find(|g| g.group.source == source_of(a.path()))
+        .unwrap();
+    assert_eq!(
+        (group_a.keep.as_slice(), group_a.delete.as_slice()),
+        (&[5][..], &[1, 3][..])
+    );
+    assert_eq!(group_a.group.source_kind, "dir");
+    let group_b = plan
+        .groups
+        .iter()
+        .find(|g| g.group.source == source_of(b.path()))
+        .unwrap();
+    assert_eq!(
+        (group_b.keep.as_slice(), group_b.delete.as_slice()),
+        (&[4][..], &[2][..])
+    );
+
+    assert_eq!(engine.apply_retention(&plan).unwrap(), [1, 2, 3]);
+    assert_eq!(backup_ids(&engine), plan.keep_ids());
+    // Applied again (another purge got there first): nothing left to delete, no error.
+    assert!(engine.apply_retention(&plan).unwrap().is_empty());
+
+    // Restricted to one source, the other is not even considered.
+    let c = interleaved_backups(&engine, &[a.path()], &[0]);
+    let only_a = engine
+        .plan_retention(&policy.clone().with_source(source_of(a.path())))
+        .unwrap();
+    assert_eq!(only_a.groups.len(), 1);
+    assert_eq!(only_a.delete_ids(), [5]);
+    assert_eq!(only_a.keep_ids(), c);
+}
+
+#[test]
+fn a_retention_policy_that_keeps_nothing_is_refused() {
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let ids = interleaved_backups(&engine, &[a.path()], &[0, 0]);
+    let err = engine.purge_old(0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("keeps no backup"), "{err}");
+    let err = engine
+        .plan_retention(&RetentionPolicy::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(backup_ids(&engine), ids, "nothing deleted");
 }
 
 #[test]

@@ -3,16 +3,17 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use backstop::{BackupId, GcOptions};
+use backstop::{BackupId, GcOptions, RetentionPlan, RetentionPolicy};
 use serde::Serialize;
 
 use crate::cli::{DeleteArgs, GcArgs, PurgeArgs};
+use crate::exit::{Code, Exit};
 use crate::interrupt;
 use crate::output::{self, quoted};
 use crate::progress::CliProgress;
 use crate::repo::Settings;
 
-/// The `--json` result of `purge` and `delete`.
+/// The `--json` result of `delete` (and the fields `purge` shares).
 #[derive(Serialize)]
 struct Deleted {
     deleted: Vec<BackupId>,
@@ -20,22 +21,145 @@ struct Deleted {
     wal_deleted: Vec<String>,
 }
 
+/// The `--json` result of `purge`: what `delete` reports, plus the decision per source.
+#[derive(Serialize)]
+struct Purged {
+    /// Every backup deleted (with `dry_run`: that would be), oldest first.
+    deleted: Vec<BackupId>,
+    /// Archived PostgreSQL WAL files deleted (would be) because no kept backup needs them.
+    wal_deleted: Vec<String>,
+    dry_run: bool,
+    groups: Vec<PurgedGroup>,
+}
+
+#[derive(Serialize)]
+struct PurgedGroup {
+    host: String,
+    source_kind: String,
+    source: String,
+    kept: Vec<BackupId>,
+    deleted: Vec<BackupId>,
+}
+
+/// The policy `purge` asks for; a usage error when it would keep nothing.
+fn policy(args: &PurgeArgs) -> Result<RetentionPolicy> {
+    let mut policy = RetentionPolicy::default().keep_last(args.keep_last);
+    for source in &args.source_path {
+        policy = policy.with_source(source);
+        // A directory's backups record its canonical path; accept the path as typed too.
+        if let Ok(canonical) = std::fs::canonicalize(source) {
+            let canonical = canonical.to_string_lossy().into_owned();
+            if &canonical != source {
+                policy = policy.with_source(canonical);
+            }
+        }
+    }
+    policy
+        .validate()
+        .map_err(|e| Exit::new(Code::Usage, format!("--keep-last {}: {e}", args.keep_last)))?;
+    Ok(policy)
+}
+
 pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
+    let policy = policy(args)?;
     let engine = settings.open()?;
-    let deleted = engine
-        .purge_old(args.keep_last)
-        .with_context(|| format!("keeping the newest {} backups", args.keep_last))?;
-    // PostgreSQL WAL the kept backups no longer need goes with them.
-    let wal_deleted = engine
-        .prune_wal_archive()
-        .context("pruning the WAL archive")?;
-    if !wal_deleted.is_empty() && !settings.printer.json {
-        settings.printer.status(format!(
+    let plan = engine.plan_retention(&policy).with_context(|| {
+        format!(
+            "planning to keep the newest {} backups of each source",
+            args.keep_last
+        )
+    })?;
+    if plan.groups.is_empty() && !args.source_path.is_empty() {
+        let sources: Vec<String> = args.source_path.iter().map(quoted).collect();
+        return Err(Exit::new(
+            Code::NotFound,
+            format!(
+                "no backups of {} in the repository (`backstop list` shows each backup's source)",
+                sources.join(", ")
+            ),
+        )
+        .into());
+    }
+    let (deleted, wal_deleted) = if args.dry_run {
+        let wal = engine
+            .plan_wal_prune(&plan)
+            .context("listing the WAL archive")?;
+        (plan.delete_ids(), wal)
+    } else {
+        let deleted = engine.apply_retention(&plan).with_context(|| {
+            format!(
+                "keeping the newest {} backups of each source",
+                args.keep_last
+            )
+        })?;
+        // PostgreSQL WAL the kept backups no longer need goes with them.
+        let wal = engine
+            .prune_wal_archive()
+            .context("pruning the WAL archive")?;
+        (deleted, wal)
+    };
+    report_purged(settings, args.dry_run, &plan, deleted, wal_deleted)
+}
+
+fn report_purged(
+    settings: &Settings,
+    dry_run: bool,
+    plan: &RetentionPlan,
+    deleted: Vec<BackupId>,
+    wal_deleted: Vec<String>,
+) -> Result<()> {
+    let printer = settings.printer;
+    if printer.json {
+        let groups = plan
+            .groups
+            .iter()
+            .map(|g| PurgedGroup {
+                host: g.group.host.clone(),
+                source_kind: g.group.source_kind.clone(),
+                source: g.group.source.clone(),
+                kept: g.keep.clone(),
+                // A backup another purge deleted meanwhile is not this one's.
+                deleted: g
+                    .delete
+                    .iter()
+                    .copied()
+                    .filter(|id| deleted.contains(id))
+                    .collect(),
+            })
+            .collect();
+        return printer.json(
+            "purge",
+            &Purged {
+                deleted,
+                wal_deleted,
+                dry_run,
+                groups,
+            },
+        );
+    }
+    if dry_run {
+        // The plan is what a dry run exists to show: printed even with `-q`.
+        printer.line(plan)?;
+        return printer.status(format!(
+            "would delete {} backups{}; nothing changed (dry run)",
+            deleted.len(),
+            if wal_deleted.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} archived WAL file(s)", wal_deleted.len())
+            }
+        ));
+    }
+    if !wal_deleted.is_empty() {
+        printer.status(format!(
             "deleted {} archived WAL file(s) older than the oldest kept PostgreSQL backup",
             wal_deleted.len()
         ))?;
     }
-    report_deleted(settings, "purge", deleted, wal_deleted)
+    if !deleted.is_empty() {
+        printer.status(plan)?;
+    }
+    report_deleted(settings, "purge", deleted, Vec::new())
 }
 
 pub(super) fn delete(settings: &Settings, args: &DeleteArgs) -> Result<()> {
