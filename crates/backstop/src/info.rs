@@ -164,7 +164,8 @@ pub struct GcReport {
     pub packs_deleted: u64,
     /// Bytes of the deleted packs.
     pub bytes_freed: u64,
-    /// Index objects replaced by the rewritten index.
+    /// Index objects replaced by the rewritten index (in a dry run, those it would replace, at
+    /// most: an object whose content comes out the same keeps its name).
     pub indexes_rewritten: u64,
     /// Packs kept as they are, because enough of their blobs are still used.
     pub packs_kept: u64,
