@@ -46,6 +46,13 @@ pub(crate) fn restore_fixup(
     params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
     let tools = BdbTools::from_option(params.options.get("db-tools").map(String::as_str));
+    // `db_recover` opens, writes and creates whatever the environment's files and DB_CONFIG
+    // lead it to: the restored copy must be self-contained, with no link out of it and no
+    // directory setting that names a place outside it (the original environment's, say).
+    crate::restored::check_tree(target)?;
+    if let Some(bytes) = crate::restored::read(target, "DB_CONFIG")? {
+        check_restored_config(&String::from_utf8_lossy(&bytes), &target.join("DB_CONFIG"))?;
+    }
     let mut steps = Vec::new();
     for stale in region_files(target)? {
         // Never stored, but a target reused by hand may hold a dead environment's regions,
@@ -443,6 +450,124 @@ fn canonical_inside(home: &Path, dir: &Path, what: &str) -> Result<PathBuf, Sour
         )));
     }
     Ok(canonical)
+}
+
+/// The `DB_CONFIG` directives that name a directory (Berkeley DB 5.3 and 6.x).
+const DIR_DIRECTIVES: &[&str] = &[
+    "set_data_dir",
+    "add_data_dir",
+    "set_create_dir",
+    "set_lg_dir",
+    "set_tmp_dir",
+    "set_metadata_dir",
+    "set_blob_dir",
+    "set_ext_file_dir",
+    "set_region_dir",
+];
+
+/// `DB_CONFIG` as a backup stores it: every directory it names relative to the home, so that
+/// recovery of the restored copy (`db_recover -c -h TARGET`) opens the copy's files and never
+/// the original environment's. A directory outside the home (a `set_tmp_dir /var/tmp`, say,
+/// which holds no data) is commented out; returns the text and a warning per such line.
+fn self_contained_config(text: &str, home: &Path) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut warnings = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        if !DIR_DIRECTIVES.contains(&name) || is_relative_inside(value) {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let joined = home.join(value);
+        let rel = std::fs::canonicalize(&joined)
+            .ok()
+            .and_then(|dir| {
+                dir.strip_prefix(home)
+                    .ok()
+                    .map(|rel| rel.to_str().map(str::to_owned))
+            })
+            .flatten();
+        match rel {
+            Some(rel) => {
+                let rel = if rel.is_empty() { ".".to_owned() } else { rel };
+                out.push_str(&format!("{name} {rel}\n"));
+            }
+            None => {
+                warnings.push(format!(
+                    "DB_CONFIG line `{}` names a directory outside the environment home; the \
+                     stored DB_CONFIG has it commented out, so a restored copy never uses it",
+                    line.trim()
+                ));
+                out.push_str(&format!(
+                    "# backstop: outside the environment home, not restored: {}\n",
+                    line.trim()
+                ));
+            }
+        }
+    }
+    (out, warnings)
+}
+
+/// Whether a `DB_CONFIG` directory value is relative and stays below the home.
+fn is_relative_inside(value: &str) -> bool {
+    use std::path::Component;
+    let path = Path::new(value);
+    path.is_relative()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Refuses a restored `DB_CONFIG` whose directory settings are absolute or climb out of the
+/// restored environment: `db_recover` would open the original environment's files read-write.
+fn check_restored_config(text: &str, path: &Path) -> Result<(), SourceError> {
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if DIR_DIRECTIVES.contains(&name) && !is_relative_inside(value) {
+            return Err(SourceError::Procedure(format!(
+                "the restored `{}` says `{name} {value}`, a directory outside the restored \
+                 environment: recovery would open the files there (the original \
+                 environment's) instead of the restored copy's. Restore with `--raw`, make the \
+                 directories in DB_CONFIG relative to the environment home, then run \
+                 `db_recover -c -h` on the copy",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `DB_CONFIG` as a backup or a standby stores it.
+struct StoredConfig {
+    bytes: Vec<u8>,
+    /// A line per directory setting left out (outside the home).
+    warnings: Vec<String>,
+}
+
+/// The stored form of the live environment's `DB_CONFIG` (see [`self_contained_config`]), or
+/// `None` when it has none.
+fn stored_config(home: &Path) -> Result<Option<StoredConfig>, SourceError> {
+    let path = home.join("DB_CONFIG");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (text, warnings) = self_contained_config(&text, home);
+            Ok(Some(StoredConfig {
+                bytes: text.into_bytes(),
+                warnings,
+            }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SourceError::io("reading", path, e)),
+    }
 }
 
 /// A log file of the environment.
@@ -908,8 +1033,8 @@ fn verify_files(
 ) -> Result<Vec<String>, SourceError> {
     let mut steps = Vec::new();
     for rel in files {
-        let path = home.join(rel);
-        if page_size(&path)?.is_none() {
+        let (path, found) = crate::restored::lookup(home, rel, crate::restored::Need::File)?;
+        if found.is_none() || page_size(&path)?.is_none() {
             continue;
         }
         let args: Vec<OsString> = vec![
@@ -1018,11 +1143,19 @@ impl BdbSession {
             entries.push(entry);
         }
         let config = self.layout.home.join("DB_CONFIG");
-        if config.exists() {
-            if let Some(mut entry) = Entry::from_path("DB_CONFIG", &config, ChangeModel::Any)? {
-                entry.fs_identity = None;
-                entries.push(entry);
-            }
+        if let Some(StoredConfig { bytes, warnings }) = stored_config(&self.layout.home)? {
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::metadata(&config)
+                .map_err(|e| SourceError::io("reading metadata of", &config, e))?;
+            let mtime_ns = md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec());
+            let mut entry = Entry::bytes("DB_CONFIG", bytes, md.mode() & 0o7777, mtime_ns);
+            entry.uid = md.uid();
+            entry.gid = md.gid();
+            entries.push(entry);
+            self.warnings.extend(warnings);
         }
         let newest_full = logs.iter().rev().find(|l| l.number != last);
         let head = match newest_full {
@@ -1363,6 +1496,10 @@ pub mod standby {
 
     /// The standby's home and log directory, as its own DB_CONFIG says.
     fn standby_layout(standby: &Path) -> Result<(PathBuf, PathBuf), SourceError> {
+        // The standby's logs are removed by name from this directory: it must be the standby's.
+        if let Ok(text) = std::fs::read_to_string(standby.join("DB_CONFIG")) {
+            super::check_restored_config(&text, &standby.join("DB_CONFIG"))?;
+        }
         let config = super::read_db_config(standby)?;
         let log_dir = config
             .log_dir
@@ -1600,9 +1737,14 @@ pub mod standby {
         standby: &Path,
         report: &mut StandbyReport,
     ) -> Result<(), SourceError> {
-        let config = layout.home.join("DB_CONFIG");
-        if config.exists() {
-            report.bytes_copied += copy_file(&config, &standby.join("DB_CONFIG"))?;
+        // Rewritten like a backup's copy: recovery in the standby must open the standby's files,
+        // never the live environment's (an absolute `set_data_dir` would name those).
+        if let Some(super::StoredConfig { bytes, warnings }) = super::stored_config(&layout.home)? {
+            for warning in warnings {
+                tracing::warn!(standby = %standby.display(), "{warning}");
+            }
+            write_atomically(&standby.join("DB_CONFIG"), &bytes)?;
+            report.bytes_copied += bytes.len() as u64;
         }
         Ok(())
     }
@@ -1643,6 +1785,79 @@ mod tests {
         );
         assert_eq!(config.log_dir, Some(PathBuf::from("logs")));
         assert_eq!(parse_db_config("set_data_dir\n"), DbConfig::default());
+    }
+
+    /// Directory settings are stored relative to the home; one outside it is commented out.
+    #[test]
+    fn stored_db_config_names_directories_relative_to_the_home() {
+        let root = tempfile::tempdir().unwrap();
+        let home = std::fs::canonicalize(root.path()).unwrap().join("env");
+        std::fs::create_dir_all(home.join("data")).unwrap();
+        std::fs::create_dir_all(home.join("logs")).unwrap();
+        let text = format!(
+            "set_lg_max 262144\nset_data_dir {h}/data\nset_lg_dir {h}/logs\nadd_data_dir \
+             more\nset_tmp_dir /var/tmp\nset_create_dir {h}\n",
+            h = home.display()
+        );
+        let (stored, warnings) = self_contained_config(&text, &home);
+        assert_eq!(
+            stored,
+            "set_lg_max 262144\nset_data_dir data\nset_lg_dir logs\nadd_data_dir more\n\
+             # backstop: outside the environment home, not restored: set_tmp_dir /var/tmp\n\
+             set_create_dir .\n"
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        check_restored_config(&stored, Path::new("DB_CONFIG")).unwrap();
+    }
+
+    /// A restored tree whose DB_CONFIG names directories outside it (a backup taken before
+    /// DB_CONFIG was stored self-contained, or a forged one), or that holds a symlink, is
+    /// refused before `db_recover` runs: recovery would open the files they lead to.
+    #[test]
+    fn restore_fixup_refuses_a_config_or_tree_that_leads_outside() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("restored");
+        std::fs::create_dir_all(target.join("data")).unwrap();
+        let no_tools = root.path().join("no-tools");
+        std::fs::create_dir(&no_tools).unwrap();
+        let params = RestoreParams {
+            raw: false,
+            options: [("db-tools".to_owned(), no_tools.display().to_string())].into(),
+        };
+        let profile = RestoreProfile::new("bdb");
+        for line in [
+            "set_data_dir /srv/app/env/data",
+            "set_lg_dir ../env/logs",
+            "add_data_dir data/../../x",
+            "set_tmp_dir /tmp",
+        ] {
+            std::fs::write(target.join("DB_CONFIG"), format!("{line}\n")).unwrap();
+            let err = restore_fixup(&profile, &target, &params)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(line) && err.contains("outside"),
+                "{line}: {err}"
+            );
+        }
+        // Relative directories pass the check (and then fail for want of the tools here).
+        std::fs::write(target.join("DB_CONFIG"), "set_data_dir data\n").unwrap();
+        let err = restore_fixup(&profile, &target, &params)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("db_recover"), "{err}");
+        // A data file (or DB_CONFIG) that is a link out of the tree.
+        let outside = root.path().join("live.db");
+        std::fs::write(&outside, b"live").unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("data/accounts.db")).unwrap();
+        let err = restore_fixup(&profile, &target, &params)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("symlink") && err.contains("accounts.db"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&outside).unwrap(), b"live");
     }
 
     #[test]

@@ -42,7 +42,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,29 +66,22 @@ pub(crate) fn restore_fixup(
     target: &Path,
     _params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
-    let chaser = target.join("chaser.chk");
-    let bytes = std::fs::read(&chaser).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            SourceError::Procedure(format!(
-                "the restored tree `{}` has no chaser.chk, so truncate.chk cannot be written; \
-                 this backup is not of an EventStore database directory (restore with --raw to \
-                 get the files as stored)",
-                target.display()
-            ))
-        } else {
-            SourceError::io("reading", &chaser, e)
-        }
+    // The tree comes from the backup: neither checkpoint may be reached through a symlink.
+    let bytes = crate::restored::read(target, "chaser.chk")?.ok_or_else(|| {
+        SourceError::Procedure(format!(
+            "the restored tree `{}` has no chaser.chk, so truncate.chk cannot be written; \
+             this backup is not of an EventStore database directory (restore with --raw to \
+             get the files as stored)",
+            target.display()
+        ))
     })?;
-    let truncate = target.join("truncate.chk");
-    let tmp = target.join("truncate.chk.backstop-tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &truncate)?;
-        File::open(target)?.sync_all()
-    };
-    write().map_err(|e| SourceError::io("writing", &truncate, e))?;
+    let mode = crate::restored::lookup(target, "chaser.chk", crate::restored::Need::File)?
+        .1
+        .map_or(0o644, |md| md.mode() & 0o7777);
+    let tmp = "truncate.chk.backstop-tmp";
+    crate::restored::write(target, tmp, &bytes, mode)?;
+    crate::restored::rename(target, tmp, "truncate.chk")?;
+    crate::restored::sync_dir(target)?;
     let position = checkpoint_value(&bytes).map_or_else(
         || format!("{} bytes", bytes.len()),
         |p| format!("position {p}"),
@@ -829,5 +822,47 @@ mod tests {
         assert!(!is_table_name(
             "index/stream-existence/5e0e2a1c8c4b4a559d430a1f0c6d2b7e"
         ));
+    }
+
+    /// A backup's tree that holds symlinks where the fix-up reads and writes checkpoints: the
+    /// fix-up must refuse, and leave the files they point to alone.
+    #[test]
+    fn restore_fixup_never_writes_or_reads_through_a_stored_symlink() {
+        let outer = tempfile::tempdir().unwrap();
+        let victim = outer.path().join("victim");
+        std::fs::write(&victim, b"original contents").unwrap();
+        let target = outer.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("chaser.chk"), 42i64.to_le_bytes()).unwrap();
+        std::os::unix::fs::symlink(&victim, target.join("truncate.chk.backstop-tmp")).unwrap();
+        let params = RestoreParams::default();
+        let profile = RestoreProfile::new("eventstore");
+        let e = restore_fixup(&profile, &target, &params)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("symlink") && e.contains("truncate.chk.backstop-tmp"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"original contents");
+
+        // chaser.chk itself a link to a file outside: never read into truncate.chk.
+        std::fs::remove_file(target.join("truncate.chk.backstop-tmp")).unwrap();
+        std::fs::remove_file(target.join("chaser.chk")).unwrap();
+        std::os::unix::fs::symlink(&victim, target.join("chaser.chk")).unwrap();
+        let e = restore_fixup(&profile, &target, &params)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symlink") && e.contains("chaser.chk"), "{e}");
+        assert!(!target.join("truncate.chk").exists());
+
+        // The ordinary case still works.
+        std::fs::remove_file(target.join("chaser.chk")).unwrap();
+        std::fs::write(target.join("chaser.chk"), 42i64.to_le_bytes()).unwrap();
+        restore_fixup(&profile, &target, &params).unwrap();
+        assert_eq!(
+            std::fs::read(target.join("truncate.chk")).unwrap(),
+            42i64.to_le_bytes()
+        );
     }
 }

@@ -1497,6 +1497,19 @@ pub(crate) fn restore_fixup(
             pitr_to = Some(t);
         }
     }
+    // Each member's fix-up runs in `<target>/<member>`: a name from the profile that is not a
+    // plain relative path, or a member directory that is a link, would run it on a directory
+    // outside the restore (a live database's, say). All are checked before any fix-up runs.
+    for member in &members {
+        if !crate::restored::is_safe_path(member) {
+            return Err(SourceError::Procedure(format!(
+                "the group restore profile names member `{member}`, which is not a relative \
+                 path inside the restore; the profile is damaged, restore with `--raw`"
+            )));
+        }
+        crate::restored::lookup(target, member, crate::restored::Need::Dir)
+            .map_err(|e| member_error(member, e))?;
+    }
     for member in &members {
         let json = profile
             .params
@@ -1957,6 +1970,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not understood"), "{err}");
+    }
+
+    /// Member names come from the profile: one that is absolute, climbs out with `..`, or is a
+    /// symlink in the restored tree must not get a fix-up run on a directory outside the
+    /// restore (here a live SQLite database whose `-wal` the fix-up would delete).
+    #[test]
+    fn restore_fixup_refuses_members_outside_the_target() {
+        let outer = tempfile::tempdir().unwrap();
+        let live = outer.path().join("live-app");
+        std::fs::create_dir(&live).unwrap();
+        std::fs::write(live.join("app.db"), b"").unwrap();
+        std::fs::write(live.join("app.db-wal"), b"committed, not yet checkpointed").unwrap();
+        let target = outer.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&live, target.join("linked")).unwrap();
+        let sqlite_member = serde_json::json!({
+            "kind": "sqlite",
+            "params": {"file": "app.db", "page_count": "0", "page_size": "4096"}
+        })
+        .to_string();
+        let names = [
+            live.display().to_string(),
+            "../live-app".to_owned(),
+            "linked".to_owned(),
+            "x/../../live-app".to_owned(),
+        ];
+        for name in names {
+            let profile = RestoreProfile::new("group")
+                .with_param("members", &name)
+                .with_param(format!("member.{name}"), &sqlite_member);
+            let err = restore_fixup(&profile, &target, &params(&[])).unwrap_err();
+            assert!(matches!(err, SourceError::Procedure(_)), "{name}: {err}");
+            assert!(
+                live.join("app.db-wal").exists(),
+                "{name}: the live WAL was removed"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod group;
 pub mod hold;
 pub mod recognise;
 pub mod restore_profile;
+mod restored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -40,6 +40,14 @@
 //! | `tablespaces` | `original` (default: each tablespace goes back to its recorded location, which must be absent or empty) or `in-place` (kept inside `pg_tblspc`) |
 //! | `tablespace-<oid>` | put that tablespace at this absolute path instead |
 //!
+//! A tablespace location, recorded or given, must be an absolute path without `.` or `..`, not
+//! `/`, neither inside the restored data directory nor containing it; tablespace ids in the
+//! profile must be OIDs (digits). The recorded locations come from the backup: a restore of a
+//! backup you do not trust should keep tablespaces `in-place`. Every file the fix-up reads,
+//! writes or removes (`recovery.signal`, `postgresql.auto.conf`, `postmaster.pid`,
+//! `tablespace_map`, `pg_tblspc/<oid>`, the directories it creates) must not be, or lie under, a
+//! symlink in the restored tree; otherwise the restore stops with an error naming the path.
+//!
 //! Recovery always runs as archive recovery (`recovery.signal`) and so ends on a new timeline:
 //! the restored server never writes WAL under names the original server uses.
 //!
@@ -55,6 +63,7 @@ use std::time::SystemTime;
 
 use postgres::{Client, NoTls};
 
+use crate::restored::{self, Need};
 use crate::{
     ChangeModel, Content, Entry, EntryKind, Phase, RestoreParams, RestoreProfile, Session,
     SessionContext, SessionOutcome, Source, SourceError,
@@ -1225,9 +1234,11 @@ pub(crate) fn restore_fixup(
     let options = &params.options;
     // Validate everything before touching the restored tree.
     let mut settings = recovery_settings(options)?;
-    let tablespace_plan = plan_tablespaces(profile, options)?;
+    let tablespace_plan = plan_tablespaces(profile, target, options)?;
+    // Every path below is in the tree the backup brought back, and none is followed through a
+    // symlink (see `restored`).
     for file in ["PG_VERSION", "backup_label"] {
-        if !target.join(file).is_file() {
+        if restored::lookup(target, file, Need::File)?.1.is_none() {
             return Err(SourceError::Procedure(format!(
                 "`{}` has no `{file}`: this is not a complete restore of a PostgreSQL base backup",
                 target.display()
@@ -1237,9 +1248,7 @@ pub(crate) fn restore_fixup(
 
     let mut steps = Vec::new();
     for stale in ["postmaster.pid", "postmaster.opts", "recovery.done"] {
-        let path = target.join(stale);
-        if path.exists() {
-            std::fs::remove_file(&path).map_err(|e| SourceError::io("removing", &path, e))?;
+        if restored::remove_file(target, stale)? {
             steps.push(format!("removed stale `{stale}`"));
         }
     }
@@ -1247,10 +1256,7 @@ pub(crate) fn restore_fixup(
     let mut dirs = vec!["pg_wal", "pg_wal/archive_status", "pg_tblspc"];
     dirs.extend_from_slice(EXCLUDED_DIR_CONTENTS);
     for dir in dirs {
-        let path = target.join(dir);
-        if !path.is_dir() {
-            std::fs::create_dir_all(&path).map_err(|e| SourceError::io("creating", &path, e))?;
-            set_mode(&path, 0o700)?;
+        if restored::create_dir_all(target, dir, 0o700)? {
             steps.push(format!("created `{dir}`"));
         }
     }
@@ -1271,26 +1277,25 @@ pub(crate) fn restore_fixup(
     if !tablespace_plan.is_empty() {
         // The links are in place now; a tablespace_map would make the server re-link every
         // tablespace to its original location.
-        let map = target.join("tablespace_map");
-        if map.exists() {
-            std::fs::remove_file(&map).map_err(|e| SourceError::io("removing", &map, e))?;
-        }
+        restored::remove_file(target, "tablespace_map")?;
     }
     if in_place {
         // PostgreSQL 15 refuses directories in pg_tblspc at the end of recovery otherwise.
         settings.push(("allow_in_place_tablespaces".into(), "on".into()));
     }
 
-    let signal = target.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(|e| SourceError::io("writing", &signal, e))?;
-    set_mode(&signal, 0o600)?;
+    restored::write(target, "recovery.signal", b"", 0o600)?;
     steps.push("wrote `recovery.signal`".into());
 
-    let auto_conf = target.join("postgresql.auto.conf");
-    let mut conf = match std::fs::read_to_string(&auto_conf) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(SourceError::io("reading", &auto_conf, e)),
+    let auto_conf = "postgresql.auto.conf";
+    let mut conf = match restored::read(target, auto_conf)? {
+        Some(bytes) => String::from_utf8(bytes).map_err(|_| {
+            SourceError::Procedure(format!(
+                "the restored `{}` is not UTF-8 text",
+                target.join(auto_conf).display()
+            ))
+        })?,
+        None => String::new(),
     };
     if !conf.is_empty() && !conf.ends_with('\n') {
         conf.push('\n');
@@ -1301,8 +1306,7 @@ pub(crate) fn restore_fixup(
         conf.push_str(&format!("{key} = '{}'\n", quote_conf_value(value)));
         steps.push(format!("set {key} = '{value}'"));
     }
-    std::fs::write(&auto_conf, conf).map_err(|e| SourceError::io("writing", &auto_conf, e))?;
-    set_mode(&auto_conf, 0o600)?;
+    restored::write(target, auto_conf, conf.as_bytes(), 0o600)?;
 
     // PostgreSQL refuses to start unless the data directory is 0700 (or 0750 with group access).
     let mode = profile
@@ -1437,6 +1441,7 @@ fn quote_conf_value(value: &str) -> String {
 /// inside `pg_tblspc`.
 fn plan_tablespaces(
     profile: &RestoreProfile,
+    target: &Path,
     options: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, Option<PathBuf>)>, SourceError> {
     let in_place = match options.get("tablespaces").map(String::as_str) {
@@ -1473,36 +1478,85 @@ fn plan_tablespaces(
     }
     let mut plan = Vec::new();
     for (oid, original) in recorded {
+        // The id names `pg_tblspc/<oid>` in the restored tree; anything but an OID could name
+        // a path outside it (`tablespace./home/alice`).
+        if !all_digits(oid) {
+            return Err(SourceError::Procedure(format!(
+                "the backup's restore profile names tablespace `{oid}`, which is not an OID \
+                 (digits); the profile is damaged, restore with `--raw`"
+            )));
+        }
         let destination = match options.get(&format!("tablespace-{oid}")) {
             Some(path) => Some(PathBuf::from(path)),
             None if in_place => None,
             None => Some(PathBuf::from(original)),
         };
         if let Some(dest) = &destination {
-            if !dest.is_absolute() {
-                return Err(SourceError::Procedure(format!(
-                    "tablespace {oid} must go to an absolute path, not `{}`",
-                    dest.display()
-                )));
-            }
+            check_tablespace_location(oid, dest, target)?;
         }
         plan.push((oid.to_owned(), destination));
     }
     Ok(plan)
 }
 
-/// Moves the restored `pg_tblspc/<oid>` to `dest` and links it back.
-fn place_tablespace(target: &Path, oid: &str, dest: &Path) -> Result<(), SourceError> {
-    let restored = target.join("pg_tblspc").join(oid);
-    let md = std::fs::symlink_metadata(&restored).map_err(|e| {
-        SourceError::io("reading metadata of the restored tablespace", &restored, e)
-    })?;
-    if !md.is_dir() {
+/// Where a tablespace may be placed: a plain absolute path (no `.` or `..`, not `/`) that
+/// neither lies inside the restored data directory nor contains it. The recorded location is
+/// where the original server kept the tablespace (PostgreSQL requires an absolute path); it
+/// comes from the backup, so it is held to the same rule as one given on the command line.
+fn check_tablespace_location(oid: &str, dest: &Path, target: &Path) -> Result<(), SourceError> {
+    use std::path::Component;
+    let plain = dest.is_absolute()
+        && dest.components().count() > 1
+        && dest
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !dest.as_os_str().as_encoded_bytes().contains(&0);
+    if !plain {
         return Err(SourceError::Procedure(format!(
-            "the restored tablespace `{}` is not a directory",
-            restored.display()
+            "tablespace {oid} must go to an absolute path without `.` or `..` (and not `/`), \
+             not `{}`",
+            dest.display()
         )));
     }
+    let data_dir = std::path::absolute(target)
+        .map_err(|e| SourceError::io("resolving the restore target", target, e))?;
+    let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+    let dest_resolved = canonical_prefix(dest);
+    if dest_resolved.starts_with(&data_dir) || data_dir.starts_with(&dest_resolved) {
+        return Err(SourceError::Procedure(format!(
+            "tablespace {oid} cannot be placed at `{}`: it would be inside the restored data \
+             directory `{}` or contain it; give another place with tablespace-{oid}=PATH, or \
+             keep it inside the data directory with tablespaces=in-place",
+            dest.display(),
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `path` with its longest existing prefix resolved (symlinks and all) and the rest appended.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut prefix = path;
+    loop {
+        if let Ok(resolved) = std::fs::canonicalize(prefix) {
+            return rest.iter().rev().fold(resolved, |p, name| p.join(name));
+        }
+        match (prefix.parent(), prefix.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                prefix = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// Moves the restored `pg_tblspc/<oid>` to `dest` and links it back.
+fn place_tablespace(target: &Path, oid: &str, dest: &Path) -> Result<(), SourceError> {
+    // Neither `pg_tblspc` nor `pg_tblspc/<oid>` may be a link: the move must take the restored
+    // tablespace, never a directory the backup's tree points to.
+    let restored = restored::existing(target, &format!("pg_tblspc/{oid}"), Need::Dir)?;
     match std::fs::read_dir(dest) {
         Ok(mut items) => {
             if items.next().is_some() {
@@ -1948,6 +2002,113 @@ mod tests {
         let err = restore_fixup(&profile, &target2, &RestoreParams::default()).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");
         assert!(!target2.join("recovery.signal").exists());
+    }
+
+    /// A restored data directory with the files the fix-up needs.
+    fn minimal_data_dir(parent: &Path) -> PathBuf {
+        let target = parent.join("data");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("PG_VERSION"), b"15\n").unwrap();
+        std::fs::write(target.join("backup_label"), b"START TIMELINE: 1\n").unwrap();
+        target
+    }
+
+    /// `recovery.signal` or `postgresql.auto.conf` stored as symlinks: the fix-up refuses and
+    /// neither truncates, chmods nor appends to what they point to.
+    #[test]
+    fn restore_fixup_never_writes_through_a_stored_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        for name in ["recovery.signal", "postgresql.auto.conf", "postmaster.pid"] {
+            std::fs::write(&victim, b"precious data\n").unwrap();
+            std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let target = minimal_data_dir(&dir.path().join(name));
+            std::os::unix::fs::symlink(&victim, target.join(name)).unwrap();
+            let err = restore_fixup(
+                &RestoreProfile::new("postgres"),
+                &target,
+                &RestoreParams::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("symlink") && err.contains(name), "{err}");
+            assert_eq!(
+                std::fs::read(&victim).unwrap(),
+                b"precious data\n",
+                "{name}"
+            );
+            let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{name}");
+        }
+        // A directory the fix-up creates in, stored as a link to one outside.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let target = minimal_data_dir(&dir.path().join("wal"));
+        std::os::unix::fs::symlink(&outside, target.join("pg_wal")).unwrap();
+        let err = restore_fixup(
+            &RestoreProfile::new("postgres"),
+            &target,
+            &RestoreParams::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(!outside.join("archive_status").exists());
+    }
+
+    /// A tablespace id from the profile that is not an OID, or a recorded location that is not
+    /// a plain absolute path outside the data directory, is refused before anything moves.
+    #[test]
+    fn restore_fixup_refuses_tablespace_ids_and_locations_that_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home-alice");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("thesis.tex"), b"years of work").unwrap();
+        let elsewhere = dir.path().join("gone");
+        let target = minimal_data_dir(dir.path());
+        let hostile = [
+            (
+                format!("tablespace.{}", home.display()),
+                elsewhere.display().to_string(),
+            ),
+            (
+                "tablespace.../../home-alice".to_owned(),
+                elsewhere.display().to_string(),
+            ),
+            ("tablespace.16400".to_owned(), "/".to_owned()),
+            (
+                "tablespace.16400".to_owned(),
+                format!("{}/../x", dir.path().display()),
+            ),
+            (
+                "tablespace.16400".to_owned(),
+                target.join("base").display().to_string(),
+            ),
+            (
+                "tablespace.16400".to_owned(),
+                dir.path().display().to_string(),
+            ),
+        ];
+        for (key, location) in hostile {
+            let profile = RestoreProfile::new("postgres").with_param(&key, &location);
+            let err = restore_fixup(&profile, &target, &RestoreParams::default()).unwrap_err();
+            assert!(
+                matches!(err, SourceError::Procedure(_)),
+                "{key}={location}: {err}"
+            );
+            assert!(home.join("thesis.tex").exists(), "{key}={location}");
+            assert!(!elsewhere.exists(), "{key}={location}");
+            assert!(!target.join("recovery.signal").exists(), "{key}={location}");
+        }
+        // `pg_tblspc` itself a link to a directory outside: the tablespace is not taken from it.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("16400/PG_15_1")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("pg_tblspc")).unwrap();
+        let profile = RestoreProfile::new("postgres")
+            .with_param("tablespace.16400", elsewhere.display().to_string());
+        let err = restore_fixup(&profile, &target, &RestoreParams::default()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(outside.join("16400/PG_15_1").is_dir());
+        assert!(!elsewhere.exists());
     }
 
     /// Dropping a session (an error, a cancel or a panic in the engine) ends the backup and

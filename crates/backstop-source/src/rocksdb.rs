@@ -67,19 +67,18 @@ pub(crate) fn restore_fixup(
     target: &Path,
     _params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
+    use crate::restored::{self, Need};
     let mut steps = Vec::new();
-    let lock = target.join("LOCK");
-    match std::fs::remove_file(&lock) {
-        Ok(()) => steps.push("removed the restored LOCK file".to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(SourceError::io("removing the stale lock file", &lock, e)),
+    // Files of the restored tree, never reached through a link the backup brought.
+    if restored::remove_file(target, "LOCK")? {
+        steps.push("removed the restored LOCK file".to_owned());
     }
     let current_path = target.join("CURRENT");
-    let current = std::fs::read(&current_path).map_err(|e| {
+    let current = restored::read(target, "CURRENT")?.ok_or_else(|| {
         SourceError::io(
             "reading CURRENT of the restored RocksDB directory",
             &current_path,
-            e,
+            std::io::ErrorKind::NotFound.into(),
         )
     })?;
     let manifest = parse_current(&current, &current_path)?;
@@ -91,7 +90,7 @@ pub(crate) fn restore_fixup(
             )));
         }
     }
-    if !target.join(&manifest).is_file() {
+    if restored::lookup(target, &manifest, Need::File)?.1.is_none() {
         return Err(SourceError::Procedure(format!(
             "the restored RocksDB directory `{}` has no `{manifest}`, which CURRENT names; \
              the backup is incomplete, restore another one",
@@ -1174,6 +1173,26 @@ mod tests {
         let err =
             crate::restore_profile::apply(&profile, &db, &RestoreParams::default()).unwrap_err();
         assert!(err.to_string().contains("no `MANIFEST-000003`"), "{err}");
+    }
+
+    /// `CURRENT` stored as a link to a file outside: the fix-up neither reads it (its contents
+    /// would end up in the error message) nor follows it.
+    #[test]
+    fn restore_fixup_refuses_a_current_that_is_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = fake_db(tmp.path());
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, b"root:hash\n").unwrap();
+        std::fs::remove_file(db.join("CURRENT")).unwrap();
+        std::os::unix::fs::symlink(&secret, db.join("CURRENT")).unwrap();
+        let profile = RestoreProfile::new("rocksdb");
+        let err =
+            crate::restore_profile::apply(&profile, &db, &RestoreParams::default()).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("symlink") && !err.contains("root:hash"),
+            "{err}"
+        );
     }
 
     // --- against a real RocksDB, written by another process ---

@@ -992,14 +992,20 @@ pub(crate) fn restore_fixup(
         )
     })?;
     check_file_name(file_name)?;
-    let db_path = target.join(file_name);
     let mut steps = Vec::new();
-    let removed = remove_side_files(&db_path)?;
+    let removed = remove_side_files(target, file_name)?;
     if !removed.is_empty() {
         steps.push(format!("removed stale {}", removed.join(", ")));
     }
-    let md = std::fs::metadata(&db_path)
-        .map_err(|e| SourceError::io("opening the restored SQLite database", &db_path, e))?;
+    // The database is opened read-write below: never through a link the backup brought.
+    let (db_path, md) = crate::restored::lookup(target, file_name, crate::restored::Need::File)?;
+    let md = md.ok_or_else(|| {
+        SourceError::io(
+            "opening the restored SQLite database",
+            &db_path,
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
     let expected = profile
         .params
         .get("page_count")
@@ -1020,26 +1026,19 @@ pub(crate) fn restore_fixup(
         check_integrity(&db_path, pragma)?;
         // Opening a WAL database creates `-wal` and `-shm`; a clean close removes them, but
         // leave nothing behind whatever the SQLite build does.
-        remove_side_files(&db_path)?;
+        remove_side_files(target, file_name)?;
         steps.push(format!("PRAGMA {pragma} of `{file_name}`: ok"));
     }
     Ok(steps)
 }
 
-/// Removes `-wal`, `-shm` and `-journal` beside `db_path`; returns the names removed.
-fn remove_side_files(db_path: &Path) -> Result<Vec<String>, SourceError> {
+/// Removes `-wal`, `-shm` and `-journal` beside `target/file_name`; returns the names removed.
+fn remove_side_files(target: &Path, file_name: &str) -> Result<Vec<String>, SourceError> {
     let mut removed = Vec::new();
     for suffix in ["-wal", "-shm", "-journal"] {
-        let mut side = db_path.as_os_str().to_owned();
-        side.push(suffix);
-        let side = PathBuf::from(side);
-        match std::fs::remove_file(&side) {
-            Ok(()) => removed.push(side.file_name().map_or_else(
-                || side.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SourceError::io("removing stale", side, e)),
+        let side = format!("{file_name}{suffix}");
+        if crate::restored::remove_file(target, &side)? {
+            removed.push(side);
         }
     }
     Ok(removed)
@@ -1048,7 +1047,9 @@ fn remove_side_files(db_path: &Path) -> Result<Vec<String>, SourceError> {
 fn check_integrity(db_path: &Path, pragma: &str) -> Result<(), SourceError> {
     let conn = Connection::open_with_flags(
         db_path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(|e| {
         SourceError::database(
@@ -1544,5 +1545,31 @@ mod tests {
         assert!(err.to_string().contains("names no database file"), "{err}");
         let bad = RestoreProfile::new("sqlite").with_param("file", "../escape.db");
         assert!(restore_fixup(&bad, Path::new("/tmp"), &RestoreParams::default()).is_err());
+    }
+
+    /// The database or a side file stored as a symlink: the fix-up neither opens the file it
+    /// points to read-write nor removes anything through it.
+    #[test]
+    fn restore_fixup_refuses_a_database_or_side_file_that_is_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        create_bank(&live, "wal");
+        let before = std::fs::read(&live).unwrap();
+        let profile = RestoreProfile::new("sqlite").with_param("file", "bank.db");
+        let target = dir.path().join("restored");
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&live, target.join("bank.db")).unwrap();
+        let err = restore_fixup(&profile, &target, &RestoreParams::default()).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read(&live).unwrap(), before);
+
+        std::fs::remove_file(target.join("bank.db")).unwrap();
+        std::fs::copy(&live, target.join("bank.db")).unwrap();
+        let outside = dir.path().join("precious-wal");
+        std::fs::write(&outside, b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("bank.db-wal")).unwrap();
+        let err = restore_fixup(&profile, &target, &RestoreParams::default()).unwrap_err();
+        assert!(err.to_string().contains("bank.db-wal"), "{err}");
+        assert!(outside.exists());
     }
 }

@@ -9,7 +9,10 @@
 //! - a log file removed from the environment between backups is detected and reported, and the
 //!   backup becomes a new full one; safe archival (only stored logs) keeps the chain;
 //! - a hot standby refreshed 10 times under load opens and satisfies the invariant every time,
-//!   and after promotion it runs as the new primary.
+//!   and after promotion it runs as the new primary;
+//! - an environment whose DB_CONFIG names its data directory by an absolute path (inside the
+//!   home) restores, and seeds a standby, that recover and open on their own: recovery never
+//!   touches the original environment's files.
 //!
 //! Needs `db5.3-util` and the `berkeleydb` Python binding (scripts/install/bdb.sh).
 
@@ -388,4 +391,94 @@ fn standby_from_the_repository_is_the_latest_backup_restored_over_it() {
         );
         writer.wait_for_commits(150);
     }
+}
+
+/// Every file under `dir` with its modification time and contents, optionally leaving out the
+/// region files (which any process joining the environment updates).
+fn fingerprint(
+    dir: &Path,
+    with_regions: bool,
+) -> std::collections::BTreeMap<String, (std::time::SystemTime, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for item in std::fs::read_dir(&d).unwrap() {
+            let path = item.unwrap().path();
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(path);
+            } else if with_regions || !name.starts_with("__db.") {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, (md.modified().unwrap(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+// Regression: a DB_CONFIG with an absolute `set_data_dir` (accepted because it lies inside the
+// home) was stored unchanged, so `db_recover -c -h TARGET` on restore, and in a standby, opened
+// and wrote the original environment's data files.
+#[test]
+fn absolute_data_dir_restores_and_stands_by_without_touching_the_original() {
+    if !bdb_bank::prerequisites("bdb") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("env");
+    let absolute = home.join("data");
+    let mut writer = start_writer(root.path(), &home, Some(absolute.to_str().unwrap()), 240);
+    let config = std::fs::read_to_string(home.join("DB_CONFIG")).unwrap();
+    assert!(
+        config.contains(&format!("set_data_dir {}", absolute.display())),
+        "{config}"
+    );
+    let engine = engine();
+    let info = engine
+        .create_backup(&mut BdbSource::new(&home), &BackupOptions::default())
+        .unwrap();
+    writer.wait_for_commits(50);
+    let refreshed = root.path().join("standby");
+    let tools = BdbTools::from_path();
+    bdb::refresh_standby(&home, &refreshed, &tools).unwrap();
+    writer.wait_for_commits(50);
+    drop(writer);
+
+    // Restore: recovery works on the copy only.
+    let original = fingerprint(&home, true);
+    let dir = root.path().join("restore");
+    restore_and_check(&engine, info.id, &dir);
+    assert!(
+        fingerprint(&home, true) == original,
+        "the restore changed files of the original environment"
+    );
+    let restored_config = std::fs::read_to_string(dir.join("DB_CONFIG")).unwrap();
+    assert!(
+        restored_config.contains("set_data_dir data\n")
+            && !restored_config.contains(&*home.to_string_lossy()),
+        "{restored_config}"
+    );
+
+    // A standby refresh (here the second, which recovers again) works on the standby only.
+    let original = fingerprint(&home, false);
+    bdb::refresh_standby(&home, &refreshed, &tools).unwrap();
+    assert!(
+        fingerprint(&home, false) == original,
+        "the standby refresh changed data or log files of the original environment"
+    );
+    let standby_config = std::fs::read_to_string(refreshed.join("DB_CONFIG")).unwrap();
+    assert!(
+        !standby_config.contains(&*home.to_string_lossy()),
+        "{standby_config}"
+    );
+
+    // Both copies are self-contained: they open and hold the bank with the original gone.
+    std::fs::rename(&home, root.path().join("env-moved")).unwrap();
+    bdb_bank::check_state(&dir, ACCOUNTS);
+    bdb_bank::check_state(&refreshed, ACCOUNTS);
+    assert!(
+        std::fs::read_dir(dir.join("data")).unwrap().count() >= 2,
+        "the restored data directory holds the databases"
+    );
 }

@@ -1,0 +1,336 @@
+//! The restored tree as the fix-ups touch it: files and directories inside the restore target,
+//! never reached through a symlink.
+//!
+//! The tree comes from the backup, and a backup's file list is data: a damaged or forged
+//! snapshot may hold a symlink where a procedure expects `chaser.chk`, `recovery.signal` or a
+//! member's directory. The engine never follows symlinks while it writes the tree, and the
+//! fix-ups must not either, or a restore (often run as root) would read, write, truncate or
+//! remove whatever such a link points to. Every path a fix-up touches therefore goes through
+//! these functions: each checks that no directory above the path inside the target, and not the
+//! path itself, is a symlink (or anything but a directory or regular file), and opens files with
+//! `O_NOFOLLOW`, so a link is refused even if it appears after the check.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::SourceError;
+
+/// What a procedure needs at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+impl Need {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::File => "a regular file",
+            Self::Dir => "a directory",
+        }
+    }
+
+    fn matches(self, md: &Metadata) -> bool {
+        match self {
+            Self::File => md.file_type().is_file(),
+            Self::Dir => md.file_type().is_dir(),
+        }
+    }
+}
+
+/// Whether `rel` is a path a backup may hold: relative, `/`-separated, without empty, `.` or
+/// `..` segments (the engine's rule for the paths of a backup's tree).
+pub(crate) fn is_safe_path(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.starts_with('/')
+        && !rel.contains('\0')
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+fn what(md: &Metadata) -> &'static str {
+    let kind = md.file_type();
+    if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+fn odd_entry(path: &Path, found: &'static str, need: Need) -> SourceError {
+    SourceError::Procedure(format!(
+        "the backup's tree has {found} at `{}` where the restore procedure needs {}; a restore \
+         never follows links from the backup. Restore with `--raw` and inspect the files",
+        path.display(),
+        need.noun()
+    ))
+}
+
+/// `target/rel`, after checking that every directory above it inside `target` is a real
+/// directory and that the path itself, if it exists, is `need` (never a symlink). Returns the
+/// path and its metadata, `None` when it (or a directory above it) does not exist.
+pub(crate) fn lookup(
+    target: &Path,
+    rel: &str,
+    need: Need,
+) -> Result<(PathBuf, Option<Metadata>), SourceError> {
+    if !is_safe_path(rel) {
+        return Err(SourceError::Procedure(format!(
+            "`{rel}` is not a relative path inside the restored tree `{}`",
+            target.display()
+        )));
+    }
+    let mut path = target.to_path_buf();
+    let mut segments = rel.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        path.push(segment);
+        let last = segments.peek().is_none();
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Nothing below a missing directory exists either.
+                path.extend(segments);
+                return Ok((path, None));
+            }
+            Err(e) => return Err(SourceError::io("reading metadata of", &path, e)),
+        };
+        let wanted = if last { need } else { Need::Dir };
+        if !wanted.matches(&md) {
+            return Err(odd_entry(&path, what(&md), wanted));
+        }
+        if last {
+            return Ok((path, Some(md)));
+        }
+    }
+    Ok((path, None))
+}
+
+/// Like [`lookup`], but the path must exist.
+pub(crate) fn existing(target: &Path, rel: &str, need: Need) -> Result<PathBuf, SourceError> {
+    match lookup(target, rel, need)? {
+        (path, Some(_)) => Ok(path),
+        (path, None) => Err(SourceError::Procedure(format!(
+            "the restored tree has no `{}`; the restore procedure needs {} there",
+            path.display(),
+            need.noun()
+        ))),
+    }
+}
+
+fn open_options(write: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(!write).write(write);
+    // A link swapped in after the check is refused by the kernel; a FIFO never blocks the open.
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    options
+}
+
+/// The contents of the regular file `target/rel`, `None` when it does not exist.
+pub(crate) fn read(target: &Path, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
+    let (path, md) = lookup(target, rel, Need::File)?;
+    if md.is_none() {
+        return Ok(None);
+    }
+    let mut file = open_options(false)
+        .open(&path)
+        .map_err(|e| SourceError::io("opening", &path, e))?;
+    check_opened(&file, &path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| SourceError::io("reading", &path, e))?;
+    Ok(Some(bytes))
+}
+
+fn check_opened(file: &File, path: &Path) -> Result<(), SourceError> {
+    let md = file
+        .metadata()
+        .map_err(|e| SourceError::io("reading metadata of", path, e))?;
+    if md.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(odd_entry(path, what(&md), Need::File))
+    }
+}
+
+/// Writes `bytes` to the regular file `target/rel` (created with `mode` or truncated), and
+/// syncs it. Returns the path.
+pub(crate) fn write(
+    target: &Path,
+    rel: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<PathBuf, SourceError> {
+    let (path, _) = lookup(target, rel, Need::File)?;
+    let mut options = open_options(true);
+    options.create(true).truncate(true).mode(mode);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| SourceError::io("opening", &path, e))?;
+    check_opened(&file, &path)?;
+    // `mode` applies to a new file only; an existing one gets it too.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| SourceError::io("setting permissions of", &path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| SourceError::io("writing", &path, e))?;
+    file.sync_all()
+        .map_err(|e| SourceError::io("syncing", &path, e))?;
+    Ok(path)
+}
+
+/// Removes the regular file `target/rel`; returns whether it existed.
+pub(crate) fn remove_file(target: &Path, rel: &str) -> Result<bool, SourceError> {
+    let (path, md) = lookup(target, rel, Need::File)?;
+    if md.is_none() {
+        return Ok(false);
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(SourceError::io("removing", &path, e)),
+    }
+}
+
+/// Renames the regular file `target/from` over `target/to` (which, if it exists, must be a
+/// regular file too).
+pub(crate) fn rename(target: &Path, from: &str, to: &str) -> Result<PathBuf, SourceError> {
+    let from = existing(target, from, Need::File)?;
+    let (to, _) = lookup(target, to, Need::File)?;
+    std::fs::rename(&from, &to).map_err(|e| SourceError::io("renaming into place", &to, e))?;
+    Ok(to)
+}
+
+/// Creates the directory `target/rel` and any missing directory above it inside `target`, each
+/// with `mode`; returns whether anything was created.
+pub(crate) fn create_dir_all(target: &Path, rel: &str, mode: u32) -> Result<bool, SourceError> {
+    let mut created = false;
+    let mut prefix = String::new();
+    for segment in rel.split('/') {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(segment);
+        let (path, md) = lookup(target, &prefix, Need::Dir)?;
+        if md.is_none() {
+            std::fs::create_dir(&path).map_err(|e| SourceError::io("creating", &path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| SourceError::io("setting permissions of", &path, e))?;
+            created = true;
+        }
+    }
+    Ok(created)
+}
+
+/// Syncs the directory `target` itself (after a rename into it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SourceError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SourceError::io("syncing", dir, e))
+}
+
+/// Refuses a tree holding any symlink or special file below `target`: for procedures that hand
+/// the whole tree to a database tool, which follows whatever it finds (`db_recover`).
+pub(crate) fn check_tree(target: &Path) -> Result<(), SourceError> {
+    let mut stack = vec![target.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let items = std::fs::read_dir(&dir).map_err(|e| SourceError::io("listing", &dir, e))?;
+        for item in items {
+            let item = item.map_err(|e| SourceError::io("listing", &dir, e))?;
+            let path = item.path();
+            let md = std::fs::symlink_metadata(&path)
+                .map_err(|e| SourceError::io("reading metadata of", &path, e))?;
+            if md.is_dir() {
+                stack.push(path);
+            } else if !md.is_file() {
+                return Err(odd_entry(&path, what(&md), Need::File));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A target with a symlink `link` to a file outside and `dir` to a directory outside.
+    fn hostile_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let outer = tempfile::tempdir().unwrap();
+        let outside = outer.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"precious").unwrap();
+        let target = outer.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        symlink(outside.join("victim"), target.join("link")).unwrap();
+        symlink(&outside, target.join("dir")).unwrap();
+        (outer, target, outside)
+    }
+
+    fn refused(result: Result<impl std::fmt::Debug, SourceError>) -> String {
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        e
+    }
+
+    #[test]
+    fn links_are_never_followed() {
+        let (_outer, target, outside) = hostile_tree();
+        refused(read(&target, "link"));
+        refused(read(&target, "dir/victim"));
+        refused(write(&target, "link", b"x", 0o600));
+        refused(write(&target, "dir/victim", b"x", 0o600));
+        refused(write(&target, "dir/new", b"x", 0o600));
+        refused(remove_file(&target, "link"));
+        refused(remove_file(&target, "dir/victim"));
+        refused(create_dir_all(&target, "dir/sub", 0o700));
+        refused(existing(&target, "dir", Need::Dir));
+        refused(check_tree(&target));
+        std::fs::write(target.join("a"), b"a").unwrap();
+        refused(rename(&target, "a", "dir/victim"));
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+        assert!(!outside.join("new").exists() && !outside.join("sub").exists());
+    }
+
+    #[test]
+    fn regular_files_and_directories_work() {
+        let target = tempfile::tempdir().unwrap();
+        let target = target.path();
+        assert!(create_dir_all(target, "a/b", 0o700).unwrap());
+        assert!(!create_dir_all(target, "a/b", 0o700).unwrap());
+        assert_eq!(read(target, "a/b/f").unwrap(), None);
+        write(target, "a/b/f", b"one", 0o600).unwrap();
+        write(target, "a/b/f", b"two", 0o640).unwrap();
+        assert_eq!(read(target, "a/b/f").unwrap().unwrap(), b"two");
+        let md = std::fs::metadata(target.join("a/b/f")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o640);
+        rename(target, "a/b/f", "g").unwrap();
+        assert!(remove_file(target, "g").unwrap());
+        assert!(!remove_file(target, "g").unwrap());
+        check_tree(target).unwrap();
+        for bad in ["", "/etc", "../x", "a/../b", "a//b", "./a"] {
+            assert!(lookup(target, bad, Need::File).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_directory_where_a_file_is_needed_is_refused() {
+        let target = tempfile::tempdir().unwrap();
+        std::fs::create_dir(target.path().join("d")).unwrap();
+        let e = read(target.path(), "d").unwrap_err().to_string();
+        assert!(
+            e.contains("a directory at") && e.contains("needs a regular file"),
+            "{e}"
+        );
+    }
+}
