@@ -545,19 +545,31 @@ impl PgSession {
         map_file: String,
     ) -> Result<Phase, SourceError> {
         let now = unix_ns(SystemTime::now());
-        let mut entries = vec![Entry::bytes(
+        // The server reads these files: they belong to whoever owns the data directory (its
+        // files come back with their owners when root restores them).
+        let owner = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(&self.data_dir)
+                .map(|md| (md.uid(), md.gid()))
+                .unwrap_or((0, 0))
+        };
+        let owned = |mut entry: Entry| {
+            (entry.uid, entry.gid) = owner;
+            entry
+        };
+        let mut entries = vec![owned(Entry::bytes(
             "backup_label",
             label_file.into_bytes(),
             0o600,
             now,
-        )];
+        ))];
         if !map_file.is_empty() {
-            entries.push(Entry::bytes(
+            entries.push(owned(Entry::bytes(
                 "tablespace_map",
                 map_file.into_bytes(),
                 0o600,
                 now,
-            ));
+            )));
         }
         let pg_wal = self.data_dir.join("pg_wal");
         if stopped.timeline > 1 {
