@@ -47,6 +47,10 @@ struct Plan {
     /// Wholly unused packs that an earlier gc rewrote and that still wait out its grace
     /// period: the new index leaves them out, and a later gc deletes them.
     unlisted_in_grace: usize,
+    /// Packs the index lists but the store does not hold: left out of the new index.
+    missing: Vec<PackId>,
+    /// Blobs of the missing packs that backups use.
+    missing_used: u64,
 }
 
 pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
@@ -113,7 +117,15 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             let mut entries = by_pack.remove(&pos).unwrap_or_default();
             let (units, unused_bytes) = used_units(&mut entries);
             let (id, size) = (*pack, *size);
-            if units.is_empty() && in_grace.contains(&id) {
+            if !listed.contains_key(&format::pack_key(id)) {
+                // Gone from the store (deleted by hand, lost by the service): the index must
+                // stop naming it, so that a backup stores its blobs again.
+                plan.missing.push(id);
+                plan.missing_used += units
+                    .iter()
+                    .map(|u| u.used.iter().filter(|x| **x).count())
+                    .sum::<usize>() as u64;
+            } else if units.is_empty() && in_grace.contains(&id) {
                 // Left out of the new index; deleted once its grace period is over.
                 plan.unlisted_in_grace += 1;
             } else if units.is_empty() {
@@ -134,6 +146,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
         .map(|p| format::pack_key(p.id))
         .chain(plan.repack.iter().map(|p| format::pack_key(p.id)))
         .chain(plan.drop.iter().map(|(id, _)| format::pack_key(*id)))
+        .chain(plan.missing.iter().map(|id| format::pack_key(*id)))
         .collect();
 
     // Packs no index lists: uploads of interrupted backups, and packs earlier gcs rewrote.
@@ -148,6 +161,8 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     }
 
     report.packs_kept = plan.keep.len() as u64;
+    report.packs_missing = plan.missing.len() as u64;
+    report.blobs_lost = plan.missing_used;
     report.packs_repacked = plan.repack.len() as u64;
     report.bytes_repacked = plan
         .repack
@@ -166,6 +181,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     let mut index_changes = !plan.drop.is_empty()
         || !plan.repack.is_empty()
         || plan.unlisted_in_grace > 0
+        || !plan.missing.is_empty()
         || old_index_objects.len() > crate::repo::index_object_count(&plan.keep);
     if options.dry_run {
         if index_changes {

@@ -169,6 +169,15 @@ pub struct GcReport {
     pub indexes_rewritten: u64,
     /// Packs kept as they are, because enough of their blobs are still used.
     pub packs_kept: u64,
+    /// Packs the index listed that the store no longer holds, taken out of the index so that
+    /// a backup of the same data (with `full_read`, since unchanged files are not read) stores
+    /// their blobs again.
+    #[serde(default)]
+    pub packs_missing: u64,
+    /// Blobs in those packs that backups use: until they are stored again (or the backups
+    /// deleted), those backups do not restore whole.
+    #[serde(default)]
+    pub blobs_lost: u64,
     /// Temp files of interrupted puts removed (local and SFTP repositories; see
     /// [`crate::Store::remove_temp_files`]), older than an hour.
     #[serde(default)]

@@ -72,7 +72,10 @@ pub(crate) fn verify(
         let key = format::pack_key(*pack);
         let expected = repo.index_read().pack_size(pack);
         match (listed.get(&key), expected) {
-            (None, _) => report.problems.push(format!("pack `{key}` is missing")),
+            (None, _) => report.problems.push(format!(
+                "pack `{key}` is missing (to mend: `gc` takes it out of the index, then a backup \
+                 of the same data with `--full-read` stores its blobs again)"
+            )),
             (Some(actual), Some(expected)) if *actual != expected => report.problems.push(format!(
                 "pack `{key}` has {actual} bytes, the index says {expected}"
             )),

@@ -213,6 +213,22 @@ pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
     progress.finish();
     let report = result.context("collecting garbage")?;
     let printer = settings.printer;
+    if report.packs_missing > 0 {
+        // Said even with --json (on stderr): backups are damaged, and only the user can mend them.
+        tracing::warn!(
+            "{} packs the index listed are gone from the repository; {} out of the index. {} \
+             blobs that backups use were in them: back up the same data again with \
+             `--full-read` to store them anew, then run `backstop verify`; delete the backups \
+             whose data is gone for good",
+            report.packs_missing,
+            if report.dry_run {
+                "gc would take them"
+            } else {
+                "they were taken"
+            },
+            report.blobs_lost
+        );
+    }
     if printer.json {
         return printer.json("gc", &report);
     }

@@ -1,5 +1,7 @@
-//! `verify --read-data-subset`: each run reads the share asked for (at least one pack), and
-//! runs read different parts, so that frequent subsets cover every pack in time.
+//! Finding damage and mending it: `verify --read-data-subset` reads the share asked for (at
+//! least one pack) and another part each run, so that frequent subsets cover every pack in
+//! time; a pack lost from the store leaves the index at the next gc, and a full-read backup of
+//! the same data stores its blobs again.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -129,4 +131,108 @@ fn each_subset_reads_its_share_and_runs_cover_every_pack() {
         seen.extend(read);
     }
     assert_eq!(seen, all, "some packs were never read");
+}
+
+/// A store that remembers the order in which packs were put.
+#[derive(Clone, Debug)]
+struct PutOrder {
+    inner: MemoryStore,
+    packs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Store for PutOrder {
+    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+        if key.starts_with("packs/") {
+            self.packs.lock().unwrap().push(key.to_owned());
+        }
+        self.inner.put(key, bytes, mode)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, range)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix)
+    }
+    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A pack lost from the store (deleted by hand, lost by the service): verify names it, gc takes
+/// it out of the index and counts the blobs backups needed from it, and a backup of the same
+/// data with `full_read` stores them again, after which the earlier backup verifies and
+/// restores whole. Without the gc step the blobs stay "known" and are never stored again.
+#[test]
+fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_backups() {
+    use backstop::{BackupSelector, GcOptions, RestoreOptions};
+    let source = tempfile::tempdir().unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..6_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(source.path().join("big"), &bytes).unwrap();
+    let store = PutOrder {
+        inner: MemoryStore::new(),
+        packs: Arc::default(),
+    };
+    let engine = BackupEngine::init(
+        store.clone(),
+        InitOptions::default()
+            .with_chunk_sizes(16 * 1024, 64 * 1024, 256 * 1024)
+            .with_pack_size(1024 * 1024),
+        EngineOptions::default(),
+    )
+    .unwrap();
+    let first = engine
+        .create_backup(
+            &mut DirSource::new(source.path()),
+            &BackupOptions::default(),
+        )
+        .unwrap();
+    // The first pack stored holds file data only (trees are stored at the end).
+    let lost = store.packs.lock().unwrap()[0].clone();
+    store.inner.delete(&lost).unwrap();
+
+    let report = engine.verify_all(VerifyLevel::Quick).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains(&lost)),
+        "{:?}",
+        report.problems
+    );
+    let gc = engine.gc_with(&GcOptions::default()).unwrap();
+    assert_eq!(gc.packs_missing, 1, "{gc:?}");
+    assert!(gc.blobs_lost > 0, "{gc:?}");
+
+    let again = engine
+        .create_backup(
+            &mut DirSource::new(source.path()),
+            &BackupOptions::default().with_full_read(true),
+        )
+        .unwrap();
+    assert!(again.blobs_added > 0, "{again:?}");
+    let report = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(
+            BackupSelector::Id(first.id),
+            &target.path().join("r"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(target.path().join("r/big")).unwrap(), bytes);
 }
