@@ -349,7 +349,8 @@ fn unix_f64(t: SystemTime) -> f64 {
 }
 
 fn find_parent(repo: &Repository, kind: &str, identity: &str) -> Result<Option<Snapshot>> {
-    let snapshots = repo.load_all_snapshots()?;
+    let (snapshots, damaged) = repo.load_readable_snapshots()?;
+    crate::repo::warn_damaged(&damaged, "so not considered as the parent");
     Ok(snapshots
         .into_iter()
         .rev()

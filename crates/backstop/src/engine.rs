@@ -99,9 +99,17 @@ impl ReadOnlyEngine {
     }
 
     /// [`verify_all`](Self::verify_all) with progress and cancellation.
+    /// A backup whose snapshot is damaged is a problem of the report; the others are checked.
     pub fn verify_all_with(&self, options: &VerifyOptions) -> Result<VerifyReport> {
-        let snapshots = self.repo.load_all_snapshots()?;
-        crate::verify::verify(&self.repo, &snapshots, options)
+        let (snapshots, damaged) = self.repo.load_readable_snapshots()?;
+        let mut report = crate::verify::verify(&self.repo, &snapshots, options)?;
+        for (id, error) in damaged {
+            report.problems.push(format!(
+                "backup {id} cannot be read ({error}), so it cannot be restored: delete it \
+                 (`backstop delete {id}`) unless the object can be mended from a copy"
+            ));
+        }
+        Ok(report)
     }
 
     /// Restores a backup into `target`, checking every byte against its hash, then applies the

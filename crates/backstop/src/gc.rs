@@ -56,7 +56,20 @@ struct Plan {
 pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     let lock = lock::acquire_waiting(&repo.store, true, "gc", repo.options.lock_wait)?;
     repo.reload_index()?;
-    let snapshots = repo.load_all_snapshots()?;
+    let snapshots = repo.load_all_snapshots().map_err(|e| {
+        if e.kind() == ErrorKind::Corrupt {
+            Error::msg(
+                ErrorKind::Corrupt,
+                format!(
+                    "gc needs every backup's file list, to keep the data it uses: {e}. Delete \
+                     that backup (`backstop delete ID`) or mend the object, then run gc again; \
+                     gc changed nothing"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     let used = BlobSet::used_by(repo, &snapshots, &options.cancel).map_err(|e| {
         if e.kind() == ErrorKind::Cancelled {
             Error::msg(

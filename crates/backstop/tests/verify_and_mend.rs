@@ -236,3 +236,80 @@ fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_ba
         .unwrap();
     assert_eq!(std::fs::read(target.path().join("r/big")).unwrap(), bytes);
 }
+
+/// One damaged snapshot must not stop the work that can go on without it: listing shows the
+/// other backups, a new backup finds its parent among them, verify reports the damaged one
+/// (and checks the rest), restores of the others work. gc refuses, since it cannot know what
+/// data the damaged backup uses, and says to delete it; once deleted, gc runs.
+#[test]
+fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
+    use backstop::{BackupSelector, GcOptions, RestoreOptions};
+    let source = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(
+        store.clone(),
+        InitOptions::default().with_chunk_sizes(16 * 1024, 64 * 1024, 256 * 1024),
+        EngineOptions::default(),
+    )
+    .unwrap();
+    for round in 0..3 {
+        std::fs::write(source.path().join("f"), format!("round {round}")).unwrap();
+        engine
+            .create_backup(
+                &mut DirSource::new(source.path()),
+                &BackupOptions::default(),
+            )
+            .unwrap();
+    }
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("snapshots/0000000002-"))
+        .unwrap();
+    let mut bytes = store.raw_get(&key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    store.raw_put(&key, bytes);
+
+    let ids: Vec<u64> = engine
+        .list_backups()
+        .unwrap()
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, [1, 3]);
+    let next = engine
+        .create_backup(
+            &mut DirSource::new(source.path()),
+            &BackupOptions::default(),
+        )
+        .unwrap();
+    assert_eq!((next.id, next.parent), (4, Some(3)));
+    let report = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("backup 2") && report.problems[0].contains("delete"),
+        "{:?}",
+        report.problems
+    );
+    let target = tempfile::tempdir().unwrap();
+    engine
+        .restore(
+            BackupSelector::Id(1),
+            &target.path().join("r"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.path().join("r/f")).unwrap(),
+        "round 0"
+    );
+
+    let before = store.keys();
+    let err = engine.gc_with(&GcOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("delete"), "{err}");
+    assert_eq!(store.keys(), before, "the refused gc changed something");
+    engine.delete_backup(2).unwrap();
+    engine.gc_with(&GcOptions::default()).unwrap();
+    assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
+}

@@ -449,6 +449,19 @@ pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
     }
 }
 
+/// A backup whose snapshot cannot be read, and why.
+pub(crate) type DamagedBackup = (BackupId, Error);
+
+/// Logs each damaged backup, what was done without it, and how to be rid of it.
+pub(crate) fn warn_damaged(damaged: &[DamagedBackup], without: &str) {
+    for (id, error) in damaged {
+        tracing::warn!(
+            "backup {id} cannot be read, {without}: {error}; it cannot be restored: delete it \
+             (`backstop delete {id}`) unless the object can be mended from a copy"
+        );
+    }
+}
+
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1138,6 +1151,23 @@ impl Repository {
             .collect()
     }
 
+    /// The snapshots that read, and the backups whose snapshot is damaged (with why), for the
+    /// work that can go on without them: listing, choosing a parent, verifying the rest. One
+    /// damaged object must not stop every later backup. gc cannot (it would take a damaged
+    /// backup's data for unused) and reads them all with [`Self::load_all_snapshots`].
+    pub(crate) fn load_readable_snapshots(&self) -> Result<(Vec<Snapshot>, Vec<DamagedBackup>)> {
+        let mut readable = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, key) in self.snapshot_keys()? {
+            match self.read_snapshot(id, &key) {
+                Ok(snapshot) => readable.push(snapshot),
+                Err(e) if e.kind() == ErrorKind::Corrupt => damaged.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((readable, damaged))
+    }
+
     pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
         let keys = self.snapshot_keys()?;
         let (id, key) = match which {
@@ -1152,12 +1182,11 @@ impl Repository {
         self.read_snapshot(*id, key)
     }
 
+    /// Every backup whose snapshot reads; a damaged one is left out with a warning.
     pub(crate) fn list_backups(&self) -> Result<Vec<BackupInfo>> {
-        Ok(self
-            .load_all_snapshots()?
-            .iter()
-            .map(Snapshot::info)
-            .collect())
+        let (readable, damaged) = self.load_readable_snapshots()?;
+        warn_damaged(&damaged, "left out of the list");
+        Ok(readable.iter().map(Snapshot::info).collect())
     }
 
     /// Writes a snapshot as the next backup id and returns the id. The write is the commit
