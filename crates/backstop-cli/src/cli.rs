@@ -589,7 +589,7 @@ pub(crate) struct NewPasswordArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct KeyRemoveArgs {
-    /// Key id, as `key list` shows it
+    /// Key id, as `key list` shows it, or a unique start of it
     #[arg(value_name = "ID")]
     pub(crate) id: String,
 }

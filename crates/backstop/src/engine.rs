@@ -313,8 +313,9 @@ impl BackupEngine {
         self.repo.add_key(new_password)
     }
 
-    /// Removes a key; the key in use and the last key cannot be removed.
-    pub fn remove_key(&self, id: &str) -> Result<()> {
+    /// Removes the key whose id is `id` or starts with it (a unique prefix) and returns its
+    /// full id; the key in use and the last key cannot be removed.
+    pub fn remove_key(&self, id: &str) -> Result<String> {
         self.repo.remove_key(id)
     }
 

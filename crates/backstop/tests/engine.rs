@@ -623,8 +623,16 @@ fn keys_can_be_added_changed_and_removed() {
     assert!(keys.iter().any(|k| k.id == second && k.current));
     let err = by_other.remove_key(&second).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // Nor by the start of its id (the key in use is found first, then refused).
+    let err = by_other.remove_key(&second[..8]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(
+        by_other.remove_key("").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let first = keys.iter().find(|k| !k.current).unwrap().id.clone();
-    by_other.remove_key(&first).unwrap();
+    // A unique prefix names a key, as `key list` shows ids in full and people copy the start.
+    assert_eq!(by_other.remove_key(&first[..8]).unwrap(), first);
     assert_eq!(
         BackupEngine::open(store.clone(), opts())
             .unwrap_err()

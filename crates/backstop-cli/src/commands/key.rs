@@ -79,19 +79,14 @@ fn list(settings: &Settings) -> Result<()> {
 
 fn remove(settings: &Settings, id: &str) -> Result<()> {
     let engine = settings.open()?;
-    engine
+    let removed = engine
         .remove_key(id)
         .with_context(|| format!("removing key {}", quoted(id)))?;
     let printer = settings.printer;
     if printer.json {
-        return printer.json(
-            "key remove",
-            &RemovedKey {
-                removed: id.to_owned(),
-            },
-        );
+        return printer.json("key remove", &RemovedKey { removed });
     }
-    printer.status(format!("removed key {}", quoted(id)))
+    printer.status(format!("removed key {}", quoted(&removed)))
 }
 
 fn passwd(settings: &Settings, args: &NewPasswordArgs) -> Result<()> {

@@ -1457,35 +1457,54 @@ impl Repository {
         write_key_file(&*self.store, &file)
     }
 
-    pub(crate) fn remove_key(&self, id: &str) -> Result<()> {
+    /// Removes the key whose id is `id` or starts with it (a unique prefix, as `key list`
+    /// shows ids in full and people copy the start); returns the full id.
+    pub(crate) fn remove_key(&self, id: &str) -> Result<String> {
         self.require_key()?;
-        if self.key_id.as_deref() == Some(id) {
+        let keys = self.store.list("keys/")?;
+        let matching: Vec<&str> = keys
+            .iter()
+            .filter_map(|m| m.key.strip_prefix("keys/"))
+            .filter(|name| !id.is_empty() && name.starts_with(id))
+            .collect();
+        let id = match matching.as_slice() {
+            [one] => (*one).to_owned(),
+            [] => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    RepoError::Key(id.into(), "does not exist".into()),
+                ));
+            }
+            many => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    RepoError::Key(
+                        id.into(),
+                        format!("is the start of {} key ids; give more of it", many.len()),
+                    ),
+                ));
+            }
+        };
+        if self.key_id.as_deref() == Some(id.as_str()) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 RepoError::Key(
-                    id.into(),
+                    id,
                     "is the key in use; open with another password to remove it".into(),
                 ),
-            ));
-        }
-        let keys = self.store.list("keys/")?;
-        if !keys.iter().any(|m| m.key == format!("keys/{id}")) {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                RepoError::Key(id.into(), "does not exist".into()),
             ));
         }
         if keys.len() <= 1 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 RepoError::Key(
-                    id.into(),
+                    id,
                     "is the last key; removing it would lock the data away".into(),
                 ),
             ));
         }
         self.store.delete(&format!("keys/{id}"))?;
-        Ok(())
+        Ok(id)
     }
 
     pub(crate) fn change_password(&self, password: &str) -> Result<String> {
