@@ -26,8 +26,10 @@ use crate::output::Printer;
 
 fn main() -> ExitCode {
     malloc::tune();
-    // clap prints usage errors itself and exits with code 2.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     init_logging(&cli.global);
     interrupt::install();
     orphans::adopt();
@@ -64,6 +66,50 @@ fn main() -> ExitCode {
         let _ = printer.json_error(cli.command.name(), &format!("{err:#}"), code.as_u8());
     }
     ExitCode::from(code.as_u8())
+}
+
+/// Arguments clap refused (or `--help`, `--version`, which it "refuses" too): its message on
+/// stderr, and with `--json` among the arguments also the JSON error document on stdout, as for
+/// any other failure; exit code 2.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        err.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let _ = err.print();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--json") {
+        let printer = Printer::new(true, false);
+        let message = err.render().to_string();
+        let message = message.trim().trim_start_matches("error: ");
+        let _ = printer.json_error(&command_word(&args), message, Code::Usage.as_u8());
+    }
+    ExitCode::from(Code::Usage.as_u8())
+}
+
+/// The subcommand named in `args` (`key remove`, say), as the JSON document names commands,
+/// or "" when none is recognisable.
+fn command_word(args: &[String]) -> String {
+    use clap::CommandFactory as _;
+    let command = Cli::command();
+    for (at, arg) in args.iter().enumerate() {
+        let Some(sub) = command.find_subcommand(arg) else {
+            continue;
+        };
+        let name = sub.get_name().to_owned();
+        let nested = args
+            .get(at + 1)
+            .and_then(|next| sub.find_subcommand(next))
+            .map(|s| s.get_name().to_owned());
+        return match nested {
+            Some(nested) => format!("{name} {nested}"),
+            None => name,
+        };
+    }
+    String::new()
 }
 
 /// Logs go to stderr through `tracing`: warnings by default, `-v` info, `-vv` debug, `-vvv`

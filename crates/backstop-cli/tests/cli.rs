@@ -1040,6 +1040,42 @@ fn a_recovery_target_for_a_directory_backup_is_refused() {
     }
 }
 
+/// With `--json`, arguments clap refuses give the same error document as any other failure
+/// (scripts parse stdout), with exit code 2 and clap's message on stderr too.
+#[test]
+fn a_usage_error_with_json_is_a_json_error_document() {
+    let world = World::new();
+    let output = world
+        .cmd()
+        .args(["--json", "restore", "not-a-number", "target"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["command"], "restore", "{doc}");
+    assert_eq!(doc["error"]["exit_code"], 2, "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not-a-number"),
+        "{doc}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not-a-number"));
+    let output = world
+        .cmd()
+        .args(["key", "remove", "--json", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["command"], "key remove", "{doc}");
+    // Without --json, stdout stays empty.
+    let output = world.cmd().args(["restore", "x", "t"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+}
+
 /// Output piped into a reader that stops early (`| head`): the command ends quietly with exit
 /// code 0, as the CLI README promises, even where a library writes the output (the bash
 /// completion script, 70 KB, is more than a pipe holds).
