@@ -46,6 +46,7 @@ pub use entry::{
 };
 pub use error::SourceError;
 pub use restore_profile::{RestoreParams, RestoreProfile};
+pub use restored::is_safe_path;
 
 use std::collections::BTreeMap;
 use std::io::Read;

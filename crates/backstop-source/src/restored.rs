@@ -43,8 +43,9 @@ impl Need {
 }
 
 /// Whether `rel` is a path a backup may hold: relative, `/`-separated, without empty, `.` or
-/// `..` segments (the engine's rule for the paths of a backup's tree).
-pub(crate) fn is_safe_path(rel: &str) -> bool {
+/// `..` segments, without NUL. The engine checks every path of a backup's tree with it, and
+/// the fix-ups every name they take from a restore profile.
+pub fn is_safe_path(rel: &str) -> bool {
     !rel.is_empty()
         && !rel.starts_with('/')
         && !rel.contains('\0')

@@ -1103,15 +1103,7 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// A path inside a backup must be relative, `/`-separated, without `.`/`..` or empty segments.
-pub(crate) fn is_safe_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && !path.contains('\0')
-        && path
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-}
+pub(crate) use backstop_source::is_safe_path;
 
 #[cfg(test)]
 mod tests {
