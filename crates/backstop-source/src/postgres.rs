@@ -27,7 +27,9 @@
 //! The `postgres` restore profile writes `recovery.signal` and the recovery settings to
 //! `postgresql.auto.conf` (`restore_command`, recovery targets and target action), removes a
 //! stale `postmaster.pid`, recreates the directories whose contents were skipped, gives the data
-//! directory the mode PostgreSQL demands and puts tablespaces in place. Restore options (all
+//! directory the mode PostgreSQL demands and puts tablespaces in place. Run as root (when the
+//! engine gives every file its recorded owner), it gives the data directory and what it made to
+//! the owner of `PG_VERSION`, so the server can start without a `chown -R`. Restore options (all
 //! optional):
 //!
 //! | option | effect |
@@ -1265,9 +1267,7 @@ pub(crate) fn restore_fixup(
         }
     }
     // Directories whose contents the backup skipped must exist for the server to start.
-    let mut dirs = vec!["pg_wal", "pg_wal/archive_status", "pg_tblspc"];
-    dirs.extend_from_slice(EXCLUDED_DIR_CONTENTS);
-    for dir in dirs {
+    for dir in dirs_made_for_the_server() {
         if restored::create_dir_all(target, dir, 0o700)? {
             steps.push(format!("created `{dir}`"));
         }
@@ -1329,7 +1329,53 @@ pub(crate) fn restore_fixup(
         .unwrap_or(0o700);
     set_mode(target, mode)?;
     steps.push(format!("data directory mode {mode:o}"));
+    if nix::unistd::geteuid().is_root() {
+        let mut made: Vec<&str> = vec!["recovery.signal", auto_conf];
+        made.extend(dirs_made_for_the_server());
+        steps.extend(give_to_data_owner(target, &made)?);
+    }
     Ok(steps)
+}
+
+/// The directories `restore_fixup` creates when the backup skipped them.
+fn dirs_made_for_the_server() -> Vec<&'static str> {
+    let mut dirs = vec!["pg_wal", "pg_wal/archive_status", "pg_tblspc"];
+    dirs.extend_from_slice(EXCLUDED_DIR_CONTENTS);
+    dirs
+}
+
+/// Run as root, the restore gives every file its recorded owner, but what the fix-up wrote
+/// (and the data directory itself, when a group's member directory holds it) would be
+/// root's, and the server, which runs as the owner of its files, could not read or write
+/// them. They go to the owner of `PG_VERSION`.
+fn give_to_data_owner(target: &Path, made: &[&str]) -> Result<Vec<String>, SourceError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(version) = restored::lookup(target, "PG_VERSION", Need::File)?.1 else {
+        return Ok(Vec::new());
+    };
+    let (uid, gid) = (version.uid(), version.gid());
+    if uid == 0 {
+        return Ok(Vec::new());
+    }
+    let mut paths = vec![target.to_path_buf()];
+    for rel in made {
+        let need = if rel.contains('.') {
+            Need::File
+        } else {
+            Need::Dir
+        };
+        if let (path, Some(_)) = restored::lookup(target, rel, need)? {
+            paths.push(path);
+        }
+    }
+    for path in &paths {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| SourceError::io("giving to the data directory's owner", path, e))?;
+    }
+    Ok(vec![format!(
+        "gave the data directory and the {} files the restore made to uid {uid}",
+        paths.len() - 1
+    )])
 }
 
 /// The recovery settings for `postgresql.auto.conf`, from the restore options.

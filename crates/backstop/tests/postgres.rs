@@ -218,14 +218,24 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
         )
         .unwrap();
     if pg_cluster::running_as_root() {
-        // Restored by root, every file is the server user's again, the backup label (written
-        // by the backup, not read from the data directory) included.
+        // Restored by root, every file is the server user's again: the backup label (written
+        // by the backup, not read from the data directory) and what the restore procedure
+        // made (the recovery files, the directories whose contents backups skip) included.
         use std::os::unix::fs::MetadataExt as _;
         let owner = |p: &Path| std::fs::metadata(p).unwrap().uid();
         let server = owner(primary.data_dir());
         assert_ne!(server, 0);
-        for file in ["PG_VERSION", "backup_label", "global/pg_control"] {
-            assert_eq!(owner(&restored.data_dir().join(file)), server, "{file}");
+        for file in [
+            "",
+            "PG_VERSION",
+            "backup_label",
+            "global/pg_control",
+            "recovery.signal",
+            "postgresql.auto.conf",
+            "pg_stat_tmp",
+            "pg_replslot",
+        ] {
+            assert_eq!(owner(&restored.data_dir().join(file)), server, "`{file}`");
         }
     }
     pg_cluster::give_to_server_user(&root);
