@@ -13,27 +13,44 @@ use backstop::{
     BackupEngine, BackupOptions, DirSource, EngineOptions, InitOptions, VerifyLevel, VerifyOptions,
 };
 
-/// A store that remembers which packs were read.
-#[derive(Clone, Debug)]
-struct PackReads {
-    inner: MemoryStore,
-    packs: Arc<Mutex<BTreeSet<String>>>,
+/// `len` bytes that do not compress (xorshift64 from `seed`).
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
-impl PackReads {
+/// A store that remembers which packs were read, and in which order packs were stored.
+#[derive(Clone, Debug, Default)]
+struct Recording {
+    inner: MemoryStore,
+    reads: Arc<Mutex<BTreeSet<String>>>,
+    puts: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recording {
     fn take(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.packs.lock().unwrap())
+        std::mem::take(&mut *self.reads.lock().unwrap())
     }
 
     fn note(&self, key: &str) {
         if key.starts_with("packs/") {
-            self.packs.lock().unwrap().insert(key.to_owned());
+            self.reads.lock().unwrap().insert(key.to_owned());
         }
     }
 }
 
-impl Store for PackReads {
+impl Store for Recording {
     fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
+        if key.starts_with("packs/") {
+            self.puts.lock().unwrap().push(key.to_owned());
+        }
         self.inner.put(key, bytes, mode)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -61,22 +78,11 @@ impl Store for PackReads {
 #[test]
 fn each_subset_reads_its_share_and_runs_cover_every_pack() {
     let source = tempfile::tempdir().unwrap();
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
     for i in 0..16 {
-        let bytes: Vec<u8> = (0..1_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = incompressible(1_000_000, i);
         std::fs::write(source.path().join(format!("f{i}")), bytes).unwrap();
     }
-    let store = PackReads {
-        inner: MemoryStore::new(),
-        packs: Arc::default(),
-    };
+    let store = Recording::default();
     let engine = BackupEngine::init(
         store.clone(),
         InitOptions::default()
@@ -133,40 +139,6 @@ fn each_subset_reads_its_share_and_runs_cover_every_pack() {
     assert_eq!(seen, all, "some packs were never read");
 }
 
-/// A store that remembers the order in which packs were put.
-#[derive(Clone, Debug)]
-struct PutOrder {
-    inner: MemoryStore,
-    packs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Store for PutOrder {
-    fn put(&self, key: &str, bytes: &[u8], mode: PutMode) -> Result<(), StoreError> {
-        if key.starts_with("packs/") {
-            self.packs.lock().unwrap().push(key.to_owned());
-        }
-        self.inner.put(key, bytes, mode)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_range(key, range)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix)
-    }
-    fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 /// A pack lost from the store (deleted by hand, lost by the service): verify names it, gc takes
 /// it out of the index and counts the blobs backups needed from it, and a backup of the same
 /// data with `full_read` stores them again, after which the earlier backup verifies and
@@ -175,20 +147,9 @@ impl Store for PutOrder {
 fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_backups() {
     use backstop::{BackupSelector, GcOptions, RestoreOptions};
     let source = tempfile::tempdir().unwrap();
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let bytes: Vec<u8> = (0..6_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = incompressible(6_000_000, 99);
     std::fs::write(source.path().join("big"), &bytes).unwrap();
-    let store = PutOrder {
-        inner: MemoryStore::new(),
-        packs: Arc::default(),
-    };
+    let store = Recording::default();
     let engine = BackupEngine::init(
         store.clone(),
         InitOptions::default()
@@ -204,7 +165,7 @@ fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_ba
         )
         .unwrap();
     // The first pack stored holds file data only (trees are stored at the end).
-    let lost = store.packs.lock().unwrap()[0].clone();
+    let lost = store.puts.lock().unwrap()[0].clone();
     store.inner.delete(&lost).unwrap();
 
     let report = engine.verify_all(VerifyLevel::Quick).unwrap();
