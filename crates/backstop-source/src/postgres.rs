@@ -1330,8 +1330,12 @@ pub(crate) fn restore_fixup(
     set_mode(target, mode)?;
     steps.push(format!("data directory mode {mode:o}"));
     if nix::unistd::geteuid().is_root() {
-        let mut made: Vec<&str> = vec!["recovery.signal", auto_conf];
-        made.extend(dirs_made_for_the_server());
+        let mut made = vec![("recovery.signal", Need::File), (auto_conf, Need::File)];
+        made.extend(
+            dirs_made_for_the_server()
+                .into_iter()
+                .map(|d| (d, Need::Dir)),
+        );
         steps.extend(give_to_data_owner(target, &made)?);
     }
     Ok(steps)
@@ -1348,7 +1352,7 @@ fn dirs_made_for_the_server() -> Vec<&'static str> {
 /// (and the data directory itself, when a group's member directory holds it) would be
 /// root's, and the server, which runs as the owner of its files, could not read or write
 /// them. They go to the owner of `PG_VERSION`.
-fn give_to_data_owner(target: &Path, made: &[&str]) -> Result<Vec<String>, SourceError> {
+fn give_to_data_owner(target: &Path, made: &[(&str, Need)]) -> Result<Vec<String>, SourceError> {
     use std::os::unix::fs::MetadataExt as _;
     let Some(version) = restored::lookup(target, "PG_VERSION", Need::File)?.1 else {
         return Ok(Vec::new());
@@ -1358,13 +1362,8 @@ fn give_to_data_owner(target: &Path, made: &[&str]) -> Result<Vec<String>, Sourc
         return Ok(Vec::new());
     }
     let mut paths = vec![target.to_path_buf()];
-    for rel in made {
-        let need = if rel.contains('.') {
-            Need::File
-        } else {
-            Need::Dir
-        };
-        if let (path, Some(_)) = restored::lookup(target, rel, need)? {
+    for (rel, need) in made {
+        if let (path, Some(_)) = restored::lookup(target, rel, *need)? {
             paths.push(path);
         }
     }

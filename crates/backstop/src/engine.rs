@@ -148,7 +148,7 @@ impl ReadOnlyEngine {
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] when the policy keeps nothing (`keep_last(0)`).
     pub fn plan_retention(&self, policy: &RetentionPolicy) -> Result<RetentionPlan> {
-        policy.validate()?;
+        // `plan` validates the policy first.
         policy.plan(&self.repo.list_backups()?)
     }
 
