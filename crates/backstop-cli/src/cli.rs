@@ -145,6 +145,9 @@ pub(crate) enum Command {
     /// Manage the passwords of an encrypted repository
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Mend a damaged repository
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Archive a WAL segment (PostgreSQL `archive_command = 'backstop wal-push %p'`)
     WalPush(WalPushArgs),
     /// Fetch an archived WAL segment (PostgreSQL `restore_command`)
@@ -183,6 +186,7 @@ impl Command {
             Self::Key(KeyCommand::List) => "key list",
             Self::Key(KeyCommand::Remove(_)) => "key remove",
             Self::Key(KeyCommand::Passwd(_)) => "key passwd",
+            Self::Repair(RepairCommand::Index(_)) => "repair index",
             Self::WalPush(_) => "wal-push",
             Self::WalFetch(_) => "wal-fetch",
             Self::Completions(_) => "completions",
@@ -578,6 +582,25 @@ pub(crate) enum KeyCommand {
     Remove(KeyRemoveArgs),
     /// Change the password in use
     Passwd(NewPasswordArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepairCommand {
+    /// Rebuild the index from the packs' own headers: after an index object was lost or
+    /// damaged (every command stops at a damaged one), or with --read-all-packs to check every
+    /// blob and copy a damaged pack's intact blobs into new packs
+    Index(RepairIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RepairIndexArgs {
+    /// Report what would be done, change nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Read every pack whole and check every blob, instead of keeping what readable index
+    /// objects say and reading only the packs they do not list
+    #[arg(long)]
+    pub(crate) read_all_packs: bool,
 }
 
 #[derive(Debug, Args)]

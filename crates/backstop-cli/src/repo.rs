@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use backstop::{BackupEngine, EngineOptions, ErrorKind, InitOptions, ReadOnlyEngine, Store};
+use backstop::{
+    BackupEngine, EngineOptions, ErrorKind, InitOptions, ReadOnlyEngine, RepairEngine, Store,
+};
 
 use crate::cli::GlobalArgs;
 use crate::config::{self, ConfigFile};
@@ -145,6 +147,11 @@ impl Settings {
     /// Opens the repository for writing.
     pub(crate) fn open(&self) -> Result<BackupEngine> {
         self.open_with(BackupEngine::open)
+    }
+
+    /// Opens the repository without loading its index, to repair it.
+    pub(crate) fn open_for_repair(&self) -> Result<RepairEngine> {
+        self.open_with(RepairEngine::open)
     }
 
     /// Opens the repository for reading only.

@@ -107,7 +107,7 @@ impl World {
             )
         });
         let expected = match args {
-            ["key", sub, ..] => format!("key {sub}"),
+            ["key" | "repair", sub, ..] => format!("{} {sub}", args[0]),
             // An alias reports under the command's own name, so scripts match one string.
             ["snapshots", ..] => "list".to_owned(),
             [first, ..] => (*first).to_owned(),
@@ -811,6 +811,82 @@ fn corrupted_pack_is_found_by_verify_and_refused_by_restore() {
         .assert()
         .code(3)
         .stderr(predicate::str::starts_with("error:"));
+}
+
+/// The index lost (its directory deleted): restore and gc stop and name `repair index`, which
+/// rebuilds it from the packs; then a damaged pack: `repair index --read-all-packs` copies its
+/// intact blobs, a full-read backup stores the rest again, and both backups verify and restore.
+#[test]
+fn repair_index_rebuilds_a_lost_index_and_salvages_a_damaged_pack() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+    std::fs::remove_dir_all(world.repo().join("index")).unwrap();
+    std::fs::create_dir(world.repo().join("index")).unwrap();
+    let target = world.path("restored");
+    for args in [
+        vec!["restore", "latest", target.to_str().unwrap()],
+        vec!["gc"],
+    ] {
+        world
+            .cmd()
+            .args(&args)
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("backstop repair index"));
+    }
+    let report = world.json(&["repair", "index"]);
+    assert!(report["packs_added"].as_u64().unwrap() >= 1, "{report}");
+    world
+        .cmd()
+        .args(["verify", "--all", "--full"])
+        .assert()
+        .success();
+    world
+        .cmd()
+        .args(["repair", "index"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("nothing to mend"));
+
+    let pack = files_under(&world.repo().join("packs"))
+        .into_iter()
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let report = world.json(&["repair", "index", "--read-all-packs"]);
+    assert_eq!(
+        report["packs_damaged"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert!(report["blobs_damaged"].as_u64().unwrap() >= 1, "{report}");
+    world
+        .cmd()
+        .args(["verify", "--all"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("no index lists it"));
+    let data = world.data();
+    world.json(&["backup", "--full-read", data.to_str().unwrap()]);
+    world
+        .cmd()
+        .args(["verify", "--all", "--full"])
+        .assert()
+        .success();
+    world
+        .cmd()
+        .args(["restore", &id.to_string(), target.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(target.join("blob.bin")).unwrap(),
+        std::fs::read(data.join("blob.bin")).unwrap()
+    );
+    world.cmd().arg("gc").assert().success();
+    assert!(!pack.exists(), "gc deletes the damaged pack");
 }
 
 #[test]

@@ -351,10 +351,24 @@ fn unix_f64(t: SystemTime) -> f64 {
 fn find_parent(repo: &Repository, kind: &str, identity: &str) -> Result<Option<Snapshot>> {
     let (snapshots, damaged) = repo.load_readable_snapshots()?;
     crate::repo::warn_damaged(&damaged, "so not considered as the parent");
-    Ok(snapshots
+    let index = repo.index_read();
+    for snapshot in snapshots
         .into_iter()
         .rev()
-        .find(|s| s.source_kind == kind && s.source == identity))
+        .filter(|s| s.source_kind == kind && s.source == identity)
+    {
+        // A backup whose file list lost a blob (a damaged pack that `repair index` left out)
+        // cannot guide this one; an older one can, or none, and then every file is read.
+        match snapshot.tree.iter().find(|id| !index.contains(id)) {
+            None => return Ok(Some(snapshot)),
+            Some(id) => tracing::warn!(
+                "backup {}: its file list is incomplete (blob {id} is in no index), so it is \
+                 not used as the parent",
+                snapshot.id
+            ),
+        }
+    }
+    Ok(None)
 }
 
 fn seal_worker(

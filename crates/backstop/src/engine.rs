@@ -8,12 +8,12 @@ use backstop_store::Store;
 
 use crate::Result;
 use crate::info::{
-    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepositoryInfo,
-    RestoreInfo, VerifyReport,
+    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepairReport,
+    RepositoryInfo, RestoreInfo, VerifyReport,
 };
 use crate::options::{
-    BackupOptions, EngineOptions, GcOptions, InitOptions, RestoreOptions, VerifyLevel,
-    VerifyOptions,
+    BackupOptions, EngineOptions, GcOptions, InitOptions, RepairOptions, RestoreOptions,
+    VerifyLevel, VerifyOptions,
 };
 use crate::repo::Repository;
 use crate::retention::{RetentionPlan, RetentionPolicy};
@@ -42,6 +42,39 @@ impl std::ops::Deref for BackupEngine {
     type Target = ReadOnlyEngine;
     fn deref(&self) -> &ReadOnlyEngine {
         &self.ro
+    }
+}
+
+/// Mends a repository's index: opens a repository without loading its index (which the other
+/// engines need whole, and a damaged index object stops), and rebuilds the index from the
+/// packs' own headers.
+#[derive(Clone, Debug)]
+pub struct RepairEngine {
+    repo: Arc<Repository>,
+}
+
+impl RepairEngine {
+    /// Opens an existing repository (its config and key only). The metadata cache is not
+    /// used: the repository's own copies are what a repair must judge (a cached copy can hide
+    /// the damage of the store's).
+    pub fn open(store: impl Store + 'static, options: EngineOptions) -> Result<Self> {
+        let options = EngineOptions {
+            cache_dir: None,
+            ..options
+        };
+        Ok(Self {
+            repo: Arc::new(Repository::open_unindexed(Arc::new(store), options)?),
+        })
+    }
+
+    /// Rebuilds the index, under the exclusive lock a gc takes: keeps what readable index
+    /// objects say (unless [`RepairOptions::read_all_packs`]), reads the packs no readable
+    /// object lists, leaves out packs the store no longer holds, writes the new index and only
+    /// then deletes the old objects, damaged ones included. Backups whose blobs are in no pack
+    /// stay incomplete: a backup of the same data with
+    /// [`BackupOptions::full_read`](crate::BackupOptions::full_read) stores them again.
+    pub fn repair_index(&self, options: &RepairOptions) -> Result<RepairReport> {
+        crate::repair::repair_index(&self.repo, options)
     }
 }
 

@@ -426,6 +426,28 @@ impl HeaderEntry {
         }
     }
 
+    /// An index entry's blob as a header entry that names it by id, even in a frame (what an
+    /// index object says about a pack, to read it by when its header cannot be read).
+    pub(crate) fn naming(entry: &PackEntry) -> Self {
+        Self {
+            id: Some(entry.id),
+            ..Self::of(entry)
+        }
+    }
+
+    /// The index entry of this blob, whose id is `id`.
+    pub(crate) fn with_id(&self, id: BlobId) -> PackEntry {
+        PackEntry {
+            id,
+            kind: self.kind,
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+            compressed: self.compressed,
+            within: self.within,
+        }
+    }
+
     /// Whether this header entry records `entry` (an index entry) as stored here: the same
     /// place, size and kind, and the same id where the header has one.
     pub(crate) fn records(&self, entry: &PackEntry) -> bool {

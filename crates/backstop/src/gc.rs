@@ -13,7 +13,8 @@
 //! out the grace period, which starts when the new index is written. No gc deletes a pack of
 //! a record within its grace period, even one an index still lists (after a crash at (3) the
 //! next gc may find either copy of a blob unused). gc checks that its lock is still its own
-//! before (2) and before (5).
+//! before (2) and before (5). While backups use blobs no index lists (an index object was
+//! lost), packs no index lists may hold them: gc keeps those, and `repair index` indexes them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -51,6 +52,8 @@ struct Plan {
     missing: Vec<PackId>,
     /// Blobs of the missing packs that backups use.
     missing_used: u64,
+    /// Blobs backups use that no index lists (before the missing packs are taken out).
+    unindexed_used: u64,
 }
 
 pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
@@ -70,15 +73,20 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             e
         }
     })?;
-    let used = BlobSet::used_by(repo, &snapshots, &options.cancel).map_err(|e| {
-        if e.kind() == ErrorKind::Cancelled {
-            Error::msg(
-                ErrorKind::Cancelled,
-                "the gc was cancelled while it read the backups' file lists; it changed nothing",
-            )
-        } else {
-            e
-        }
+    let used = BlobSet::used_by(repo, &snapshots, &options.cancel).map_err(|e| match e.kind() {
+        ErrorKind::Cancelled => Error::msg(
+            ErrorKind::Cancelled,
+            "the gc was cancelled while it read the backups' file lists; it changed nothing",
+        ),
+        ErrorKind::Corrupt => Error::msg(
+            ErrorKind::Corrupt,
+            format!(
+                "gc needs every backup's file list, to keep the data it uses: {e}. gc changed \
+                 nothing (had it gone on, it would have taken the packs of a lost index object \
+                 for leftovers)"
+            ),
+        ),
+        _ => e,
     })?;
 
     let listed: BTreeMap<String, u64> = repo
@@ -125,7 +133,12 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
                 .or_default()
                 .push((loc.entry(id), used.contains(at, &id)));
         }
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            // After an index object was lost, the blobs it listed are used but unknown, and the
+            // packs holding them are unlisted: they must not be taken for leftovers.
+            unindexed_used: used.others().filter(|id| !index.contains(id)).count() as u64,
+            ..Plan::default()
+        };
         for (pos, (pack, size)) in index.packs.iter().enumerate() {
             let mut entries = by_pack.remove(&pos).unwrap_or_default();
             let (units, unused_bytes) = used_units(&mut entries);
@@ -168,6 +181,9 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     for (key, size) in listed.iter().filter(|(k, _)| !indexed.contains(*k)) {
         if in_grace.contains(key) {
             report.packs_in_grace += 1;
+        } else if plan.unindexed_used > 0 {
+            // They may hold the blobs the backups miss: `repair index` reads them.
+            report.packs_unindexed_kept += 1;
         } else {
             orphans.push((key.clone(), *size));
         }
@@ -176,6 +192,7 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
     report.packs_kept = plan.keep.len() as u64;
     report.packs_missing = plan.missing.len() as u64;
     report.blobs_lost = plan.missing_used;
+    report.blobs_unindexed = plan.unindexed_used;
     report.packs_repacked = plan.repack.len() as u64;
     report.bytes_repacked = plan
         .repack
@@ -460,8 +477,9 @@ fn rewrite_some(
     out.finish()
 }
 
-/// What a rewrite writes: the packs, and the frames of blobs it takes out of old frames.
-struct Repacker<'a> {
+/// What a rewrite writes: the packs, and the frames of blobs it takes out of old frames. Also
+/// what `repair index` copies a damaged pack's intact blobs with.
+pub(crate) struct Repacker<'a> {
     repo: &'a Repository,
     packs: PackWriter<'a>,
     frame: Vec<u8>,
@@ -472,7 +490,7 @@ struct Repacker<'a> {
 }
 
 impl<'a> Repacker<'a> {
-    fn new(repo: &'a Repository) -> Self {
+    pub(crate) fn new(repo: &'a Repository) -> Self {
         Self {
             repo,
             packs: PackWriter::new(repo),
@@ -484,7 +502,7 @@ impl<'a> Repacker<'a> {
     }
 
     /// Appends a stored unit with its entries; `compressed` overrides theirs (a new frame).
-    fn push_stored(
+    pub(crate) fn push_stored(
         &mut self,
         stored: &[u8],
         entries: &[PackEntry],
@@ -499,7 +517,7 @@ impl<'a> Repacker<'a> {
     }
 
     /// Adds a used blob of a partly used frame to the frame being built.
-    fn push_small_blob(&mut self, entry: &PackEntry, raw: &[u8]) -> Result<()> {
+    pub(crate) fn push_small_blob(&mut self, entry: &PackEntry, raw: &[u8]) -> Result<()> {
         let within = u32::try_from(self.frame.len())
             .map_err(|_| Error::msg(ErrorKind::Io, "a frame outgrew 4 GiB"))?;
         self.frame.extend_from_slice(raw);
@@ -524,7 +542,7 @@ impl<'a> Repacker<'a> {
         self.push_stored(&stored, &entries, Some(compressed))
     }
 
-    fn finish(mut self) -> Result<Vec<IndexPack>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<IndexPack>> {
         self.flush_frame()?;
         self.written.extend(self.packs.finish()?);
         Ok(self.written)

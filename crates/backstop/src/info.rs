@@ -178,6 +178,14 @@ pub struct GcReport {
     /// deleted), those backups do not restore whole.
     #[serde(default)]
     pub blobs_lost: u64,
+    /// Blobs that backups use and no index lists, where they should be (an index object was
+    /// lost, or a pack: see `packs_missing`). While there are any, gc deletes no pack that no
+    /// index lists (it may hold them); [`crate::RepairEngine::repair_index`] indexes those packs.
+    #[serde(default)]
+    pub blobs_unindexed: u64,
+    /// Packs that no index lists, kept because of `blobs_unindexed`.
+    #[serde(default)]
+    pub packs_unindexed_kept: u64,
     /// Temp files of interrupted puts removed (local and SFTP repositories; see
     /// [`crate::Store::remove_temp_files`]), older than an hour.
     #[serde(default)]
@@ -195,6 +203,48 @@ pub struct GcReport {
     pub packs_in_grace: u64,
     /// Whether this was a dry run.
     pub dry_run: bool,
+}
+
+/// The outcome of `repair index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Whether this was a dry run (nothing written or deleted).
+    pub dry_run: bool,
+    /// Whether every pack was read whole and every blob checked.
+    pub read_all_packs: bool,
+    /// Index objects read and used.
+    pub index_objects_read: u64,
+    /// Index objects that could not be read (`key: why`); the new index replaces them.
+    pub index_objects_damaged: Vec<String>,
+    /// Packs in the store.
+    pub packs_in_store: u64,
+    /// Packs read (their headers, and their frames or all of them).
+    pub packs_read: u64,
+    /// Packs no readable index object listed, now indexed.
+    pub packs_added: u64,
+    /// Packs an index object listed otherwise than the pack says (another size, or other
+    /// blobs): indexed as the pack says.
+    pub packs_corrected: u64,
+    /// Packs an index object listed that the store no longer holds: left out of the index.
+    pub packs_missing: u64,
+    /// Packs whose header cannot be read (`key: why`): left out of the index, their blobs
+    /// unknown. gc keeps them while backups miss blobs.
+    pub packs_unreadable: Vec<String>,
+    /// Packs read whole that are damaged (their bytes do not match their name, or a blob does
+    /// not check): their intact blobs were copied into new packs, and they are left out of the
+    /// index (gc deletes them once no backup misses a blob).
+    pub packs_damaged: Vec<String>,
+    /// Blobs that did not check (damaged packs).
+    pub blobs_damaged: u64,
+    /// Intact blobs of damaged packs copied into new packs.
+    pub blobs_salvaged: u64,
+    /// Blobs the new index lists.
+    pub blobs_indexed: u64,
+    /// Index objects written. None when the index was whole and sound (nothing to mend: no
+    /// damaged object, no pack added, corrected, missing or damaged).
+    pub indexes_written: u64,
+    /// Index objects deleted (the damaged ones and those the new index replaces).
+    pub indexes_deleted: u64,
 }
 
 /// A key (password slot) of an encrypted repository.

@@ -5,7 +5,8 @@
 //! repository on any [`Store`], and restores them so that the database opens consistent.
 //!
 //! - [`BackupEngine`] creates backups, deletes them, collects garbage and manages keys;
-//!   [`ReadOnlyEngine`] lists, verifies and restores.
+//!   [`ReadOnlyEngine`] lists, verifies and restores; [`RepairEngine`] rebuilds a lost or
+//!   damaged index from the packs.
 //! - [`RetentionPolicy`] says which backups to keep of each source ([`SourceGroup`]);
 //!   [`ReadOnlyEngine::plan_retention`] turns it into a [`RetentionPlan`] (the dry run) and
 //!   [`BackupEngine::apply_retention`] deletes what the plan deletes.
@@ -55,6 +56,7 @@ mod pack_writer;
 mod page_list;
 mod parent;
 mod progress;
+mod repair;
 mod repo;
 mod restore;
 mod retention;
@@ -71,15 +73,15 @@ pub use backstop_store::{
     self as store, LocalStore, LocalStoreOptions, MemoryStore, PutMode, Store, StoreError,
     StoreErrorKind,
 };
-pub use engine::{BackupEngine, ReadOnlyEngine};
+pub use engine::{BackupEngine, ReadOnlyEngine, RepairEngine};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{
-    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepositoryInfo,
-    RestoreInfo, VerifyReport,
+    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepairReport,
+    RepositoryInfo, RestoreInfo, VerifyReport,
 };
 pub use options::{
-    BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RestoreOptions,
-    VerifyLevel, VerifyOptions,
+    BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RepairOptions,
+    RestoreOptions, VerifyLevel, VerifyOptions,
 };
 pub use progress::{NoProgress, Progress};
 pub use retention::{GroupPlan, RetentionPlan, RetentionPolicy, SourceGroup};

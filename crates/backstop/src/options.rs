@@ -509,6 +509,62 @@ impl GcOptions {
     }
 }
 
+/// How `repair index` works ([`crate::RepairEngine::repair_index`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RepairOptions {
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Rebuild the whole index from the packs, reading every pack whole and checking every
+    /// blob (only blobs that check are indexed; a damaged pack's intact blobs are copied into
+    /// new packs). Without it, what readable index objects say is kept, and only the packs they
+    /// do not list (or list with another size) are read: their headers, and their frames, whose
+    /// blobs the header names by place, not by id.
+    pub read_all_packs: bool,
+    /// Progress: a phase `read` with the packs and bytes to read, each pack as a `file`, then
+    /// `bytes` as they are read.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation, honoured while packs are read (nothing has changed yet; copies of a
+    /// damaged pack's blobs made so far are left for gc).
+    pub cancel: CancelToken,
+}
+
+impl Default for RepairOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            read_all_packs: false,
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RepairOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepairOptions")
+            .field("dry_run", &self.dry_run)
+            .field("read_all_packs", &self.read_all_packs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RepairOptions {
+    /// Only report.
+    #[must_use]
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// See [`RepairOptions::read_all_packs`].
+    #[must_use]
+    pub fn read_all_packs(mut self, read_all: bool) -> Self {
+        self.read_all_packs = read_all;
+        self
+    }
+}
+
 /// `with_progress` and `with_cancel` for the options that carry a `progress` observer and a
 /// `cancel` token (what each reports, and where it stops, is said at those fields).
 macro_rules! progress_and_cancel {
@@ -531,4 +587,10 @@ macro_rules! progress_and_cancel {
     )+};
 }
 
-progress_and_cancel!(BackupOptions, RestoreOptions, VerifyOptions, GcOptions);
+progress_and_cancel!(
+    BackupOptions,
+    RestoreOptions,
+    VerifyOptions,
+    GcOptions,
+    RepairOptions
+);

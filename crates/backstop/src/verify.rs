@@ -56,7 +56,8 @@ pub(crate) fn verify(
         }
         for id in needed.others().filter(|id| !index.contains(id)) {
             report.problems.push(format!(
-                "blob {id} is needed but no index lists it (a pack or index object is missing)"
+                "blob {id} is needed but no index lists it (an index object or a pack is missing: \
+                 `backstop repair index` indexes the packs no index lists)"
             ));
         }
     }

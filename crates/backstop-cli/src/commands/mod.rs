@@ -9,6 +9,7 @@ pub(crate) mod group;
 mod init;
 mod inspect;
 mod key;
+mod repair;
 mod restore;
 mod retention;
 mod verify;
@@ -45,6 +46,7 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
         Command::Delete(args) => retention::delete(settings, args),
         Command::Gc(args) => retention::gc(settings, args),
         Command::Key(command) => key::run(settings, command),
+        Command::Repair(crate::cli::RepairCommand::Index(args)) => repair::index(settings, args),
         Command::Standby(args) => bdb::standby(settings, args),
         Command::ArchiveLogs(args) => bdb::archive_logs(settings, args),
         Command::WalPush(args) => wal::push(settings, args),

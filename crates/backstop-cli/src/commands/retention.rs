@@ -229,6 +229,15 @@ pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
             report.blobs_lost
         );
     }
+    if report.blobs_unindexed > 0 {
+        tracing::warn!(
+            "{} blobs that backups use are in no index (an index object or a pack is missing); \
+             gc kept the {} packs no index lists, which may hold them. Run `backstop repair \
+             index`, then `backstop verify --all`",
+            report.blobs_unindexed,
+            report.packs_unindexed_kept
+        );
+    }
     if printer.json {
         return printer.json("gc", &report);
     }

@@ -421,7 +421,7 @@ pub(crate) enum RepoError {
     #[error("the repository holds no backup yet")]
     NoBackups,
     #[error(
-        "blob {blob} needed by {context} is in no index: the repository is damaged or a pack was deleted; run `backstop verify --all`"
+        "blob {blob} needed by {context} is in no index: an index object or a pack is missing. `backstop repair index` indexes the packs no index lists; `backstop verify --all` then says what is still missing"
     )]
     MissingBlob { blob: String, context: String },
     #[error("key `{0}`: {1}")]
@@ -446,6 +446,21 @@ pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
             Error::new(ErrorKind::Incompatible, RepoError::TooNew { key, source })
         }
         _ => Error::new(ErrorKind::Corrupt, RepoError::Damaged { key, source }),
+    }
+}
+
+/// A damaged index object stops every command that loads the index: say what mends it.
+fn with_repair_hint(e: Error) -> Error {
+    if e.kind() == ErrorKind::Corrupt {
+        Error::msg(
+            ErrorKind::Corrupt,
+            format!(
+                "{e}. Every command needs the whole index; `backstop repair index` rebuilds \
+                 it from the packs' own headers"
+            ),
+        )
+    } else {
+        e
     }
 }
 
@@ -631,6 +646,14 @@ impl Repository {
     }
 
     pub(crate) fn open(store: Arc<dyn Store>, options: EngineOptions) -> Result<Self> {
+        let repo = Self::open_unindexed(store, options)?;
+        repo.reload_index()?;
+        Ok(repo)
+    }
+
+    /// Opens the repository (config, key) without loading its index: for `repair index`, which
+    /// must work where the index cannot be loaded.
+    pub(crate) fn open_unindexed(store: Arc<dyn Store>, options: EngineOptions) -> Result<Self> {
         let bytes = match store.get(CONFIG_KEY) {
             Ok(b) => b,
             Err(e) if e.kind() == StoreErrorKind::NotFound => {
@@ -673,16 +696,14 @@ impl Repository {
         } else {
             (None, None)
         };
-        let repo = Self {
+        Ok(Self {
             store,
             config,
             key,
             key_id,
             options,
             index: RwLock::new(Index::default()),
-        };
-        repo.reload_index()?;
-        Ok(repo)
+        })
     }
 
     /// The format version of the objects this build writes into the repository
@@ -758,7 +779,7 @@ impl Repository {
                     .collect()
             });
             for (key, file) in batch.iter().zip(files) {
-                if let Some(file) = file? {
+                if let Some(file) = file.map_err(with_repair_hint)? {
                     index.load_packs(file.packs);
                     index.objects.push(key.clone());
                 }
@@ -775,7 +796,7 @@ impl Repository {
 
     /// One index object, decoded; `None` when it is gone (deleted by a concurrent gc after it
     /// wrote the replacement index).
-    fn read_index_object(&self, key: &str) -> Result<Option<IndexFile>> {
+    pub(crate) fn read_index_object(&self, key: &str) -> Result<Option<IndexFile>> {
         let read = self.read_metadata(key, |bytes| {
             format::open_object("index", ObjectType::Index, bytes, self.key())
                 .map_err(|e| damaged(key, e))
