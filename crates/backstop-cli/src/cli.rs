@@ -535,10 +535,36 @@ pub(crate) struct ArchiveLogsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PurgeArgs {
-    /// How many of the newest backups of each source to keep (at least 1). A source is a
-    /// host, source kind and path/URL/group name: each keeps its own newest N
+    /// How many of the newest backups of each source to keep. A source is a host, source kind
+    /// and path/URL/group name: each keeps its own. The --keep rules add up: a backup any
+    /// rule keeps is kept; at least one rule must keep something
     #[arg(long, value_name = "N")]
-    pub(crate) keep_last: usize,
+    pub(crate) keep_last: Option<usize>,
+
+    /// Keep the newest backup of each of the N most recent hours that have backups
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_hourly: Option<usize>,
+
+    /// Keep the newest backup of each of the N most recent days (UTC) that have backups
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_daily: Option<usize>,
+
+    /// Keep the newest backup of each of the N most recent weeks (UTC, from Monday) that have
+    /// backups
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_weekly: Option<usize>,
+
+    /// Keep the newest backup of each of the N most recent months (UTC) that have backups
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_monthly: Option<usize>,
+
+    /// Keep the newest backup of each of the N most recent years (UTC) that have backups
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_yearly: Option<usize>,
+
+    /// Keep every backup taken within DURATION (`36h`, `30days`) before the source's newest
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) keep_within: Option<std::time::Duration>,
 
     /// Only purge backups of this source: its path, URL or group name as `list` shows it
     /// (repeatable); others are left alone

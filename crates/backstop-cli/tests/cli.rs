@@ -455,6 +455,38 @@ fn purge_keeps_the_newest_backups_of_each_source() {
         .stderr(predicate::str::contains("keeps no backup"));
     assert_eq!(world.list_ids(), ids);
 
+    // No rule at all is a usage error too.
+    world
+        .cmd()
+        .args(["purge", "--dry-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no --keep rule given"));
+
+    // Rules add up: the backups of the last hour are all kept, and say why.
+    let within = world.json(&[
+        "purge",
+        "--keep-last",
+        "1",
+        "--keep-within",
+        "1h",
+        "--dry-run",
+    ]);
+    assert_eq!(within["deleted"], serde_json::json!([]), "{within}");
+    let reasons: Vec<&serde_json::Value> = within["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["reasons"].as_object().unwrap().values())
+        .collect();
+    assert_eq!(reasons.len(), ids.len(), "{within}");
+    assert!(
+        reasons
+            .iter()
+            .all(|why| why.as_array().unwrap().contains(&"within".into())),
+        "{within}"
+    );
+
     // The dry run shows the plan per source and changes nothing.
     let dry = world.json(&["purge", "--keep-last", "1", "--dry-run"]);
     assert_eq!(dry["dry_run"], true, "{dry}");

@@ -179,7 +179,7 @@ impl ReadOnlyEngine {
     /// `delete` lists. See [`crate::SourceGroup`] for what counts as one source.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] when the policy keeps nothing (`keep_last(0)`).
+    /// [`crate::ErrorKind::InvalidInput`] when the policy keeps nothing (every rule at 0).
     pub fn plan_retention(&self, policy: &RetentionPolicy) -> Result<RetentionPlan> {
         // `plan` validates the policy first.
         policy.plan(&self.repo.list_backups()?)

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,15 +22,41 @@ use crate::{Error, ErrorKind, Result};
 
 /// Which backups to keep of each source group (see [`SourceGroup`]).
 ///
+/// The rules add up, as restic's `forget` rules do (whose meaning these follow): a backup is
+/// kept when any rule keeps it. `keep_last` keeps the newest N; `keep_hourly`, `keep_daily`,
+/// `keep_weekly`, `keep_monthly` and `keep_yearly` keep, for each of the N most recent hours
+/// (days, weeks from Monday, months, years) that have backups, the newest backup of that
+/// period; `keep_within` keeps every backup taken within that long before the group's newest.
+/// Periods are in UTC, so every host reading the same repository plans the same. Newest means
+/// the highest backup id (the order in which backups committed); the periods go by the time
+/// each backup started.
+///
 /// A policy must keep something: [`RetentionPolicy::plan`] refuses one whose rules would keep
-/// no backup at all (`keep_last(0)` and no other rule), because deleting every backup is never
-/// what a retention schedule means. Delete backups one by one for that.
+/// no backup at all (every count 0 and no `keep_within`), because deleting every backup is
+/// never what a retention schedule means. Delete backups one by one for that.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RetentionPolicy {
-    /// Keep the newest this many backups of each group (newest: highest backup id, the order
-    /// in which backups committed).
+    /// Keep the newest this many backups of each group.
     pub keep_last: usize,
+    /// Keep the newest backup of each of this many most recent hours that have backups.
+    #[serde(default)]
+    pub keep_hourly: usize,
+    /// The same for days (UTC).
+    #[serde(default)]
+    pub keep_daily: usize,
+    /// The same for weeks (UTC, from Monday).
+    #[serde(default)]
+    pub keep_weekly: usize,
+    /// The same for calendar months (UTC).
+    #[serde(default)]
+    pub keep_monthly: usize,
+    /// The same for calendar years (UTC).
+    #[serde(default)]
+    pub keep_yearly: usize,
+    /// Keep every backup taken at most this long before the newest backup of its group.
+    #[serde(default)]
+    pub keep_within: Option<Duration>,
     /// Apply the policy only to the groups whose recorded source (path, URL or group name, as
     /// [`BackupInfo::source`]) is one of these; empty: every group. Backups of other sources
     /// are left alone and not part of the plan.
@@ -37,10 +64,53 @@ pub struct RetentionPolicy {
     pub sources: Vec<String>,
 }
 
+/// A period rule: its name in the plan's reasons and how it cuts time into periods.
+struct PeriodRule {
+    name: &'static str,
+    count: usize,
+    period: fn(i64) -> i64,
+}
+
 impl RetentionPolicy {
     /// See [`RetentionPolicy::keep_last`].
     pub fn keep_last(mut self, count: usize) -> Self {
         self.keep_last = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_hourly`].
+    pub fn keep_hourly(mut self, count: usize) -> Self {
+        self.keep_hourly = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_daily`].
+    pub fn keep_daily(mut self, count: usize) -> Self {
+        self.keep_daily = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_weekly`].
+    pub fn keep_weekly(mut self, count: usize) -> Self {
+        self.keep_weekly = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_monthly`].
+    pub fn keep_monthly(mut self, count: usize) -> Self {
+        self.keep_monthly = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_yearly`].
+    pub fn keep_yearly(mut self, count: usize) -> Self {
+        self.keep_yearly = count;
+        self
+    }
+
+    /// See [`RetentionPolicy::keep_within`].
+    pub fn keep_within(mut self, within: Duration) -> Self {
+        self.keep_within = Some(within);
         self
     }
 
@@ -55,13 +125,51 @@ impl RetentionPolicy {
     /// # Errors
     /// [`ErrorKind::InvalidInput`] when no rule keeps anything.
     pub fn validate(&self) -> Result<()> {
-        if self.keep_last == 0 {
+        // keep_within keeps at least the newest backup, even at zero.
+        if self.keep_last == 0
+            && self.period_rules().iter().all(|r| r.count == 0)
+            && self.keep_within.is_none()
+        {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 RetentionError::KeepsNothing,
             ));
         }
         Ok(())
+    }
+
+    fn period_rules(&self) -> [PeriodRule; 5] {
+        [
+            PeriodRule {
+                name: "hourly",
+                count: self.keep_hourly,
+                period: |t| t.div_euclid(3600),
+            },
+            PeriodRule {
+                name: "daily",
+                count: self.keep_daily,
+                period: |t| t.div_euclid(86_400),
+            },
+            PeriodRule {
+                name: "weekly",
+                count: self.keep_weekly,
+                // 1970-01-01 was a Thursday: day 4 is the first Monday.
+                period: |t| (t.div_euclid(86_400) + 3).div_euclid(7),
+            },
+            PeriodRule {
+                name: "monthly",
+                count: self.keep_monthly,
+                period: |t| {
+                    let (year, month) = civil_year_month(t.div_euclid(86_400));
+                    year * 12 + i64::from(month)
+                },
+            },
+            PeriodRule {
+                name: "yearly",
+                count: self.keep_yearly,
+                period: |t| civil_year_month(t.div_euclid(86_400)).0,
+            },
+        ]
     }
 
     /// Splits `backups` into groups by source and decides, per group, which to keep and which
@@ -72,7 +180,7 @@ impl RetentionPolicy {
     /// [`ErrorKind::InvalidInput`] when the policy keeps nothing ([`RetentionPolicy::validate`]).
     pub fn plan(&self, backups: &[BackupInfo]) -> Result<RetentionPlan> {
         self.validate()?;
-        let mut groups: BTreeMap<SourceGroup, Vec<BackupId>> = BTreeMap::new();
+        let mut groups: BTreeMap<SourceGroup, Vec<&BackupInfo>> = BTreeMap::new();
         for backup in backups {
             if !self.sources.is_empty() && !self.sources.contains(&backup.source) {
                 continue;
@@ -80,21 +188,11 @@ impl RetentionPolicy {
             groups
                 .entry(SourceGroup::of(backup))
                 .or_default()
-                .push(backup.id);
+                .push(backup);
         }
         let mut plans: Vec<GroupPlan> = groups
             .into_iter()
-            .map(|(group, mut ids)| {
-                ids.sort_unstable();
-                ids.dedup();
-                let split = ids.len().saturating_sub(self.keep_last);
-                let keep = ids.split_off(split);
-                GroupPlan {
-                    group,
-                    keep,
-                    delete: ids,
-                }
-            })
+            .map(|(group, members)| self.plan_group(group, members))
             .collect();
         // Two snapshots can share an id for a moment (two backups committing at once, see
         // docs/object-storage.md), and deleting an id deletes both: never delete an id that any
@@ -105,6 +203,73 @@ impl RetentionPolicy {
         }
         Ok(RetentionPlan { groups: plans })
     }
+
+    /// The decision for one group's backups.
+    fn plan_group(&self, group: SourceGroup, mut members: Vec<&BackupInfo>) -> GroupPlan {
+        // Newest first; one entry per id.
+        members.sort_unstable_by_key(|b| std::cmp::Reverse(b.id));
+        members.dedup_by_key(|b| b.id);
+        let mut reasons: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
+        let mut keep = |id: BackupId, why: &str| reasons.entry(id).or_default().push(why.into());
+        for backup in members.iter().take(self.keep_last) {
+            keep(backup.id, "last");
+        }
+        for rule in self.period_rules() {
+            let mut left = rule.count;
+            let mut last_period = None;
+            for backup in &members {
+                if left == 0 {
+                    break;
+                }
+                let period = (rule.period)(backup.time_unix);
+                if last_period != Some(period) {
+                    keep(backup.id, rule.name);
+                    last_period = Some(period);
+                    left -= 1;
+                }
+            }
+        }
+        if let (Some(within), Some(newest)) = (self.keep_within, members.first()) {
+            let within = i64::try_from(within.as_secs()).unwrap_or(i64::MAX);
+            for backup in &members {
+                if newest.time_unix.saturating_sub(backup.time_unix) <= within {
+                    keep(backup.id, "within");
+                }
+            }
+        }
+        let (mut kept, mut deleted): (Vec<BackupId>, Vec<BackupId>) = members
+            .iter()
+            .map(|b| b.id)
+            .partition(|id| reasons.contains_key(id));
+        kept.reverse();
+        deleted.reverse();
+        GroupPlan {
+            group,
+            keep: kept,
+            delete: deleted,
+            reasons,
+        }
+    }
+}
+
+/// The civil (proleptic Gregorian) year and month (1–12) of a day counted from 1970-01-01.
+/// Howard Hinnant's `civil_from_days` (public domain), so that no date crate is needed for
+/// two numbers.
+fn civil_year_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, u32::try_from(month).unwrap_or(1))
 }
 
 /// What retention counts as one source: backups of the same kind of source, with the same
@@ -157,6 +322,10 @@ pub struct GroupPlan {
     pub keep: Vec<BackupId>,
     /// Backups to delete, oldest first.
     pub delete: Vec<BackupId>,
+    /// Why each kept backup is kept: the rules that keep it (`last`, `hourly`, `daily`,
+    /// `weekly`, `monthly`, `yearly`, `within`).
+    #[serde(default)]
+    pub reasons: BTreeMap<BackupId, Vec<String>>,
 }
 
 /// Which backups a [`RetentionPolicy`] keeps and deletes, per source group; computed first and
@@ -223,7 +392,7 @@ impl fmt::Display for RetentionPlan {
 #[derive(Debug, thiserror::Error)]
 enum RetentionError {
     #[error(
-        "the retention policy keeps no backup (keep-last 0 and no other rule); delete backups one by one to remove them all"
+        "the retention policy keeps no backup (no keep rule above 0); delete backups one by one to remove them all"
     )]
     KeepsNothing,
 }
@@ -351,6 +520,126 @@ mod tests {
             .plan(&backups)
             .unwrap();
         assert_eq!(plan.delete_ids(), [1]);
+    }
+
+    /// Backups of one source every `step` seconds, the newest at `newest`, ids in time order.
+    fn every(step: i64, count: u64, newest: i64) -> Vec<BackupInfo> {
+        (1..=count)
+            .map(|id| {
+                let mut b = backup(id, "dir", "/files");
+                b.time_unix = newest - step * (count - id) as i64;
+                b
+            })
+            .collect()
+    }
+
+    /// 2026-12-06 23:00 UTC, a Sunday.
+    const SUNDAY_NIGHT: i64 = 20_793 * 86_400 + 23 * 3600;
+
+    #[test]
+    fn civil_months_and_years_are_those_of_the_calendar() {
+        for (days, expected) in [
+            (0, (1970, 1)),
+            (-1, (1969, 12)),
+            (11_016, (2000, 2)), // 2000-02-29
+            (11_017, (2000, 3)),
+            (20_088, (2024, 12)), // 2024-12-31
+            (20_089, (2025, 1)),
+            (20_793, (2026, 12)),
+        ] {
+            assert_eq!(civil_year_month(days), expected, "day {days}");
+        }
+    }
+
+    #[test]
+    fn period_rules_keep_the_newest_backup_of_each_recent_period() {
+        // Every 6 hours for 100 days: 400 backups, the newest on a Sunday night.
+        let backups = every(6 * 3600, 400, SUNDAY_NIGHT);
+        let newest_of_day = |days_back: i64| {
+            let day = SUNDAY_NIGHT.div_euclid(86_400) - days_back;
+            backups
+                .iter()
+                .filter(|b| b.time_unix.div_euclid(86_400) == day)
+                .map(|b| b.id)
+                .max()
+                .unwrap()
+        };
+        let daily = RetentionPolicy::default()
+            .keep_daily(3)
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(
+            daily.keep_ids(),
+            [newest_of_day(2), newest_of_day(1), newest_of_day(0)]
+        );
+        // Weeks start on Monday: the newest of this week is Sunday's, of the week before the
+        // Sunday a week earlier.
+        let weekly = RetentionPolicy::default()
+            .keep_weekly(2)
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(weekly.keep_ids(), [newest_of_day(7), newest_of_day(0)]);
+        // Months: December (the newest), and November's last (the 30th).
+        let monthly = RetentionPolicy::default()
+            .keep_monthly(2)
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(monthly.keep_ids(), [newest_of_day(6), newest_of_day(0)]);
+        // Rules add up, and a backup two rules keep is kept once, with both reasons.
+        let both = RetentionPolicy::default()
+            .keep_last(2)
+            .keep_daily(2)
+            .keep_yearly(5)
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(both.keep_ids(), [newest_of_day(1), 399, 400]);
+        assert_eq!(both.groups[0].reasons[&400], ["last", "daily", "yearly"]);
+        assert_eq!(both.groups[0].reasons[&399], ["last"]);
+        assert_eq!(both.delete_ids().len(), 397);
+    }
+
+    #[test]
+    fn keep_within_counts_back_from_the_newest_backup_of_the_group() {
+        // Hourly for two days, the newest a day old by the wall clock: the window is
+        // measured from the newest backup, not from now.
+        let backups = every(3600, 48, SUNDAY_NIGHT - 86_400);
+        let plan = RetentionPolicy::default()
+            .keep_within(Duration::from_secs(5 * 3600))
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(plan.keep_ids(), [43, 44, 45, 46, 47, 48]);
+    }
+
+    #[test]
+    fn period_plans_are_stable_when_applied_again() {
+        // Irregular times (xorshift steps of up to 3 days).
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut time = SUNDAY_NIGHT - 400 * 86_400;
+        let mut backups = Vec::new();
+        for id in 1..=300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            time += (x % (3 * 86_400)) as i64;
+            let mut b = backup(id, "dir", "/files");
+            b.time_unix = time;
+            backups.push(b);
+        }
+        let policy = RetentionPolicy::default()
+            .keep_last(3)
+            .keep_daily(7)
+            .keep_weekly(5)
+            .keep_monthly(12)
+            .keep_yearly(3)
+            .keep_within(Duration::from_secs(10 * 86_400));
+        let plan = policy.plan(&backups).unwrap();
+        assert!(plan.delete_ids().len() > 200, "{plan}");
+        let kept: Vec<BackupInfo> = backups
+            .into_iter()
+            .filter(|b| plan.keep_ids().contains(&b.id))
+            .collect();
+        let again = policy.plan(&kept).unwrap();
+        assert!(again.delete_ids().is_empty(), "{again}");
     }
 
     #[test]

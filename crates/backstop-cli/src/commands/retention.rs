@@ -39,11 +39,22 @@ struct PurgedGroup {
     source: String,
     kept: Vec<BackupId>,
     deleted: Vec<BackupId>,
+    /// Why each kept backup stays: the rules that keep it.
+    reasons: std::collections::BTreeMap<BackupId, Vec<String>>,
 }
 
 /// The policy `purge` asks for; a usage error when it would keep nothing.
 fn policy(args: &PurgeArgs) -> Result<RetentionPolicy> {
-    let mut policy = RetentionPolicy::default().keep_last(args.keep_last);
+    let mut policy = RetentionPolicy::default()
+        .keep_last(args.keep_last.unwrap_or(0))
+        .keep_hourly(args.keep_hourly.unwrap_or(0))
+        .keep_daily(args.keep_daily.unwrap_or(0))
+        .keep_weekly(args.keep_weekly.unwrap_or(0))
+        .keep_monthly(args.keep_monthly.unwrap_or(0))
+        .keep_yearly(args.keep_yearly.unwrap_or(0));
+    if let Some(within) = args.keep_within {
+        policy = policy.keep_within(within);
+    }
     for source in &args.source_path {
         policy = policy.with_source(source);
         // A directory's backups record its canonical path; accept the path as typed too.
@@ -54,21 +65,47 @@ fn policy(args: &PurgeArgs) -> Result<RetentionPolicy> {
             }
         }
     }
-    policy
-        .validate()
-        .map_err(|e| Exit::new(Code::Usage, format!("--keep-last {}: {e}", args.keep_last)))?;
+    policy.validate().map_err(|e| {
+        let rules = rules(args);
+        let given = if rules.is_empty() {
+            "no --keep rule given".to_owned()
+        } else {
+            rules
+        };
+        Exit::new(Code::Usage, format!("{given}: {e}"))
+    })?;
     Ok(policy)
+}
+
+/// The rules as given on the command line, for messages.
+fn rules(args: &PurgeArgs) -> String {
+    let counts = [
+        ("last", args.keep_last),
+        ("hourly", args.keep_hourly),
+        ("daily", args.keep_daily),
+        ("weekly", args.keep_weekly),
+        ("monthly", args.keep_monthly),
+        ("yearly", args.keep_yearly),
+    ];
+    let mut given: Vec<String> = counts
+        .iter()
+        .filter_map(|(name, count)| count.map(|n| format!("--keep-{name} {n}")))
+        .collect();
+    if let Some(within) = args.keep_within {
+        given.push(format!(
+            "--keep-within {}",
+            humantime::format_duration(within)
+        ));
+    }
+    given.join(" ")
 }
 
 pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
     let policy = policy(args)?;
     let engine = settings.open()?;
-    let plan = engine.plan_retention(&policy).with_context(|| {
-        format!(
-            "planning to keep the newest {} backups of each source",
-            args.keep_last
-        )
-    })?;
+    let plan = engine
+        .plan_retention(&policy)
+        .with_context(|| format!("planning retention ({})", rules(args)))?;
     if plan.groups.is_empty() && !args.source_path.is_empty() {
         let sources: Vec<String> = args.source_path.iter().map(quoted).collect();
         return Err(Exit::new(
@@ -86,12 +123,9 @@ pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
             .context("listing the WAL archive")?;
         (plan.delete_ids(), wal)
     } else {
-        let deleted = engine.apply_retention(&plan).with_context(|| {
-            format!(
-                "keeping the newest {} backups of each source",
-                args.keep_last
-            )
-        })?;
+        let deleted = engine
+            .apply_retention(&plan)
+            .with_context(|| format!("applying retention ({})", rules(args)))?;
         // PostgreSQL WAL the kept backups no longer need goes with them.
         let wal = engine
             .prune_wal_archive()
@@ -118,6 +152,7 @@ fn report_purged(
                 source_kind: g.group.source_kind.clone(),
                 source: g.group.source.clone(),
                 kept: g.keep.clone(),
+                reasons: g.reasons.clone(),
                 // A backup another purge deleted meanwhile is not this one's.
                 deleted: g
                     .delete
