@@ -484,6 +484,8 @@ pub(crate) struct RestoreArgs {
     pub(crate) db_tools: Option<PathBuf>,
 
     /// Any other option for the source's restore procedure (repeatable), e.g. `verify=true`
+    /// for Berkeley DB; one the backup's procedure does not take is refused before anything
+    /// is restored
     #[arg(long = "fixup", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) fixups: Vec<(String, String)>,
 

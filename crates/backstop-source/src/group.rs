@@ -1375,19 +1375,71 @@ fn outside_windows(t_ms: u64, windows: &[(Option<u64>, PauseWindow)]) -> SourceE
 
 /// Restore options each member kind takes when given without a `<member>.` prefix.
 fn takes_option(kind: &str, key: &str) -> bool {
-    match kind {
-        // The options `postgres::restore_fixup` accepts, minus the recovery targets, which the
-        // group decides (one moment for every member).
-        "postgres" => {
-            matches!(
-                key,
-                "restore-command" | "archive-mode" | "tablespaces" | "target-action"
-            ) || key.starts_with("tablespace-")
+    // The options each kind's procedure accepts, minus PostgreSQL's recovery targets, which
+    // the group decides (one moment for every member).
+    let target = matches!(
+        key,
+        "target"
+            | "target-time"
+            | "target-lsn"
+            | "target-xid"
+            | "target-name"
+            | "target-inclusive"
+            | "target-timeline"
+    );
+    crate::restore_profile::takes_option(kind, key) && !(kind == "postgres" && target)
+}
+
+/// Checks the group restore's options before anything is restored: the group's own, a
+/// member's own as `<member>.<option>`, or an option some member kind takes.
+pub(crate) fn check_options(
+    profile: &RestoreProfile,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<(), SourceError> {
+    let members: Vec<&str> = profile
+        .params
+        .get("members")
+        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    // A member's own option must be one its kind takes (a member whose recorded profile does
+    // not read is reported when the members are fixed up).
+    let member_takes = |member: &str, option: &str| {
+        profile
+            .params
+            .get(&format!("member.{member}"))
+            .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok())
+            .is_none_or(|p| crate::restore_profile::takes_option(&p.kind, option))
+    };
+    for key in options.keys() {
+        if let Some((member, option)) = key.split_once('.')
+            && members.contains(&member)
+            && !member_takes(member, option)
+        {
+            return Err(SourceError::Procedure(format!(
+                "restore option `{key}`: member `{member}`'s restore does not take `{option}`"
+            )));
         }
-        "sqlite" => key == "integrity-check",
-        "bdb" => key == "db-tools",
-        _ => false,
+        let member_prefixed = key
+            .split_once('.')
+            .is_some_and(|(m, _)| members.contains(&m));
+        // An option some kind takes but no member of this group has (the CLI always passes
+        // `restore-command`) is ignored; anything else is a mistake worth stopping for.
+        let known = GROUP_OPTIONS.contains(&key.as_str())
+            || member_prefixed
+            || ["postgres", "sqlite", "bdb"]
+                .iter()
+                .any(|kind| takes_option(kind, key));
+        if !known {
+            return Err(SourceError::Procedure(format!(
+                "restore option `{key}` is not understood by group `{}`: give one moment for \
+                 every member with `target-time`, or a member's own option as \
+                 `<member>.{key}` (members: {})",
+                profile.params.get("group").map_or("", String::as_str),
+                members.join(", ")
+            )));
+        }
     }
+    Ok(())
 }
 
 /// Options the group itself interprets.
@@ -1415,28 +1467,8 @@ pub(crate) fn restore_fixup(
             "the group restore profile lists no members; restore with `--raw`".into(),
         ));
     }
+    check_options(profile, &params.options)?;
     let options = &params.options;
-    for key in options.keys() {
-        let member_prefixed = key
-            .split_once('.')
-            .is_some_and(|(m, _)| members.contains(&m));
-        // An option some kind takes but no member of this group has (the CLI always passes
-        // `restore-command`) is ignored; anything else is a mistake worth stopping for.
-        let known = GROUP_OPTIONS.contains(&key.as_str())
-            || member_prefixed
-            || ["postgres", "sqlite", "bdb"]
-                .iter()
-                .any(|kind| takes_option(kind, key));
-        if !known {
-            return Err(SourceError::Procedure(format!(
-                "restore option `{key}` is not understood by group `{}`: give one moment for \
-                 every member with `target-time`, or a member's own option as \
-                 `<member>.{key}` (members: {})",
-                profile.params.get("group").map_or("", String::as_str),
-                members.join(", ")
-            )));
-        }
-    }
     let own = PauseWindow::from_meta(&profile.params);
     let target_time = options
         .get("target-time")

@@ -67,12 +67,79 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
     !params.raw && !profile.is_plain_files()
 }
 
+/// Whether the restore procedure of `kind` takes the option `key`. `restore-command` goes to
+/// every restore (the CLI cannot know the kind before it reads the backup) and only PostgreSQL
+/// uses it.
+pub(crate) fn takes_option(kind: &str, key: &str) -> bool {
+    key == "restore-command"
+        || match kind {
+            "postgres" => {
+                matches!(
+                    key,
+                    "archive-mode"
+                        | "tablespaces"
+                        | "target"
+                        | "target-time"
+                        | "target-lsn"
+                        | "target-xid"
+                        | "target-name"
+                        | "target-action"
+                        | "target-inclusive"
+                        | "target-timeline"
+                ) || key.starts_with("tablespace-")
+            }
+            "sqlite" => key == "integrity-check",
+            "bdb" => matches!(key, "db-tools" | "verify"),
+            _ => false,
+        }
+}
+
+/// Checks, before anything is restored, that the procedure of `profile` takes every option in
+/// `params`: a misspelt `--fixup` (or one meant for another kind of database) is refused
+/// rather than ignored. A raw restore applies no procedure and takes any.
+///
+/// # Errors
+/// [`SourceError::Procedure`] naming the option and what the procedure takes.
+pub fn check_options(profile: &RestoreProfile, params: &RestoreParams) -> Result<(), SourceError> {
+    if params.raw {
+        return Ok(());
+    }
+    if profile.kind == "group" {
+        return crate::group::check_options(profile, &params.options);
+    }
+    let kind = if profile.is_plain_files() {
+        "directory"
+    } else {
+        profile.kind.as_str()
+    };
+    match params.options.keys().find(|key| !takes_option(kind, key)) {
+        None => Ok(()),
+        Some(key) => {
+            let takes = match kind {
+                "postgres" => {
+                    "`target`, `target-time`, `target-lsn`, `target-xid`, \
+                               `target-name`, `target-action`, `target-inclusive`, \
+                               `target-timeline`, `archive-mode`, `tablespaces`, \
+                               `tablespace-<oid>`"
+                }
+                "sqlite" => "`integrity-check`",
+                "bdb" => "`db-tools`, `verify`",
+                _ => "none",
+            };
+            Err(SourceError::Procedure(format!(
+                "restore option `{key}` is not one the {kind} restore takes (it takes: {takes})"
+            )))
+        }
+    }
+}
+
 /// Applies `profile` to the restored tree at `target` and returns a line per step taken.
 pub fn apply(
     profile: &RestoreProfile,
     target: &Path,
     params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
+    check_options(profile, params)?;
     if params.raw {
         return Ok(vec![format!(
             "raw restore: `{}` fix-ups skipped",
@@ -129,6 +196,66 @@ mod tests {
             let profile = RestoreProfile::new(kind);
             assert!(reads_restored_files(&profile, &read), "{kind}");
             assert!(!reads_restored_files(&profile, &raw), "{kind} raw");
+        }
+    }
+
+    fn options(pairs: &[(&str, &str)], raw: bool) -> RestoreParams {
+        RestoreParams {
+            raw,
+            options: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_option_the_procedure_does_not_take_is_refused_and_named() {
+        // Kind, options, whether they pass.
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
+            ("dir", &[("restore-command", "x")], true),
+            ("dir", &[("verify", "true")], false),
+            ("sqlite", &[("integrity-check", "quick")], true),
+            ("sqlite", &[("integrity_check", "quick")], false),
+            ("sqlite", &[("db-tools", "/usr/bin")], false),
+            ("bdb", &[("db-tools", "/usr/bin"), ("verify", "1")], true),
+            (
+                "postgres",
+                &[("target-time", "t"), ("tablespace-16400", "/x")],
+                true,
+            ),
+            ("postgres", &[("target-tme", "t")], false),
+            ("rocksdb", &[("integrity-check", "full")], false),
+            ("eventstore", &[("restore-command", "x")], true),
+        ];
+        for (kind, pairs, ok) in cases {
+            let profile = RestoreProfile::new(*kind);
+            let result = check_options(&profile, &options(pairs, false));
+            assert_eq!(result.is_ok(), *ok, "{kind} {pairs:?}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains(pairs[0].0), "{e}");
+            }
+            // A raw restore applies no procedure, so takes anything.
+            assert!(check_options(&profile, &options(pairs, true)).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_group_member_option_must_be_one_the_members_kind_takes() {
+        let member = serde_json::to_string(&RestoreProfile::new("sqlite")).unwrap();
+        let group = RestoreProfile::new("group")
+            .with_param("members", "app")
+            .with_param("member.app", member);
+        for (key, ok) in [
+            ("app.integrity-check", true),
+            ("integrity-check", true),
+            ("target-time", true),
+            ("app.db-tools", false),
+            ("other.thing", false),
+        ] {
+            let result = check_options(&group, &options(&[(key, "v")], false));
+            assert_eq!(result.is_ok(), ok, "{key}: {result:?}");
         }
     }
 }

@@ -127,6 +127,19 @@ fn restore_tuned(
         files.clone().count() as u64,
         files.map(|n| n.size).sum(),
     );
+    let params = backstop_source::RestoreParams {
+        raw: options.raw,
+        options: options.fixup_options.clone(),
+    };
+    // A misspelt option is refused before anything is written, not after the whole restore.
+    backstop_source::restore_profile::check_options(&snapshot.restore_profile, &params).map_err(
+        |e| {
+            Error::msg(
+                ErrorKind::InvalidInput,
+                format!("{e}; nothing was restored"),
+            )
+        },
+    )?;
     prepare_target(target, options.existing)?;
     let marker = target.join(INCOMPLETE_MARKER);
     write_marker(&marker, snapshot.id, options.sync)?;
@@ -146,10 +159,6 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
     }
-    let params = backstop_source::RestoreParams {
-        raw: options.raw,
-        options: options.fixup_options.clone(),
-    };
     let direct = writes_directly(snapshot, options, &params);
     let (bytes, bytes_direct) =
         restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;

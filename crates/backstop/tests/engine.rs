@@ -701,6 +701,39 @@ fn a_non_empty_target_is_refused_before_the_tree_is_read() {
     assert_eq!((read.gets, read.range_gets), (1, 0), "{read:?}");
 }
 
+/// An option the backup's restore procedure does not take (a misspelling, or one meant for
+/// another kind of database) is refused before anything is written: it used to be ignored,
+/// and the user got a restore without what they asked for.
+#[test]
+fn a_restore_option_the_procedure_does_not_take_is_refused_before_anything_is_written() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let outer = tempfile::tempdir().unwrap();
+    let target = outer.path().join("r");
+    let err = engine
+        .restore(
+            info.id,
+            &target,
+            &RestoreOptions::default().with_fixup_option("integrity-check", "full"),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("`integrity-check`"), "{err}");
+    assert!(!target.exists(), "the target was created");
+    // The option every restore is given (only PostgreSQL's uses it) passes.
+    engine
+        .restore(
+            info.id,
+            &target,
+            &RestoreOptions::default().with_fixup_option("restore-command", "true"),
+        )
+        .unwrap();
+}
+
 /// A restore of part of a backup writes the matching paths, all that is under them and the
 /// directories above them (with the backup's modes and times), and nothing else. `*` stays
 /// within one component of a path, `**` crosses them.
