@@ -138,8 +138,12 @@ impl VerifyReport {
 pub struct RestoreInfo {
     /// The backup restored.
     pub id: BackupId,
-    /// Files written.
+    /// Files restored (hard links among them).
     pub files: u64,
+    /// Of those, the files restored as hard links of another: paths that shared an inode when
+    /// backed up.
+    #[serde(default)]
+    pub hard_links: u64,
     /// Directories created.
     pub dirs: u64,
     /// Symlinks created.

@@ -121,6 +121,7 @@ fn restore_tuned(
     if let Some(select) = select {
         nodes = select.apply(nodes)?;
     }
+    let links = split_hard_links(&mut nodes);
     let files = nodes.iter().filter(|n| n.kind == NODE_FILE);
     options.progress.phase(
         "restore",
@@ -165,6 +166,22 @@ fn restore_tuned(
     info.bytes = bytes;
     info.bytes_direct = bytes_direct;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
+    for (node, first) in &links {
+        if let Some((parent, _)) = node.path.rsplit_once('/') {
+            dirs.create(parent)?;
+        }
+        let path = target.join(&node.path);
+        remove_existing(&path)?;
+        let original = target.join(first);
+        if let Err(e) = std::fs::hard_link(&original, &path) {
+            // A filesystem without hard links (or at its link limit) gets a copy instead.
+            tracing::debug!(path = %path.display(), error = %e, "no hard link; copying");
+            std::fs::copy(&original, &path).map_err(|e| io_error("copying", &path, e))?;
+        } else {
+            info.hard_links += 1;
+        }
+        info.files += 1;
+    }
     for node in nodes.iter().filter(|n| n.kind == NODE_SYMLINK) {
         if let Some((parent, _)) = node.path.rsplit_once('/') {
             dirs.create(parent)?;
@@ -389,6 +406,56 @@ fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|e| io_error("creating", target, e))
+}
+
+/// Takes out of `nodes` the files that shared an inode with an earlier file when they were
+/// backed up (hard links: same device and inode, and the same content and metadata as
+/// recorded), and returns each with the path of the file it is to be a link of. Those files are
+/// written once and linked, as `tar` and restic restore them; a node whose inode was reused
+/// between two reads (other content) is written on its own.
+fn split_hard_links(nodes: &mut Vec<Node>) -> Vec<(Node, String)> {
+    let mut first: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
+    let mut link_to: Vec<Option<usize>> = vec![None; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(fs) = node.fs.as_ref().filter(|_| node.kind == NODE_FILE) else {
+            continue;
+        };
+        match first.get(&(fs.dev, fs.ino)) {
+            Some(&j) if same_file(&nodes[j], node) => link_to[i] = Some(j),
+            Some(_) => {}
+            None => {
+                first.insert((fs.dev, fs.ino), i);
+            }
+        }
+    }
+    if link_to.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    let paths: Vec<Option<String>> = link_to
+        .iter()
+        .map(|to| to.map(|j| nodes[j].path.clone()))
+        .collect();
+    let mut links = Vec::new();
+    let mut kept = Vec::with_capacity(nodes.len());
+    for (node, path) in std::mem::take(nodes).into_iter().zip(paths) {
+        match path {
+            Some(first) => links.push((node, first)),
+            None => kept.push(node),
+        }
+    }
+    *nodes = kept;
+    links
+}
+
+/// Whether two file nodes recorded the same file: content and the metadata a link shares.
+fn same_file(a: &Node, b: &Node) -> bool {
+    a.size == b.size
+        && a.chunks == b.chunks
+        && a.lists == b.lists
+        && a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_ns == b.mtime_ns
 }
 
 /// Creates directories below the target one component at a time, refusing symlinks.

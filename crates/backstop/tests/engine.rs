@@ -734,6 +734,58 @@ fn a_restore_option_the_procedure_does_not_take_is_refused_before_anything_is_wr
         .unwrap();
 }
 
+/// Paths that are hard links of one file come back as hard links of one file (they came back
+/// as separate copies); a file with the same content that was not linked stays separate, and a
+/// partial restore of one link writes it as a file.
+#[test]
+fn hard_links_come_back_as_hard_links() {
+    use std::os::unix::fs::MetadataExt as _;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("sub")).unwrap();
+    let bytes = pseudo_random(200_000, 5);
+    std::fs::write(data.path().join("a"), &bytes).unwrap();
+    std::fs::hard_link(data.path().join("a"), data.path().join("sub/b")).unwrap();
+    std::fs::write(data.path().join("c"), &bytes).unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let into = target.path().join("r");
+    let restored = engine
+        .restore(info.id, &into, &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(
+        (restored.files, restored.hard_links),
+        (3, 1),
+        "{restored:?}"
+    );
+    let meta = |p: &str| std::fs::metadata(into.join(p)).unwrap();
+    assert_eq!(meta("a").ino(), meta("sub/b").ino());
+    assert_eq!(meta("a").nlink(), 2);
+    assert_ne!(meta("a").ino(), meta("c").ino());
+    for path in ["a", "sub/b", "c"] {
+        assert_eq!(std::fs::read(into.join(path)).unwrap(), bytes, "{path}");
+    }
+    assert_eq!(describe_tree(&into), describe_tree(data.path()));
+
+    let part = target.path().join("part");
+    let restored = engine
+        .restore(
+            info.id,
+            &part,
+            &RestoreOptions::default().with_include(vec!["sub".into()]),
+        )
+        .unwrap();
+    assert_eq!(
+        (restored.files, restored.hard_links),
+        (1, 0),
+        "{restored:?}"
+    );
+    assert_eq!(std::fs::read(part.join("sub/b")).unwrap(), bytes);
+}
+
 /// A restore of part of a backup writes the matching paths, all that is under them and the
 /// directories above them (with the backup's modes and times), and nothing else. `*` stays
 /// within one component of a path, `**` crosses them.

@@ -124,10 +124,15 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         return printer.json("restore", &info);
     }
     printer.status(format!(
-        "restored backup {} into {}: {} files, {} dirs, {} symlinks, {} in {} ({})",
+        "restored backup {} into {}: {} files{}, {} dirs, {} symlinks, {} in {} ({})",
         printer.good(&quoted(info.id)),
         quoted(target.display()),
         info.files,
+        if info.hard_links > 0 {
+            format!(" ({} of them hard links)", info.hard_links)
+        } else {
+            String::new()
+        },
         info.dirs,
         info.symlinks,
         output::size(info.bytes),
