@@ -409,6 +409,11 @@ pub(crate) struct InfoArgs {
     /// Also list the backup's files
     #[arg(long)]
     pub(crate) files: bool,
+
+    /// With `latest`: the newest backup of this source (its path, URL or group name as `list`
+    /// shows it; repeatable); with an id: refuse a backup of another source
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub(crate) source_path: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -443,6 +448,11 @@ pub(crate) struct RestoreArgs {
     /// Write into a non-empty target, replacing files the backup has
     #[arg(long)]
     pub(crate) force: bool,
+
+    /// With `latest`: the newest backup of this source (its path, URL or group name as `list`
+    /// shows it; repeatable); with an id: refuse a backup of another source
+    #[arg(long, value_name = "PATH_OR_URL", conflicts_with = "group")]
+    pub(crate) source_path: Vec<String>,
 
     /// Restore the files only, without the source's fix-ups (recovery settings, …)
     #[arg(long)]

@@ -540,6 +540,38 @@ fn purge_keeps_the_newest_backups_of_each_source() {
     );
     assert_eq!(only_data["groups"].as_array().unwrap().len(), 1);
 
+    // `latest` of a repository of two sources is the newest of either, with a warning that
+    // says whose; `--source-path` picks one source's newest, and refuses another's id.
+    world
+        .cmd()
+        .args(["info", "latest"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("--source-path"));
+    let other_latest = world.json(&["info", "latest", "--source-path", other.to_str().unwrap()]);
+    assert_eq!(other_latest["backup"]["id"], ids[1], "{other_latest}");
+    world
+        .cmd()
+        .args([
+            "info",
+            &ids[2].to_string(),
+            "--source-path",
+            other.to_str().unwrap(),
+        ])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("not of"));
+    let into = world.path("other-restored");
+    let restored = world.json(&[
+        "restore",
+        "latest",
+        into.to_str().unwrap(),
+        "--source-path",
+        &other_source,
+    ]);
+    assert_eq!(restored["id"], ids[1], "{restored}");
+    assert!(into.join("round.bin").exists());
+
     let purged = world.json(&["purge", "--keep-last", "1"]);
     assert_eq!(purged["dry_run"], false);
     assert_eq!(purged["deleted"], serde_json::json!([ids[2]]), "{purged}");

@@ -318,6 +318,7 @@ pub(super) fn restore(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             force: args.force,
             raw: args.raw,
             include: Vec::new(),
+            source_path: Vec::new(),
             no_sync: args.no_sync,
             target_time: args.target_time.clone(),
             target_lsn: args.target_lsn.clone(),

@@ -61,9 +61,9 @@ struct InfoResult {
 
 pub(super) fn info(settings: &Settings, args: &InfoArgs) -> Result<()> {
     let engine = settings.open_read_only()?;
-    let backup = engine.backup_info(args.backup)?;
+    let backup = super::select::resolve(&engine, args.backup, &args.source_path)?;
     let files = if args.files {
-        Some(engine.backup_files(args.backup)?)
+        Some(engine.backup_files(backup.id)?)
     } else {
         None
     };

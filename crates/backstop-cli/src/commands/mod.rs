@@ -12,6 +12,7 @@ mod key;
 mod repair;
 mod restore;
 mod retention;
+mod select;
 mod verify;
 mod wal;
 

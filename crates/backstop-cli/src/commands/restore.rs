@@ -15,7 +15,7 @@ use crate::repo::Settings;
 
 pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     let engine = settings.open_read_only()?;
-    let backup = engine.backup_info(args.backup)?;
+    let backup = super::select::resolve(&engine, args.backup, &args.source_path)?;
 
     let progress = Arc::new(CliProgress::new(settings.show_progress, "restoring"));
     if args.include.is_empty() {

@@ -55,15 +55,9 @@ fn policy(args: &PurgeArgs) -> Result<RetentionPolicy> {
     if let Some(within) = args.keep_within {
         policy = policy.keep_within(within);
     }
-    for source in &args.source_path {
+    // A directory's backups record its canonical path; the path as typed counts too.
+    for source in super::select::source_names(&args.source_path) {
         policy = policy.with_source(source);
-        // A directory's backups record its canonical path; accept the path as typed too.
-        if let Ok(canonical) = std::fs::canonicalize(source) {
-            let canonical = canonical.to_string_lossy().into_owned();
-            if &canonical != source {
-                policy = policy.with_source(canonical);
-            }
-        }
     }
     policy.validate().map_err(|e| {
         let rules = rules(args);
@@ -107,12 +101,11 @@ pub(super) fn purge(settings: &Settings, args: &PurgeArgs) -> Result<()> {
         .plan_retention(&policy)
         .with_context(|| format!("planning retention ({})", rules(args)))?;
     if plan.groups.is_empty() && !args.source_path.is_empty() {
-        let sources: Vec<String> = args.source_path.iter().map(quoted).collect();
         return Err(Exit::new(
             Code::NotFound,
             format!(
                 "no backups of {} in the repository (`backstop list` shows each backup's source)",
-                sources.join(", ")
+                super::select::quoted_list(&args.source_path)
             ),
         )
         .into());
