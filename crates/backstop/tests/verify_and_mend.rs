@@ -127,11 +127,13 @@ fn each_subset_reads_its_share_and_runs_cover_every_pack() {
     };
     // 1 %: one pack each time, not none.
     assert_eq!(subset(1).len(), 1);
-    // 10 % of n packs: ceil(n / 10), and in 60 runs every pack at least once (a run of
-    // ceil(n / 10) packs from a random start misses a given pack with probability < 0.9 a run).
+    // 10 % of n packs: ceil(n / 10), and in 300 runs every pack at least once. A run of
+    // ceil(n / 10) packs from a random start misses a given pack with probability at most 0.9,
+    // so 300 runs miss one of the ~20 packs with probability below 20 * 0.9^300 = 4e-13 (60
+    // runs, as first written, failed about once in 40: 20 * 0.9^60 = 0.036).
     let share = all.len().div_ceil(10);
     let mut seen = BTreeSet::new();
-    for _ in 0..60 {
+    for _ in 0..300 {
         let read = subset(10);
         assert_eq!(read.len(), share);
         seen.extend(read);
