@@ -113,8 +113,14 @@ fn point_in_time_recovery_lands_between_two_commits() {
     let last_segment = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     primary.psql("SELECT pg_switch_wal()");
     wait_archived(&primary, &last_segment);
-    let archived = engine.archive_list("wal").unwrap();
+    // The cluster's own archive, found from its data directory (where PostgreSQL runs the
+    // archive_command): nothing goes to the shared one.
+    let cluster: u64 = base.source_meta["system-identifier"].parse().unwrap();
+    let archived = engine
+        .archive_list(&backstop::source::postgres::wal_archive_of(cluster))
+        .unwrap();
     assert!(archived.contains(&last_segment), "{archived:?}");
+    assert_eq!(engine.archive_list("wal").unwrap(), Vec::<String>::new());
 
     let by_time = RestoreOptions::default()
         .with_fixup_option("restore-command", server_command(&repo, "wal-fetch %f %p"))
@@ -186,4 +192,90 @@ fn wal_fetch_of_a_segment_the_repository_lacks_fails_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0000000100000000000000FF"), "{stderr}");
     assert!(!missing.exists());
+}
+
+/// A fake data directory whose `global/pg_control` names the cluster `system_id`.
+fn data_dir(root: &std::path::Path, system_id: u64) -> std::path::PathBuf {
+    let dir = root.join(format!("cluster-{system_id}"));
+    std::fs::create_dir_all(dir.join("global")).unwrap();
+    let mut control = system_id.to_le_bytes().to_vec();
+    control.resize(8192, 0);
+    std::fs::write(dir.join("global/pg_control"), control).unwrap();
+    dir
+}
+
+/// A segment's first bytes: a long page header naming the cluster `system_id`, then `fill`.
+fn segment(system_id: u64, fill: u8) -> Vec<u8> {
+    let mut bytes = vec![fill; 4096];
+    bytes[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    bytes[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+    bytes[24..32].copy_from_slice(&system_id.to_le_bytes());
+    bytes
+}
+
+/// Two clusters archiving into one repository (two PostgreSQL members of a group, or a cluster
+/// and its successor after initdb) each get an archive of their own, found from the data
+/// directory PostgreSQL runs the commands in: the same segment name with other bytes is not a
+/// conflict, and each fetches its own. A segment of another cluster is refused, and a segment
+/// archived by a version that shared one archive is still fetched.
+#[test]
+fn each_cluster_archives_and_fetches_its_own_wal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    backstop(&repo)
+        .args(["init", "--no-encryption"])
+        .assert()
+        .success();
+    let name = "000000010000000000000003";
+    for (system_id, fill) in [(7_001_u64, 1_u8), (7_002, 2)] {
+        let dir = data_dir(tmp.path(), system_id);
+        std::fs::create_dir_all(dir.join("pg_wal")).unwrap();
+        std::fs::write(dir.join("pg_wal").join(name), segment(system_id, fill)).unwrap();
+        backstop(&repo)
+            .current_dir(&dir)
+            .arg("wal-push")
+            .arg(format!("pg_wal/{name}"))
+            .assert()
+            .success();
+    }
+    for (system_id, fill) in [(7_001_u64, 1_u8), (7_002, 2)] {
+        let dir = data_dir(tmp.path(), system_id);
+        backstop(&repo)
+            .current_dir(&dir)
+            .args(["wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+            .assert()
+            .success();
+        assert_eq!(
+            std::fs::read(dir.join("pg_wal/RECOVERYXLOG")).unwrap(),
+            segment(system_id, fill)
+        );
+    }
+
+    // Another cluster's segment in this data directory is a mistake, not archived.
+    let dir = data_dir(tmp.path(), 7_001);
+    std::fs::write(
+        dir.join("pg_wal/000000010000000000000004"),
+        segment(7_002, 3),
+    )
+    .unwrap();
+    backstop(&repo)
+        .current_dir(&dir)
+        .args(["wal-push", "pg_wal/000000010000000000000004"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("7002"));
+
+    // Pushed outside a data directory (the shared archive of earlier versions): still fetched.
+    let old = tmp.path().join("000000010000000000000005");
+    std::fs::write(&old, segment(7_001, 5)).unwrap();
+    backstop(&repo).arg("wal-push").arg(&old).assert().success();
+    backstop(&repo)
+        .current_dir(&dir)
+        .args(["wal-fetch", "000000010000000000000005", "pg_wal/OLD"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(dir.join("pg_wal/OLD")).unwrap(),
+        segment(7_001, 5)
+    );
 }

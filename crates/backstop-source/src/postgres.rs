@@ -1190,6 +1190,75 @@ pub fn wal_needed_from(source_meta: &BTreeMap<String, String>) -> Option<String>
         .cloned()
 }
 
+/// The archive that held every cluster's WAL before archives were kept per cluster; still
+/// read by `wal-fetch` and pruned.
+pub const LEGACY_WAL_ARCHIVE: &str = "wal";
+
+/// The archive of the cluster with `system_identifier`: each cluster's WAL has its own, so that
+/// clusters sharing a repository (two members of a group, an old cluster and its successor
+/// after `initdb`) never collide on a segment name, and a restore never fetches another
+/// cluster's segment.
+pub fn wal_archive_of(system_identifier: u64) -> String {
+    format!("wal-{system_identifier}")
+}
+
+/// The cluster an archive holds the WAL of: `Some(Some(id))` for a cluster's archive,
+/// `Some(None)` for the legacy shared one, `None` for an archive that is not WAL.
+pub fn wal_archive_cluster(archive: &str) -> Option<Option<&str>> {
+    if archive == LEGACY_WAL_ARCHIVE {
+        return Some(None);
+    }
+    archive
+        .strip_prefix("wal-")
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .map(Some)
+}
+
+/// The system identifier in the long header that begins every WAL segment file (`None` for a
+/// file without one: a history file, a backup history file, something short).
+pub fn wal_segment_system_identifier(bytes: &[u8]) -> Option<u64> {
+    // XLogLongPageHeaderData, in the server's byte order (every platform we build for is
+    // little-endian): xlp_magic u16, xlp_info u16 (XLP_LONG_HEADER = 0x0002), xlp_tli
+    // u32, xlp_pageaddr u64, xlp_rem_len u32, padding, xlp_sysid u64 at offset 24.
+    let info = u16::from_le_bytes(bytes.get(2..4)?.try_into().ok()?);
+    if info & 0x0002 == 0 {
+        return None;
+    }
+    Some(u64::from_le_bytes(bytes.get(24..32)?.try_into().ok()?))
+}
+
+/// The first WAL segment a backup needs, with the cluster it is of (`None` where the backup did
+/// not record its system identifier): one for a PostgreSQL backup, one for each PostgreSQL
+/// member of a group backup (whose `source_meta` keys are `<member>/…`).
+pub fn wal_needs(
+    source_kind: &str,
+    source_meta: &BTreeMap<String, String>,
+) -> Vec<(Option<String>, String)> {
+    let need = |prefix: &str| {
+        let meta = |key: &str| source_meta.get(&format!("{prefix}{key}"));
+        let start = meta("wal-start-segment")
+            .filter(|name| name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        Some((meta("system-identifier").cloned(), start.clone()))
+    };
+    match source_kind {
+        "postgres" => need("").into_iter().collect(),
+        "group" => source_meta
+            .iter()
+            .filter(|(key, value)| key.ends_with("/kind") && value.as_str() == "postgres")
+            .filter_map(|(key, _)| need(&key[..key.len() - "kind".len()]))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The earliest of WAL segment names by position (timelines aside: a later timeline may branch
+/// off anywhere after its parent's segment).
+pub fn earliest_segment<'a>(segments: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    segments
+        .into_iter()
+        .min_by_key(|s| s.get(8..24).map(str::to_ascii_uppercase))
+}
+
 /// Whether the archived WAL file `name` must be kept when `needed_from` (from
 /// [`wal_needed_from`] of the oldest backup kept) is the first segment needed. Timeline history
 /// files are always kept (they are tiny and needed to follow timelines); segments, partial
@@ -1214,21 +1283,6 @@ pub fn wal_archive_name_needed(name: &str, needed_from: &str) -> bool {
     let position = |s: &str| s.get(8..24).map(str::to_ascii_uppercase);
     position(segment) >= position(needed_from)
 }
-
-/// Restore options this procedure understands (`RestoreParams::options`).
-const RESTORE_OPTIONS: &[&str] = &[
-    "restore-command",
-    "target",
-    "target-time",
-    "target-lsn",
-    "target-xid",
-    "target-name",
-    "target-action",
-    "target-inclusive",
-    "target-timeline",
-    "archive-mode",
-    "tablespaces",
-];
 
 /// Applies the postgres restore fix-ups to the restored data directory `target`.
 ///
@@ -1381,14 +1435,11 @@ fn give_to_data_owner(target: &Path, made: &[(&str, Need)]) -> Result<Vec<String
 fn recovery_settings(
     options: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, SourceError> {
-    for key in options.keys() {
-        if !RESTORE_OPTIONS.contains(&key.as_str()) && !key.starts_with("tablespace-") {
-            return Err(SourceError::Procedure(format!(
-                "unknown postgres restore option `{key}`; known options: {}, tablespace-<oid>",
-                RESTORE_OPTIONS.join(", ")
-            )));
-        }
-    }
+    let checked = RestoreParams {
+        raw: false,
+        options: options.clone(),
+    };
+    crate::restore_profile::check_options(&RestoreProfile::new("postgres"), &checked)?;
     let value_ok = |key: &str, value: &str| {
         if value.contains(['\n', '\r', '\0']) {
             Err(SourceError::Procedure(format!(
@@ -1946,6 +1997,77 @@ mod tests {
         assert!(wal_archive_name_needed("00000002.history", &from));
         assert!(wal_archive_name_needed("something-else", &from));
         assert!(wal_needed_from(&BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn each_cluster_has_its_wal_archive_and_backups_name_the_clusters_they_need() {
+        assert_eq!(wal_archive_of(7_001), "wal-7001");
+        assert_eq!(wal_archive_cluster("wal-7001"), Some(Some("7001")));
+        assert_eq!(wal_archive_cluster(LEGACY_WAL_ARCHIVE), Some(None));
+        assert_eq!(wal_archive_cluster("wal-x"), None);
+        assert_eq!(wal_archive_cluster("other"), None);
+
+        let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let one = meta(&[
+            ("system-identifier", "7001"),
+            ("wal-start-segment", "000000010000000000000009"),
+        ]);
+        assert_eq!(
+            wal_needs("postgres", &one),
+            [(
+                Some("7001".to_owned()),
+                "000000010000000000000009".to_owned()
+            )]
+        );
+        // A group backup: each PostgreSQL member, by its own prefix; other members need none.
+        let group = meta(&[
+            ("pg/kind", "postgres"),
+            ("pg/system-identifier", "7001"),
+            ("pg/wal-start-segment", "000000010000000000000004"),
+            ("other/kind", "postgres"),
+            ("other/wal-start-segment", "000000020000000000000006"),
+            ("lite/kind", "sqlite"),
+            ("lite/wal-start-segment", "000000010000000000000001"),
+        ]);
+        let mut needs = wal_needs("group", &group);
+        needs.sort();
+        assert_eq!(
+            needs,
+            [
+                (None, "000000020000000000000006".to_owned()),
+                (
+                    Some("7001".to_owned()),
+                    "000000010000000000000004".to_owned()
+                ),
+            ]
+        );
+        assert!(wal_needs("sqlite", &one).is_empty());
+        // Earliest by position, whatever the timeline.
+        assert_eq!(
+            earliest_segment(["000000030000000000000005", "000000010000000000000007"]),
+            Some("000000030000000000000005")
+        );
+        assert_eq!(earliest_segment([]), None);
+    }
+
+    #[test]
+    fn a_segments_long_header_names_its_cluster() {
+        let mut segment = vec![0u8; 64];
+        segment[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        segment[24..32].copy_from_slice(&7_001u64.to_le_bytes());
+        assert_eq!(wal_segment_system_identifier(&segment), Some(7_001));
+        segment[2..4].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(wal_segment_system_identifier(&segment), None);
+        assert_eq!(
+            wal_segment_system_identifier(b"1\t0/3000000\tno recovery"),
+            None
+        );
+        assert_eq!(wal_segment_system_identifier(&[0, 0, 2]), None);
     }
 
     fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

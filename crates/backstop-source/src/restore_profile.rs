@@ -67,31 +67,34 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
     !params.raw && !profile.is_plain_files()
 }
 
-/// Whether the restore procedure of `kind` takes the option `key`. `restore-command` goes to
-/// every restore (the CLI cannot know the kind before it reads the backup) and only PostgreSQL
-/// uses it.
+/// The options each kind's restore procedure takes, besides `restore-command` (which every
+/// restore is given: the CLI cannot know the kind before it reads the backup, and only
+/// PostgreSQL uses it) and PostgreSQL's `tablespace-<oid>`.
+fn known_options(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "postgres" => &[
+            "target",
+            "target-time",
+            "target-lsn",
+            "target-xid",
+            "target-name",
+            "target-action",
+            "target-inclusive",
+            "target-timeline",
+            "archive-mode",
+            "tablespaces",
+        ],
+        "sqlite" => &["integrity-check"],
+        "bdb" => &["db-tools", "verify"],
+        _ => &[],
+    }
+}
+
+/// Whether the restore procedure of `kind` takes the option `key`.
 pub(crate) fn takes_option(kind: &str, key: &str) -> bool {
     key == "restore-command"
-        || match kind {
-            "postgres" => {
-                matches!(
-                    key,
-                    "archive-mode"
-                        | "tablespaces"
-                        | "target"
-                        | "target-time"
-                        | "target-lsn"
-                        | "target-xid"
-                        | "target-name"
-                        | "target-action"
-                        | "target-inclusive"
-                        | "target-timeline"
-                ) || key.starts_with("tablespace-")
-            }
-            "sqlite" => key == "integrity-check",
-            "bdb" => matches!(key, "db-tools" | "verify"),
-            _ => false,
-        }
+        || known_options(kind).contains(&key)
+        || (kind == "postgres" && key.starts_with("tablespace-"))
 }
 
 /// Checks, before anything is restored, that the procedure of `profile` takes every option in
@@ -115,16 +118,17 @@ pub fn check_options(profile: &RestoreProfile, params: &RestoreParams) -> Result
     match params.options.keys().find(|key| !takes_option(kind, key)) {
         None => Ok(()),
         Some(key) => {
-            let takes = match kind {
-                "postgres" => {
-                    "`target`, `target-time`, `target-lsn`, `target-xid`, \
-                               `target-name`, `target-action`, `target-inclusive`, \
-                               `target-timeline`, `archive-mode`, `tablespaces`, \
-                               `tablespace-<oid>`"
-                }
-                "sqlite" => "`integrity-check`",
-                "bdb" => "`db-tools`, `verify`",
-                _ => "none",
+            let mut takes: Vec<String> = known_options(kind)
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect();
+            if kind == "postgres" {
+                takes.push("`tablespace-<oid>`".into());
+            }
+            let takes = if takes.is_empty() {
+                "none".to_owned()
+            } else {
+                takes.join(", ")
             };
             Err(SourceError::Procedure(format!(
                 "restore option `{key}` is not one the {kind} restore takes (it takes: {takes})"

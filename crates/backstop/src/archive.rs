@@ -140,6 +140,24 @@ pub(crate) fn list(repo: &Repository, archive: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The archives that hold objects, sorted.
+pub(crate) fn archives(repo: &Repository) -> Result<Vec<String>> {
+    let mut archives: Vec<String> = repo
+        .store
+        .list("archive/")?
+        .into_iter()
+        .filter_map(|m| {
+            m.key
+                .strip_prefix("archive/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(archive, _)| archive.to_owned())
+        })
+        .collect();
+    archives.sort();
+    archives.dedup();
+    Ok(archives)
+}
+
 pub(crate) fn delete(repo: &Repository, archive: &str, name: &str) -> Result<()> {
     let key = key(archive, name)?;
     repo.store.delete(&key)?;

@@ -195,19 +195,39 @@ impl ReadOnlyEngine {
         self.wal_not_needed(&remaining)
     }
 
-    /// Names in the `wal` archive that none of `backups` (oldest first) needs.
+    /// Archived WAL (`archive/name`) that none of `backups` needs: in each cluster's archive,
+    /// what comes before the first segment the cluster's oldest kept backup needs (its own
+    /// backups and the group backups it is a member of); in the legacy shared archive, before
+    /// the first any kept backup needs. An archive whose cluster no kept backup names is kept
+    /// whole, and a backup that did not record its cluster counts for every archive.
     #[cfg(feature = "postgres")]
     fn wal_not_needed(&self, backups: &[BackupInfo]) -> Result<Vec<String>> {
-        let oldest = backups.iter().find(|b| b.source_kind == "postgres");
-        let Some(needed_from) =
-            oldest.and_then(|b| backstop_source::postgres::wal_needed_from(&b.source_meta))
-        else {
-            return Ok(Vec::new());
-        };
-        Ok(crate::archive::list(&self.repo, "wal")?
-            .into_iter()
-            .filter(|name| !backstop_source::postgres::wal_archive_name_needed(name, &needed_from))
-            .collect())
+        use backstop_source::postgres as pg;
+        let needs: Vec<(Option<String>, String)> = backups
+            .iter()
+            .flat_map(|b| pg::wal_needs(&b.source_kind, &b.source_meta))
+            .collect();
+        let mut unneeded = Vec::new();
+        for archive in crate::archive::archives(&self.repo)? {
+            let Some(cluster) = pg::wal_archive_cluster(&archive) else {
+                continue;
+            };
+            let needed_from = pg::earliest_segment(
+                needs
+                    .iter()
+                    .filter(|(of, _)| cluster.is_none() || of.is_none() || of.as_deref() == cluster)
+                    .map(|(_, segment)| segment.as_str()),
+            );
+            let Some(needed_from) = needed_from else {
+                continue;
+            };
+            for name in crate::archive::list(&self.repo, &archive)? {
+                if !pg::wal_archive_name_needed(&name, needed_from) {
+                    unneeded.push(format!("{archive}/{name}"));
+                }
+            }
+        }
+        Ok(unneeded)
     }
 
     /// The keys of an encrypted repository.
@@ -328,15 +348,20 @@ impl BackupEngine {
         crate::archive::delete(&self.repo, archive, name)
     }
 
-    /// Deletes archived PostgreSQL WAL (the `wal` archive) that no kept backup needs: segments
-    /// before the start segment of the oldest PostgreSQL backup still in the repository.
-    /// Timeline history files and unrecognised names are kept; with no PostgreSQL backup,
-    /// nothing is deleted. Returns the names deleted.
+    /// Deletes archived PostgreSQL WAL that no kept backup needs: in each cluster's archive
+    /// (`wal-<system identifier>`, written by `wal-push`), segments before the start segment of
+    /// the oldest backup of that cluster still in the repository (a PostgreSQL backup, or a
+    /// group backup with the cluster as a member); in the legacy shared `wal` archive, before
+    /// the oldest of any cluster. Timeline history files and unrecognised names are kept; a
+    /// cluster no kept backup names keeps its whole archive. Returns what was deleted, as
+    /// `archive/name`.
     #[cfg(feature = "postgres")]
     pub fn prune_wal_archive(&self) -> Result<Vec<String>> {
         let unneeded = self.wal_not_needed(&self.repo.list_backups()?)?;
-        for name in &unneeded {
-            crate::archive::delete(&self.repo, "wal", name)?;
+        for path in &unneeded {
+            if let Some((archive, name)) = path.split_once('/') {
+                crate::archive::delete(&self.repo, archive, name)?;
+            }
         }
         Ok(unneeded)
     }

@@ -910,6 +910,100 @@ impl Session for ProfiledSession {
     }
 }
 
+/// A source of one small file whose backups record `meta` as a source of `kind` would (the
+/// WAL positions of a PostgreSQL backup, say), to test what the engine does with them.
+struct Recorded(&'static str, BTreeMap<String, String>);
+
+impl Source for Recorded {
+    fn kind(&self) -> &str {
+        self.0
+    }
+    fn identity(&self) -> String {
+        format!("{:?}", self.1)
+    }
+    fn begin(&mut self, _: &SessionContext) -> Result<Box<dyn Session + '_>, SourceError> {
+        Ok(Box::new(RecordedSession(
+            Some(backstop::Phase::new(
+                "all",
+                vec![backstop::Entry::bytes("f", b"x".to_vec(), 0o644, 0)],
+            )),
+            self.1.clone(),
+        )))
+    }
+}
+
+struct RecordedSession(Option<backstop::Phase>, BTreeMap<String, String>);
+
+impl Session for RecordedSession {
+    fn next_phase(&mut self) -> Result<Option<backstop::Phase>, SourceError> {
+        Ok(self.0.take())
+    }
+    fn finish(self: Box<Self>) -> Result<SessionOutcome, SourceError> {
+        Ok(SessionOutcome {
+            source_meta: self.1,
+            ..SessionOutcome::default()
+        })
+    }
+}
+
+/// WAL pruning keeps each cluster's archive from the first segment the oldest backup of that
+/// cluster needs (its PostgreSQL backups and the group backups it is a member of); the shared
+/// archive of earlier versions from the first any backup needs; a cluster no backup names
+/// keeps everything.
+#[cfg(feature = "postgres")]
+#[test]
+fn wal_is_pruned_per_cluster_from_what_its_oldest_backup_needs() {
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let segment = |n: u32| format!("00000001000000000000000{n}");
+    for archive in ["wal-7001", "wal-7002", "wal-7003", "wal"] {
+        for n in 1..=6 {
+            engine
+                .archive_put(archive, &segment(n), format!("{archive} {n}").as_bytes())
+                .unwrap();
+        }
+    }
+    let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let pg = meta(&[
+        ("system-identifier", "7001"),
+        ("wal-start-segment", &segment(4)),
+    ]);
+    let group = meta(&[
+        ("db/kind", "postgres"),
+        ("db/system-identifier", "7002"),
+        ("db/wal-start-segment", &segment(3)),
+    ]);
+    for (kind, meta) in [("postgres", pg), ("group", group)] {
+        engine
+            .create_backup(&mut Recorded(kind, meta), &BackupOptions::default())
+            .unwrap();
+    }
+    let mut pruned = engine.prune_wal_archive().unwrap();
+    pruned.sort();
+    let expected: Vec<String> = [
+        "wal-7001/1",
+        "wal-7001/2",
+        "wal-7001/3",
+        "wal-7002/1",
+        "wal-7002/2",
+        "wal/1",
+        "wal/2",
+    ]
+    .iter()
+    .map(|s| {
+        let (archive, n) = s.split_once('/').unwrap();
+        format!("{archive}/{}", segment(n.parse().unwrap()))
+    })
+    .collect();
+    assert_eq!(pruned, expected);
+    assert_eq!(engine.archive_list("wal-7003").unwrap().len(), 6);
+    assert_eq!(engine.archive_list("wal-7001").unwrap()[0], segment(4));
+}
+
 /// A source whose entries are given by the test, to build hostile backups.
 struct Entries(Vec<backstop::Entry>);
 
