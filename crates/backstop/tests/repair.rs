@@ -9,28 +9,20 @@
 use std::path::Path;
 
 use backstop::{
-    BackupEngine, BackupOptions, BackupSelector, DirSource, EngineOptions, ErrorKind, GcOptions,
-    InitOptions, MemoryStore, RepairEngine, RepairOptions, RestoreOptions, Store, VerifyLevel,
+    BackupEngine, BackupInfo, BackupOptions, BackupSelector, DirSource, EngineOptions, ErrorKind,
+    GcOptions, InitOptions, MemoryStore, RepairEngine, RepairOptions, RepairReport, RestoreOptions,
+    Store, VerifyLevel,
 };
 
 const PASSWORD: &str = "repair me";
 
-fn options() -> EngineOptions {
+fn options_with_password() -> EngineOptions {
     EngineOptions::default().with_password(PASSWORD)
 }
 
-/// `len` bytes that do not compress (xorshift64 from `seed`).
-fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "support/data.rs"]
+mod data;
+use data::incompressible;
 
 /// A source of large files (blobs of their own, named in pack headers by id) and small ones
 /// (framed, named in headers by place only), so that a rebuild needs both kinds of entry.
@@ -59,9 +51,32 @@ fn new_repository(store: &MemoryStore, pack_size: u32) -> BackupEngine {
             .with_kdf(8 * 1024, 1)
             .with_chunk_sizes(16 * 1024, 64 * 1024, 256 * 1024)
             .with_pack_size(pack_size),
-        options(),
+        options_with_password(),
     )
     .unwrap()
+}
+
+/// Backs up `dir` into `engine`.
+fn back_up(engine: &BackupEngine, dir: &Path) -> BackupInfo {
+    engine
+        .create_backup(&mut DirSource::new(dir), &BackupOptions::default())
+        .unwrap()
+}
+
+/// Runs `repair index` on the repository in `store`.
+fn repair(store: &MemoryStore, options: &RepairOptions) -> RepairReport {
+    RepairEngine::open(store.clone(), options_with_password())
+        .unwrap()
+        .repair_index(options)
+        .unwrap()
+}
+
+/// Opens the repository in `store` and checks that a full verify finds nothing wrong.
+fn open_and_verify(store: &MemoryStore) -> BackupEngine {
+    let engine = BackupEngine::open(store.clone(), options_with_password()).unwrap();
+    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.problems);
+    engine
 }
 
 fn keys(store: &MemoryStore, prefix: &str) -> Vec<String> {
@@ -114,12 +129,7 @@ fn a_lost_index_is_rebuilt_from_the_packs_and_gc_refuses_until_then() {
     for round in 1..=2 {
         write_source(source.path(), round);
         copy_dir(source.path(), &copies.path().join(round.to_string()));
-        let backup = engine
-            .create_backup(
-                &mut DirSource::new(source.path()),
-                &BackupOptions::default(),
-            )
-            .unwrap();
+        let backup = back_up(&engine, source.path());
         ids.push(backup.id);
     }
     for key in keys(&store, "index/") {
@@ -127,7 +137,7 @@ fn a_lost_index_is_rebuilt_from_the_packs_and_gc_refuses_until_then() {
     }
     let packs = keys(&store, "packs/");
 
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
+    let engine = BackupEngine::open(store.clone(), options_with_password()).unwrap();
     let err = engine.gc(false).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     assert!(err.to_string().contains("backstop repair index"), "{err}");
@@ -135,22 +145,17 @@ fn a_lost_index_is_rebuilt_from_the_packs_and_gc_refuses_until_then() {
 
     // A dry run says what it would do and changes nothing.
     let before = store.keys();
-    let repair = RepairEngine::open(store.clone(), options()).unwrap();
-    let dry = repair
-        .repair_index(&RepairOptions::default().dry_run(true))
-        .unwrap();
+    let dry = repair(&store, &RepairOptions::default().dry_run(true));
     assert_eq!(dry.packs_added, packs.len() as u64, "{dry:?}");
     assert_eq!(store.keys(), before);
 
-    let report = repair.repair_index(&RepairOptions::default()).unwrap();
+    let report = repair(&store, &RepairOptions::default());
     assert_eq!(report.packs_added, packs.len() as u64, "{report:?}");
     assert_eq!(report.blobs_indexed, dry.blobs_indexed, "{report:?}");
     assert_eq!(report.index_objects_read, 0, "{report:?}");
     assert!(report.packs_unreadable.is_empty() && report.packs_damaged.is_empty());
 
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
-    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
-    assert!(verified.is_ok(), "{:?}", verified.problems);
+    let engine = open_and_verify(&store);
     for (id, round) in ids.iter().zip(1..) {
         assert_restores(&engine, *id, &copies.path().join(round.to_string()));
     }
@@ -158,10 +163,7 @@ fn a_lost_index_is_rebuilt_from_the_packs_and_gc_refuses_until_then() {
     assert_eq!((gc.blobs_unindexed, gc.packs_deleted), (0, 0), "{gc:?}");
 
     // Rebuilt again from every pack, read whole, the index lists the same blobs.
-    let all = RepairEngine::open(store.clone(), options())
-        .unwrap()
-        .repair_index(&RepairOptions::default().read_all_packs(true))
-        .unwrap();
+    let all = repair(&store, &RepairOptions::default().read_all_packs(true));
     assert_eq!(all.blobs_indexed, report.blobs_indexed, "{all:?}");
     assert_eq!((all.blobs_damaged, all.packs_read), (0, packs.len() as u64));
     assert_eq!((all.index_objects_read, all.packs_added), (1, 0), "{all:?}");
@@ -178,25 +180,15 @@ fn gc_keeps_packs_no_index_lists_while_backups_use_blobs_no_index_lists() {
     let store = MemoryStore::new();
     let engine = new_repository(&store, 512 * 1024);
     write_source(source.path(), 1);
-    let first = engine
-        .create_backup(
-            &mut DirSource::new(source.path()),
-            &BackupOptions::default(),
-        )
-        .unwrap();
+    let first = back_up(&engine, source.path());
     let first_index = keys(&store, "index/");
     std::fs::write(source.path().join("new"), b"one more file").unwrap();
-    let second = engine
-        .create_backup(
-            &mut DirSource::new(source.path()),
-            &BackupOptions::default(),
-        )
-        .unwrap();
+    let second = back_up(&engine, source.path());
     engine.delete_backup(first.id).unwrap();
     store.delete(&first_index[0]).unwrap();
     let packs = keys(&store, "packs/");
 
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
+    let engine = BackupEngine::open(store.clone(), options_with_password()).unwrap();
     let gc = engine
         .gc_with(&GcOptions::default().with_superseded_grace(std::time::Duration::ZERO))
         .unwrap();
@@ -205,15 +197,10 @@ fn gc_keeps_packs_no_index_lists_while_backups_use_blobs_no_index_lists() {
     assert_eq!(gc.packs_deleted, 0, "{gc:?}");
     assert_eq!(keys(&store, "packs/"), packs);
 
-    let report = RepairEngine::open(store.clone(), options())
-        .unwrap()
-        .repair_index(&RepairOptions::default())
-        .unwrap();
+    let report = repair(&store, &RepairOptions::default());
     assert_eq!(report.index_objects_read, 1, "{report:?}");
     assert_eq!(report.packs_added, gc.packs_unindexed_kept, "{report:?}");
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
-    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
-    assert!(verified.is_ok(), "{:?}", verified.problems);
+    let engine = open_and_verify(&store);
     assert_restores(&engine, second.id, source.path());
 }
 
@@ -225,19 +212,14 @@ fn a_damaged_index_object_names_the_way_out_and_repair_index_replaces_it() {
     let store = MemoryStore::new();
     let engine = new_repository(&store, 512 * 1024);
     write_source(source.path(), 1);
-    let backup = engine
-        .create_backup(
-            &mut DirSource::new(source.path()),
-            &BackupOptions::default(),
-        )
-        .unwrap();
+    let backup = back_up(&engine, source.path());
     let index = keys(&store, "index/").pop().unwrap();
     let mut bytes = store.raw_get(&index).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     store.raw_put(&index, bytes);
 
-    let err = BackupEngine::open(store.clone(), options()).unwrap_err();
+    let err = BackupEngine::open(store.clone(), options_with_password()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     let message = err.to_string();
     assert!(
@@ -245,19 +227,14 @@ fn a_damaged_index_object_names_the_way_out_and_repair_index_replaces_it() {
         "{message}"
     );
 
-    let report = RepairEngine::open(store.clone(), options())
-        .unwrap()
-        .repair_index(&RepairOptions::default())
-        .unwrap();
+    let report = repair(&store, &RepairOptions::default());
     assert_eq!(report.index_objects_damaged.len(), 1, "{report:?}");
     assert!(report.index_objects_damaged[0].starts_with(&index));
     assert_eq!(report.packs_added, report.packs_in_store, "{report:?}");
     assert_eq!((report.indexes_deleted, report.indexes_written), (1, 1));
     assert!(!store.keys().contains(&index));
 
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
-    let verified = engine.verify_all(VerifyLevel::Full).unwrap();
-    assert!(verified.is_ok(), "{:?}", verified.problems);
+    let engine = open_and_verify(&store);
     assert_restores(&engine, backup.id, source.path());
 }
 
@@ -270,12 +247,7 @@ fn read_all_packs_salvages_a_damaged_packs_intact_blobs() {
     let store = MemoryStore::new();
     let engine = new_repository(&store, 512 * 1024);
     write_source(source.path(), 1);
-    let backup = engine
-        .create_backup(
-            &mut DirSource::new(source.path()),
-            &BackupOptions::default(),
-        )
-        .unwrap();
+    let backup = back_up(&engine, source.path());
     // A pack of several units, damaged near its start: its first unit is lost, the rest intact.
     let pack = keys(&store, "packs/")
         .into_iter()
@@ -287,16 +259,13 @@ fn read_all_packs_salvages_a_damaged_packs_intact_blobs() {
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(!verified.is_ok());
 
-    let report = RepairEngine::open(store.clone(), options())
-        .unwrap()
-        .repair_index(&RepairOptions::default().read_all_packs(true))
-        .unwrap();
+    let report = repair(&store, &RepairOptions::default().read_all_packs(true));
     assert_eq!(report.packs_damaged.len(), 1, "{report:?}");
     assert!(report.packs_damaged[0].starts_with(&pack), "{report:?}");
     assert!(report.blobs_damaged >= 1, "{report:?}");
     assert!(report.blobs_salvaged >= 1, "{report:?}");
 
-    let engine = BackupEngine::open(store.clone(), options()).unwrap();
+    let engine = BackupEngine::open(store.clone(), options_with_password()).unwrap();
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(!verified.problems.is_empty());
     assert!(
