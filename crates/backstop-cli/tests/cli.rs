@@ -865,7 +865,11 @@ fn corrupted_pack_is_found_by_verify_and_refused_by_restore() {
         .args(["verify", "--all", "--full"])
         .assert()
         .code(3)
-        .stdout(predicate::str::contains("problem:"))
+        .stdout(
+            predicate::str::contains("problem:").and(predicate::str::contains(
+                "cannot be restored whole: `blob.bin`",
+            )),
+        )
         .stderr(predicate::str::contains("verify found"));
 
     let target = world.path("restored");

@@ -124,6 +124,21 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     /// Every problem found; empty when the backups are sound.
     pub problems: Vec<String>,
+    /// Per backup, the files that use data found missing or damaged: those that cannot be
+    /// restored whole (a file list that cannot be read is one of `problems` instead).
+    #[serde(default)]
+    pub damaged_files: Vec<DamagedFiles>,
+}
+
+/// The files of one backup that use missing or damaged data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedFiles {
+    /// The backup.
+    pub backup: BackupId,
+    /// How many of its files.
+    pub files: u64,
+    /// Their paths, the first 100.
+    pub paths: Vec<String>,
 }
 
 impl VerifyReport {

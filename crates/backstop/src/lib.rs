@@ -76,8 +76,8 @@ pub use backstop_store::{
 pub use engine::{BackupEngine, ReadOnlyEngine, RepairEngine};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{
-    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepairReport,
-    RepositoryInfo, RestoreInfo, VerifyReport,
+    ArchivePut, BackupId, BackupInfo, BackupSelector, DamagedFiles, FileInfo, GcReport, KeyInfo,
+    RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
 };
 pub use options::{
     BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RepairOptions,

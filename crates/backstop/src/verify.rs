@@ -1,12 +1,12 @@
 //! Verification: prove that backups can be restored, cheaply (every object present, right
 //! size) or thoroughly (every byte read, authenticated and hashed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::blob_set::BlobSet;
-use crate::format::{self, PackId, Snapshot};
-use crate::info::VerifyReport;
+use crate::format::{self, BlobId, PackId, Snapshot};
+use crate::info::{DamagedFiles, VerifyReport};
 use crate::options::{VerifyLevel, VerifyOptions};
 use crate::pack_reader::PackStream;
 use crate::repo::Repository;
@@ -37,6 +37,8 @@ pub(crate) fn verify(
     }
     report.blobs = needed.len() as u64;
 
+    // Blobs found missing or damaged, to name the files that use them at the end.
+    let mut bad: HashSet<BlobId> = HashSet::new();
     // Which packs hold them, and which blobs of each pack are needed.
     let mut packs: BTreeMap<PackId, Vec<format::PackEntry>> = BTreeMap::new();
     {
@@ -55,6 +57,7 @@ pub(crate) fn verify(
             }
         }
         for id in needed.others().filter(|id| !index.contains(id)) {
+            bad.insert(*id);
             report.problems.push(format!(
                 "blob {id} is needed but no index lists it (an index object or a pack is missing: \
                  `backstop repair index` indexes the packs no index lists)"
@@ -69,14 +72,17 @@ pub(crate) fn verify(
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
-    for pack in packs.keys() {
+    for (pack, entries) in &packs {
         let key = format::pack_key(*pack);
         let expected = repo.index_read().pack_size(pack);
         match (listed.get(&key), expected) {
-            (None, _) => report.problems.push(format!(
-                "pack `{key}` is missing (to mend: `gc` takes it out of the index, then a backup \
-                 of the same data with `--full-read` stores its blobs again)"
-            )),
+            (None, _) => {
+                bad.extend(entries.iter().map(|e| e.id));
+                report.problems.push(format!(
+                    "pack `{key}` is missing (to mend: `gc` takes it out of the index, then a \
+                     backup of the same data with `--full-read` stores its blobs again)"
+                ));
+            }
             (Some(actual), Some(expected)) if *actual != expected => report.problems.push(format!(
                 "pack `{key}` has {actual} bytes, the index says {expected}"
             )),
@@ -89,9 +95,32 @@ pub(crate) fn verify(
         VerifyLevel::Subset(p) => p.clamp(1, 100),
         VerifyLevel::Full => 100,
     };
-    if read_share == 0 {
-        return Ok(report);
+    if read_share > 0 {
+        read_packs(
+            repo,
+            packs,
+            &listed,
+            read_share,
+            options,
+            &mut report,
+            &mut bad,
+        )?;
     }
+    report.damaged_files = damaged_files(repo, snapshots, &bad, options)?;
+    Ok(report)
+}
+
+/// Reads `read_share` percent of `packs` (all of them at 100) and checks every needed blob in
+/// them, adding what it finds to `report` and the blobs that do not check to `bad`.
+fn read_packs(
+    repo: &Repository,
+    packs: BTreeMap<PackId, Vec<format::PackEntry>>,
+    listed: &BTreeMap<String, u64>,
+    read_share: u8,
+    options: &VerifyOptions,
+    report: &mut VerifyReport,
+    bad: &mut HashSet<BlobId>,
+) -> Result<()> {
     // A subset is a run of packs (in id order) from a random one: another part each time, so
     // that a subset verified now and then covers every pack in the end.
     let n = packs.len().max(1);
@@ -122,8 +151,61 @@ pub(crate) fn verify(
             report.bytes_read += bytes;
         }
         report.problems.extend(checked.problems);
+        bad.extend(checked.bad);
     }
-    Ok(report)
+    Ok(())
+}
+
+/// At most this many paths are named per backup; the count covers all.
+const DAMAGED_PATHS: usize = 100;
+
+/// The files of each backup that use a blob of `bad`, so that the user knows what the damage
+/// costs (which backups to delete, which data to back up again). One more pass over the file
+/// lists, taken only when something was found.
+fn damaged_files(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+    bad: &HashSet<BlobId>,
+    options: &VerifyOptions,
+) -> Result<Vec<DamagedFiles>> {
+    let mut found = Vec::new();
+    if bad.is_empty() {
+        return Ok(found);
+    }
+    for snapshot in snapshots {
+        let mut damaged = DamagedFiles {
+            backup: snapshot.id,
+            ..DamagedFiles::default()
+        };
+        // A file list that cannot be read is a problem reported already.
+        let walked = repo.for_each_node(snapshot, |node| {
+            if options.cancel.is_cancelled() {
+                return Err(Error::msg(ErrorKind::Cancelled, "the verify was cancelled"));
+            }
+            let uses_bad = node
+                .chunks
+                .iter()
+                .copied()
+                .chain(crate::page_list::blobs_of(&node))
+                .any(|id| bad.contains(&id));
+            if uses_bad {
+                damaged.files += 1;
+                if damaged.paths.len() < DAMAGED_PATHS {
+                    damaged.paths.push(node.path);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = walked
+            && e.kind() == ErrorKind::Cancelled
+        {
+            return Err(e);
+        }
+        if damaged.files > 0 {
+            found.push(damaged);
+        }
+    }
+    Ok(found)
 }
 
 /// What reading one pack found.
@@ -132,6 +214,8 @@ struct PackCheck {
     /// The pack's size, if it could be read.
     bytes_read: Option<u64>,
     problems: Vec<String>,
+    /// Needed blobs that are not there as the index says, or do not check.
+    bad: Vec<BlobId>,
 }
 
 /// Reads and checks the packs (id, size, needed blobs) on the worker threads, one pack at a
@@ -172,6 +256,7 @@ fn check_packs(
                             PackCheck {
                                 bytes_read: None,
                                 problems: vec!["a thread checking packs panicked".into()],
+                                bad: Vec::new(),
                             },
                         )]
                     })
@@ -209,6 +294,7 @@ fn check_pack(
         }
         Err(e) => {
             problems.push(format!("pack `{key}` cannot be read: {e}"));
+            check.bad.extend(entries.iter().map(|e| e.id));
             return check;
         }
     };
@@ -219,7 +305,7 @@ fn check_pack(
         listed.sort_unstable_by_key(|e| (e.offset, e.within));
         // Blobs of one frame share their stored bytes: decode each frame once.
         let mut unit: Option<(u32, Result<Vec<u8>, format::FormatError>)> = None;
-        for entry in entries {
+        for (at, entry) in entries.iter().enumerate() {
             let in_header = listed
                 .binary_search_by_key(&(entry.offset, entry.within), |e| (e.offset, e.within))
                 .ok()
@@ -230,6 +316,7 @@ fn check_pack(
                     "pack `{key}`: its header does not list blob {} as the index does",
                     entry.id
                 ));
+                check.bad.push(entry.id);
                 continue;
             }
             if options.cancel.is_cancelled() {
@@ -240,6 +327,9 @@ fn check_pack(
                 Ok(stored) => stored,
                 Err(e) => {
                     problems.push(format!("pack `{key}` cannot be read: {e}"));
+                    check
+                        .bad
+                        .extend(entries.get(at..).unwrap_or_default().iter().map(|e| e.id));
                     return check;
                 }
             };
@@ -260,6 +350,7 @@ fn check_pack(
             };
             if let Err(e) = checked {
                 problems.push(format!("pack `{key}`: blob {}: {e}", entry.id));
+                check.bad.push(entry.id);
             }
         }
     }

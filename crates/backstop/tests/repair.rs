@@ -258,6 +258,10 @@ fn read_all_packs_salvages_a_damaged_packs_intact_blobs() {
     store.raw_put(&pack, bytes);
     let verified = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(!verified.is_ok());
+    // Verify names the files the damage costs: those of the damaged blobs.
+    assert_eq!(verified.damaged_files.len(), 1, "{verified:?}");
+    assert_eq!(verified.damaged_files[0].backup, backup.id);
+    assert!(verified.damaged_files[0].files >= 1);
 
     let report = repair(&store, &RepairOptions::default().read_all_packs(true));
     assert_eq!(report.packs_damaged.len(), 1, "{report:?}");

@@ -167,6 +167,15 @@ fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_ba
         "{:?}",
         report.problems
     );
+    // And what that costs: the one file whose data was in the pack.
+    assert_eq!(
+        report.damaged_files,
+        [backstop::DamagedFiles {
+            backup: first.id,
+            files: 1,
+            paths: vec!["big".into()],
+        }]
+    );
     let gc = engine.gc_with(&GcOptions::default()).unwrap();
     assert_eq!(gc.packs_missing, 1, "{gc:?}");
     assert!(gc.blobs_lost > 0, "{gc:?}");
@@ -180,6 +189,7 @@ fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_ba
     assert!(again.blobs_added > 0, "{again:?}");
     let report = engine.verify_all(VerifyLevel::Full).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.damaged_files.is_empty());
     let target = tempfile::tempdir().unwrap();
     engine
         .restore(

@@ -74,5 +74,24 @@ fn print_report(settings: &Settings, report: &VerifyReport, level: VerifyLevel) 
     for problem in &report.problems {
         printer.line(format!("{} {problem}", printer.bad("problem:")))?;
     }
+    // What the damage costs, so that the user can decide what to back up again or delete.
+    const SHOWN: usize = 5;
+    for damaged in &report.damaged_files {
+        let shown: Vec<String> = damaged.paths.iter().take(SHOWN).map(quoted).collect();
+        let more = damaged.files.saturating_sub(shown.len() as u64);
+        printer.line(format!(
+            "{} backup {}: {} {} cannot be restored whole: {}{}",
+            printer.bad("damaged:"),
+            quoted(damaged.backup),
+            damaged.files,
+            if damaged.files == 1 { "file" } else { "files" },
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more (`--json` lists up to 100)")
+            } else {
+                String::new()
+            }
+        ))?;
+    }
     Ok(())
 }
