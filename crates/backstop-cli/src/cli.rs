@@ -279,6 +279,11 @@ pub(crate) struct BackupArgs {
     #[arg(long, value_name = "GLOB")]
     pub(crate) exclude: Vec<String>,
 
+    /// Stay on the file system of the directory backed up: a mount point below it (`/proc`,
+    /// another disk) is stored as an empty directory (`--source dir` only)
+    #[arg(long, short = 'x')]
+    pub(crate) one_file_system: bool,
+
     /// PostgreSQL: ask for an immediate checkpoint at the start (default: a spread one, as
     /// `pg_basebackup` does)
     #[arg(long, help_heading = "Source options")]

@@ -20,6 +20,8 @@ pub(crate) struct SourceSpec {
     /// Whether the excludes came from the command line (an error for other kinds) rather than
     /// the config file (ignored for other kinds).
     pub(crate) excludes_from_flags: bool,
+    /// Directories only: stay on the root's file system.
+    pub(crate) one_file_system: bool,
     /// PostgreSQL: immediate checkpoint.
     pub(crate) fast_checkpoint: bool,
     /// PostgreSQL: the data directory as this machine sees it.
@@ -61,9 +63,20 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
     if spec.kind != SourceKind::Dir && spec.excludes_from_flags {
         return Err(Exit::new(Code::Usage, "--exclude applies to `--source dir` only").into());
     }
+    if spec.kind != SourceKind::Dir && spec.one_file_system {
+        return Err(Exit::new(
+            Code::Usage,
+            "--one-file-system applies to `--source dir` only",
+        )
+        .into());
+    }
     let path = PathBuf::from(&spec.location);
     let source: Box<dyn Source> = match spec.kind {
-        SourceKind::Dir => Box::new(backstop::DirSource::new(path).with_excludes(spec.excludes)),
+        SourceKind::Dir => Box::new(
+            backstop::DirSource::new(path)
+                .with_excludes(spec.excludes)
+                .with_one_file_system(spec.one_file_system),
+        ),
         SourceKind::Sqlite => {
             let mut source = sqlite::SqliteSource::new(path);
             if let Some(method) = &spec.sqlite_method {

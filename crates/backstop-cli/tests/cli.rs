@@ -1381,6 +1381,77 @@ impl Drop for SmallFs {
     }
 }
 
+/// A tmpfs mounted on an existing directory, unmounted when dropped.
+struct MountedTmpfs(PathBuf);
+
+impl MountedTmpfs {
+    /// `None`, after a loud note, where this process may not mount one (not root).
+    fn on(dir: &Path) -> Option<Self> {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here (needs root); --one-file-system untested"
+            );
+            return None;
+        }
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for MountedTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `--one-file-system` stores a mount point below the tree as an empty directory, with a
+/// warning, and not what is mounted there; without it, the mounted files are backed up too.
+#[test]
+fn one_file_system_stores_a_mount_point_as_an_empty_directory() {
+    let world = World::new();
+    world.init();
+    let mnt = world.data().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(_mounted) = MountedTmpfs::on(&mnt) else {
+        return;
+    };
+    std::fs::write(mnt.join("elsewhere.txt"), b"on another file system").unwrap();
+    let data = world.data();
+    let paths = |id: &serde_json::Value| -> Vec<String> {
+        world.json(&["info", &id.to_string(), "--files"])["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let staying = world.json(&["backup", "--one-file-system", data.to_str().unwrap()]);
+    let stayed = paths(&staying["id"]);
+    assert!(stayed.contains(&"mnt".to_owned()), "{stayed:?}");
+    assert!(!stayed.iter().any(|p| p.starts_with("mnt/")), "{stayed:?}");
+    assert!(stayed.contains(&"blob.bin".to_owned()), "{stayed:?}");
+    assert!(
+        staying["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("`mnt` is on another file system")),
+        "{staying}"
+    );
+    let crossing = world.json(&["backup", data.to_str().unwrap()]);
+    assert!(paths(&crossing["id"]).contains(&"mnt/elsewhere.txt".to_owned()));
+    // Only directories have a file system to stay on.
+    world
+        .cmd()
+        .args(["backup", "--source", "sqlite", "-x", "x.db"])
+        .assert()
+        .code(2);
+}
+
 /// Running out of space, in a restore target or in the repository, names the path and says
 /// what to do; a backup that ran out records nothing and leaves a repository that opens.
 #[test]

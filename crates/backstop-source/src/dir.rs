@@ -17,6 +17,7 @@ pub struct DirSource {
     root: PathBuf,
     excludes: Vec<String>,
     recognise_pages: bool,
+    one_file_system: bool,
 }
 
 impl DirSource {
@@ -26,7 +27,17 @@ impl DirSource {
             root: root.into(),
             excludes: Vec::new(),
             recognise_pages: true,
+            one_file_system: false,
         }
+    }
+
+    /// Stays on the root's file system: a directory on another one (a mount point: `/proc`,
+    /// another disk, a network share) is stored as an empty directory, with a warning, and not
+    /// entered (restic's `--one-file-system`, tar's and borg's).
+    #[must_use]
+    pub fn with_one_file_system(mut self, on: bool) -> Self {
+        self.one_file_system = on;
+        self
     }
 
     /// Leaves out paths matching these glob patterns (matched against the path inside the tree,
@@ -75,10 +86,15 @@ impl Source for DirSource {
             )));
         }
         let excludes = build_globset(&self.excludes)?;
-        let counting = TreeWalk::new(&self.root, excludes.clone(), ctx);
+        let mut counting = TreeWalk::new(&self.root, excludes.clone(), ctx);
         let mut walk = TreeWalk::new(&self.root, excludes, ctx);
         if self.recognise_pages {
             walk = walk.recognising_pages();
+        }
+        if self.one_file_system {
+            use std::os::unix::fs::MetadataExt as _;
+            counting = counting.on_device(md.dev());
+            walk = walk.on_device(md.dev());
         }
         let warnings = walk.warnings();
         let entries = EntryStream::new(walk).with_scan(move |found| {
@@ -136,6 +152,8 @@ pub struct TreeWalk {
     listed: std::vec::IntoIter<Entry>,
     recogniser: Option<PageRecogniser>,
     warnings: Arc<Mutex<Vec<String>>>,
+    /// The device the walk stays on, if it stays on one.
+    device: Option<u64>,
 }
 
 impl TreeWalk {
@@ -149,7 +167,38 @@ impl TreeWalk {
             listed: Vec::new().into_iter(),
             recogniser: None,
             warnings: Arc::default(),
+            device: None,
         }
+    }
+
+    /// Enters no directory on another device than `device` (it is listed, empty).
+    #[must_use]
+    pub fn on_device(mut self, device: u64) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// Whether the directory `disk` is to be entered: on the walk's device, if it keeps to one.
+    fn enters(&self, rel: &str, disk: &Path) -> Result<bool, SourceError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(device) = self.device else {
+            return Ok(true);
+        };
+        let md = match std::fs::symlink_metadata(disk) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warn(format!("directory `{rel}` vanished while being listed"));
+                return Ok(false);
+            }
+            Err(e) => return Err(SourceError::io("reading", disk, e)),
+        };
+        if md.dev() == device {
+            return Ok(true);
+        }
+        self.warn(format!(
+            "`{rel}` is on another file system: stored as an empty directory (--one-file-system)"
+        ));
+        Ok(false)
     }
 
     /// Also recognises database page files as they are listed ([`crate::recognise`]).
@@ -217,7 +266,7 @@ impl TreeWalk {
             let disk = dir.join(&name);
             match Entry::from_path(rel.clone(), &disk, ChangeModel::Any) {
                 Ok(Some(entry)) => {
-                    if entry.kind == EntryKind::Dir {
+                    if entry.kind == EntryKind::Dir && self.enters(&rel, &disk)? {
                         subdirs.push(rel);
                     }
                     entries.push(entry);
@@ -309,6 +358,42 @@ mod tests {
         let outcome = session.finish().unwrap();
         assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
         assert!(outcome.warnings[0].contains("fifo"));
+    }
+
+    /// A walk kept to a device lists the directories on another one but does not enter them
+    /// (here every subdirectory is on "another" device: the walk is told a device the tree is
+    /// not on; `one_file_system_stores_a_mount_point_as_an_empty_directory` in the CLI's tests
+    /// crosses a real tmpfs).
+    #[test]
+    fn a_walk_kept_to_a_device_does_not_enter_directories_on_another() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        std::fs::write(dir.path().join("sub/f"), b"x").unwrap();
+        std::fs::write(dir.path().join("top"), b"y").unwrap();
+        let device = std::fs::metadata(dir.path()).unwrap().dev();
+        let walk = |on: u64| {
+            let walk = TreeWalk::new(
+                dir.path(),
+                globset::GlobSet::empty(),
+                &SessionContext::default(),
+            )
+            .on_device(on);
+            let warnings = walk.warnings();
+            let paths: Vec<String> = walk.map(|e| e.unwrap().path).collect();
+            let warnings = warnings.lock().unwrap().clone();
+            (paths, warnings)
+        };
+        let (same, warnings) = walk(device);
+        assert_eq!(same, ["sub", "top", "sub/deeper", "sub/f"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (other, warnings) = walk(device.wrapping_add(1));
+        assert_eq!(other, ["sub", "top"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("`sub` is on another file system"),
+            "{warnings:?}"
+        );
     }
 
     fn paths_of(root: &Path) -> Vec<String> {

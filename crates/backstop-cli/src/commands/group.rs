@@ -145,6 +145,7 @@ fn build(name: &str, config: GroupConfig) -> Result<GroupSource> {
             location: member.location,
             excludes: member.excludes,
             excludes_from_flags: false,
+            one_file_system: false,
             fast_checkpoint: member.fast_checkpoint,
             pg_data_dir: member.pg_data_dir,
             label: None,
