@@ -1596,8 +1596,47 @@ pub(crate) fn restore_fixup(
         let done = crate::restore_profile::apply(&member_profile, &member_target, &member_params)
             .map_err(|e| member_error(member, e))?;
         steps.extend(done.into_iter().map(|s| format!("{member}: {s}")));
+        // PostgreSQL's procedure gives its data directory to the cluster's owner itself.
+        if kind != "postgres" && nix::unistd::geteuid().is_root() {
+            steps.extend(give_to_files_owner(member, &member_target)?);
+        }
     }
     Ok(steps)
+}
+
+/// Run as root, a restore gives every file its recorded owner, but a member's directory is
+/// the group's own (the backup wrote it, so after a root restore it is root's, mode 0700), and
+/// the application could not reach its files through it. It goes to the owner of the entries
+/// directly in it, when they all have the same one (and not root).
+fn give_to_files_owner(member: &str, dir: &Path) -> Result<Vec<String>, SourceError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut owners = std::collections::BTreeSet::new();
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        // A member that stored nothing (restored in part, say) has no directory to give.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SourceError::io("listing", dir, e)),
+    };
+    for item in listing {
+        let item = item.map_err(|e| SourceError::io("listing", dir, e))?;
+        let md = item
+            .metadata()
+            .map_err(|e| SourceError::io("reading", item.path(), e))?;
+        owners.insert((md.uid(), md.gid()));
+    }
+    let mut owners = owners.into_iter();
+    let (Some((uid, gid)), None) = (owners.next(), owners.next()) else {
+        return Ok(Vec::new());
+    };
+    if uid == 0 {
+        return Ok(Vec::new());
+    }
+    // `dir` was checked to be a directory inside the target, reached through no symlink.
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .map_err(|e| SourceError::io("giving to the owner of its files", dir, e))?;
+    Ok(vec![format!(
+        "{member}: its directory given to uid {uid}, gid {gid}, the owner of its files"
+    )])
 }
 
 #[cfg(test)]
@@ -2039,6 +2078,41 @@ mod tests {
                 "{name}: the live WAL was removed"
             );
         }
+    }
+
+    /// Run as root, a member's directory (root's, from the restore) goes to the owner of its
+    /// files when they agree, and stays root's when they do not.
+    #[test]
+    fn a_root_restore_gives_each_members_directory_to_its_files_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: not root; member directory ownership untested");
+            return;
+        }
+        let target = tempfile::tempdir().unwrap();
+        let plain = serde_json::to_string(&RestoreProfile::new("dir")).unwrap();
+        for (member, owners) in [("app", [4242, 4242]), ("mixed", [4242, 4343])] {
+            let dir = target.path().join(member);
+            std::fs::create_dir(&dir).unwrap();
+            for (i, uid) in owners.into_iter().enumerate() {
+                let file = dir.join(format!("f{i}"));
+                std::fs::write(&file, b"x").unwrap();
+                std::os::unix::fs::lchown(&file, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        let profile = RestoreProfile::new("group")
+            .with_param("members", "app,mixed")
+            .with_param("member.app", &plain)
+            .with_param("member.mixed", &plain);
+        let steps = restore_fixup(&profile, target.path(), &params(&[])).unwrap();
+        let owner = |m: &str| std::fs::metadata(target.path().join(m)).unwrap().uid();
+        assert_eq!(owner("app"), 4242, "{steps:?}");
+        assert_eq!(owner("mixed"), 0, "{steps:?}");
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("app: its directory given to uid 4242"))
+        );
     }
 
     #[test]
