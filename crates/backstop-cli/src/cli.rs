@@ -132,6 +132,8 @@ pub(crate) enum Command {
     List,
     /// Show one backup
     Info(InfoArgs),
+    /// Show what changed between two backups (paths added, removed, modified)
+    Diff(DiffArgs),
     /// Check that backups are complete and intact
     Verify(VerifyArgs),
     /// Restore a backup into a directory
@@ -177,6 +179,7 @@ impl Command {
             Self::Backup(_) => "backup",
             Self::List => "list",
             Self::Info(_) => "info",
+            Self::Diff(_) => "diff",
             Self::Verify(_) => "verify",
             Self::Restore(_) => "restore",
             Self::Purge(_) => "purge",
@@ -419,6 +422,21 @@ pub(crate) struct InfoArgs {
     /// shows it; repeatable); with an id: refuse a backup of another source
     #[arg(long, value_name = "PATH_OR_URL")]
     pub(crate) source_path: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The older backup: a number, or `latest`
+    #[arg(value_name = "FROM")]
+    pub(crate) from: BackupSelector,
+
+    /// The newer backup: a number, or `latest`
+    #[arg(value_name = "TO")]
+    pub(crate) to: BackupSelector,
+
+    /// Also list paths whose mode, owner or modification time changed, and nothing else
+    #[arg(long)]
+    pub(crate) metadata: bool,
 }
 
 #[derive(Debug, Args)]

@@ -240,6 +240,31 @@ fn backup_list_info_and_restore_round_trip() {
 /// `restore --include` restores the matching paths with what is under them; patterns that
 /// match nothing exit 6 with where to look, and leave the target alone.
 #[test]
+fn diff_lists_what_changed_between_two_backups() {
+    let world = World::new();
+    world.init();
+    let first = world.backup();
+    std::fs::write(world.data().join("added.txt"), b"new").unwrap();
+    std::fs::remove_file(world.data().join("hello.txt")).unwrap();
+    std::fs::write(world.data().join("blob.bin"), pseudo_random(1000, 8)).unwrap();
+    let second = world.backup();
+    world
+        .cmd()
+        .args(["diff", &first.to_string(), &second.to_string()])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("+ added.txt")
+                .and(predicate::str::contains("- hello.txt"))
+                .and(predicate::str::contains("M blob.bin  (300 KiB → 1000 B)"))
+                .and(predicate::str::contains("1 added, 1 removed")),
+        );
+    let diff = world.json(&["diff", &first.to_string(), "latest"]);
+    assert_eq!(diff["to"], second, "{diff}");
+    assert_eq!(diff["added"], 1, "{diff}");
+}
+
+#[test]
 fn restore_include_restores_only_the_matching_paths() {
     let world = World::new();
     world.init();

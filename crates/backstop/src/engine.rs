@@ -8,8 +8,8 @@ use backstop_store::Store;
 
 use crate::Result;
 use crate::info::{
-    ArchivePut, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo, RepairReport,
-    RepositoryInfo, RestoreInfo, VerifyReport,
+    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo,
+    RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
 };
 use crate::options::{
     BackupOptions, EngineOptions, GcOptions, InitOptions, RepairOptions, RestoreOptions,
@@ -155,6 +155,18 @@ impl ReadOnlyEngine {
     ) -> Result<RestoreInfo> {
         let snapshot = self.repo.load_snapshot(which.into())?;
         crate::restore::restore(&self.repo, &snapshot, target, options)
+    }
+
+    /// What changed from backup `from` to backup `to`: paths added, removed, changed in content
+    /// or type, or only in metadata. Reads the two file lists, no file data.
+    pub fn diff(
+        &self,
+        from: impl Into<BackupSelector>,
+        to: impl Into<BackupSelector>,
+    ) -> Result<BackupDiff> {
+        let from = self.repo.load_snapshot(from.into())?;
+        let to = self.repo.load_snapshot(to.into())?;
+        crate::diff::diff(&self.repo, &from, &to)
     }
 
     /// Reads one file of a backup into memory (for small files such as labels and positions).

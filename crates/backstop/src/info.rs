@@ -109,6 +109,56 @@ pub struct FileInfo {
     pub target: Option<String>,
 }
 
+/// What changed between two backups ([`crate::ReadOnlyEngine::diff`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupDiff {
+    /// The older backup.
+    pub from: BackupId,
+    /// The newer backup.
+    pub to: BackupId,
+    /// Every path that differs, sorted by path.
+    pub changes: Vec<Change>,
+    /// Paths only in `to`.
+    pub added: u64,
+    /// Paths only in `from`.
+    pub removed: u64,
+    /// Paths whose content or type changed.
+    pub modified: u64,
+    /// Paths whose mode, owner or modification time changed, and nothing else.
+    pub metadata: u64,
+}
+
+/// One path that differs between two backups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Path inside the backups.
+    pub path: String,
+    /// How it changed.
+    pub change: ChangeKind,
+    /// `file`, `dir` or `symlink` (in the newer backup, if it is there).
+    pub kind: String,
+    /// Size in the older backup, if the path is there.
+    pub size_before: Option<u64>,
+    /// Size in the newer backup, if the path is there.
+    pub size_after: Option<u64>,
+}
+
+/// How a path changed between two backups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Only in the newer backup.
+    Added,
+    /// Only in the older backup.
+    Removed,
+    /// Other content (chunks, size or symlink target).
+    Modified,
+    /// A file became a directory, say.
+    TypeChanged,
+    /// Same content; other mode, owner or modification time.
+    Metadata,
+}
+
 /// The outcome of `verify`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {

@@ -44,6 +44,7 @@ mod blob_set;
 mod chunk;
 mod compress;
 mod crypto;
+mod diff;
 mod engine;
 mod entry_table;
 mod error;
@@ -76,8 +77,8 @@ pub use backstop_store::{
 pub use engine::{BackupEngine, ReadOnlyEngine, RepairEngine};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{
-    ArchivePut, BackupId, BackupInfo, BackupSelector, DamagedFiles, FileInfo, GcReport, KeyInfo,
-    RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
+    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, Change, ChangeKind, DamagedFiles,
+    FileInfo, GcReport, KeyInfo, RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
 };
 pub use options::{
     BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RepairOptions,

@@ -786,6 +786,74 @@ fn hard_links_come_back_as_hard_links() {
     assert_eq!(std::fs::read(part.join("sub/b")).unwrap(), bytes);
 }
 
+/// `diff` names each path added, removed, changed in content or type, or only in metadata,
+/// from the file lists alone; the same backup twice differs in nothing.
+#[test]
+fn diff_names_what_changed_between_two_backups() {
+    use backstop::ChangeKind;
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    for name in ["same", "edited", "gone", "chmodded", "becomes-dir"] {
+        std::fs::write(d.join(name), name.repeat(1000)).unwrap();
+    }
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let first = engine
+        .create_backup(&mut DirSource::new(d), &BackupOptions::default())
+        .unwrap();
+    let mtime = std::fs::metadata(d.join("edited"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::write(d.join("edited"), "edited".repeat(999) + "EDITED").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(d.join("edited"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::remove_file(d.join("gone")).unwrap();
+    std::fs::write(d.join("new"), b"new").unwrap();
+    std::fs::set_permissions(d.join("chmodded"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(d.join("becomes-dir")).unwrap();
+    std::fs::create_dir(d.join("becomes-dir")).unwrap();
+    let second = engine
+        .create_backup(
+            &mut DirSource::new(d),
+            &BackupOptions::default().with_full_read(true),
+        )
+        .unwrap();
+
+    let diff = engine.diff(first.id, second.id).unwrap();
+    let changes: Vec<(&str, ChangeKind)> = diff
+        .changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.change))
+        .filter(|(path, _)| !path.is_empty())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("becomes-dir", ChangeKind::TypeChanged),
+            ("chmodded", ChangeKind::Metadata),
+            ("edited", ChangeKind::Modified),
+            ("gone", ChangeKind::Removed),
+            ("new", ChangeKind::Added),
+        ],
+        "{diff:?}"
+    );
+    assert_eq!((diff.added, diff.removed, diff.modified), (1, 1, 2));
+    // Same size, other content: found by the chunks, not the size (or the mtime, kept).
+    let edited = diff.changes.iter().find(|c| c.path == "edited").unwrap();
+    assert_eq!(edited.size_before, edited.size_after);
+    assert!(
+        engine
+            .diff(second.id, second.id)
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+}
+
 /// A restore of part of a backup writes the matching paths, all that is under them and the
 /// directories above them (with the backup's modes and times), and nothing else. `*` stays
 /// within one component of a path, `**` crosses them.

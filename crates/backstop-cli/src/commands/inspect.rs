@@ -1,10 +1,10 @@
-//! `list` and `info`: what the repository holds.
+//! `list`, `info` and `diff`: what the repository holds.
 
 use anyhow::Result;
-use backstop::{BackupInfo, FileInfo};
+use backstop::{BackupInfo, ChangeKind, FileInfo};
 use serde::Serialize;
 
-use crate::cli::InfoArgs;
+use crate::cli::{DiffArgs, InfoArgs};
 use crate::output::{self, Align, Printer, Table, quoted};
 use crate::repo::Settings;
 
@@ -77,6 +77,43 @@ pub(super) fn info(settings: &Settings, args: &InfoArgs) -> Result<()> {
         file_table(printer, files)?;
     }
     Ok(())
+}
+
+pub(super) fn diff(settings: &Settings, args: &DiffArgs) -> Result<()> {
+    let engine = settings.open_read_only()?;
+    let diff = engine.diff(args.from, args.to)?;
+    let printer = settings.printer;
+    if printer.json {
+        return printer.json("diff", &diff);
+    }
+    for change in &diff.changes {
+        let (mark, detail) = match change.change {
+            ChangeKind::Added => ("+", String::new()),
+            ChangeKind::Removed => ("-", String::new()),
+            ChangeKind::Modified => (
+                "M",
+                match (change.size_before, change.size_after) {
+                    (Some(before), Some(after)) if before != after => {
+                        format!("  ({} → {})", output::size(before), output::size(after))
+                    }
+                    _ => String::new(),
+                },
+            ),
+            ChangeKind::TypeChanged => ("T", format!("  (now a {})", change.kind)),
+            ChangeKind::Metadata if args.metadata => ("m", String::new()),
+            ChangeKind::Metadata => continue,
+        };
+        printer.line(format!("{mark} {}{detail}", change.path))?;
+    }
+    printer.status(format!(
+        "backup {} → {}: {} added, {} removed, {} modified, {} with other metadata only",
+        quoted(diff.from),
+        quoted(diff.to),
+        diff.added,
+        diff.removed,
+        diff.modified,
+        diff.metadata
+    ))
 }
 
 fn describe(printer: Printer, backup: &BackupInfo) -> Result<()> {

@@ -40,6 +40,7 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
         Command::Backup(args) => backup::run(settings, args),
         Command::List => inspect::list(settings),
         Command::Info(args) => inspect::info(settings, args),
+        Command::Diff(args) => inspect::diff(settings, args),
         Command::Verify(args) => verify::run(settings, args),
         Command::Restore(args) if args.group.is_some() => group::restore(settings, args),
         Command::Restore(args) => restore::run(settings, args),
