@@ -1382,19 +1382,7 @@ impl SmallFs {
     /// ENOSPC, which only a real full filesystem gives.
     fn mount(bytes: u64) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here (needs root); full-disk messages untested"
-            );
-            return None;
-        }
-        Some(Self { dir })
+        mount_tmpfs(dir.path(), bytes, "full-disk messages").then_some(Self { dir })
     }
 }
 
@@ -1406,25 +1394,28 @@ impl Drop for SmallFs {
     }
 }
 
+/// Mounts a tmpfs of `bytes` on `dir`; false, after a loud note that `untested` goes untested,
+/// where this process may not (not root, or a container without the capability).
+fn mount_tmpfs(dir: &Path, bytes: u64, untested: &str) -> bool {
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); {untested} untested");
+    }
+    mounted
+}
+
 /// A tmpfs mounted on an existing directory, unmounted when dropped.
 struct MountedTmpfs(PathBuf);
 
 impl MountedTmpfs {
-    /// `None`, after a loud note, where this process may not mount one (not root).
+    /// `None`, after a loud note, where this process may not mount one.
     fn on(dir: &Path) -> Option<Self> {
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs here (needs root); --one-file-system untested"
-            );
-            return None;
-        }
-        Some(Self(dir.to_path_buf()))
+        mount_tmpfs(dir, 1 << 20, "--one-file-system").then(|| Self(dir.to_path_buf()))
     }
 }
 
