@@ -134,6 +134,8 @@ pub(crate) enum Command {
     Info(InfoArgs),
     /// Show what changed between two backups (paths added, removed, modified)
     Diff(DiffArgs),
+    /// Write one file of a backup to stdout
+    Dump(DumpArgs),
     /// Check that backups are complete and intact
     Verify(VerifyArgs),
     /// Restore a backup into a directory
@@ -180,6 +182,7 @@ impl Command {
             Self::List => "list",
             Self::Info(_) => "info",
             Self::Diff(_) => "diff",
+            Self::Dump(_) => "dump",
             Self::Verify(_) => "verify",
             Self::Restore(_) => "restore",
             Self::Purge(_) => "purge",
@@ -420,6 +423,21 @@ pub(crate) struct InfoArgs {
 
     /// With `latest`: the newest backup of this source (its path, URL or group name as `list`
     /// shows it; repeatable); with an id: refuse a backup of another source
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub(crate) source_path: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DumpArgs {
+    /// Backup number, or `latest`
+    #[arg(value_name = "ID")]
+    pub(crate) backup: BackupSelector,
+
+    /// The file's path inside the backup, as `info ID --files` lists it
+    #[arg(value_name = "PATH")]
+    pub(crate) path: String,
+
+    /// With `latest`: the newest backup of this source (as for `restore`)
     #[arg(long, value_name = "PATH_OR_URL")]
     pub(crate) source_path: Vec<String>,
 }

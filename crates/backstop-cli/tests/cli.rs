@@ -265,6 +265,35 @@ fn diff_lists_what_changed_between_two_backups() {
 }
 
 #[test]
+fn dump_writes_one_file_to_stdout() {
+    let world = World::new();
+    world.init();
+    world.backup();
+    let out = world
+        .cmd()
+        .args(["dump", "latest", "blob.bin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == std::fs::read(world.data().join("blob.bin")).unwrap());
+    world
+        .cmd()
+        .args(["dump", "latest", "sub"])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("has no file `sub`"));
+    world
+        .cmd()
+        .args(["--json", "dump", "latest", "blob.bin"])
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn restore_include_restores_only_the_matching_paths() {
     let world = World::new();
     world.init();

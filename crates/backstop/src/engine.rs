@@ -157,6 +157,19 @@ impl ReadOnlyEngine {
         crate::restore::restore(&self.repo, &snapshot, target, options)
     }
 
+    /// Writes one file of a backup to `out` (restic's `dump`), a few MiB at a time, every
+    /// chunk checked; returns the bytes written. A missing path, or one that is not a file, is
+    /// [`crate::ErrorKind::NotFound`].
+    pub fn dump(
+        &self,
+        which: impl Into<BackupSelector>,
+        path: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let snapshot = self.repo.load_snapshot(which.into())?;
+        crate::restore::write_file(&self.repo, &snapshot, path, out)
+    }
+
     /// What changed from backup `from` to backup `to`: paths added, removed, changed in content
     /// or type, or only in metadata. Reads the two file lists, no file data.
     pub fn diff(

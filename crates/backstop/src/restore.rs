@@ -1716,6 +1716,23 @@ impl SegmentWriter {
 
 /// Reads one file of a snapshot into memory.
 pub(crate) fn read_file(repo: &Repository, snapshot: &Snapshot, path: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_file(repo, snapshot, path, &mut out)?;
+    Ok(out)
+}
+
+/// Raw bytes of a file's chunks read at once: a few MiB, so that a file of 4 KiB pages costs
+/// a few joined reads per batch and a file of 4 MiB chunks holds at most a few chunks.
+const DUMP_BATCH_BYTES: u64 = 8 << 20;
+
+/// Writes the file at `path` of `snapshot` to `out`, a batch of chunks at a time (every chunk
+/// checked against its id); returns the bytes written.
+pub(crate) fn write_file(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    path: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
     let mut found = None;
     repo.for_each_node(snapshot, |n| {
         if n.path == path && n.kind == NODE_FILE {
@@ -1732,13 +1749,32 @@ pub(crate) fn read_file(repo: &Repository, snapshot: &Snapshot, path: &str) -> R
             },
         )
     })?;
-    let mut out = Vec::with_capacity(node.size as usize);
-    for chunk in &node.chunks {
-        out.extend_from_slice(
-            &repo.read_blob(chunk, &format!("`{path}` of backup {}", snapshot.id))?,
-        );
+    let context = format!("`{path}` of backup {}", snapshot.id);
+    let mut written = 0u64;
+    let mut rest = node.chunks.as_slice();
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut bytes = 0u64;
+        {
+            let index = repo.index_read();
+            while let Some(id) = rest.get(take)
+                && (take == 0 || bytes < DUMP_BATCH_BYTES)
+            {
+                bytes += index
+                    .locate(id)
+                    .map_or(0, |(_, entry)| u64::from(entry.raw_length));
+                take += 1;
+            }
+        }
+        let (batch, later) = rest.split_at(take);
+        for blob in repo.read_blobs(batch, &context)? {
+            out.write_all(&blob)
+                .map_err(|e| io_error("writing out", Path::new(path), e))?;
+            written += blob.len() as u64;
+        }
+        rest = later;
     }
-    Ok(out)
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -786,6 +786,31 @@ fn hard_links_come_back_as_hard_links() {
     assert_eq!(std::fs::read(part.join("sub/b")).unwrap(), bytes);
 }
 
+/// `dump` writes one file, several batches of chunks long, byte for byte, and `read_file` the
+/// same into memory; a directory or a missing path is not found.
+#[test]
+fn dump_writes_one_file_of_a_backup() {
+    let data = tempfile::tempdir().unwrap();
+    let big = pseudo_random(20 << 20, 21);
+    std::fs::write(data.path().join("big"), &big).unwrap();
+    std::fs::create_dir(data.path().join("dir")).unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        engine.dump(info.id, "big", &mut out).unwrap(),
+        big.len() as u64
+    );
+    assert!(out == big, "the dumped bytes differ");
+    assert!(engine.read_file(info.id, "big").unwrap() == big);
+    for path in ["dir", "nope"] {
+        let err = engine.dump(info.id, path, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{path}: {err}");
+    }
+}
+
 /// `diff` names each path added, removed, changed in content or type, or only in metadata,
 /// from the file lists alone; the same backup twice differs in nothing.
 #[test]

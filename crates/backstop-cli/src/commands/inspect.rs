@@ -1,10 +1,13 @@
-//! `list`, `info` and `diff`: what the repository holds.
+//! `list`, `info`, `diff` and `dump`: what the repository holds.
 
-use anyhow::Result;
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result};
 use backstop::{BackupInfo, ChangeKind, FileInfo};
 use serde::Serialize;
 
-use crate::cli::{DiffArgs, InfoArgs};
+use crate::cli::{DiffArgs, DumpArgs, InfoArgs};
+use crate::exit::{Code, Exit};
 use crate::output::{self, Align, Printer, Table, quoted};
 use crate::repo::Settings;
 
@@ -76,6 +79,25 @@ pub(super) fn info(settings: &Settings, args: &InfoArgs) -> Result<()> {
         printer.line("")?;
         file_table(printer, files)?;
     }
+    Ok(())
+}
+
+pub(super) fn dump(settings: &Settings, args: &DumpArgs) -> Result<()> {
+    if settings.printer.json {
+        return Err(Exit::new(
+            Code::Usage,
+            "dump writes the file itself to stdout; --json has no place there",
+        )
+        .into());
+    }
+    let engine = settings.open_read_only()?;
+    let backup = super::select::resolve(&engine, args.backup, &args.source_path)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    engine
+        .dump(backup.id, &args.path, &mut out)
+        .with_context(|| format!("writing `{}` of backup {}", args.path, quoted(backup.id)))?;
+    out.flush().context("writing to stdout")?;
     Ok(())
 }
 

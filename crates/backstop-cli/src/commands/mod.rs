@@ -41,6 +41,7 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
         Command::List => inspect::list(settings),
         Command::Info(args) => inspect::info(settings, args),
         Command::Diff(args) => inspect::diff(settings, args),
+        Command::Dump(args) => inspect::dump(settings, args),
         Command::Verify(args) => verify::run(settings, args),
         Command::Restore(args) if args.group.is_some() => group::restore(settings, args),
         Command::Restore(args) => restore::run(settings, args),

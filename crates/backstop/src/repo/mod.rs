@@ -883,32 +883,6 @@ impl Repository {
         Ok(key)
     }
 
-    /// Reads one blob, checking it against its id.
-    pub(crate) fn read_blob(&self, id: &BlobId, context: &str) -> Result<Vec<u8>> {
-        let (pack, entry) = self
-            .index_read()
-            .locate(id)
-            .ok_or_else(|| missing_blob(id, context))?;
-        if entry.within.is_none() {
-            // A blob of its own decodes into a buffer of its own: hand that over, uncopied.
-            let key = format::pack_key(pack);
-            let start = u64::from(entry.offset);
-            let stored = self.read_stored(&key, start..start + u64::from(entry.length))?;
-            return format::decode_blob(&entry, &stored, self.key()).map_err(|e| damaged(&key, e));
-        }
-        let mut blob = None;
-        let read = self.read_run(&ReadRun::new(pack, entry), |_, raw| {
-            blob = Some(raw.to_vec());
-            Ok::<(), std::convert::Infallible>(())
-        });
-        match read {
-            Ok(()) => {}
-            Err(RunError::Repo(e)) => return Err(e),
-            Err(RunError::Sink(never)) => match never {},
-        }
-        blob.ok_or_else(|| Error::msg(ErrorKind::Corrupt, "an empty read of a blob"))
-    }
-
     /// Reads several blobs, each checked against its id, and returns them in the order of
     /// `ids`. Blobs lying close together in a pack are fetched with one ranged read, and up to
     /// [`EngineOptions::with_threads`] reads are in flight at once: on an object store every
