@@ -140,7 +140,7 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Restore a backup into a directory
     Restore(RestoreArgs),
-    /// Keep the newest N backups and delete the others
+    /// Delete the backups that no --keep rule keeps (newest N, daily, weekly…; per source)
     Purge(PurgeArgs),
     /// Delete one backup (its data is freed by `gc`)
     Delete(DeleteArgs),
