@@ -27,6 +27,62 @@ use crate::{ObjectMeta, PendingObject, PutMode, Store, StoreError, validate_key}
 /// by range and would make the cache as large as the repository.
 const CACHED_PREFIXES: &[&str] = &["index/", "snapshots/"];
 
+/// Marks a repository's cache directory as used: its modification time is when a process last
+/// opened the repository through the cache.
+const LAST_USED: &str = ".last-used";
+
+/// Marks the cache directory `<base>/<current>` as used now and removes the cache directories of
+/// other repositories under `base` that no process has used for `max_age` (restic removes its
+/// unused caches after 30 days the same way): a deleted repository's cache does not stay
+/// forever. Only directories named like a repository id (32 hex digits) are considered, never
+/// through a symlink. Returns how many were removed; failures are logged and skipped, since a
+/// cache is never worth failing an operation for.
+pub fn remove_unused_caches(base: &Path, current: &str, max_age: Duration) -> usize {
+    let stamp = base.join(current).join(LAST_USED);
+    let touched = fs::create_dir_all(base.join(current))
+        .and_then(|()| fs::File::create(&stamp))
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(path = %stamp.display(), error = %e, "cannot mark the cache as used");
+    }
+    let Ok(listing) = fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for item in listing.flatten() {
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_repository_id = name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_repository_id || name == current {
+            continue;
+        }
+        let dir = item.path();
+        let Ok(md) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !md.is_dir() {
+            continue;
+        }
+        let used = fs::metadata(dir.join(LAST_USED))
+            .and_then(|m| m.modified())
+            .or_else(|_| md.modified());
+        let unused_for = used
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        if unused_for.is_some_and(|age| age > max_age) {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(
+                    path = %dir.display(),
+                    error = %e,
+                    "cannot remove an unused repository cache"
+                ),
+            }
+        }
+    }
+    removed
+}
+
 /// Starts every cache entry; the version lets a later format be told apart.
 const MAGIC: &[u8; 8] = b"BKSCACH1";
 const HASH_LEN: usize = 32;
@@ -433,6 +489,32 @@ impl<S: Store> Store for CachingStore<S> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn caches_of_repositories_unused_for_long_go_and_no_other_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let id = |c: char| c.to_string().repeat(32);
+        let old = SystemTime::now() - Duration::from_secs(40 * 86_400);
+        for name in [id('a'), id('b'), id('c'), "not-a-repository".to_owned()] {
+            fs::create_dir_all(base.path().join(&name).join("index")).unwrap();
+        }
+        // `b` was last used 40 days ago; `c` has no stamp but a fresh directory; the odd name
+        // is old but not a cache this code made.
+        let stamp = base.path().join(id('b')).join(LAST_USED);
+        fs::File::create(&stamp).unwrap().set_modified(old).unwrap();
+        fs::File::open(base.path().join("not-a-repository"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let removed = remove_unused_caches(base.path(), &id('a'), Duration::from_secs(30 * 86_400));
+        assert_eq!(removed, 1);
+        assert!(!base.path().join(id('b')).exists());
+        for kept in [id('a'), id('c'), "not-a-repository".to_owned()] {
+            assert!(base.path().join(&kept).exists(), "{kept}");
+        }
+        assert!(base.path().join(id('a')).join(LAST_USED).exists());
+    }
+
     use super::*;
     use crate::{CountingStore, MemoryStore, StoreErrorKind};
 

@@ -56,7 +56,7 @@ pub mod test_servers;
 
 #[cfg(feature = "azure")]
 pub use azure::AzureStore;
-pub use cache::{CacheStats, CachingStore, is_cacheable};
+pub use cache::{CacheStats, CachingStore, is_cacheable, remove_unused_caches};
 pub use counting::{CountingStore, RequestCounter, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use fault::{FaultPlan, FaultStore};

@@ -449,6 +449,10 @@ pub(crate) fn damaged(key: &str, source: FormatError) -> Error {
     }
 }
 
+/// A repository's metadata cache unused for this long is removed when another repository is
+/// opened through the same cache directory (a deleted repository's would stay forever).
+const CACHE_UNUSED: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// A damaged index object stops every command that loads the index: say what mends it.
 fn with_repair_hint(e: Error) -> Error {
     if e.kind() == ErrorKind::Corrupt {
@@ -680,10 +684,16 @@ impl Repository {
         // Immutable metadata (index and snapshot objects) is served from the local cache when
         // there is one; the store stays the truth for everything else.
         let store: Arc<dyn Store> = match &options.cache_dir {
-            Some(dir) => Arc::new(backstop_store::CachingStore::new(
-                store,
-                dir.join(&config.id),
-            )),
+            Some(dir) => {
+                let removed = backstop_store::remove_unused_caches(dir, &config.id, CACHE_UNUSED);
+                if removed > 0 {
+                    tracing::info!(removed, "removed caches of repositories unused for 30 days");
+                }
+                Arc::new(backstop_store::CachingStore::new(
+                    store,
+                    dir.join(&config.id),
+                ))
+            }
             None => store,
         };
         let (key, key_id) = if config.encrypted {
