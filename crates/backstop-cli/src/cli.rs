@@ -290,6 +290,11 @@ pub(crate) struct BackupArgs {
     #[arg(long, short = 'x')]
     pub(crate) one_file_system: bool,
 
+    /// Leave out the contents of cache directories, those tagged with a `CACHEDIR.TAG`; the
+    /// directory and its tag are kept (`--source dir` only)
+    #[arg(long)]
+    pub(crate) exclude_caches: bool,
+
     /// PostgreSQL: ask for an immediate checkpoint at the start (default: a spread one, as
     /// `pg_basebackup` does)
     #[arg(long, help_heading = "Source options")]

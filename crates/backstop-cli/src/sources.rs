@@ -22,6 +22,8 @@ pub(crate) struct SourceSpec {
     pub(crate) excludes_from_flags: bool,
     /// Directories only: stay on the root's file system.
     pub(crate) one_file_system: bool,
+    /// Directories only: leave out the contents of tagged cache directories.
+    pub(crate) exclude_caches: bool,
     /// PostgreSQL: immediate checkpoint.
     pub(crate) fast_checkpoint: bool,
     /// PostgreSQL: the data directory as this machine sees it.
@@ -63,10 +65,10 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
     if spec.kind != SourceKind::Dir && spec.excludes_from_flags {
         return Err(Exit::new(Code::Usage, "--exclude applies to `--source dir` only").into());
     }
-    if spec.kind != SourceKind::Dir && spec.one_file_system {
+    if spec.kind != SourceKind::Dir && (spec.one_file_system || spec.exclude_caches) {
         return Err(Exit::new(
             Code::Usage,
-            "--one-file-system applies to `--source dir` only",
+            "--one-file-system and --exclude-caches apply to `--source dir` only",
         )
         .into());
     }
@@ -75,7 +77,8 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
         SourceKind::Dir => Box::new(
             backstop::DirSource::new(path)
                 .with_excludes(spec.excludes)
-                .with_one_file_system(spec.one_file_system),
+                .with_one_file_system(spec.one_file_system)
+                .with_exclude_caches(spec.exclude_caches),
         ),
         SourceKind::Sqlite => {
             let mut source = sqlite::SqliteSource::new(path);

@@ -1497,6 +1497,38 @@ fn one_file_system_stores_a_mount_point_as_an_empty_directory() {
         .code(2);
 }
 
+/// `--exclude-caches` keeps a tagged cache directory and its tag, not what else is in it.
+#[test]
+fn exclude_caches_keeps_only_the_tag_of_a_cache_directory() {
+    let world = World::new();
+    world.init();
+    let cache = world.data().join("build-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::write(
+        cache.join("CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(cache.join("object.o"), pseudo_random(50_000, 4)).unwrap();
+    let data = world.data();
+    let backup = world.json(&["backup", "--exclude-caches", data.to_str().unwrap()]);
+    let files = world.json(&["info", &backup["id"].to_string(), "--files"]);
+    let paths: Vec<&str> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"build-cache/CACHEDIR.TAG"), "{paths:?}");
+    assert!(!paths.contains(&"build-cache/object.o"), "{paths:?}");
+    assert!(paths.contains(&"blob.bin"), "{paths:?}");
+    world
+        .cmd()
+        .args(["backup", "--source", "sqlite", "--exclude-caches", "x.db"])
+        .assert()
+        .code(2);
+}
+
 /// Running out of space, in a restore target or in the repository, names the path and says
 /// what to do; a backup that ran out records nothing and leaves a repository that opens.
 #[test]

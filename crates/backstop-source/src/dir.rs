@@ -18,6 +18,7 @@ pub struct DirSource {
     excludes: Vec<String>,
     recognise_pages: bool,
     one_file_system: bool,
+    exclude_caches: bool,
 }
 
 impl DirSource {
@@ -28,7 +29,17 @@ impl DirSource {
             excludes: Vec::new(),
             recognise_pages: true,
             one_file_system: false,
+            exclude_caches: false,
         }
+    }
+
+    /// Leaves out the contents of cache directories, those holding a `CACHEDIR.TAG` with the
+    /// standard signature (<https://bford.info/cachedir/>), keeping the directory and the tag
+    /// (as restic's and borg's `--exclude-caches` do).
+    #[must_use]
+    pub fn with_exclude_caches(mut self, on: bool) -> Self {
+        self.exclude_caches = on;
+        self
     }
 
     /// Stays on the root's file system: a directory on another one (a mount point: `/proc`,
@@ -96,6 +107,10 @@ impl Source for DirSource {
             counting = counting.on_device(md.dev());
             walk = walk.on_device(md.dev());
         }
+        if self.exclude_caches {
+            counting = counting.excluding_caches();
+            walk = walk.excluding_caches();
+        }
         let warnings = walk.warnings();
         let entries = EntryStream::new(walk).with_scan(move |found| {
             for entry in counting.map_while(Result::ok) {
@@ -154,7 +169,13 @@ pub struct TreeWalk {
     warnings: Arc<Mutex<Vec<String>>>,
     /// The device the walk stays on, if it stays on one.
     device: Option<u64>,
+    /// Whether a tagged cache directory's contents are left out.
+    exclude_caches: bool,
 }
+
+/// The name of a cache directory's tag file, and how the file must begin.
+const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 impl TreeWalk {
     /// A walk of the tree under `root`, leaving out what `excludes` matches.
@@ -168,7 +189,24 @@ impl TreeWalk {
             recogniser: None,
             warnings: Arc::default(),
             device: None,
+            exclude_caches: false,
         }
+    }
+
+    /// Lists only the tag of a directory tagged as a cache ([`DirSource::with_exclude_caches`]).
+    #[must_use]
+    pub fn excluding_caches(mut self) -> Self {
+        self.exclude_caches = true;
+        self
+    }
+
+    /// Whether `dir` holds a `CACHEDIR.TAG` that begins with the signature.
+    fn is_cache(dir: &Path) -> bool {
+        use std::io::Read as _;
+        let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+        std::fs::File::open(dir.join(CACHEDIR_TAG))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
     }
 
     /// Enters no directory on another device than `device` (it is listed, empty).
@@ -252,6 +290,9 @@ impl TreeWalk {
             names.push(name.to_owned());
         }
         names.sort();
+        if self.exclude_caches && names.iter().any(|n| n == CACHEDIR_TAG) && Self::is_cache(&dir) {
+            names.retain(|n| n == CACHEDIR_TAG);
+        }
         let mut entries = Vec::new();
         let mut subdirs = Vec::new();
         for name in names {
@@ -394,6 +435,43 @@ mod tests {
             warnings[0].contains("`sub` is on another file system"),
             "{warnings:?}"
         );
+    }
+
+    /// A directory whose CACHEDIR.TAG has the signature keeps only its tag; one whose tag lacks
+    /// it (or a walk not asked to) keeps everything.
+    #[test]
+    fn tagged_cache_directories_keep_only_their_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sub, tag) in [
+            (
+                "cache",
+                &b"Signature: 8a477f597d28d172789f06886806bc55\n# made by a tool\n"[..],
+            ),
+            ("fake", &b"Signature: not the one\n"[..]),
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub).join("inner")).unwrap();
+            std::fs::write(dir.path().join(sub).join(CACHEDIR_TAG), tag).unwrap();
+            std::fs::write(dir.path().join(sub).join("inner/f"), b"x").unwrap();
+        }
+        let walk = TreeWalk::new(
+            dir.path(),
+            globset::GlobSet::empty(),
+            &SessionContext::default(),
+        )
+        .excluding_caches();
+        let paths: Vec<String> = walk.map(|e| e.unwrap().path).collect();
+        assert_eq!(
+            paths,
+            [
+                "cache",
+                "fake",
+                "cache/CACHEDIR.TAG",
+                "fake/CACHEDIR.TAG",
+                "fake/inner",
+                "fake/inner/f"
+            ]
+        );
+        assert_eq!(paths_of(dir.path()).len(), 8);
     }
 
     fn paths_of(root: &Path) -> Vec<String> {

@@ -27,6 +27,7 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<()> {
         excludes,
         excludes_from_flags,
         one_file_system: args.one_file_system,
+        exclude_caches: args.exclude_caches,
         fast_checkpoint: args.fast_checkpoint,
         pg_data_dir: args.pg_data_dir.clone(),
         label: args.label.clone(),

@@ -146,6 +146,7 @@ fn build(name: &str, config: GroupConfig) -> Result<GroupSource> {
             excludes: member.excludes,
             excludes_from_flags: false,
             one_file_system: false,
+            exclude_caches: false,
             fast_checkpoint: member.fast_checkpoint,
             pg_data_dir: member.pg_data_dir,
             label: None,
