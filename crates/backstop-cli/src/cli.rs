@@ -624,6 +624,10 @@ pub(crate) struct PurgeArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) keep_within: Option<std::time::Duration>,
 
+    /// Keep every backup tagged TAG (repeatable), beside what the other rules keep
+    #[arg(long, value_name = "TAG")]
+    pub(crate) keep_tag: Vec<String>,
+
     /// Only purge backups of this source: its path, URL or group name as `list` shows it
     /// (repeatable); others are left alone
     #[arg(long, value_name = "PATH_OR_URL")]

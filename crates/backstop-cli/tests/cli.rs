@@ -516,6 +516,13 @@ fn purge_keeps_the_newest_backups_of_each_source() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no --keep rule given"));
+    // A tag alone would delete every untagged backup.
+    world
+        .cmd()
+        .args(["purge", "--keep-tag", "release", "--dry-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--keep-tag release"));
 
     // Rules add up: the backups of the last hour are all kept, and say why.
     let within = world.json(&[

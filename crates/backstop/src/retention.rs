@@ -57,6 +57,9 @@ pub struct RetentionPolicy {
     /// Keep every backup taken at most this long before the newest backup of its group.
     #[serde(default)]
     pub keep_within: Option<Duration>,
+    /// Keep every backup that carries one of these tags.
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
     /// Apply the policy only to the groups whose recorded source (path, URL or group name, as
     /// [`BackupInfo::source`]) is one of these; empty: every group. Backups of other sources
     /// are left alone and not part of the plan.
@@ -114,6 +117,12 @@ impl RetentionPolicy {
         self
     }
 
+    /// Keeps every backup tagged `tag` (see [`RetentionPolicy::keep_tags`]).
+    pub fn keep_tag(mut self, tag: impl Into<String>) -> Self {
+        self.keep_tags.push(tag.into());
+        self
+    }
+
     /// Adds a source the policy applies to (see [`RetentionPolicy::sources`]).
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.sources.push(source.into());
@@ -126,6 +135,8 @@ impl RetentionPolicy {
     /// [`ErrorKind::InvalidInput`] when no rule keeps anything.
     pub fn validate(&self) -> Result<()> {
         // keep_within keeps at least the newest backup, even at zero.
+        // A tag rule alone keeps only the tagged: the group's other backups would all go, and
+        // a group without the tag would lose everything.
         if self.keep_last == 0
             && self.period_rules().iter().all(|r| r.count == 0)
             && self.keep_within.is_none()
@@ -229,6 +240,11 @@ impl RetentionPolicy {
                 }
             }
         }
+        for backup in &members {
+            if backup.tags.iter().any(|t| self.keep_tags.contains(t)) {
+                keep(backup.id, "tag");
+            }
+        }
         if let (Some(within), Some(newest)) = (self.keep_within, members.first()) {
             let within = i64::try_from(within.as_secs()).unwrap_or(i64::MAX);
             for backup in &members {
@@ -323,7 +339,7 @@ pub struct GroupPlan {
     /// Backups to delete, oldest first.
     pub delete: Vec<BackupId>,
     /// Why each kept backup is kept: the rules that keep it (`last`, `hourly`, `daily`,
-    /// `weekly`, `monthly`, `yearly`, `within`).
+    /// `weekly`, `monthly`, `yearly`, `tag`, `within`).
     #[serde(default)]
     pub reasons: BTreeMap<BackupId, Vec<String>>,
 }
@@ -596,6 +612,26 @@ mod tests {
         assert_eq!(both.groups[0].reasons[&400], ["last", "daily", "yearly"]);
         assert_eq!(both.groups[0].reasons[&399], ["last"]);
         assert_eq!(both.delete_ids().len(), 397);
+    }
+
+    #[test]
+    fn a_tagged_backup_is_kept_beside_the_other_rules_and_a_tag_alone_keeps_nothing_else() {
+        let mut backups = every(86_400, 10, SUNDAY_NIGHT);
+        backups[2].tags = vec!["release".into()];
+        backups[5].tags = vec!["other".into()];
+        let plan = RetentionPolicy::default()
+            .keep_last(2)
+            .keep_tag("release")
+            .plan(&backups)
+            .unwrap();
+        assert_eq!(plan.keep_ids(), [3, 9, 10]);
+        assert_eq!(plan.groups[0].reasons[&3], ["tag"]);
+        // Without a rule that keeps untagged backups, the policy is refused.
+        let err = RetentionPolicy::default()
+            .keep_tag("release")
+            .plan(&backups)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

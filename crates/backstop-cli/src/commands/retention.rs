@@ -55,6 +55,9 @@ fn policy(args: &PurgeArgs) -> Result<RetentionPolicy> {
     if let Some(within) = args.keep_within {
         policy = policy.keep_within(within);
     }
+    for tag in &args.keep_tag {
+        policy = policy.keep_tag(tag);
+    }
     // A directory's backups record its canonical path; the path as typed counts too.
     for source in super::select::source_names(&args.source_path) {
         policy = policy.with_source(source);
@@ -91,6 +94,7 @@ fn rules(args: &PurgeArgs) -> String {
             humantime::format_duration(within)
         ));
     }
+    given.extend(args.keep_tag.iter().map(|t| format!("--keep-tag {t}")));
     given.join(" ")
 }
 
