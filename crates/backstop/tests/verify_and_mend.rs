@@ -277,3 +277,53 @@ fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
     engine.gc_with(&GcOptions::default()).unwrap();
     assert!(engine.verify_all(VerifyLevel::Full).unwrap().is_ok());
 }
+
+/// `latest` is the newest backup that can be read: a damaged newest snapshot is passed over
+/// (with a warning), not an error that stops every restore of `latest`.
+#[test]
+fn latest_passes_over_a_damaged_newest_snapshot() {
+    use backstop::{BackupSelector, RestoreOptions};
+    let source = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(
+        store.clone(),
+        InitOptions::default(),
+        EngineOptions::default(),
+    )
+    .unwrap();
+    for round in 0..2 {
+        std::fs::write(source.path().join("f"), format!("round {round}")).unwrap();
+        engine
+            .create_backup(
+                &mut DirSource::new(source.path()),
+                &BackupOptions::default(),
+            )
+            .unwrap();
+    }
+    let key = store
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("snapshots/0000000002-"))
+        .unwrap();
+    let mut bytes = store.raw_get(&key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    store.raw_put(&key, bytes);
+
+    assert_eq!(engine.backup_info(BackupSelector::Latest).unwrap().id, 1);
+    let target = tempfile::tempdir().unwrap();
+    let info = engine
+        .restore(
+            BackupSelector::Latest,
+            &target.path().join("r"),
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(info.id, 1);
+    assert_eq!(
+        std::fs::read_to_string(target.path().join("r/f")).unwrap(),
+        "round 0"
+    );
+    // The damaged one by its id is still an error.
+    assert!(engine.backup_info(BackupSelector::Id(2)).is_err());
+}

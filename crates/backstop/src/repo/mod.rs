@@ -1176,15 +1176,42 @@ impl Repository {
     pub(crate) fn load_snapshot(&self, which: BackupSelector) -> Result<Snapshot> {
         let keys = self.snapshot_keys()?;
         let (id, key) = match which {
-            BackupSelector::Latest => keys
-                .last()
-                .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackups))?,
+            BackupSelector::Latest => return self.load_latest(&keys),
             BackupSelector::Id(id) => keys
                 .iter()
                 .find(|(i, _)| *i == id)
                 .ok_or_else(|| Error::new(ErrorKind::NotFound, RepoError::NoBackup(id)))?,
         };
         self.read_snapshot(*id, key)
+    }
+
+    /// The newest backup whose snapshot reads. A newer one that is damaged is passed over with
+    /// a warning (as `list` leaves it out; `verify` reports it), and one deleted since the
+    /// listing is passed over silently; if every snapshot is damaged, the newest one's error.
+    fn load_latest(&self, keys: &[(BackupId, String)]) -> Result<Snapshot> {
+        let mut damaged: Vec<(BackupId, Error)> = Vec::new();
+        for (id, key) in keys.iter().rev() {
+            match self.read_snapshot(*id, key) {
+                Ok(snapshot) => {
+                    for (newer, error) in &damaged {
+                        tracing::warn!(
+                            "backup {newer} cannot be read ({error}); `latest` is backup {}, \
+                             the newest that can: delete {newer} (`backstop delete {newer}`) \
+                             unless its snapshot can be mended from a copy",
+                            snapshot.id
+                        );
+                    }
+                    return Ok(snapshot);
+                }
+                Err(e) if e.kind() == ErrorKind::Corrupt => damaged.push((*id, e)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match damaged.into_iter().next() {
+            Some((_, newest)) => Err(newest),
+            None => Err(Error::new(ErrorKind::NotFound, RepoError::NoBackups)),
+        }
     }
 
     /// Every backup whose snapshot reads; a damaged one is left out with a warning.
