@@ -145,6 +145,16 @@ impl World {
     }
 }
 
+/// The paths of an `info --files --json` result.
+fn file_paths(info: &Value) -> Vec<String> {
+    info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A small tree: text files, a nested directory, a binary file of a few hundred KiB.
 fn write_small_tree(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
@@ -196,12 +206,7 @@ fn backup_list_info_and_restore_round_trip() {
 
     let info = world.json(&["info", &id.to_string(), "--files"]);
     assert_eq!(info["backup"]["id"], id);
-    let paths: Vec<&str> = info["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let paths = file_paths(&info);
     assert!(
         paths.iter().any(|p| p.ends_with("sub/notes.md")),
         "{paths:?}"
@@ -1113,12 +1118,7 @@ fn config_file_supplies_defaults_and_flags_override_it() {
     let data = world.data();
     world.json_with(&mut bare(), &["backup", data.to_str().unwrap()]);
     let info = world.json_with(&mut bare(), &["info", "latest", "--files"]);
-    let paths: Vec<&str> = info["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let paths = file_paths(&info);
     assert!(
         !paths.iter().any(|p| p.ends_with("skip.tmp")),
         "excluded by config: {paths:?}"
@@ -1474,14 +1474,7 @@ fn one_file_system_stores_a_mount_point_as_an_empty_directory() {
     };
     std::fs::write(mnt.join("elsewhere.txt"), b"on another file system").unwrap();
     let data = world.data();
-    let paths = |id: &serde_json::Value| -> Vec<String> {
-        world.json(&["info", &id.to_string(), "--files"])["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["path"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let paths = |id: &Value| file_paths(&world.json(&["info", &id.to_string(), "--files"]));
     let staying = world.json(&["backup", "--one-file-system", data.to_str().unwrap()]);
     let stayed = paths(&staying["id"]);
     assert!(stayed.contains(&"mnt".to_owned()), "{stayed:?}");
@@ -1519,16 +1512,16 @@ fn exclude_caches_keeps_only_the_tag_of_a_cache_directory() {
     std::fs::write(cache.join("object.o"), pseudo_random(50_000, 4)).unwrap();
     let data = world.data();
     let backup = world.json(&["backup", "--exclude-caches", data.to_str().unwrap()]);
-    let files = world.json(&["info", &backup["id"].to_string(), "--files"]);
-    let paths: Vec<&str> = files["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
-    assert!(paths.contains(&"build-cache/CACHEDIR.TAG"), "{paths:?}");
-    assert!(!paths.contains(&"build-cache/object.o"), "{paths:?}");
-    assert!(paths.contains(&"blob.bin"), "{paths:?}");
+    let paths = file_paths(&world.json(&["info", &backup["id"].to_string(), "--files"]));
+    assert!(
+        paths.contains(&"build-cache/CACHEDIR.TAG".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.contains(&"build-cache/object.o".to_owned()),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"blob.bin".to_owned()), "{paths:?}");
     world
         .cmd()
         .args(["backup", "--source", "sqlite", "--exclude-caches", "x.db"])

@@ -201,13 +201,9 @@ fn a_lost_pack_leaves_the_index_at_gc_and_the_next_full_read_backup_mends_the_ba
     assert_eq!(std::fs::read(target.path().join("r/big")).unwrap(), bytes);
 }
 
-/// One damaged snapshot must not stop the work that can go on without it: listing shows the
-/// other backups, a new backup finds its parent among them, verify reports the damaged one
-/// (and checks the rest), restores of the others work. gc refuses, since it cannot know what
-/// data the damaged backup uses, and says to delete it; once deleted, gc runs.
-#[test]
-fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
-    use backstop::{BackupSelector, GcOptions, RestoreOptions};
+/// `rounds` backups of a one-file tree (`f` holds `round N`), the second's snapshot then
+/// damaged in the store.
+fn backups_with_the_second_damaged(rounds: u32) -> (tempfile::TempDir, MemoryStore, BackupEngine) {
     let source = tempfile::tempdir().unwrap();
     let store = MemoryStore::new();
     let engine = BackupEngine::init(
@@ -216,7 +212,7 @@ fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
         EngineOptions::default(),
     )
     .unwrap();
-    for round in 0..3 {
+    for round in 0..rounds {
         std::fs::write(source.path().join("f"), format!("round {round}")).unwrap();
         engine
             .create_backup(
@@ -234,6 +230,17 @@ fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     store.raw_put(&key, bytes);
+    (source, store, engine)
+}
+
+/// One damaged snapshot must not stop the work that can go on without it: listing shows the
+/// other backups, a new backup finds its parent among them, verify reports the damaged one
+/// (and checks the rest), restores of the others work. gc refuses, since it cannot know what
+/// data the damaged backup uses, and says to delete it; once deleted, gc runs.
+#[test]
+fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
+    use backstop::{BackupSelector, GcOptions, RestoreOptions};
+    let (source, store, engine) = backups_with_the_second_damaged(3);
 
     let ids: Vec<u64> = engine
         .list_backups()
@@ -283,32 +290,7 @@ fn a_damaged_snapshot_is_reported_and_stops_only_gc() {
 #[test]
 fn latest_passes_over_a_damaged_newest_snapshot() {
     use backstop::{BackupSelector, RestoreOptions};
-    let source = tempfile::tempdir().unwrap();
-    let store = MemoryStore::new();
-    let engine = BackupEngine::init(
-        store.clone(),
-        InitOptions::default(),
-        EngineOptions::default(),
-    )
-    .unwrap();
-    for round in 0..2 {
-        std::fs::write(source.path().join("f"), format!("round {round}")).unwrap();
-        engine
-            .create_backup(
-                &mut DirSource::new(source.path()),
-                &BackupOptions::default(),
-            )
-            .unwrap();
-    }
-    let key = store
-        .keys()
-        .into_iter()
-        .find(|k| k.starts_with("snapshots/0000000002-"))
-        .unwrap();
-    let mut bytes = store.raw_get(&key).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    store.raw_put(&key, bytes);
+    let (_source, _store, engine) = backups_with_the_second_damaged(2);
 
     assert_eq!(engine.backup_info(BackupSelector::Latest).unwrap().id, 1);
     let target = tempfile::tempdir().unwrap();
