@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use backstop::{BackupInfo, BackupSelector, ReadOnlyEngine};
+use backstop::{BackupInfo, BackupSelector, ReadOnlyEngine, SourceGroup};
 
 use crate::exit::{Code, Exit};
 use crate::output::quoted;
@@ -34,24 +34,25 @@ pub(super) fn resolve(
     sources: &[String],
 ) -> Result<BackupInfo> {
     if sources.is_empty() {
-        let backup = engine.backup_info(which)?;
-        if which == BackupSelector::Latest {
-            let kinds: BTreeSet<(String, String, String)> = engine
-                .list_backups()?
-                .into_iter()
-                .map(|b| (b.host, b.source_kind, b.source))
-                .collect();
-            if kinds.len() > 1 {
-                tracing::warn!(
-                    "`latest` is backup {} of {} `{}` on `{}`, the newest of the {} sources in \
-                     the repository; `--source-path` picks the newest of one",
-                    backup.id,
-                    backup.source_kind,
-                    backup.source,
-                    backup.host,
-                    kinds.len()
-                );
-            }
+        if which != BackupSelector::Latest {
+            return Ok(engine.backup_info(which)?);
+        }
+        // One listing both picks the newest and counts the sources (it leaves out, with a
+        // warning, a backup that cannot be read, as `latest` does).
+        let all = engine.list_backups()?;
+        let Some(backup) = all.iter().max_by_key(|b| b.id).cloned() else {
+            // No backup, or none that reads: the engine says which.
+            return Ok(engine.backup_info(which)?);
+        };
+        let groups: BTreeSet<SourceGroup> = all.iter().map(SourceGroup::of).collect();
+        if groups.len() > 1 {
+            tracing::warn!(
+                "`latest` is backup {} of {}, the newest of the {} sources in the repository; \
+                 `--source-path` picks the newest of one",
+                backup.id,
+                SourceGroup::of(&backup),
+                groups.len()
+            );
         }
         return Ok(backup);
     }
