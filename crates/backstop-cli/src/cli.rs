@@ -495,6 +495,13 @@ pub(crate) struct RestoreArgs {
     #[arg(long)]
     pub(crate) force: bool,
 
+    /// Make a non-empty target what the backup holds, writing only what differs: each file
+    /// there is read and hashed chunk by chunk, the chunks that differ are written in place,
+    /// and whatever the backup does not have is deleted (pgBackRest's --delta). For restoring
+    /// a database over its own diverged or damaged copy
+    #[arg(long, conflicts_with_all = ["force", "include"])]
+    pub(crate) delta: bool,
+
     /// With `latest`: the newest backup of this source (its path, URL or group name as `list`
     /// shows it; repeatable); with an id: refuse a backup of another source
     #[arg(long, value_name = "PATH_OR_URL", conflicts_with = "group")]

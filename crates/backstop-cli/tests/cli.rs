@@ -409,6 +409,70 @@ fn restore_refuses_a_non_empty_target_unless_forced() {
     );
 }
 
+/// `restore --delta` makes a diverged copy the backup again: what differs is written, what
+/// the backup lacks is deleted, and the summary says how much was already in place; with
+/// `--include` it is refused as a usage error, before anything is touched.
+#[test]
+fn restore_delta_mends_a_diverged_copy() {
+    let world = World::new();
+    world.init();
+    let id = world.backup();
+    let target = world.path("copy");
+    world
+        .cmd()
+        .args(["restore", &id.to_string(), target.to_str().unwrap()])
+        .assert()
+        .success();
+    let mut blob = std::fs::read(target.join("blob.bin")).unwrap();
+    blob[1000] ^= 0xFF;
+    std::fs::write(target.join("blob.bin"), &blob).unwrap();
+    std::fs::write(target.join("stray.txt"), b"not in the backup").unwrap();
+
+    world
+        .cmd()
+        .args(["restore", "--delta", "--include", "sub"])
+        .args([&id.to_string(), target.to_str().unwrap()])
+        .assert()
+        .code(2);
+    assert!(
+        target.join("stray.txt").exists(),
+        "a refused delta touched the target"
+    );
+
+    world
+        .cmd()
+        .args([
+            "restore",
+            "--delta",
+            &id.to_string(),
+            target.to_str().unwrap(),
+        ])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("already in place").and(predicate::str::contains(
+                "1 path the backup does not have deleted",
+            )),
+        );
+    assert!(!target.join("stray.txt").exists());
+    assert_eq!(
+        std::fs::read(target.join("blob.bin")).unwrap(),
+        std::fs::read(world.data().join("blob.bin")).unwrap()
+    );
+    let restored = world.json(&[
+        "restore",
+        "--delta",
+        &id.to_string(),
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(restored["bytes"], 0, "{restored}");
+    assert_eq!(restored["removed"], 0, "{restored}");
+    assert!(
+        restored["bytes_kept"].as_u64().unwrap() > 300 * 1024,
+        "{restored}"
+    );
+}
+
 #[test]
 fn purge_delete_and_gc() {
     let world = World::new();

@@ -219,6 +219,14 @@ pub struct RestoreInfo {
     /// files, when the restore syncs and the filesystem supports it.
     #[serde(default)]
     pub bytes_direct: u64,
+    /// A delta restore's bytes the target already held (read, hashed and found equal to the
+    /// backup's chunks), not written.
+    #[serde(default)]
+    pub bytes_kept: u64,
+    /// Paths a delta restore deleted because the backup does not have them (a directory and
+    /// everything in it counted once).
+    #[serde(default)]
+    pub removed: u64,
     /// Milliseconds taken.
     pub duration_ms: u64,
     /// What the restore fix-ups did, a line per step.

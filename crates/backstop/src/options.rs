@@ -306,6 +306,14 @@ pub enum ExistingTarget {
     Refuse,
     /// Write into it, replacing files the backup has (others are left alone).
     Overwrite,
+    /// Make it what the backup holds, writing only what differs (pgBackRest's `--delta`): a
+    /// regular file of a path the backup has keeps the chunks it already holds (each read and
+    /// hashed, never trusted by size or time) and gets the others written in place; whatever
+    /// the backup does not have (other files, directories, symlinks, a file where the backup
+    /// has a directory) is deleted. For restoring a database over its own diverged or damaged
+    /// copy: a large data directory of which little changed is read once and mostly not
+    /// written. Restores the whole backup (not with [`RestoreOptions::include`]).
+    Delta,
 }
 
 /// How to restore.

@@ -11,6 +11,13 @@
 //! who can write in the target while the restore runs (a checked directory swapped for a
 //! symlink); restore as root only into a directory nobody else can write to.
 //!
+//! A delta restore ([`ExistingTarget::Delta`]) makes a non-empty target the backup: it first
+//! deletes whatever the backup does not have (never following a symlink), then reads each
+//! regular file the target holds at a path of the backup and hashes it chunk by chunk against
+//! the backup's chunk ids, and fetches and writes, in place, only the chunks that differ. A
+//! file with other hard links, or a symlink, is replaced instead, so nothing outside the target
+//! is written. Nothing is trusted from sizes or times: every chunk is compared.
+//!
 //! Speed and memory: files are cut into segments of whole read runs (16 MiB of raw bytes), whose
 //! offsets in the file follow from the index's raw lengths, so several workers write one large
 //! file at once with positioned writes. Blobs are decoded and written one at a time, and the
@@ -48,7 +55,7 @@ pub(crate) const INCOMPLETE_MARKER: &str = ".backstop-restore-incomplete";
 /// What a restore refuses, with the file and the backup it concerns.
 #[derive(Debug, thiserror::Error)]
 enum RestoreError {
-    #[error("restore target `{}` is not empty; restore into an empty directory, or overwrite it on purpose (`--force`)", .0.display())]
+    #[error("restore target `{}` is not empty; restore into an empty directory, overwrite it on purpose (`--force`), or make it the backup, writing only what differs (`--delta`)", .0.display())]
     NotEmpty(PathBuf),
     #[error(
         "backup {backup} holds the path `{path}`, which would escape the restore target; refusing to restore it"
@@ -56,6 +63,8 @@ enum RestoreError {
     Escape { backup: u64, path: String },
     #[error("`{}` inside the restore target is a symlink or not a directory; refusing to write through it", .0.display())]
     NotADirectory(PathBuf),
+    #[error("`{}` inside the restore target stopped being a regular file during the restore; refusing to write through it", .0.display())]
+    NotAFile(PathBuf),
     #[error(
         "file `{path}` of backup {backup} is damaged in the repository; the restore stopped and the target is incomplete"
     )]
@@ -103,6 +112,15 @@ fn restore_tuned(
     // Everything that can refuse the restore does so before the target is touched, and a
     // target in the way before the backup's tree is read (which takes a while for a large one).
     let select = Selection::new(snapshot, options)?;
+    let delta = options.existing == ExistingTarget::Delta;
+    if delta && select.is_some() {
+        return Err(Error::msg(
+            ErrorKind::InvalidInput,
+            "a delta restore makes the target the whole backup and deletes what it does not \
+             hold, so it cannot restore only some paths: leave out the paths to include, or \
+             restore them into an empty directory",
+        ));
+    }
     refuse_non_empty(target, options.existing)?;
     let mut nodes = Vec::new();
     repo.for_each_node(snapshot, |n| {
@@ -121,6 +139,7 @@ fn restore_tuned(
     if let Some(select) = select {
         nodes = select.apply(nodes)?;
     }
+    let wanted = delta.then(|| wanted_paths(&nodes));
     let links = split_hard_links(&mut nodes);
     let files = nodes.iter().filter(|n| n.kind == NODE_FILE);
     options.progress.phase(
@@ -149,6 +168,9 @@ fn restore_tuned(
         id: snapshot.id,
         ..RestoreInfo::default()
     };
+    if let Some(wanted) = &wanted {
+        info.removed = remove_unwanted(target, wanted)?;
+    }
     let mut dirs = SafeDirs::new(target);
     // Directories first, then files (in parallel), then symlinks, then directory metadata.
     for node in nodes.iter().filter(|n| n.kind == NODE_DIR) {
@@ -161,10 +183,10 @@ fn restore_tuned(
         }
     }
     let direct = writes_directly(snapshot, options, &params);
-    let (bytes, bytes_direct) =
-        restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;
-    info.bytes = bytes;
-    info.bytes_direct = bytes_direct;
+    let written = restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;
+    info.bytes = written.bytes;
+    info.bytes_direct = written.direct;
+    info.bytes_kept = written.kept;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
     for (node, first) in &links {
         if let Some((parent, _)) = node.path.rsplit_once('/') {
@@ -406,6 +428,82 @@ fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|e| io_error("creating", target, e))
+}
+
+/// Every path a delta restore keeps in the target, with the kind of node the backup has there
+/// (the directories above every node included, whether or not the backup lists them).
+fn wanted_paths(nodes: &[Node]) -> std::collections::HashMap<String, u8> {
+    let mut wanted = std::collections::HashMap::with_capacity(nodes.len());
+    for node in nodes {
+        wanted.insert(node.path.clone(), node.kind);
+        let mut path = node.path.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if wanted.insert(parent.to_owned(), NODE_DIR).is_some() {
+                break;
+            }
+            path = parent;
+        }
+    }
+    wanted
+}
+
+/// Deletes what the target holds that the backup does not, or holds as another kind of node
+/// (a delta restore), and returns how many paths went: a directory with what is in it counts
+/// once. Symlinks are never followed: a symlink where the backup has a directory is deleted,
+/// not walked. The marker of an unfinished restore stays.
+fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<String, u8>) -> Result<u64> {
+    let mut removed = 0;
+    let mut dirs = vec![(target.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_error("reading", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("reading", &dir, e))?;
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_error("reading the type of", &path, e))?;
+            // A name that is not UTF-8 cannot be a path of the backup (its paths are strings).
+            let name = entry.file_name().to_str().map(str::to_owned);
+            let rel_path = name.map(|name| match rel.as_str() {
+                "" => name,
+                _ => format!("{rel}/{name}"),
+            });
+            if rel_path.as_deref() == Some(INCOMPLETE_MARKER) {
+                continue;
+            }
+            let keep = match rel_path.as_ref().and_then(|p| wanted.get(p)) {
+                Some(&NODE_DIR) => kind.is_dir(),
+                Some(&NODE_FILE) => kind.is_file(),
+                Some(&NODE_SYMLINK) => kind.is_symlink(),
+                _ => false,
+            };
+            match rel_path {
+                Some(rel_path) if keep => {
+                    if kind.is_dir() {
+                        dirs.push((path, rel_path));
+                    }
+                }
+                _ => {
+                    if kind.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    }
+                    .map_err(|e| io_error("deleting (the backup does not have it)", &path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether a delta restore may rewrite the file at `path` in place: a regular file (not a
+/// symlink) with no other name, since writing through another link would change a file
+/// outside the restore.
+fn rewritable_in_place(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
 }
 
 /// Takes out of `nodes` the files that shared an inode with an earlier file when they were
@@ -683,6 +781,9 @@ struct FileJob<'a> {
     file: Mutex<Option<Arc<OpenFile>>>,
     /// Whether its aligned blocks are written with direct I/O (see [`OpenFile::direct`]).
     direct: bool,
+    /// A delta restore found the file in the target: its chunks are compared with the
+    /// backup's and only those that differ are written, in place (see [`restore_in_place`]).
+    in_place: bool,
     /// Segments not yet written; the worker that writes the last one closes the file and sets
     /// its metadata.
     remaining: AtomicUsize,
@@ -693,6 +794,44 @@ impl FileJob<'_> {
         let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(file) = slot.as_ref() {
             return Ok(Arc::clone(file));
+        }
+        if self.in_place {
+            let file = match open_in_place(&self.path) {
+                Ok(Some(file)) => file,
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Unsafe,
+                        RestoreError::NotAFile(self.path.clone()),
+                    ));
+                }
+                // A file its owner made read-only (or one gone since it was planned) is
+                // written afresh: every chunk then differs from what the new file holds.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                    ) =>
+                {
+                    remove_existing(&self.path)?;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&self.path)
+                        .map_err(|e| io_error("creating", &self.path, e))?
+                }
+                Err(e) => return Err(io_error("opening", &self.path, e)),
+            };
+            file.set_len(self.node.size)
+                .map_err(|e| io_error("setting the size of", &self.path, e))?;
+            let file = Arc::new(OpenFile {
+                file,
+                direct: None,
+                refused: AtomicBool::new(false),
+            });
+            *slot = Some(Arc::clone(&file));
+            return Ok(file);
         }
         remove_existing(&self.path)?;
         // Private until written: the recorded mode, which may let others read, comes last.
@@ -728,6 +867,18 @@ impl FileJob<'_> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
+}
+
+/// Opens the file a delta restore rewrites in place, for reading and writing: the regular file
+/// it checked when planning, never one a symlink put there since (`None` when it is no regular
+/// file any more).
+fn open_in_place(path: &Path) -> std::io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    Ok(file.metadata()?.file_type().is_file().then_some(file))
 }
 
 /// The files of one kind of [`Work`], planned in list order, a file at a time as the lane's
@@ -819,6 +970,15 @@ struct Segment<'a> {
     runs: Vec<ReadRun>,
 }
 
+/// What the workers of a restore wrote, and what a delta restore found in place.
+struct Written {
+    bytes: u64,
+    /// Of `bytes`, those written with direct I/O.
+    direct: u64,
+    /// Bytes a delta restore found already in place and did not write.
+    kept: u64,
+}
+
 fn restore_files<'n>(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -827,7 +987,7 @@ fn restore_files<'n>(
     options: &RestoreOptions,
     tuning: Tuning,
     direct: bool,
-) -> Result<(u64, u64)> {
+) -> Result<Written> {
     let threads = repo.options.worker_threads();
     let (tx_cpu, rx_cpu) = bounded::<Vec<Segment<'n>>>(threads * 2);
     let (tx_device, rx_device) = bounded::<Vec<Segment<'n>>>(threads * 2);
@@ -841,6 +1001,7 @@ fn restore_files<'n>(
     };
     let bytes = AtomicU64::new(0);
     let bytes_direct = AtomicU64::new(0);
+    let bytes_kept = AtomicU64::new(0);
     let budget = Budget::new(tuning.memory_budget);
     std::thread::scope(|scope| {
         // Work comes in two lanes, files that mostly keep a core busy and files that mostly
@@ -858,7 +1019,7 @@ fn restore_files<'n>(
                 (rx_device.clone(), rx_cpu.clone())
             };
             let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
-            let bytes_direct = &bytes_direct;
+            let (bytes_direct, bytes_kept) = (&bytes_direct, &bytes_kept);
             scope.spawn(move || {
                 let mut out = SegmentWriter::new(tuning.write_buffer, options.sync);
                 let mut frames = FrameCache::new(FRAME_CACHE);
@@ -883,6 +1044,7 @@ fn restore_files<'n>(
                     }
                 }
                 bytes_direct.fetch_add(out.direct_bytes(), Ordering::Relaxed);
+                bytes_kept.fetch_add(out.kept_bytes, Ordering::Relaxed);
             });
         }
         drop((rx_cpu, rx_device));
@@ -897,9 +1059,11 @@ fn restore_files<'n>(
             (Lane::new(tuning, cpu_files), &tx_cpu),
             (Lane::new(tuning, device_files), &tx_device),
         ];
+        let delta = options.existing == ExistingTarget::Delta;
         let plan = |node: &'n Node| {
-            let direct = direct && node.size >= tuning.direct_from;
-            let segments = plan_file(repo, snapshot, target, node, tuning, direct)?;
+            let in_place = delta && rewritable_in_place(&target.join(&node.path));
+            let direct = direct && !in_place && node.size >= tuning.direct_from;
+            let segments = plan_file(repo, snapshot, target, node, tuning, direct, in_place)?;
             options.progress.file(&node.path);
             Ok(segments)
         };
@@ -948,7 +1112,11 @@ fn restore_files<'n>(
             "the restore was cancelled; the target is incomplete",
         ));
     }
-    Ok((bytes.into_inner(), bytes_direct.into_inner()))
+    Ok(Written {
+        bytes: bytes.into_inner(),
+        direct: bytes_direct.into_inner(),
+        kept: bytes_kept.into_inner(),
+    })
 }
 
 /// The next group for a worker: from its own lane while that has work, else from the other;
@@ -986,6 +1154,7 @@ fn plan_file<'a>(
     node: &'a Node,
     tuning: Tuning,
     direct: bool,
+    in_place: bool,
 ) -> Result<Vec<Segment<'a>>> {
     let context = format!("`{}` of backup {}", node.path, snapshot.id);
     let runs = read_runs(repo, &node.chunks, tuning.max_run, &context)
@@ -1025,6 +1194,7 @@ fn plan_file<'a>(
         file: Mutex::new(None),
         remaining: AtomicUsize::new(parts.len()),
         direct,
+        in_place,
     });
     Ok(parts
         .into_iter()
@@ -1157,7 +1327,7 @@ fn restore_group(
     if let [segment] = group {
         return restore_segment(repo, snapshot, segment, options, budget, out, frames);
     }
-    if group.iter().all(is_framed) {
+    if group.iter().all(is_framed) || group.iter().any(|s| s.job.in_place) {
         let mut written = 0;
         for segment in group {
             written += restore_segment(repo, snapshot, segment, options, budget, out, frames)?;
@@ -1246,6 +1416,9 @@ fn restore_segment(
     out: &mut SegmentWriter,
     frames: &mut FrameCache,
 ) -> Result<u64> {
+    if segment.job.in_place {
+        return restore_in_place(repo, snapshot, segment, options, budget, out, frames);
+    }
     let job = &segment.job;
     let node = job.node;
     let file = job.open()?;
@@ -1313,12 +1486,113 @@ fn finish_segment(
             rustix::fs::Advice::DontNeed,
         );
     }
+    part_done(job, file)?;
+    Ok(written)
+}
+
+/// Lets go of a finished segment's file; the last segment of a file closes it and sets its
+/// metadata.
+fn part_done(job: &FileJob<'_>, file: Arc<OpenFile>) -> Result<()> {
     drop(file);
     if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         // Durability comes from one syncfs at the end of the restore, not an fsync per file.
         job.close();
-        apply_metadata(&job.path, node)?;
+        apply_metadata(&job.path, job.node)?;
     }
+    Ok(())
+}
+
+/// A delta restore's segment of a file the target holds: each chunk of the segment is read
+/// from the file and hashed, and only the chunks whose bytes differ from the backup's are
+/// fetched and written, in place. The file already has the size the backup records
+/// ([`open_in_place`]), so a chunk beyond its old end reads as zeros and is written unless
+/// the backup's chunk is zeros too.
+fn restore_in_place(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    segment: &Segment<'_>,
+    options: &RestoreOptions,
+    budget: &Budget,
+    out: &mut SegmentWriter,
+    frames: &mut FrameCache,
+) -> Result<u64> {
+    let job = &segment.job;
+    let node = job.node;
+    let file = job.open()?;
+    // Runs of the chunks that differ, each with the file offset of its first byte. A run of
+    // the plan is within one ranged read's bounds, so each part of it is too.
+    let mut stale: Vec<(u64, ReadRun)> = Vec::new();
+    let mut at = segment.offset;
+    let mut kept = 0u64;
+    let mut held = Vec::new();
+    for run in &segment.runs {
+        if options.cancel.is_cancelled() {
+            return Err(Error::msg(
+                ErrorKind::Cancelled,
+                "the restore was cancelled",
+            ));
+        }
+        for entry in &run.entries {
+            let len = u64::from(entry.raw_length);
+            held.resize(entry.raw_length as usize, 0);
+            file.file
+                .read_exact_at(&mut held, at)
+                .map_err(|e| io_error("reading", &job.path, e))?;
+            if crate::format::blob_id(&held, repo.key()) == entry.id {
+                kept += len;
+            } else {
+                let joined = stale.last_mut().is_some_and(|(start, part)| {
+                    *start + part.raw_len() == at && part.try_push(run.pack, *entry, u64::MAX)
+                });
+                if !joined {
+                    stale.push((at, ReadRun::new(run.pack, *entry)));
+                }
+            }
+            at += len;
+        }
+    }
+    drop(held);
+    options.progress.bytes(kept);
+    out.kept_bytes += kept;
+    let mut written = 0u64;
+    for (offset, run) in &stale {
+        if options.cancel.is_cancelled() {
+            return Err(Error::msg(
+                ErrorKind::Cancelled,
+                "the restore was cancelled",
+            ));
+        }
+        let _held = budget.acquire(run.memory_bound());
+        out.start(&file, *offset);
+        let read = repo.read_run_cached(run, frames, |_, data| {
+            out.write(&file, data)?;
+            options.progress.bytes(data.len() as u64);
+            Ok::<(), std::io::Error>(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(RunError::Repo(e)) => return Err(damaged_file(snapshot, node, e)),
+            Err(RunError::Sink(e)) => return Err(io_error("writing", &job.path, e)),
+        }
+        out.flush(&file)
+            .map_err(|e| io_error("writing", &job.path, e))?;
+        let part = out.position() - offset;
+        if part != run.raw_len() {
+            return Err(damaged_file(
+                snapshot,
+                node,
+                Error::msg(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "its part at byte {offset} holds {part} bytes, the index says {}",
+                        run.raw_len()
+                    ),
+                ),
+            ));
+        }
+        written += part;
+    }
+    part_done(job, file)?;
     Ok(written)
 }
 
@@ -1391,6 +1665,8 @@ struct SegmentWriter {
     writer: Option<DirectWriter>,
     /// Bytes written directly by this thread (its writer thread counts its own).
     direct_bytes: u64,
+    /// Bytes a delta restore found in place, by this thread.
+    kept_bytes: u64,
 }
 
 /// An aligned buffer for direct writes, and which file bytes it holds.
@@ -1578,6 +1854,7 @@ impl SegmentWriter {
             spare: Vec::new(),
             writer: None,
             direct_bytes: 0,
+            kept_bytes: 0,
         }
     }
 
@@ -2076,8 +2353,16 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
-        let segments =
-            plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), false).unwrap();
+        let segments = plan_file(
+            repo,
+            &snapshot,
+            outer.path(),
+            &node,
+            small_tuning(),
+            false,
+            false,
+        )
+        .unwrap();
         assert!(segments.len() >= 4, "{} segments", segments.len());
         let target = outer.path().join("target");
         let info = restore_tuned(
@@ -2112,7 +2397,15 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let outer = tempfile::tempdir().unwrap();
         let node = big_node(repo, &snapshot);
-        let segments = plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), true);
+        let segments = plan_file(
+            repo,
+            &snapshot,
+            outer.path(),
+            &node,
+            small_tuning(),
+            true,
+            false,
+        );
         let unaligned = segments
             .unwrap()
             .iter()
@@ -2208,8 +2501,16 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
-        let segments =
-            plan_file(repo, &snapshot, outer.path(), &node, small_tuning(), false).unwrap();
+        let segments = plan_file(
+            repo,
+            &snapshot,
+            outer.path(),
+            &node,
+            small_tuning(),
+            false,
+            false,
+        )
+        .unwrap();
         // Damage a unit of a middle segment that does not also hold `small` (a reading thread
         // that reads both files puts small blobs of both into the same frames).
         let small_unit = {

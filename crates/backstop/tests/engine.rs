@@ -786,6 +786,155 @@ fn hard_links_come_back_as_hard_links() {
     assert_eq!(std::fs::read(part.join("sub/b")).unwrap(), bytes);
 }
 
+/// A delta restore over a copy that diverged makes it the backup again: a file with a few
+/// changed bytes gets only the chunks around them written, in place (same inode), a missing
+/// file comes back, a file whose mode alone changed gets its mode, and what the backup does not
+/// have goes (an extra file, an extra directory tree, a file where the backup has a directory,
+/// a regular file where it has a symlink).
+#[test]
+fn a_delta_restore_writes_only_what_differs_and_deletes_what_the_backup_lacks() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let big = pseudo_random(2_000_000, 7);
+    std::fs::write(data.path().join("big.bin"), &big).unwrap();
+    std::fs::create_dir(data.path().join("d")).unwrap();
+    std::fs::write(data.path().join("d/inside"), b"in d").unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let t = |p: &str| target.path().join(p);
+    engine
+        .restore(info.id, target.path(), &RestoreOptions::default())
+        .unwrap();
+    let big_inode = std::fs::metadata(t("big.bin")).unwrap().ino();
+
+    // The copy diverges.
+    let mut changed = big.clone();
+    changed[1_000_000..1_000_100].fill(0xAB);
+    std::fs::write(t("big.bin"), &changed).unwrap();
+    std::fs::write(t("small.txt"), b"hello, but longer now").unwrap();
+    std::fs::remove_file(t("sub/deeper/zeros")).unwrap();
+    std::fs::set_permissions(t("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(t("extra.txt"), b"not in the backup").unwrap();
+    std::fs::create_dir_all(t("junk/deep")).unwrap();
+    std::fs::write(t("junk/deep/file"), b"junk").unwrap();
+    std::fs::remove_dir_all(t("d")).unwrap();
+    std::fs::write(t("d"), b"a file where the backup has a directory").unwrap();
+    std::fs::remove_file(t("link")).unwrap();
+    std::fs::write(t("link"), b"a file where the backup has a symlink").unwrap();
+
+    let restored = engine
+        .restore(
+            info.id,
+            target.path(),
+            &RestoreOptions::default().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap();
+    assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
+    assert_eq!(
+        std::fs::metadata(t("big.bin")).unwrap().ino(),
+        big_inode,
+        "big.bin was rewritten, not mended in place"
+    );
+    assert_eq!(restored.removed, 4, "{restored:?}");
+    // Chunks are at most 256 KiB: the changed bytes touch one or two of big.bin's, and the
+    // other files written are small; the rest of big.bin and random.bin were kept.
+    assert!(restored.bytes <= 2 * 256 * 1024 + 400_000, "{restored:?}");
+    assert!(
+        restored.bytes_kept >= 2_000_000 + 700_000 - 2 * 256 * 1024,
+        "{restored:?}"
+    );
+    assert!(!t(".backstop-restore-incomplete").exists());
+
+    // Run again on what it made: nothing differs, nothing is written or deleted.
+    let again = engine
+        .restore(
+            info.id,
+            target.path(),
+            &RestoreOptions::default().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap();
+    assert_eq!((again.bytes, again.removed), (0, 0), "{again:?}");
+    assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
+}
+
+/// A delta restore never writes through a name that leads outside the target: a file there
+/// that is a hard link of a file outside, or a symlink to one, is replaced, and the file
+/// outside keeps its bytes.
+#[test]
+fn a_delta_restore_does_not_write_through_links_to_files_outside_the_target() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.bin"), pseudo_random(300_000, 8)).unwrap();
+    std::fs::write(data.path().join("b.bin"), pseudo_random(300_000, 9)).unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim_a = outside.path().join("victim-a");
+    let victim_b = outside.path().join("victim-b");
+    std::fs::write(&victim_a, b"must stay").unwrap();
+    std::fs::write(&victim_b, b"must stay too").unwrap();
+    let target = tempfile::tempdir().unwrap();
+    std::fs::hard_link(&victim_a, target.path().join("a.bin")).unwrap();
+    std::os::unix::fs::symlink(&victim_b, target.path().join("b.bin")).unwrap();
+
+    engine
+        .restore(
+            info.id,
+            target.path(),
+            &RestoreOptions::default().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(&victim_a).unwrap(), b"must stay");
+    assert_eq!(std::fs::read(&victim_b).unwrap(), b"must stay too");
+    assert_eq!(std::fs::metadata(&victim_a).unwrap().nlink(), 1);
+    assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
+}
+
+/// A delta restore deletes what the backup lacks, so it refuses to restore only some paths
+/// (the rest would go), before touching the target; into a missing target it is a plain
+/// restore.
+#[test]
+fn a_delta_restore_of_some_paths_is_refused_and_into_nothing_is_a_plain_restore() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    std::fs::write(target.path().join("precious"), b"keep").unwrap();
+    let err = engine
+        .restore(
+            info.id,
+            target.path(),
+            &RestoreOptions::default()
+                .with_existing(ExistingTarget::Delta)
+                .with_include(vec!["sub".into()]),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(
+        std::fs::read_dir(target.path()).unwrap().count(),
+        1,
+        "the target was touched"
+    );
+
+    let fresh = target.path().join("fresh");
+    let restored = engine
+        .restore(
+            info.id,
+            &fresh,
+            &RestoreOptions::default().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap();
+    assert_eq!((restored.bytes_kept, restored.removed), (0, 0));
+    assert_eq!(describe_tree(&fresh), describe_tree(data.path()));
+}
+
 /// `dump` writes one file, several batches of chunks long, byte for byte, and `read_file` the
 /// same into memory; a directory or a missing path is not found.
 #[test]

@@ -318,6 +318,7 @@ pub(super) fn restore(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             backup: BackupSelector::Id(id),
             target: args.target.clone(),
             force: args.force,
+            delta: args.delta,
             raw: args.raw,
             include: Vec::new(),
             source_path: Vec::new(),

@@ -21,7 +21,9 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     if args.include.is_empty() {
         progress.set_totals(backup.files, backup.size);
     }
-    let existing = if args.force {
+    let existing = if args.delta {
+        ExistingTarget::Delta
+    } else if args.force {
         ExistingTarget::Overwrite
     } else {
         ExistingTarget::Refuse
@@ -139,6 +141,16 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         output::duration_ms(info.duration_ms),
         output::rate(info.bytes, info.duration_ms)
     ))?;
+    if args.delta {
+        printer.status(format!(
+            "  delta: {} already in place (read and found equal), {} written, {} {} the backup \
+             does not have deleted",
+            output::size(info.bytes_kept),
+            output::size(info.bytes),
+            info.removed,
+            if info.removed == 1 { "path" } else { "paths" }
+        ))?;
+    }
     for fixup in &info.fixups {
         printer.status(format!("  fix-up: {fixup}"))?;
     }
