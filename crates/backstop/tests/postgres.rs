@@ -18,8 +18,8 @@ mod pg_cluster;
 
 use backstop::source::postgres::PostgresSource;
 use backstop::{
-    BackupEngine, BackupOptions, EngineOptions, ErrorKind, InitOptions, MemoryStore,
-    RestoreOptions, VerifyLevel,
+    BackupEngine, BackupOptions, EngineOptions, ErrorKind, ExistingTarget, InitOptions,
+    MemoryStore, RestoreOptions, VerifyLevel,
 };
 use pg_cluster::PgCluster;
 use std::path::Path;
@@ -248,6 +248,83 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
         sums.iter().all(|s| *s == sums[0]),
         "pgbench invariant broken: {sums:?}"
     );
+}
+
+/// A delta restore brings a restored cluster that went its own way (promoted, more pgbench
+/// transactions, a new table) back to the hot backup it came from: the server replays the same
+/// WAL to the same point as after the first restore, `pg_amcheck` finds nothing, the pgbench
+/// invariant holds, the new table is gone; and of the data directory only what differs was
+/// written.
+#[test]
+fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
+    if !pg_cluster::require_postgres() {
+        return;
+    }
+    let tmp = pg_cluster::tempdir();
+    let mut primary = PgCluster::init(&tmp.path().join("primary"), &[]);
+    primary.start(&[]);
+    primary.pgbench_init(2, &[]);
+    let engine = engine();
+    let mut source = PostgresSource::new(primary.conninfo()).with_fast_checkpoint(true);
+    let load = primary.pgbench_load(2, 600, Some(200));
+    let committed_before = primary.history_rows();
+    let info = engine
+        .create_backup(&mut source, &BackupOptions::default())
+        .unwrap();
+    load.stop();
+    primary.stop();
+
+    let root = tmp.path().join("restored");
+    let mut restored = PgCluster::at(&root);
+    let options = RestoreOptions::default().with_fixup_option("archive-mode", "off");
+    engine
+        .restore(info.id, restored.data_dir(), &options)
+        .unwrap();
+    pg_cluster::give_to_server_user(&root);
+    restored.start(&[]);
+    restored.wait_until_promoted();
+    let rows = restored.history_rows();
+    assert!(rows >= committed_before, "{rows} < {committed_before}");
+    restored.pgbench_run(2, 300);
+    restored.psql("CREATE TABLE later AS SELECT g FROM generate_series(1, 10000) g");
+    restored.psql("CHECKPOINT");
+    restored.stop();
+
+    let delta = engine
+        .restore(
+            info.id,
+            restored.data_dir(),
+            &options.clone().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap();
+    eprintln!(
+        "delta restore: {} B written, {} B kept, {} paths removed",
+        delta.bytes, delta.bytes_kept, delta.removed
+    );
+    pg_cluster::give_to_server_user(&root);
+    restored.start(&[]);
+    restored.wait_until_promoted();
+    if let Err(e) = restored.amcheck() {
+        panic!("{e}\n--- server log ---\n{}", restored.log_tail());
+    }
+    assert_eq!(restored.history_rows(), rows);
+    let sums = restored.pgbench_sums();
+    assert!(
+        sums.iter().all(|s| *s == sums[0]),
+        "pgbench invariant broken: {sums:?}"
+    );
+    assert!(
+        restored.try_psql("SELECT count(*) FROM later").is_err(),
+        "the table made after the backup is still there"
+    );
+    assert!(delta.removed > 0, "{delta:?}");
+    assert!(
+        delta.bytes < delta.bytes_kept,
+        "a delta restore wrote {} B and kept only {} B",
+        delta.bytes,
+        delta.bytes_kept
+    );
+    restored.stop();
 }
 
 #[test]
