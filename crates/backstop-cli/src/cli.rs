@@ -502,6 +502,13 @@ pub(crate) struct RestoreArgs {
     #[arg(long, conflicts_with_all = ["force", "include"])]
     pub(crate) delta: bool,
 
+    /// Leave chunks of zeros (4 KiB and more) of the files written unwritten, as holes, so that
+    /// a sparse file (a virtual disk, an EventStore chunk, a file sized with `truncate`) takes
+    /// about the space it did. Off by default: a database may count on the blocks it filled
+    /// with zeros (PostgreSQL's WAL segments) being allocated
+    #[arg(long)]
+    pub(crate) sparse: bool,
+
     /// With `latest`: the newest backup of this source (its path, URL or group name as `list`
     /// shows it; repeatable); with an id: refuse a backup of another source
     #[arg(long, value_name = "PATH_OR_URL", conflicts_with = "group")]

@@ -10,6 +10,7 @@
 )]
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -470,6 +471,44 @@ fn restore_delta_mends_a_diverged_copy() {
     assert!(
         restored["bytes_kept"].as_u64().unwrap() > 300 * 1024,
         "{restored}"
+    );
+}
+
+/// `restore --sparse` leaves a sparse file's holes as holes and says how many bytes of zeros
+/// it did not write; the file reads back the same.
+#[test]
+fn restore_sparse_keeps_a_sparse_file_sparse() {
+    use std::os::unix::fs::MetadataExt as _;
+    let world = World::new();
+    world.init();
+    let image = world.data().join("disk.img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(64 << 20).unwrap();
+    file.write_all_at(&pseudo_random(1 << 20, 3), 32 << 20)
+        .unwrap();
+    drop(file);
+    let id = world.backup();
+    let target = world.path("sparse");
+    world
+        .cmd()
+        .args([
+            "restore",
+            "--sparse",
+            &id.to_string(),
+            target.to_str().unwrap(),
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("of zeros left as holes"));
+    let restored = target.join("disk.img");
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&image).unwrap()
+    );
+    let allocated = std::fs::metadata(&restored).unwrap().blocks() * 512;
+    assert!(
+        allocated < 16 << 20,
+        "{allocated} bytes allocated for 1 MiB of data"
     );
 }
 

@@ -227,6 +227,10 @@ pub struct RestoreInfo {
     /// everything in it counted once).
     #[serde(default)]
     pub removed: u64,
+    /// Bytes of zeros a sparse restore left unwritten, as holes ([`crate::RestoreOptions::sparse`]);
+    /// counted in `bytes`.
+    #[serde(default)]
+    pub bytes_sparse: u64,
     /// Milliseconds taken.
     pub duration_ms: u64,
     /// What the restore fix-ups did, a line per step.

@@ -337,6 +337,14 @@ pub struct RestoreOptions {
     /// directories above them. Empty: the whole backup. A database backup restores in part
     /// only with [`raw`](Self::raw): its files alone would not open consistent.
     pub include: Vec<String>,
+    /// Leave chunks of zeros (4 KiB and more, as the backup stored them) of newly written files
+    /// unwritten, as holes, so that a sparse file (a virtual disk, a database or log file
+    /// sized with `truncate`, an EventStore chunk) takes about the space it took when backed
+    /// up. Off by default, as in restic, borg and rsync: a database may count on the blocks of
+    /// a file it preallocated with zeros (PostgreSQL's WAL segments) being allocated. Writes
+    /// go through the page cache (no direct I/O). A file a delta restore mends in place keeps
+    /// the blocks it has.
+    pub sparse: bool,
     /// Progress observer.
     pub progress: Arc<dyn Progress>,
     /// Cancellation.
@@ -351,6 +359,7 @@ impl Default for RestoreOptions {
             sync: true,
             fixup_options: BTreeMap::new(),
             include: Vec::new(),
+            sparse: false,
             progress: Arc::new(NoProgress),
             cancel: CancelToken::new(),
         }
@@ -365,6 +374,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("sync", &self.sync)
             .field("fixup_options", &self.fixup_options)
             .field("include", &self.include)
+            .field("sparse", &self.sparse)
             .finish_non_exhaustive()
     }
 }
@@ -396,6 +406,13 @@ impl RestoreOptions {
     #[must_use]
     pub fn with_sync(mut self, sync: bool) -> Self {
         self.sync = sync;
+        self
+    }
+
+    /// Leaves chunks of zeros as holes (see [`RestoreOptions::sparse`]).
+    #[must_use]
+    pub fn with_sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
         self
     }
 

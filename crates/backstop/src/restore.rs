@@ -18,6 +18,9 @@
 //! file with other hard links, or a symlink, is replaced instead, so nothing outside the target
 //! is written. Nothing is trusted from sizes or times: every chunk is compared.
 //!
+//! A sparse restore ([`RestoreOptions::sparse`]) creates each new file at its final size and
+//! leaves the chunks of zeros unwritten, so they read back as holes.
+//!
 //! Speed and memory: files are cut into segments of whole read runs (16 MiB of raw bytes), whose
 //! offsets in the file follow from the index's raw lengths, so several workers write one large
 //! file at once with positioned writes. Blobs are decoded and written one at a time, and the
@@ -182,11 +185,13 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
     }
-    let direct = writes_directly(snapshot, options, &params);
+    // Direct writes go to blocks allocated up front, which would fill a sparse file's holes.
+    let direct = writes_directly(snapshot, options, &params) && !options.sparse;
     let written = restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;
     info.bytes = written.bytes;
     info.bytes_direct = written.direct;
     info.bytes_kept = written.kept;
+    info.bytes_sparse = written.sparse;
     info.files = nodes.iter().filter(|n| n.kind == NODE_FILE).count() as u64;
     for (node, first) in &links {
         if let Some((parent, _)) = node.path.rsplit_once('/') {
@@ -779,14 +784,22 @@ struct FileJob<'a> {
     path: PathBuf,
     /// Created by whichever worker gets to the file first.
     file: Mutex<Option<Arc<OpenFile>>>,
-    /// Whether its aligned blocks are written with direct I/O (see [`OpenFile::direct`]).
-    direct: bool,
-    /// A delta restore found the file in the target: its chunks are compared with the
-    /// backup's and only those that differ are written, in place (see [`restore_in_place`]).
-    in_place: bool,
+    how: Writes,
     /// Segments not yet written; the worker that writes the last one closes the file and sets
     /// its metadata.
     remaining: AtomicUsize,
+}
+
+/// How a file's bytes are written.
+#[derive(Clone, Copy, Debug, Default)]
+struct Writes {
+    /// Its aligned blocks with direct I/O (see [`OpenFile::direct`]).
+    direct: bool,
+    /// In place: a delta restore found the file in the target, so its chunks are compared with
+    /// the backup's and only those that differ are written (see [`restore_in_place`]).
+    in_place: bool,
+    /// Chunks of zeros of a new file are left as holes ([`RestoreOptions::sparse`]).
+    sparse: bool,
 }
 
 impl FileJob<'_> {
@@ -795,7 +808,7 @@ impl FileJob<'_> {
         if let Some(file) = slot.as_ref() {
             return Ok(Arc::clone(file));
         }
-        if self.in_place {
+        if self.how.in_place {
             let file = match open_in_place(&self.path) {
                 Ok(Some(file)) => file,
                 Ok(None) => {
@@ -829,6 +842,8 @@ impl FileJob<'_> {
                 file,
                 direct: None,
                 refused: AtomicBool::new(false),
+                // What a file mended in place holds is replaced, zeros included.
+                sparse: false,
             });
             *slot = Some(Arc::clone(&file));
             return Ok(file);
@@ -841,13 +856,14 @@ impl FileJob<'_> {
             .mode(0o600)
             .open(&self.path)
             .map_err(|e| io_error("creating", &self.path, e))?;
-        let direct = if self.direct {
+        let direct = if self.how.direct {
             open_direct(&self.path, &file, self.node.size)
         } else {
             None
         };
-        if direct.is_none() && self.remaining.load(Ordering::Relaxed) > 1 {
-            // Segments may finish out of order: the file has its final size from the start.
+        if direct.is_none() && (self.remaining.load(Ordering::Relaxed) > 1 || self.how.sparse) {
+            // Segments may finish out of order, and a sparse file's last chunk may be a hole:
+            // the file has its final size from the start.
             file.set_len(self.node.size)
                 .map_err(|e| io_error("setting the size of", &self.path, e))?;
         }
@@ -855,6 +871,7 @@ impl FileJob<'_> {
             file,
             direct,
             refused: AtomicBool::new(false),
+            sparse: self.how.sparse,
         });
         *slot = Some(Arc::clone(&file));
         Ok(file)
@@ -977,6 +994,8 @@ struct Written {
     direct: u64,
     /// Bytes a delta restore found already in place and did not write.
     kept: u64,
+    /// Of `bytes`, zeros a sparse restore left as holes.
+    sparse: u64,
 }
 
 fn restore_files<'n>(
@@ -1002,6 +1021,7 @@ fn restore_files<'n>(
     let bytes = AtomicU64::new(0);
     let bytes_direct = AtomicU64::new(0);
     let bytes_kept = AtomicU64::new(0);
+    let bytes_sparse = AtomicU64::new(0);
     let budget = Budget::new(tuning.memory_budget);
     std::thread::scope(|scope| {
         // Work comes in two lanes, files that mostly keep a core busy and files that mostly
@@ -1019,7 +1039,8 @@ fn restore_files<'n>(
                 (rx_device.clone(), rx_cpu.clone())
             };
             let (failed, record, bytes, budget) = (&failed, &record, &bytes, &budget);
-            let (bytes_direct, bytes_kept) = (&bytes_direct, &bytes_kept);
+            let (bytes_direct, bytes_kept, bytes_sparse) =
+                (&bytes_direct, &bytes_kept, &bytes_sparse);
             scope.spawn(move || {
                 let mut out = SegmentWriter::new(tuning.write_buffer, options.sync);
                 let mut frames = FrameCache::new(FRAME_CACHE);
@@ -1045,6 +1066,7 @@ fn restore_files<'n>(
                 }
                 bytes_direct.fetch_add(out.direct_bytes(), Ordering::Relaxed);
                 bytes_kept.fetch_add(out.kept_bytes, Ordering::Relaxed);
+                bytes_sparse.fetch_add(out.sparse_bytes, Ordering::Relaxed);
             });
         }
         drop((rx_cpu, rx_device));
@@ -1062,8 +1084,12 @@ fn restore_files<'n>(
         let delta = options.existing == ExistingTarget::Delta;
         let plan = |node: &'n Node| {
             let in_place = delta && rewritable_in_place(&target.join(&node.path));
-            let direct = direct && !in_place && node.size >= tuning.direct_from;
-            let segments = plan_file(repo, snapshot, target, node, tuning, direct, in_place)?;
+            let how = Writes {
+                direct: direct && !in_place && node.size >= tuning.direct_from,
+                in_place,
+                sparse: options.sparse,
+            };
+            let segments = plan_file(repo, snapshot, target, node, tuning, how)?;
             options.progress.file(&node.path);
             Ok(segments)
         };
@@ -1116,6 +1142,7 @@ fn restore_files<'n>(
         bytes: bytes.into_inner(),
         direct: bytes_direct.into_inner(),
         kept: bytes_kept.into_inner(),
+        sparse: bytes_sparse.into_inner(),
     })
 }
 
@@ -1153,8 +1180,7 @@ fn plan_file<'a>(
     target: &Path,
     node: &'a Node,
     tuning: Tuning,
-    direct: bool,
-    in_place: bool,
+    how: Writes,
 ) -> Result<Vec<Segment<'a>>> {
     let context = format!("`{}` of backup {}", node.path, snapshot.id);
     let runs = read_runs(repo, &node.chunks, tuning.max_run, &context)
@@ -1193,8 +1219,7 @@ fn plan_file<'a>(
         path: target.join(&node.path),
         file: Mutex::new(None),
         remaining: AtomicUsize::new(parts.len()),
-        direct,
-        in_place,
+        how,
     });
     Ok(parts
         .into_iter()
@@ -1327,7 +1352,7 @@ fn restore_group(
     if let [segment] = group {
         return restore_segment(repo, snapshot, segment, options, budget, out, frames);
     }
-    if group.iter().all(is_framed) || group.iter().any(|s| s.job.in_place) {
+    if group.iter().all(is_framed) || group.iter().any(|s| s.job.how.in_place) {
         let mut written = 0;
         for segment in group {
             written += restore_segment(repo, snapshot, segment, options, budget, out, frames)?;
@@ -1416,7 +1441,7 @@ fn restore_segment(
     out: &mut SegmentWriter,
     frames: &mut FrameCache,
 ) -> Result<u64> {
-    if segment.job.in_place {
+    if segment.job.how.in_place {
         return restore_in_place(repo, snapshot, segment, options, budget, out, frames);
     }
     let job = &segment.job;
@@ -1609,6 +1634,9 @@ struct OpenFile {
     direct: Option<(File, usize)>,
     /// Set once the filesystem refused a direct write: the rest goes through the page cache.
     refused: AtomicBool,
+    /// Chunks of zeros are left as holes ([`RestoreOptions::sparse`]); the file was created
+    /// empty and at its final size, so what is not written reads as zeros.
+    sparse: bool,
 }
 
 /// Opens `path` again with `O_DIRECT` and allocates `size` bytes, or `None` where the
@@ -1667,6 +1695,8 @@ struct SegmentWriter {
     direct_bytes: u64,
     /// Bytes a delta restore found in place, by this thread.
     kept_bytes: u64,
+    /// Bytes of zeros this thread left as holes.
+    sparse_bytes: u64,
 }
 
 /// An aligned buffer for direct writes, and which file bytes it holds.
@@ -1855,6 +1885,7 @@ impl SegmentWriter {
             writer: None,
             direct_bytes: 0,
             kept_bytes: 0,
+            sparse_bytes: 0,
         }
     }
 
@@ -1898,6 +1929,12 @@ impl SegmentWriter {
     fn write(&mut self, file: &Arc<OpenFile>, data: &[u8]) -> std::io::Result<()> {
         if self.window.is_some() {
             return self.write_direct(file, data);
+        }
+        if file.sparse && data.len() >= SPARSE_FROM && is_zeros(data) {
+            self.flush(file)?;
+            self.at += data.len() as u64;
+            self.sparse_bytes += data.len() as u64;
+            return Ok(());
         }
         let large = data.len() >= self.capacity / 4;
         // Buffered bytes come first in the file, so they go out before a large blob does.
@@ -1989,6 +2026,17 @@ impl SegmentWriter {
         }
         Ok(())
     }
+}
+
+/// Chunks of zeros at least this long are left as holes by a sparse restore: a filesystem
+/// block, below which a hole saves nothing.
+const SPARSE_FROM: usize = 4096;
+
+/// Whether `data` is all zeros. It stops within 64 bytes of the first other byte, so for other
+/// data it costs next to nothing.
+fn is_zeros(data: &[u8]) -> bool {
+    data.chunks(64)
+        .all(|part| part.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Reads one file of a snapshot into memory.
@@ -2359,8 +2407,7 @@ mod tests {
             outer.path(),
             &node,
             small_tuning(),
-            false,
-            false,
+            Writes::default(),
         )
         .unwrap();
         assert!(segments.len() >= 4, "{} segments", segments.len());
@@ -2403,8 +2450,10 @@ mod tests {
             outer.path(),
             &node,
             small_tuning(),
-            true,
-            false,
+            Writes {
+                direct: true,
+                ..Writes::default()
+            },
         );
         let unaligned = segments
             .unwrap()
@@ -2472,6 +2521,7 @@ mod tests {
             file: File::create(&path).unwrap(),
             direct: None,
             refused: AtomicBool::new(false),
+            sparse: false,
         };
         let mut window = Window::new(3 * 4096, 4096);
         assert_eq!(window.capacity, 3 * 4096);
@@ -2507,8 +2557,7 @@ mod tests {
             outer.path(),
             &node,
             small_tuning(),
-            false,
-            false,
+            Writes::default(),
         )
         .unwrap();
         // Damage a unit of a middle segment that does not also hold `small` (a reading thread

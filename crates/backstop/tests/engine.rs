@@ -935,6 +935,53 @@ fn a_delta_restore_of_some_paths_is_refused_and_into_nothing_is_a_plain_restore(
     assert_eq!(describe_tree(&fresh), describe_tree(data.path()));
 }
 
+/// A sparse restore leaves a sparse file's holes unwritten (the file takes about the space its
+/// data does, and reads back the same); a default restore writes the zeros.
+#[test]
+fn a_sparse_restore_leaves_chunks_of_zeros_as_holes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let data = tempfile::tempdir().unwrap();
+    let image = data.path().join("disk.img");
+    let mut file = std::fs::File::create(&image).unwrap();
+    file.set_len(12 << 20).unwrap();
+    file.write_all(&pseudo_random(1 << 20, 11)).unwrap();
+    file.seek(SeekFrom::Start(6 << 20)).unwrap();
+    file.write_all(&pseudo_random(1 << 20, 12)).unwrap();
+    drop(file);
+    std::fs::write(data.path().join("small.txt"), b"not sparse").unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let allocated = |root: &Path| std::fs::metadata(root.join("disk.img")).unwrap().blocks() * 512;
+
+    let target = tempfile::tempdir().unwrap();
+    let sparse = target.path().join("sparse");
+    let restored = engine
+        .restore(
+            info.id,
+            &sparse,
+            &RestoreOptions::default().with_sparse(true),
+        )
+        .unwrap();
+    assert_eq!(describe_tree(&sparse), describe_tree(data.path()));
+    // 2 MiB of data; chunks (at most 256 KiB) at the edges of the holes hold zeros too.
+    assert!(
+        allocated(&sparse) < 3 << 20,
+        "{} bytes allocated: {restored:?}",
+        allocated(&sparse)
+    );
+    assert!(restored.bytes_sparse >= 8 << 20, "{restored:?}");
+
+    let dense = target.path().join("dense");
+    let restored = engine
+        .restore(info.id, &dense, &RestoreOptions::default())
+        .unwrap();
+    assert_eq!(describe_tree(&dense), describe_tree(data.path()));
+    assert_eq!(restored.bytes_sparse, 0);
+    assert!(allocated(&dense) >= 12 << 20, "{}", allocated(&dense));
+}
+
 /// `dump` writes one file, several batches of chunks long, byte for byte, and `read_file` the
 /// same into memory; a directory or a missing path is not found.
 #[test]

@@ -319,6 +319,7 @@ pub(super) fn restore(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             target: args.target.clone(),
             force: args.force,
             delta: args.delta,
+            sparse: args.sparse,
             raw: args.raw,
             include: Vec::new(),
             source_path: Vec::new(),

@@ -34,6 +34,7 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         .with_existing(existing)
         .with_raw(args.raw)
         .with_include(args.include.clone())
+        .with_sparse(args.sparse)
         .with_sync(!args.no_sync);
     let targets = [
         ("target-time", &args.target_time),
@@ -149,6 +150,12 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
             output::size(info.bytes),
             info.removed,
             if info.removed == 1 { "path" } else { "paths" }
+        ))?;
+    }
+    if args.sparse {
+        printer.status(format!(
+            "  sparse: {} of zeros left as holes",
+            output::size(info.bytes_sparse)
         ))?;
     }
     for fixup in &info.fixups {
