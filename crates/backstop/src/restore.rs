@@ -1549,32 +1549,63 @@ fn restore_in_place(
     let mut stale: Vec<(u64, ReadRun)> = Vec::new();
     let mut at = segment.offset;
     let mut kept = 0u64;
+    let chunks: Vec<_> = segment
+        .runs
+        .iter()
+        .flat_map(|run| run.entries.iter().map(|entry| (run.pack, *entry)))
+        .collect();
+    let span: u64 = chunks.iter().map(|(_, e)| u64::from(e.raw_length)).sum();
+    // Advice only: the kernel starts reading the whole segment while the first batches are
+    // hashed.
+    let _ = rustix::fs::fadvise(
+        &file.file,
+        segment.offset,
+        std::num::NonZeroU64::new(span),
+        rustix::fs::Advice::WillNeed,
+    );
     let mut held = Vec::new();
-    for run in &segment.runs {
+    let mut next = 0;
+    while next < chunks.len() {
         if options.cancel.is_cancelled() {
             return Err(Error::msg(
                 ErrorKind::Cancelled,
                 "the restore was cancelled",
             ));
         }
-        for entry in &run.entries {
-            let len = u64::from(entry.raw_length);
-            held.resize(entry.raw_length as usize, 0);
-            file.file
-                .read_exact_at(&mut held, at)
-                .map_err(|e| io_error("reading", &job.path, e))?;
-            if crate::format::blob_id(&held, repo.key()) == entry.id {
-                kept += len;
+        // Chunks are read a batch at a time: one read per page of a large database file cost
+        // a system call per page (a quarter of a million for a GiB of 4 KiB pages) and more
+        // system time than the restore it spared.
+        let mut end = next;
+        let mut batch = 0usize;
+        while let Some((_, entry)) = chunks.get(end) {
+            let len = entry.raw_length as usize;
+            if end > next && batch + len > COMPARE_BATCH {
+                break;
+            }
+            batch += len;
+            end += 1;
+        }
+        held.resize(batch, 0);
+        file.file
+            .read_exact_at(&mut held, at)
+            .map_err(|e| io_error("reading", &job.path, e))?;
+        let mut from = 0;
+        for &(pack, entry) in &chunks[next..end] {
+            let len = entry.raw_length as usize;
+            if crate::format::blob_id(&held[from..from + len], repo.key()) == entry.id {
+                kept += len as u64;
             } else {
                 let joined = stale.last_mut().is_some_and(|(start, part)| {
-                    *start + part.raw_len() == at && part.try_push(run.pack, *entry, u64::MAX)
+                    *start + part.raw_len() == at && part.try_push(pack, entry, u64::MAX)
                 });
                 if !joined {
-                    stale.push((at, ReadRun::new(run.pack, *entry)));
+                    stale.push((at, ReadRun::new(pack, entry)));
                 }
             }
-            at += len;
+            from += len;
+            at += len as u64;
         }
+        next = end;
     }
     drop(held);
     options.progress.bytes(kept);
@@ -2027,6 +2058,9 @@ impl SegmentWriter {
         Ok(())
     }
 }
+
+/// Bytes of a file a delta restore reads with one call to compare their chunks.
+const COMPARE_BATCH: usize = 4 << 20;
 
 /// Chunks of zeros at least this long are left as holes by a sparse restore: a filesystem
 /// block, below which a hole saves nothing.
