@@ -860,6 +860,163 @@ fn a_delta_restore_writes_only_what_differs_and_deletes_what_the_backup_lacks() 
     assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
 }
 
+/// Delta restores over copies mangled at random (bytes flipped, files cut, grown, deleted,
+/// added, turned into directories or symlinks to a file outside, directories turned into
+/// files, modes changed, files hard-linked from outside) always give back the backup exactly,
+/// and never change the file outside.
+#[test]
+fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
+    let data = tempfile::tempdir().unwrap();
+    sample_tree(data.path());
+    std::fs::create_dir_all(data.path().join("a/b")).unwrap();
+    for (i, len) in [0usize, 10, 5_000, 70_000, 600_000, 1_300_000]
+        .iter()
+        .enumerate()
+    {
+        let dir = ["", "a/", "a/b/"][i % 3];
+        std::fs::write(
+            data.path().join(format!("{dir}f{i}")),
+            pseudo_random(*len, 40 + i as u64),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("../f1", data.path().join("a/up")).unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let want = describe_tree(data.path());
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"outside the target").unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path();
+    engine
+        .restore(info.id, root, &RestoreOptions::default())
+        .unwrap();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut kinds = [0u32; 10];
+    for round in 0..40 {
+        let mut done = Vec::new();
+        for _ in 0..1 + rand(4) {
+            let (files, dirs) = walk(root);
+            let file = files.get(rand(files.len().max(1))).cloned();
+            let dir = dirs[rand(dirs.len())].clone();
+            let kind = rand(10);
+            let before = done.len();
+            match (kind, file) {
+                (0, Some(f)) => {
+                    let mut bytes = std::fs::read(&f).unwrap();
+                    if !bytes.is_empty() {
+                        let at = rand(bytes.len());
+                        bytes[at] ^= 0x5A;
+                        std::fs::write(&f, bytes).unwrap();
+                        done.push(format!("flip {}", f.display()));
+                    }
+                }
+                (1, Some(f)) => {
+                    let len = std::fs::metadata(&f).unwrap().len();
+                    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+                    file.set_len(rand(len as usize + 1) as u64).unwrap();
+                    done.push(format!("cut {}", f.display()));
+                }
+                (2, Some(f)) => {
+                    use std::io::Write as _;
+                    let mut file = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+                    file.write_all(&pseudo_random(1 + rand(100_000), round))
+                        .unwrap();
+                    done.push(format!("grow {}", f.display()));
+                }
+                (3, Some(f)) => {
+                    std::fs::remove_file(&f).unwrap();
+                    done.push(format!("delete {}", f.display()));
+                }
+                (4, _) => {
+                    let new = dir.join(format!("new{round}"));
+                    std::fs::write(&new, pseudo_random(rand(50_000), round)).unwrap();
+                    done.push(format!("add {}", new.display()));
+                }
+                (5, Some(f)) => {
+                    std::fs::remove_file(&f).unwrap();
+                    std::fs::create_dir(&f).unwrap();
+                    std::fs::write(f.join("inside"), b"x").unwrap();
+                    done.push(format!("file to dir {}", f.display()));
+                }
+                (6, _) if dir != root => {
+                    std::fs::remove_dir_all(&dir).unwrap();
+                    std::fs::write(&dir, b"was a directory").unwrap();
+                    done.push(format!("dir to file {}", dir.display()));
+                }
+                (7, Some(f)) => {
+                    std::fs::remove_file(&f).unwrap();
+                    std::os::unix::fs::symlink(&victim, &f).unwrap();
+                    done.push(format!("file to symlink {}", f.display()));
+                }
+                (8, Some(f)) => {
+                    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o604)).unwrap();
+                    done.push(format!("chmod {}", f.display()));
+                }
+                (9, Some(f)) => {
+                    std::fs::remove_file(&f).unwrap();
+                    std::fs::hard_link(&victim, &f).unwrap();
+                    done.push(format!("hard link {}", f.display()));
+                }
+                _ => {}
+            }
+            if done.len() > before {
+                kinds[kind] += 1;
+            }
+        }
+        let restored = engine
+            .restore(
+                info.id,
+                root,
+                &RestoreOptions::default().with_existing(ExistingTarget::Delta),
+            )
+            .unwrap_or_else(|e| panic!("round {round} after {done:?}: {e}"));
+        assert_eq!(describe_tree(root), want, "round {round} after {done:?}");
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            b"outside the target",
+            "round {round} after {done:?}: {restored:?}"
+        );
+    }
+    assert!(
+        kinds.iter().all(|n| *n > 0),
+        "some change never made: {kinds:?}"
+    );
+}
+
+/// The regular files and the directories (`root` first) under `root`, symlinks not followed.
+fn walk(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut files, mut dirs) = (Vec::new(), vec![root.to_path_buf()]);
+    let mut at = 0;
+    while let Some(dir) = dirs.get(at).cloned() {
+        at += 1;
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    (files, dirs)
+}
+
 /// A delta restore never writes through a name that leads outside the target: a file there
 /// that is a hard link of a file outside, or a symlink to one, is replaced, and the file
 /// outside keeps its bytes.
