@@ -1373,12 +1373,7 @@ fn restore_group(
     let mut current: Option<(&Segment<'_>, Arc<OpenFile>, usize)> = None;
     let mut written = 0u64;
     for run in &runs {
-        if options.cancel.is_cancelled() {
-            return Err(Error::msg(
-                ErrorKind::Cancelled,
-                "the restore was cancelled",
-            ));
-        }
+        stop_if_cancelled(options)?;
         let _held = budget.acquire(run.memory_bound());
         let read = repo.read_run_cached(run, frames, |_, data| {
             loop {
@@ -1445,29 +1440,54 @@ fn restore_segment(
         return restore_in_place(repo, snapshot, segment, options, budget, out, frames);
     }
     let job = &segment.job;
-    let node = job.node;
     let file = job.open()?;
     out.start(&file, segment.offset);
     for run in &segment.runs {
-        if options.cancel.is_cancelled() {
-            return Err(Error::msg(
-                ErrorKind::Cancelled,
-                "the restore was cancelled",
-            ));
-        }
-        let _held = budget.acquire(run.memory_bound());
-        let read = repo.read_run_cached(run, frames, |_, data| {
-            out.write(&file, data)?;
-            options.progress.bytes(data.len() as u64);
-            Ok::<(), std::io::Error>(())
-        });
-        match read {
-            Ok(()) => {}
-            Err(RunError::Repo(e)) => return Err(damaged_file(snapshot, node, e)),
-            Err(RunError::Sink(e)) => return Err(io_error("writing", &job.path, e)),
-        }
+        write_run(
+            repo, snapshot, job, &file, run, options, budget, out, frames,
+        )?;
     }
     finish_segment(snapshot, segment, file, out)
+}
+
+/// Fetches one run and writes its blobs where the writer stands.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of one worker's restore"
+)]
+fn write_run(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    job: &FileJob<'_>,
+    file: &Arc<OpenFile>,
+    run: &ReadRun,
+    options: &RestoreOptions,
+    budget: &Budget,
+    out: &mut SegmentWriter,
+    frames: &mut FrameCache,
+) -> Result<()> {
+    stop_if_cancelled(options)?;
+    let _held = budget.acquire(run.memory_bound());
+    let read = repo.read_run_cached(run, frames, |_, data| {
+        out.write(file, data)?;
+        options.progress.bytes(data.len() as u64);
+        Ok::<(), std::io::Error>(())
+    });
+    match read {
+        Ok(()) => Ok(()),
+        Err(RunError::Repo(e)) => Err(damaged_file(snapshot, job.node, e)),
+        Err(RunError::Sink(e)) => Err(io_error("writing", &job.path, e)),
+    }
+}
+
+fn stop_if_cancelled(options: &RestoreOptions) -> Result<()> {
+    if options.cancel.is_cancelled() {
+        return Err(Error::msg(
+            ErrorKind::Cancelled,
+            "the restore was cancelled",
+        ));
+    }
+    Ok(())
 }
 
 /// Ends a segment's writes: checks their length, starts writeback, and for a file's last
@@ -1566,12 +1586,7 @@ fn restore_in_place(
     let mut held = Vec::new();
     let mut next = 0;
     while next < chunks.len() {
-        if options.cancel.is_cancelled() {
-            return Err(Error::msg(
-                ErrorKind::Cancelled,
-                "the restore was cancelled",
-            ));
-        }
+        stop_if_cancelled(options)?;
         // Chunks are read a batch at a time: one read per page of a large database file cost
         // a system call per page (a quarter of a million for a GiB of 4 KiB pages) and more
         // system time than the restore it spared.
@@ -1612,24 +1627,10 @@ fn restore_in_place(
     out.kept_bytes += kept;
     let mut written = 0u64;
     for (offset, run) in &stale {
-        if options.cancel.is_cancelled() {
-            return Err(Error::msg(
-                ErrorKind::Cancelled,
-                "the restore was cancelled",
-            ));
-        }
-        let _held = budget.acquire(run.memory_bound());
         out.start(&file, *offset);
-        let read = repo.read_run_cached(run, frames, |_, data| {
-            out.write(&file, data)?;
-            options.progress.bytes(data.len() as u64);
-            Ok::<(), std::io::Error>(())
-        });
-        match read {
-            Ok(()) => {}
-            Err(RunError::Repo(e)) => return Err(damaged_file(snapshot, node, e)),
-            Err(RunError::Sink(e)) => return Err(io_error("writing", &job.path, e)),
-        }
+        write_run(
+            repo, snapshot, job, &file, run, options, budget, out, frames,
+        )?;
         out.flush(&file)
             .map_err(|e| io_error("writing", &job.path, e))?;
         let part = out.position() - offset;
