@@ -108,6 +108,11 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
                 );
             }
         }
+        // Backstop restores over a copy of version 1 (`--delta`) and gets version 2.
+        if *tool == "backstop" {
+            let r = row(tool, "over").expect("no over row for backstop");
+            assert_eq!(r["verified"], true, "backstop over: restore differs: {r}");
+        }
         // Every tool but `cp -a` reads its repository back and checks it, changing nothing.
         if *tool != "cp-a" {
             let r = row(tool, "check").unwrap_or_else(|| panic!("no check row for {tool}"));
