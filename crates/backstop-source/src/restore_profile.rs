@@ -67,6 +67,25 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
     !params.raw && !profile.is_plain_files()
 }
 
+/// The lock file of a database server that may be running on the files in `target`, which a
+/// restore over them (`--force`, `--delta`) would corrupt under it: PostgreSQL's
+/// `postmaster.pid` in the data directory (in a group's backup, in a member's directory), as
+/// pgBackRest checks before a delta restore. A stale one (a server that crashed) is found too:
+/// only who knows no server runs there may delete it.
+pub fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<std::path::PathBuf> {
+    const LOCK: &str = "postmaster.pid";
+    match profile.kind.as_str() {
+        "postgres" => Some(target.join(LOCK)).filter(|p| p.exists()),
+        "group" => std::fs::read_dir(target)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path().join(LOCK))
+            .find(|p| p.exists()),
+        _ => None,
+    }
+}
+
 /// The options each kind's restore procedure takes, besides `restore-command` (which every
 /// restore is given: the CLI cannot know the kind before it reads the backup, and only
 /// PostgreSQL uses it) and PostgreSQL's `tablespace-<oid>`.
@@ -174,6 +193,37 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postmaster_pid_in_the_data_directory_or_a_members_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = |kind: &str| RestoreProfile {
+            kind: kind.into(),
+            params: BTreeMap::new(),
+        };
+        std::fs::create_dir(dir.path().join("pg")).unwrap();
+        for kind in ["postgres", "group", "sqlite", "none"] {
+            assert_eq!(
+                running_server_lock(&profile(kind), dir.path()),
+                None,
+                "{kind}"
+            );
+        }
+        let member_lock = dir.path().join("pg/postmaster.pid");
+        std::fs::write(&member_lock, "4242\n").unwrap();
+        assert_eq!(
+            running_server_lock(&profile("group"), dir.path()),
+            Some(member_lock)
+        );
+        assert_eq!(running_server_lock(&profile("postgres"), dir.path()), None);
+        let lock = dir.path().join("postmaster.pid");
+        std::fs::write(&lock, "4242\n").unwrap();
+        assert_eq!(
+            running_server_lock(&profile("postgres"), dir.path()),
+            Some(lock)
+        );
+        assert_eq!(running_server_lock(&profile("sqlite"), dir.path()), None);
+    }
 
     #[test]
     fn only_plain_directories_and_raw_restores_leave_the_files_unread() {

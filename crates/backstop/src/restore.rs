@@ -68,6 +68,8 @@ enum RestoreError {
     NotADirectory(PathBuf),
     #[error("`{}` inside the restore target stopped being a regular file during the restore; refusing to write through it", .0.display())]
     NotAFile(PathBuf),
+    #[error("`{}` exists: a database server may be running on the files in the restore target, and restoring over them would corrupt it under the server; stop the server first, or delete that file if you know none runs there; nothing was restored", .0.display())]
+    ServerRunning(PathBuf),
     #[error(
         "file `{path}` of backup {backup} is damaged in the repository; the restore stopped and the target is incomplete"
     )]
@@ -124,7 +126,9 @@ fn restore_tuned(
              restore them into an empty directory",
         ));
     }
-    refuse_non_empty(target, options.existing)?;
+    if refuse_non_empty(target, options.existing)? {
+        refuse_a_running_server(snapshot, target)?;
+    }
     let mut nodes = Vec::new();
     repo.for_each_node(snapshot, |n| {
         if !is_safe_path(&n.path) {
@@ -424,6 +428,17 @@ fn refuse_non_empty(target: &Path, existing: ExistingTarget) -> Result<bool> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error("opening the restore target", target, e)),
+    }
+}
+
+/// Refuses to restore over the files of a database server that may be running on them.
+fn refuse_a_running_server(snapshot: &Snapshot, target: &Path) -> Result<()> {
+    match backstop_source::restore_profile::running_server_lock(&snapshot.restore_profile, target) {
+        Some(lock) => Err(Error::new(
+            ErrorKind::Unsafe,
+            RestoreError::ServerRunning(lock),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -254,7 +254,7 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
 /// transactions, a new table) back to the hot backup it came from: the server replays the same
 /// WAL to the same point as after the first restore, `pg_amcheck` finds nothing, the pgbench
 /// invariant holds, the new table is gone; and of the data directory only what differs was
-/// written.
+/// written. While the server runs, the restore is refused.
 #[test]
 fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
     if !pg_cluster::require_postgres() {
@@ -288,6 +288,17 @@ fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
     restored.pgbench_run(2, 300);
     restored.psql("CREATE TABLE later AS SELECT g FROM generate_series(1, 10000) g");
     restored.psql("CHECKPOINT");
+    // Not over a running server: refused before anything is written.
+    let err = engine
+        .restore(
+            info.id,
+            restored.data_dir(),
+            &options.clone().with_existing(ExistingTarget::Delta),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsafe, "{err}");
+    assert!(err.to_string().contains("postmaster.pid"), "{err}");
+    assert_eq!(restored.psql("SELECT count(*) FROM later"), "10000");
     restored.stop();
 
     let delta = engine
