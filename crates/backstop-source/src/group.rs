@@ -1558,19 +1558,7 @@ pub(crate) fn restore_fixup(
             ))
         })?;
         let kind = member_profile.kind.clone();
-        let prefix = format!("{member}.");
-        let mut member_options: BTreeMap<String, String> = options
-            .iter()
-            .filter(|(k, _)| takes_option(&kind, k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut own_target = false;
-        for (key, value) in options {
-            if let Some(key) = key.strip_prefix(&prefix) {
-                own_target |= key.starts_with("target");
-                member_options.insert(key.to_owned(), value.clone());
-            }
-        }
+        let (mut member_options, own_target) = member_options(options, member, &kind);
         if kind == "postgres" && !own_target {
             match pitr_to {
                 Some(t) => {
@@ -1600,6 +1588,67 @@ pub(crate) fn restore_fixup(
         if kind != "postgres" && nix::unistd::geteuid().is_root() {
             steps.extend(give_to_files_owner(member, &member_target)?);
         }
+    }
+    Ok(steps)
+}
+
+/// The options of one member's procedure: those its kind takes, and the member's own
+/// (`<member>.<option>`), which win; and whether a recovery target was among its own.
+fn member_options(
+    options: &BTreeMap<String, String>,
+    member: &str,
+    kind: &str,
+) -> (BTreeMap<String, String>, bool) {
+    let prefix = format!("{member}.");
+    let mut chosen: BTreeMap<String, String> = options
+        .iter()
+        .filter(|(k, _)| takes_option(kind, k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut own_target = false;
+    for (key, value) in options {
+        if let Some(key) = key.strip_prefix(&prefix) {
+            own_target |= key.starts_with("target");
+            chosen.insert(key.to_owned(), value.clone());
+        }
+    }
+    (chosen, own_target)
+}
+
+/// Readies each member's directory for a delta restore (see
+/// [`crate::restore_profile::prepare_delta`]). A member whose name or profile is unusable, or
+/// whose directory is not a real one, is passed over: the fix-up refuses it afterwards.
+pub(crate) fn prepare_delta(
+    profile: &RestoreProfile,
+    target: &Path,
+    params: &RestoreParams,
+) -> Result<Vec<String>, SourceError> {
+    let members = profile
+        .params
+        .get("members")
+        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut steps = Vec::new();
+    for member in members {
+        let member_target = target.join(member);
+        let usable = crate::restored::is_safe_path(member)
+            && std::fs::symlink_metadata(&member_target).is_ok_and(|m| m.is_dir());
+        let member_profile = profile
+            .params
+            .get(&format!("member.{member}"))
+            .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok());
+        let (true, Some(member_profile)) = (usable, member_profile) else {
+            continue;
+        };
+        let (options, _) = member_options(&params.options, member, &member_profile.kind);
+        let member_params = RestoreParams {
+            raw: false,
+            options,
+        };
+        let done =
+            crate::restore_profile::prepare_delta(&member_profile, &member_target, &member_params)
+                .map_err(|e| member_error(member, e))?;
+        steps.extend(done.into_iter().map(|s| format!("{member}: {s}")));
     }
     Ok(steps)
 }
@@ -2041,6 +2090,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not understood"), "{err}");
+    }
+
+    /// Before a delta restore, a PostgreSQL member's tablespace that the earlier restore placed
+    /// outside (and linked) comes back into its `pg_tblspc`, where the delta compares it; a
+    /// member whose link points elsewhere keeps it.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_delta_restore_brings_a_members_tablespace_back_into_its_data_directory() {
+        let outer = tempfile::tempdir().unwrap();
+        let target = outer.path().join("target");
+        let placed = outer.path().join("ts-db");
+        let elsewhere = outer.path().join("ts-other");
+        for dir in [&placed, &elsewhere] {
+            std::fs::create_dir_all(dir.join("PG_15_202209061")).unwrap();
+            std::fs::write(dir.join("PG_15_202209061/16384"), b"relation").unwrap();
+        }
+        for member in ["db", "other"] {
+            std::fs::create_dir_all(target.join(member).join("pg_tblspc")).unwrap();
+        }
+        std::os::unix::fs::symlink(&placed, target.join("db/pg_tblspc/16406")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, target.join("other/pg_tblspc/16406")).unwrap();
+        let pg_member = |location: &Path| {
+            serde_json::json!({
+                "kind": "postgres",
+                "params": {"tablespace.16406": location.display().to_string()}
+            })
+            .to_string()
+        };
+        let profile = RestoreProfile::new("group")
+            .with_param("members", "db,other")
+            .with_param("member.db", pg_member(&placed))
+            .with_param("member.other", pg_member(&outer.path().join("ts-recorded")));
+        let steps = prepare_delta(&profile, &target, &params(&[])).unwrap();
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert!(
+            steps[0].starts_with("db: tablespace 16406 brought back"),
+            "{steps:?}"
+        );
+        let back = target.join("db/pg_tblspc/16406");
+        assert!(std::fs::symlink_metadata(&back).unwrap().is_dir());
+        assert_eq!(
+            std::fs::read(back.join("PG_15_202209061/16384")).unwrap(),
+            b"relation"
+        );
+        assert!(!placed.exists());
+        let kept = target.join("other/pg_tblspc/16406");
+        assert!(
+            std::fs::symlink_metadata(&kept)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(elsewhere.join("PG_15_202209061/16384").exists());
     }
 
     /// Member names come from the profile: one that is absolute, climbs out with `..`, or is a

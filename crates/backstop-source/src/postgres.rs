@@ -1607,6 +1607,39 @@ fn plan_tablespaces(
     Ok(plan)
 }
 
+/// Moves each tablespace an earlier restore placed outside the data directory back to
+/// `pg_tblspc/<oid>`, ahead of a delta restore over that restore (see
+/// [`crate::restore_profile::prepare_delta`]). Only a tablespace whose link in the target names
+/// exactly where this restore's plan puts it, a real directory, is moved: anything else stays,
+/// and the delta replaces the link with the backup's directory.
+pub(crate) fn gather_tablespaces(
+    profile: &RestoreProfile,
+    target: &Path,
+    options: &BTreeMap<String, String>,
+) -> Result<Vec<String>, SourceError> {
+    let pg_tblspc = target.join("pg_tblspc");
+    if !std::fs::symlink_metadata(&pg_tblspc).is_ok_and(|m| m.is_dir()) {
+        return Ok(Vec::new());
+    }
+    let mut steps = Vec::new();
+    for (oid, destination) in plan_tablespaces(profile, target, options)? {
+        let Some(dest) = destination else { continue };
+        let link = pg_tblspc.join(&oid);
+        let linked = std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
+            && std::fs::read_link(&link).is_ok_and(|to| to == dest);
+        if !linked || !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        std::fs::remove_file(&link).map_err(|e| SourceError::io("removing the link", &link, e))?;
+        move_dir(&dest, &link)?;
+        steps.push(format!(
+            "tablespace {oid} brought back from `{}` into the data directory for the delta restore",
+            dest.display()
+        ));
+    }
+    Ok(steps)
+}
+
 /// Where a tablespace may be placed: a plain absolute path (no `.` or `..`, not `/`) that
 /// neither lies inside the restored data directory nor contains it. The recorded location is
 /// where the original server kept the tablespace (PostgreSQL requires an absolute path); it

@@ -156,6 +156,28 @@ pub fn check_options(profile: &RestoreProfile, params: &RestoreParams) -> Result
     }
 }
 
+/// Readies a target that holds an earlier restore of the same database for a delta restore
+/// over it, and returns a line per step taken: PostgreSQL's tablespaces, which the earlier
+/// restore's fix-up moved out of the data directory and linked back, are moved back to
+/// `pg_tblspc/<oid>`, where the delta compares their files (a delta never follows a link) and
+/// the fix-up places them again afterwards (a group's PostgreSQL members' too). Nothing for
+/// other kinds, or with `raw`.
+pub fn prepare_delta(
+    profile: &RestoreProfile,
+    target: &Path,
+    params: &RestoreParams,
+) -> Result<Vec<String>, SourceError> {
+    if params.raw {
+        return Ok(Vec::new());
+    }
+    match profile.kind.as_str() {
+        #[cfg(feature = "postgres")]
+        "postgres" => crate::postgres::gather_tablespaces(profile, target, &params.options),
+        "group" => crate::group::prepare_delta(profile, target, params),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Applies `profile` to the restored tree at `target` and returns a line per step taken.
 pub fn apply(
     profile: &RestoreProfile,

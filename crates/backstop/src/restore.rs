@@ -175,7 +175,22 @@ fn restore_tuned(
         id: snapshot.id,
         ..RestoreInfo::default()
     };
+    let mut prepared = Vec::new();
     if let Some(wanted) = &wanted {
+        prepared = backstop_source::restore_profile::prepare_delta(
+            &snapshot.restore_profile,
+            target,
+            &params,
+        )
+        .map_err(|source| {
+            Error::new(
+                ErrorKind::Source,
+                RestoreError::Fixup {
+                    kind: snapshot.restore_profile.kind.clone(),
+                    source,
+                },
+            )
+        })?;
         info.removed = remove_unwanted(target, wanted)?;
     }
     let mut dirs = SafeDirs::new(target);
@@ -238,7 +253,7 @@ fn restore_tuned(
         apply_metadata(&target.join(&node.path), node)?;
     }
 
-    info.fixups =
+    let applied =
         backstop_source::restore_profile::apply(&snapshot.restore_profile, target, &params)
             .map_err(|source| {
                 Error::new(
@@ -249,6 +264,7 @@ fn restore_tuned(
                     },
                 )
             })?;
+    info.fixups = prepared.into_iter().chain(applied).collect();
     if options.sync {
         sync_filesystem(target)?;
     }

@@ -251,19 +251,19 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
 }
 
 /// A delta restore brings a restored cluster that went its own way (promoted, more pgbench
-/// transactions, a new table) back to the hot backup it came from: the server replays the same
-/// WAL to the same point as after the first restore, `pg_amcheck` finds nothing, the pgbench
-/// invariant holds, the new table is gone; and of the data directory only what differs was
-/// written. While the server runs, the restore is refused.
+/// transactions, rows changed in its tablespace outside the data directory, a new table) back
+/// to the hot backup it came from: the server replays the same WAL to the same point as after
+/// the first restore, `pg_amcheck` finds nothing, the pgbench invariant holds, the tablespace's
+/// rows are the backup's again (compared in place, then placed where they were), the new table
+/// is gone; and of the data directory only what differs was written. While the server runs, the
+/// restore is refused.
 #[test]
 fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
     if !pg_cluster::require_postgres() {
         return;
     }
     let tmp = pg_cluster::tempdir();
-    let mut primary = PgCluster::init(&tmp.path().join("primary"), &[]);
-    primary.start(&[]);
-    primary.pgbench_init(2, &[]);
+    let (mut primary, ts_oid) = PgCluster::primary_with_tablespace(tmp.path(), 2000);
     let engine = engine();
     let mut source = PostgresSource::new(primary.conninfo()).with_fast_checkpoint(true);
     let load = primary.pgbench_load(2, 600, Some(200));
@@ -275,17 +275,22 @@ fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
     primary.stop();
 
     let root = tmp.path().join("restored");
+    let ts_dir = root.with_extension("ts");
     let mut restored = PgCluster::at(&root);
-    let options = RestoreOptions::default().with_fixup_option("archive-mode", "off");
+    let options = RestoreOptions::default()
+        .with_fixup_option(format!("tablespace-{ts_oid}"), ts_dir.to_str().unwrap())
+        .with_fixup_option("archive-mode", "off");
     engine
         .restore(info.id, restored.data_dir(), &options)
         .unwrap();
     pg_cluster::give_to_server_user(&root);
+    pg_cluster::give_to_server_user(&ts_dir);
     restored.start(&[]);
     restored.wait_until_promoted();
     let rows = restored.history_rows();
     assert!(rows >= committed_before, "{rows} < {committed_before}");
     restored.pgbench_run(2, 300);
+    restored.psql("UPDATE in_ts SET v = 'changed' WHERE id <= 100");
     restored.psql("CREATE TABLE later AS SELECT g FROM generate_series(1, 10000) g");
     restored.psql("CHECKPOINT");
     // Not over a running server: refused before anything is written.
@@ -309,10 +314,18 @@ fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
         )
         .unwrap();
     eprintln!(
-        "delta restore: {} B written, {} B kept, {} paths removed",
-        delta.bytes, delta.bytes_kept, delta.removed
+        "delta restore: {} B written, {} B kept, {} paths removed; {:?}",
+        delta.bytes, delta.bytes_kept, delta.removed, delta.fixups
     );
+    assert!(
+        delta.fixups.iter().any(|f| f.contains("brought back")),
+        "{:?}",
+        delta.fixups
+    );
+    let link = restored.data_dir().join(format!("pg_tblspc/{ts_oid}"));
+    assert_eq!(std::fs::read_link(&link).unwrap(), ts_dir);
     pg_cluster::give_to_server_user(&root);
+    pg_cluster::give_to_server_user(&ts_dir);
     restored.start(&[]);
     restored.wait_until_promoted();
     if let Err(e) = restored.amcheck() {
@@ -327,6 +340,10 @@ fn a_delta_restore_brings_a_cluster_that_went_its_own_way_back_to_the_backup() {
     assert!(
         restored.try_psql("SELECT count(*) FROM later").is_err(),
         "the table made after the backup is still there"
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM in_ts WHERE v = md5(id::text)"),
+        "2000"
     );
     assert!(delta.removed > 0, "{delta:?}");
     assert!(
