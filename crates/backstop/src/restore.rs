@@ -486,7 +486,8 @@ fn wanted_paths(nodes: &[Node]) -> std::collections::HashMap<String, u8> {
 /// Deletes what the target holds that the backup does not, or holds as another kind of node
 /// (a delta restore), and returns how many paths went: a directory with what is in it counts
 /// once. Symlinks are never followed: a symlink where the backup has a directory is deleted,
-/// not walked. The marker of an unfinished restore stays.
+/// not walked. The marker of an unfinished restore stays, as does a `lost+found` directory at
+/// the top.
 fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<String, u8>) -> Result<u64> {
     let mut removed = 0;
     let mut dirs = vec![(target.to_path_buf(), String::new())];
@@ -504,7 +505,11 @@ fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<String, u8>
                 "" => name,
                 _ => format!("{rel}/{name}"),
             });
-            if rel_path.as_deref() == Some(INCOMPLETE_MARKER) {
+            // The marker stays, and so does a filesystem's `lost+found` at the top of a target
+            // that is a mount point (fsck's, not the application's).
+            if rel_path.as_deref() == Some(INCOMPLETE_MARKER)
+                || (rel_path.as_deref() == Some("lost+found") && kind.is_dir())
+            {
                 continue;
             }
             let keep = match rel_path.as_ref().and_then(|p| wanted.get(p)) {

@@ -824,6 +824,8 @@ fn a_delta_restore_writes_only_what_differs_and_deletes_what_the_backup_lacks() 
     std::fs::write(t("d"), b"a file where the backup has a directory").unwrap();
     std::fs::remove_file(t("link")).unwrap();
     std::fs::write(t("link"), b"a file where the backup has a symlink").unwrap();
+    // What fsck keeps at the top of a filesystem is left alone.
+    std::fs::create_dir(t("lost+found")).unwrap();
 
     let restored = engine
         .restore(
@@ -832,6 +834,8 @@ fn a_delta_restore_writes_only_what_differs_and_deletes_what_the_backup_lacks() 
             &RestoreOptions::default().with_existing(ExistingTarget::Delta),
         )
         .unwrap();
+    assert!(t("lost+found").is_dir());
+    std::fs::remove_dir(t("lost+found")).unwrap();
     assert_eq!(describe_tree(target.path()), describe_tree(data.path()));
     assert_eq!(
         std::fs::metadata(t("big.bin")).unwrap().ino(),
