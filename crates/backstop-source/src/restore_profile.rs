@@ -67,23 +67,44 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
     !params.raw && !profile.is_plain_files()
 }
 
-/// The lock file of a database server that may be running on the files in `target`, which a
-/// restore over them (`--force`, `--delta`) would corrupt under it: PostgreSQL's
-/// `postmaster.pid` in the data directory (in a group's backup, in a member's directory), as
-/// pgBackRest checks before a delta restore. A stale one (a server that crashed) is found too:
-/// only who knows no server runs there may delete it.
+/// The lock file of a database that may be running on the files in `target`, which a restore
+/// over them (`--force`, `--delta`) would corrupt under it: PostgreSQL's `postmaster.pid` in the
+/// data directory (as pgBackRest checks before a delta restore; a stale one, left by a server
+/// that crashed, is found too: only who knows no server runs there may delete it), or a RocksDB
+/// `LOCK` file another process holds locked (RocksDB locks it while the database is open). In a
+/// group's backup, in each member's directory.
 pub fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<std::path::PathBuf> {
-    const LOCK: &str = "postmaster.pid";
     match profile.kind.as_str() {
-        "postgres" => Some(target.join(LOCK)).filter(|p| p.exists()),
+        "postgres" => postmaster_pid(target),
+        "rocksdb" => held_rocksdb_lock(target),
         "group" => std::fs::read_dir(target)
             .ok()?
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path().join(LOCK))
-            .find(|p| p.exists()),
+            .find_map(|e| postmaster_pid(&e.path()).or_else(|| held_rocksdb_lock(&e.path()))),
         _ => None,
     }
+}
+
+fn postmaster_pid(dir: &Path) -> Option<std::path::PathBuf> {
+    Some(dir.join("postmaster.pid")).filter(|p| p.exists())
+}
+
+/// `dir/LOCK` when some process holds a lock on it. The query (`F_OFD_GETLK`) takes no lock:
+/// taking one and letting it go could drop the lock of a database open in this very process
+/// (a traditional `fcntl` lock belongs to the process, and any close releases it).
+fn held_rocksdb_lock(dir: &Path) -> Option<std::path::PathBuf> {
+    let lock = dir.join("LOCK");
+    let file = std::fs::File::open(&lock).ok()?;
+    let mut query = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut query)).ok()?;
+    (query.l_type != nix::libc::F_UNLCK as nix::libc::c_short).then_some(lock)
 }
 
 /// The options each kind's restore procedure takes, besides `restore-command` (which every
@@ -215,6 +236,19 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed RocksDB directory keeps its `LOCK` file, unlocked: that is no running database
+    /// (a held one is the RocksDB test's, with a live writer process).
+    #[test]
+    fn an_unlocked_rocksdb_lock_file_is_no_running_database() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("LOCK"), b"").unwrap();
+        let profile = RestoreProfile {
+            kind: "rocksdb".into(),
+            params: BTreeMap::new(),
+        };
+        assert_eq!(running_server_lock(&profile, dir.path()), None);
+    }
 
     #[test]
     fn a_postmaster_pid_in_the_data_directory_or_a_members_is_found() {

@@ -18,8 +18,8 @@ use backstop::source::testing::rocksdb_writer::{
     Filler, Layout, StressWriter, check_restored, rocksdict_available,
 };
 use backstop::{
-    BackupEngine, BackupOptions, EngineOptions, InitOptions, LocalStore, MemoryStore,
-    RestoreOptions, VerifyLevel,
+    BackupEngine, BackupOptions, EngineOptions, ErrorKind, ExistingTarget, InitOptions, LocalStore,
+    MemoryStore, RestoreOptions, VerifyLevel,
 };
 
 fn fast_init() -> InitOptions {
@@ -52,7 +52,20 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
         assert_eq!(info.restore_kind, "rocksdb");
         backups.push((info.id, committed, info));
     }
-    let written = writer.wait_committed(committed);
+    // Restoring over the database while the writer has it open is refused, whether it would
+    // overwrite or mend it, before anything is written; the writer goes on.
+    for existing in [ExistingTarget::Overwrite, ExistingTarget::Delta] {
+        let err = engine
+            .restore(
+                backups[19].0,
+                &db,
+                &RestoreOptions::default().with_existing(existing),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsafe, "{existing:?}: {err}");
+        assert!(err.to_string().contains("LOCK"), "{err}");
+    }
+    let written = writer.wait_committed(committed + 10);
     drop(writer);
 
     for (id, committed, info) in &backups {
