@@ -71,17 +71,32 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
 /// over them (`--force`, `--delta`) would corrupt under it: PostgreSQL's `postmaster.pid` in the
 /// data directory (as pgBackRest checks before a delta restore; a stale one, left by a server
 /// that crashed, is found too: only who knows no server runs there may delete it), or a RocksDB
-/// `LOCK` file another process holds locked (RocksDB locks it while the database is open). In a
+/// `LOCK` file another process holds locked (RocksDB locks it while the database is open), or
+/// an SQLite database in WAL mode that a connection has open (each holds a lock on its `-shm`
+/// file; in rollback-journal mode an idle connection holds none, and is not found). In a
 /// group's backup, in each member's directory.
 pub fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<std::path::PathBuf> {
     match profile.kind.as_str() {
         "postgres" => postmaster_pid(target),
         "rocksdb" => held_rocksdb_lock(target),
-        "group" => std::fs::read_dir(target)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .find_map(|e| postmaster_pid(&e.path()).or_else(|| held_rocksdb_lock(&e.path()))),
+        "sqlite" => open_sqlite_wal(profile, target),
+        "group" => {
+            let members: Vec<&str> = profile
+                .params
+                .get("members")
+                .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            members.into_iter().find_map(|member| {
+                let dir = target.join(member);
+                let member_profile = profile
+                    .params
+                    .get(&format!("member.{member}"))
+                    .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok())?;
+                crate::restored::is_safe_path(member)
+                    .then(|| running_server_lock(&member_profile, &dir))
+                    .flatten()
+            })
+        }
         _ => None,
     }
 }
@@ -90,21 +105,42 @@ fn postmaster_pid(dir: &Path) -> Option<std::path::PathBuf> {
     Some(dir.join("postmaster.pid")).filter(|p| p.exists())
 }
 
+/// The `-shm` file of the profile's SQLite database in `dir` when a connection holds the lock
+/// every connection in WAL mode holds while open (a shared lock on byte 128 of the `-shm`
+/// file, SQLite's "DMS" byte of its unix VFS: `(22 + 8) * 4 + 8`).
+fn open_sqlite_wal(profile: &RestoreProfile, dir: &Path) -> Option<std::path::PathBuf> {
+    let file = profile.params.get("file")?;
+    if !crate::restored::is_safe_path(file) {
+        return None;
+    }
+    let shm = dir.join(format!("{file}-shm"));
+    held(&shm, 128, 1).then_some(shm)
+}
+
 /// `dir/LOCK` when some process holds a lock on it. The query (`F_OFD_GETLK`) takes no lock:
 /// taking one and letting it go could drop the lock of a database open in this very process
 /// (a traditional `fcntl` lock belongs to the process, and any close releases it).
 fn held_rocksdb_lock(dir: &Path) -> Option<std::path::PathBuf> {
     let lock = dir.join("LOCK");
-    let file = std::fs::File::open(&lock).ok()?;
+    held(&lock, 0, 0).then_some(lock)
+}
+
+/// Whether some process holds an `fcntl` lock on `len` bytes of `path` from `start` (0: to the
+/// end). The query (`F_OFD_GETLK`, for a write lock, which any lock conflicts with) takes no
+/// lock itself.
+fn held(path: &Path, start: i64, len: i64) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
     let mut query = nix::libc::flock {
         l_type: nix::libc::F_WRLCK as nix::libc::c_short,
         l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
-        l_start: 0,
-        l_len: 0,
+        l_start: start,
+        l_len: len,
         l_pid: 0,
     };
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut query)).ok()?;
-    (query.l_type != nix::libc::F_UNLCK as nix::libc::c_short).then_some(lock)
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut query)).is_ok()
+        && query.l_type != nix::libc::F_UNLCK as nix::libc::c_short
 }
 
 /// The options each kind's restore procedure takes, besides `restore-command` (which every
@@ -257,20 +293,23 @@ mod tests {
             kind: kind.into(),
             params: BTreeMap::new(),
         };
+        let group = RestoreProfile::new("group")
+            .with_param("members", "pg")
+            .with_param("member.pg", r#"{"kind": "postgres", "params": {}}"#);
         std::fs::create_dir(dir.path().join("pg")).unwrap();
-        for kind in ["postgres", "group", "sqlite", "none"] {
+        for kind in ["postgres", "sqlite", "none"] {
             assert_eq!(
                 running_server_lock(&profile(kind), dir.path()),
                 None,
                 "{kind}"
             );
         }
+        assert_eq!(running_server_lock(&group, dir.path()), None);
         let member_lock = dir.path().join("pg/postmaster.pid");
         std::fs::write(&member_lock, "4242\n").unwrap();
-        assert_eq!(
-            running_server_lock(&profile("group"), dir.path()),
-            Some(member_lock)
-        );
+        assert_eq!(running_server_lock(&group, dir.path()), Some(member_lock));
+        // A group profile that lists no members names no directory to look in.
+        assert_eq!(running_server_lock(&profile("group"), dir.path()), None);
         assert_eq!(running_server_lock(&profile("postgres"), dir.path()), None);
         let lock = dir.path().join("postmaster.pid");
         std::fs::write(&lock, "4242\n").unwrap();

@@ -269,6 +269,17 @@ fn a_delta_restore_brings_a_diverged_copy_back_to_the_backup() {
     let info = engine
         .create_backup(&mut SqliteSource::new(&db), &BackupOptions::default())
         .unwrap();
+    // Not over the live database while the writer has it open: refused before anything is
+    // written.
+    let err = engine
+        .restore(
+            info.id,
+            dir.path(),
+            &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
+    assert!(err.to_string().contains("bank.db-shm"), "{err}");
     writer.stop();
     let target = dir.path().join("restored");
     restore_and_check(&engine, &info, &target, 20_000, seq);
