@@ -175,6 +175,15 @@ fn restore_tuned(
         id: snapshot.id,
         ..RestoreInfo::default()
     };
+    let procedure_failed = |source| {
+        Error::new(
+            ErrorKind::Source,
+            RestoreError::Fixup {
+                kind: snapshot.restore_profile.kind.clone(),
+                source,
+            },
+        )
+    };
     let mut prepared = Vec::new();
     if let Some(wanted) = &wanted {
         prepared = backstop_source::restore_profile::prepare_delta(
@@ -182,15 +191,7 @@ fn restore_tuned(
             target,
             &params,
         )
-        .map_err(|source| {
-            Error::new(
-                ErrorKind::Source,
-                RestoreError::Fixup {
-                    kind: snapshot.restore_profile.kind.clone(),
-                    source,
-                },
-            )
-        })?;
+        .map_err(procedure_failed)?;
         info.removed = remove_unwanted(target, wanted)?;
     }
     let mut dirs = SafeDirs::new(target);
@@ -255,15 +256,7 @@ fn restore_tuned(
 
     let applied =
         backstop_source::restore_profile::apply(&snapshot.restore_profile, target, &params)
-            .map_err(|source| {
-                Error::new(
-                    ErrorKind::Source,
-                    RestoreError::Fixup {
-                        kind: snapshot.restore_profile.kind.clone(),
-                        source,
-                    },
-                )
-            })?;
+            .map_err(procedure_failed)?;
     info.fixups = prepared.into_iter().chain(applied).collect();
     if options.sync {
         sync_filesystem(target)?;
