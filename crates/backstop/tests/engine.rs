@@ -866,8 +866,8 @@ fn a_delta_restore_writes_only_what_differs_and_deletes_what_the_backup_lacks() 
 
 /// Delta restores over copies mangled at random (bytes flipped, files cut, grown, deleted,
 /// added, turned into directories or symlinks to a file outside, directories turned into
-/// files, modes changed, files hard-linked from outside) always give back the backup exactly,
-/// and never change the file outside.
+/// files or into symlinks to a directory outside, modes changed, files hard-linked from
+/// outside) always give back the backup exactly, and never change anything outside.
 #[test]
 fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
     let data = tempfile::tempdir().unwrap();
@@ -893,6 +893,12 @@ fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim");
     std::fs::write(&victim, b"outside the target").unwrap();
+    // A directory outside holding files of the names the backup's directories hold.
+    let decoy = outside.path().join("decoy");
+    std::fs::create_dir_all(decoy.join("b")).unwrap();
+    for name in ["f1", "f4", "b/f2", "b/f5", "up"] {
+        std::fs::write(decoy.join(name), b"outside the target").unwrap();
+    }
 
     let target = tempfile::tempdir().unwrap();
     let root = target.path();
@@ -906,14 +912,14 @@ fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
         x ^= x << 17;
         (x % n as u64) as usize
     };
-    let mut kinds = [0u32; 10];
+    let mut kinds = [0u32; 11];
     for round in 0..40 {
         let mut done = Vec::new();
         for _ in 0..1 + rand(4) {
             let (files, dirs) = walk(root);
             let file = files.get(rand(files.len().max(1))).cloned();
             let dir = dirs[rand(dirs.len())].clone();
-            let kind = rand(10);
+            let kind = rand(11);
             let before = done.len();
             match (kind, file) {
                 (0, Some(f)) => {
@@ -972,6 +978,11 @@ fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
                     std::fs::hard_link(&victim, &f).unwrap();
                     done.push(format!("hard link {}", f.display()));
                 }
+                (10, _) if dir != root => {
+                    std::fs::remove_dir_all(&dir).unwrap();
+                    std::os::unix::fs::symlink(&decoy, &dir).unwrap();
+                    done.push(format!("dir to symlink {}", dir.display()));
+                }
                 _ => {}
             }
             if done.len() > before {
@@ -991,6 +1002,13 @@ fn delta_restores_over_randomly_mangled_copies_give_back_the_backup() {
             b"outside the target",
             "round {round} after {done:?}: {restored:?}"
         );
+        for name in ["f1", "f4", "b/f2", "b/f5", "up"] {
+            assert_eq!(
+                std::fs::read(decoy.join(name)).unwrap(),
+                b"outside the target",
+                "round {round} after {done:?}: {name} outside was written"
+            );
+        }
     }
     assert!(
         kinds.iter().all(|n| *n > 0),
