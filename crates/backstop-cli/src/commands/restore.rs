@@ -126,6 +126,8 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     if printer.json {
         return printer.json("restore", &info);
     }
+    // A delta restore's files are all there at the end, most of them found in place.
+    let restored = info.bytes + info.bytes_kept;
     printer.status(format!(
         "restored backup {} into {}: {} files{}, {} dirs, {} symlinks, {} in {} ({})",
         printer.good(&quoted(info.id)),
@@ -138,9 +140,9 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
         },
         info.dirs,
         info.symlinks,
-        output::size(info.bytes),
+        output::size(restored),
         output::duration_ms(info.duration_ms),
-        output::rate(info.bytes, info.duration_ms)
+        output::rate(restored, info.duration_ms)
     ))?;
     if args.delta {
         printer.status(format!(
