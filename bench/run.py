@@ -1423,22 +1423,35 @@ class Bench:
         then `workload`, then a second one (Backstop: incremental; the native tool: as
         `second_kind` says). `native_cmds(n)` gives the native tool's argv and the path whose
         growth counts for its n-th backup (None: the tool is missing)."""
-        repo = self.work / "native" / f"backstop-{db}"
         env = {"BACKSTOP_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(self.work / "cache" / "native")}
-        self.runner.run(f"native-{db}-backstop-init", [backstop_bin, "--repo", repo, "-q", "init"], env=env)
-        backstop_argv = [backstop_bin, "--repo", repo, "-q", "backup", "--source", kind, location]
-        rows = {"backstop": [], "native": []}
+        # Backstop as configured, and each `--variant` (a compression level, say) in a
+        # repository of its own.
+        configs = [Backstop(self.work, backstop_bin)] + [
+            Backstop(self.work, backstop_bin, name=f"backstop[{label}]", extra=flags.split())
+            for label, _, flags in (spec.partition("=") for spec in self.args.variant)
+        ]
+        backups = {}
+        for config in configs:
+            repo = self.work / "native" / f"{config.name}-{db}"
+            init = [backstop_bin, "--repo", repo, "-q", "init"] + config.init_extra
+            self.runner.run(f"native-{db}-{config.name}-init", init, env=env)
+            argv = [backstop_bin, "--repo", repo] + config.extra + ["-q", "backup", "--source", kind, location]
+            backups[config.name] = (argv, repo)
+        rows = {name: [] for name in backups}
+        rows["native"] = []
         for n in (1, 2):
             if n == 2:
                 workload()
             # Backstop first: `db_hotbackup -u` removes log files from the live environment.
-            rows["backstop"].append(self.native_measure(db, f"backstop-{n}", backstop_argv, repo, env=env))
+            for name, (argv, repo) in backups.items():
+                rows[name].append(self.native_measure(db, f"{name}-{n}", argv, repo, env=env))
             cmd = native_cmds(n)
             if cmd:
                 rows["native"].append(self.native_measure(db, f"{native_label}-{n}", cmd[0], cmd[1]))
-        self.native.append(
-            {"db": db, "tool": f"backstop --source {kind}", "runs": rows["backstop"], "second": "incremental"}
-        )
+        for name in backups:
+            self.native.append(
+                {"db": db, "tool": f"{name} --source {kind}", "runs": rows[name], "second": "incremental"}
+            )
         if rows["native"]:
             self.native.append(
                 {"db": db, "tool": native_label, "runs": rows["native"], "second": second_kind}
@@ -1865,7 +1878,8 @@ def write_report(bench, chart_name):
             "(PostgreSQL: the running server, whose own CPU is not counted; the others closed): a first "
             "backup, then a short workload (pgbench, SQLite updates, RocksDB writes, more Berkeley DB "
             "transactions), then a second backup. Stored: what the backup added to its directory or (Backstop) "
-            "to its fresh repository, compressed and encrypted."
+            "to its fresh repository, compressed and encrypted. Each `--variant` runs here too, in a repository "
+            "of its own (`backstop[LABEL]`): `--variant c0='--compression 0'` shows what the compression costs."
             + (
                 " Before each backup the harness touches and frees memory, as above (caches are not dropped here)."
                 if meta["prefaults"]["native"]
