@@ -487,7 +487,7 @@ pub(crate) struct RestoreArgs {
     #[arg(value_name = "ID")]
     pub(crate) backup: BackupSelector,
 
-    /// Directory to restore into; must be empty unless --force
+    /// Directory to restore into; must be empty unless --force or --delta
     #[arg(value_name = "TARGET")]
     pub(crate) target: PathBuf,
 
@@ -502,8 +502,8 @@ pub(crate) struct RestoreArgs {
     #[arg(long, conflicts_with_all = ["force", "include"])]
     pub(crate) delta: bool,
 
-    /// Leave chunks of zeros (4 KiB and more) of the files written unwritten, as holes, so that
-    /// a sparse file (a virtual disk, an EventStore chunk, a file sized with `truncate`) takes
+    /// Leave the chunks of zeros (4 KiB and more) of new files unwritten, as holes, so that a
+    /// sparse file (a virtual disk, an EventStore chunk, a file sized with `truncate`) takes
     /// about the space it did. Off by default: a database may count on the blocks it filled
     /// with zeros (PostgreSQL's WAL segments) being allocated
     #[arg(long)]
