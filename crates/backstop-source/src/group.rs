@@ -49,7 +49,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1396,18 +1396,11 @@ pub(crate) fn check_options(
     profile: &RestoreProfile,
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), SourceError> {
-    let members: Vec<&str> = profile
-        .params
-        .get("members")
-        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let members = members_of(profile);
     // A member's own option must be one its kind takes (a member whose recorded profile does
     // not read is reported when the members are fixed up).
     let member_takes = |member: &str, option: &str| {
-        profile
-            .params
-            .get(&format!("member.{member}"))
-            .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok())
+        member_profile(profile, member)
             .is_none_or(|p| crate::restore_profile::takes_option(&p.kind, option))
     };
     for key in options.keys() {
@@ -1442,6 +1435,34 @@ pub(crate) fn check_options(
     Ok(())
 }
 
+/// The members a group's restore profile lists, in order.
+fn members_of(profile: &RestoreProfile) -> Vec<&str> {
+    profile
+        .params
+        .get("members")
+        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// A member's recorded restore profile, when it is there and reads.
+fn member_profile(profile: &RestoreProfile, member: &str) -> Option<RestoreProfile> {
+    let json = profile.params.get(&format!("member.{member}"))?;
+    serde_json::from_str(json).ok()
+}
+
+/// The lock file of a database running on a member's files (see
+/// [`crate::restore_profile::running_server_lock`]), each member checked by its own kind.
+pub(crate) fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<PathBuf> {
+    members_of(profile).into_iter().find_map(|member| {
+        let member_profile = member_profile(profile, member)?;
+        crate::restored::is_safe_path(member)
+            .then(|| {
+                crate::restore_profile::running_server_lock(&member_profile, &target.join(member))
+            })
+            .flatten()
+    })
+}
+
 /// Options the group itself interprets.
 const GROUP_OPTIONS: &[&str] = &["target-time", "group-windows"];
 
@@ -1457,11 +1478,7 @@ pub(crate) fn restore_fixup(
     target: &Path,
     params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
-    let members: Vec<&str> = profile
-        .params
-        .get("members")
-        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let members = members_of(profile);
     if members.is_empty() {
         return Err(SourceError::Procedure(
             "the group restore profile lists no members; restore with `--raw`".into(),
@@ -1623,21 +1640,12 @@ pub(crate) fn prepare_delta(
     target: &Path,
     params: &RestoreParams,
 ) -> Result<Vec<String>, SourceError> {
-    let members = profile
-        .params
-        .get("members")
-        .map(|m| m.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>())
-        .unwrap_or_default();
     let mut steps = Vec::new();
-    for member in members {
+    for member in members_of(profile) {
         let member_target = target.join(member);
         let usable = crate::restored::is_safe_path(member)
             && std::fs::symlink_metadata(&member_target).is_ok_and(|m| m.is_dir());
-        let member_profile = profile
-            .params
-            .get(&format!("member.{member}"))
-            .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok());
-        let (true, Some(member_profile)) = (usable, member_profile) else {
+        let (true, Some(member_profile)) = (usable, member_profile(profile, member)) else {
             continue;
         };
         let (options, _) = member_options(&params.options, member, &member_profile.kind);

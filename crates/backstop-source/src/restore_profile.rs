@@ -80,23 +80,7 @@ pub fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<st
         "postgres" => postmaster_pid(target),
         "rocksdb" => held_rocksdb_lock(target),
         "sqlite" => open_sqlite_wal(profile, target),
-        "group" => {
-            let members: Vec<&str> = profile
-                .params
-                .get("members")
-                .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
-                .unwrap_or_default();
-            members.into_iter().find_map(|member| {
-                let dir = target.join(member);
-                let member_profile = profile
-                    .params
-                    .get(&format!("member.{member}"))
-                    .and_then(|json| serde_json::from_str::<RestoreProfile>(json).ok())?;
-                crate::restored::is_safe_path(member)
-                    .then(|| running_server_lock(&member_profile, &dir))
-                    .flatten()
-            })
-        }
+        "group" => crate::group::running_server_lock(profile, target),
         _ => None,
     }
 }
