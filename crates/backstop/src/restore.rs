@@ -146,8 +146,8 @@ fn restore_tuned(
     if let Some(select) = select {
         nodes = select.apply(nodes)?;
     }
-    let wanted = delta.then(|| wanted_paths(&nodes));
     let links = split_hard_links(&mut nodes);
+    let wanted = delta.then(|| wanted_paths(nodes.iter().chain(links.iter().map(|(n, _)| n))));
     let files = nodes.iter().filter(|n| n.kind == NODE_FILE);
     options.progress.phase(
         "restore",
@@ -461,13 +461,15 @@ fn prepare_target(target: &Path, existing: ExistingTarget) -> Result<()> {
 
 /// Every path a delta restore keeps in the target, with the kind of node the backup has there
 /// (the directories above every node included, whether or not the backup lists them).
-fn wanted_paths(nodes: &[Node]) -> std::collections::HashMap<String, u8> {
-    let mut wanted = std::collections::HashMap::with_capacity(nodes.len());
+fn wanted_paths<'n>(
+    nodes: impl Iterator<Item = &'n Node>,
+) -> std::collections::HashMap<&'n str, u8> {
+    let mut wanted = std::collections::HashMap::new();
     for node in nodes {
-        wanted.insert(node.path.clone(), node.kind);
+        wanted.insert(node.path.as_str(), node.kind);
         let mut path = node.path.as_str();
         while let Some((parent, _)) = path.rsplit_once('/') {
-            if wanted.insert(parent.to_owned(), NODE_DIR).is_some() {
+            if wanted.insert(parent, NODE_DIR).is_some() {
                 break;
             }
             path = parent;
@@ -481,7 +483,7 @@ fn wanted_paths(nodes: &[Node]) -> std::collections::HashMap<String, u8> {
 /// once. Symlinks are never followed: a symlink where the backup has a directory is deleted,
 /// not walked. The marker of an unfinished restore stays, as does a `lost+found` directory at
 /// the top.
-fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<String, u8>) -> Result<u64> {
+fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<&str, u8>) -> Result<u64> {
     let mut removed = 0;
     let mut dirs = vec![(target.to_path_buf(), String::new())];
     while let Some((dir, rel)) = dirs.pop() {
@@ -505,7 +507,7 @@ fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<String, u8>
             {
                 continue;
             }
-            let keep = match rel_path.as_ref().and_then(|p| wanted.get(p)) {
+            let keep = match rel_path.as_deref().and_then(|p| wanted.get(p)) {
                 Some(&NODE_DIR) => kind.is_dir(),
                 Some(&NODE_FILE) => kind.is_file(),
                 Some(&NODE_SYMLINK) => kind.is_symlink(),
