@@ -379,16 +379,17 @@ fn seal_worker(
     key: Option<&crate::crypto::MasterKey>,
 ) {
     for job in rx {
-        let (stored, compressed) = if job.framed() {
-            format::encode_frame(&job.data, frame_levels, job.lane, key)
+        let framed = job.framed();
+        let (stored, compressed) = if framed {
+            format::encode_frame(job.data, frame_levels, job.lane, key)
         } else {
-            format::encode_blob(&job.data, level, key)
+            format::encode_blob(job.data, level, key)
         };
         let sealed = Sealed {
             kind: job.kind,
             stored,
             compressed,
-            framed: job.framed(),
+            framed,
             blobs: job.blobs,
         };
         if tx.send(sealed).is_err() {

@@ -536,7 +536,7 @@ impl<'a> Repacker<'a> {
             return Ok(());
         }
         let (stored, compressed) =
-            format::encode_frame(&self.frame, &self.levels, 0, self.repo.key());
+            format::encode_frame(self.frame.as_slice(), &self.levels, 0, self.repo.key());
         let entries = std::mem::take(&mut self.frame_entries);
         self.frame.clear();
         self.push_stored(&stored, &entries, Some(compressed))

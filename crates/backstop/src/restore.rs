@@ -2247,7 +2247,7 @@ mod tests {
         let mut raw = Vec::new();
         ciborium::into_writer(&TreeBlob { nodes }, &mut raw).unwrap();
         let id = format::blob_id(&raw, repo.key());
-        let (stored, compressed) = format::encode_blob(&raw, 0, repo.key());
+        let (stored, compressed) = format::encode_blob(raw.as_slice(), 0, repo.key());
         let entry = PackEntry {
             id,
             kind: BlobKind::Tree,
@@ -2699,7 +2699,7 @@ mod tests {
     fn framed_snapshot(repo: &Repository, pages: &[Vec<u8>], order: &[usize]) -> Snapshot {
         let frame = pages.concat();
         let levels = crate::compress::LevelChoice::new(3, 1);
-        let (stored, compressed) = format::encode_frame(&frame, &levels, 0, repo.key());
+        let (stored, compressed) = format::encode_frame(frame.as_slice(), &levels, 0, repo.key());
         let mut within = 0u32;
         let entries: Vec<PackEntry> = pages
             .iter()
