@@ -114,6 +114,16 @@ impl MasterKey {
     }
 
     /// The key for blob ids.
+    /// Whether `other` seals and names blobs exactly as this key does (the same keys, cipher
+    /// and id length): then a stored unit and a blob id of one repository are valid in the
+    /// other.
+    pub(crate) fn same_as(&self, other: &MasterKey) -> bool {
+        self.data == other.data
+            && self.id == other.id
+            && self.cipher() == other.cipher()
+            && self.short_ids == other.short_ids
+    }
+
     pub(crate) fn id_key(&self) -> &[u8; 32] {
         &self.id
     }

@@ -8,12 +8,12 @@ use backstop_store::Store;
 
 use crate::Result;
 use crate::info::{
-    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, FileInfo, GcReport, KeyInfo,
-    RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
+    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, CopyReport, FileInfo, GcReport,
+    KeyInfo, RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
 };
 use crate::options::{
-    BackupOptions, EngineOptions, GcOptions, InitOptions, RepairOptions, RestoreOptions,
-    VerifyLevel, VerifyOptions,
+    BackupOptions, CopyOptions, EngineOptions, GcOptions, InitOptions, RepairOptions,
+    RestoreOptions, VerifyLevel, VerifyOptions,
 };
 use crate::repo::Repository;
 use crate::retention::{RetentionPlan, RetentionPolicy};
@@ -276,11 +276,38 @@ impl BackupEngine {
         })
     }
 
+    /// Creates a new repository in an empty store that shares `from`'s master key, format
+    /// version, cipher and chunk sizes: the destination [`BackupEngine::copy_from`] copies
+    /// backups into. Its key file wraps that key with `init.password` (required when `from`
+    /// is encrypted, refused when it is not); `init`'s pack size and key derivation cost
+    /// apply, its chunk sizes and cipher do not.
+    pub fn init_from(
+        store: impl Store + 'static,
+        from: &ReadOnlyEngine,
+        init: InitOptions,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        let repo = Repository::init_sharing(Arc::new(store), &from.repo, &init, options)?;
+        Ok(Self {
+            ro: ReadOnlyEngine {
+                repo: Arc::new(repo),
+            },
+        })
+    }
+
     /// Opens an existing repository.
     pub fn open(store: impl Store + 'static, options: EngineOptions) -> Result<Self> {
         Ok(Self {
             ro: ReadOnlyEngine::open(store, options)?,
         })
+    }
+
+    /// Copies backups of `from` into this repository, which must share its key (created with
+    /// [`BackupEngine::init_from`]): the stored bytes of the blobs this one lacks, then each
+    /// backup, which becomes visible here when its snapshot is written, last. Backups copied
+    /// before are skipped, so running it again after new backups copies only those.
+    pub fn copy_from(&self, from: &ReadOnlyEngine, options: &CopyOptions) -> Result<CopyReport> {
+        crate::copy::copy_backups(&self.repo, &from.repo, options)
     }
 
     /// Opens the repository, creating it with `init` if the store holds none.

@@ -228,7 +228,15 @@ pub(crate) fn gc(repo: &Repository, options: &GcOptions) -> Result<GcReport> {
             plan.repack.len() as u64,
             plan.repack.iter().map(|p| p.size).sum(),
         );
-        let rewritten = rewrite_packs(repo, &plan.repack, options)?;
+        let copying = Copying {
+            from: repo,
+            into: repo,
+            progress: options.progress.as_ref(),
+            cancel: &options.cancel,
+            cancelled: "the gc was cancelled while it rewrote packs; it changed no index, and \
+                        the next gc deletes the packs it wrote",
+        };
+        let rewritten = rewrite_packs(&copying, &plan.repack)?;
         keep.extend(rewritten);
         index_changes = true;
     }
@@ -297,19 +305,19 @@ fn still_held(lock: &lock::LockGuard, stage: &str) -> Result<()> {
 }
 
 /// A pack to rewrite.
-struct Rewrite {
-    id: PackId,
-    size: u64,
+pub(crate) struct Rewrite {
+    pub(crate) id: PackId,
+    pub(crate) size: u64,
     /// Its units that hold a used blob, in the order of their offsets.
-    units: Vec<Unit>,
+    pub(crate) units: Vec<Unit>,
 }
 
 /// A stored unit (one blob, or a frame of small blobs sharing their stored bytes) with at least
 /// one used blob.
-struct Unit {
-    entries: Vec<PackEntry>,
+pub(crate) struct Unit {
+    pub(crate) entries: Vec<PackEntry>,
     /// Per entry, whether a backup uses its blob.
-    used: Vec<bool>,
+    pub(crate) used: Vec<bool>,
 }
 
 impl Unit {
@@ -323,7 +331,7 @@ impl Unit {
 /// returns the units with at least one used blob, and the unused stored bytes: whole unused
 /// units, and of a frame the share of its raw bytes that belongs to unused blobs.
 /// `entries` (each with whether a backup uses its blob) are sorted by place on the way.
-fn used_units(entries: &mut [(PackEntry, bool)]) -> (Vec<Unit>, u64) {
+pub(crate) fn used_units(entries: &mut [(PackEntry, bool)]) -> (Vec<Unit>, u64) {
     entries.sort_by_key(|(e, _)| (e.offset, e.within));
     let groups = entries.chunk_by(|(a, _), (b, _)| a.offset == b.offset);
     let mut units = Vec::new();
@@ -374,12 +382,12 @@ fn worth_rewriting(size: u64, unused_bytes: u64, percent: u8) -> bool {
 /// costly first ([`rewrite_cost`]). The shares do not depend on timing, so a rewrite writes the
 /// same number of packs every time (the crash test fails each put in turn). Each thread holds
 /// one old pack and one new one.
-fn rewrite_packs(
-    repo: &Repository,
-    packs: &[Rewrite],
-    options: &GcOptions,
-) -> Result<Vec<IndexPack>> {
-    let threads = repo.options.worker_threads().clamp(1, packs.len().max(1));
+pub(crate) fn rewrite_packs(copying: &Copying<'_>, packs: &[Rewrite]) -> Result<Vec<IndexPack>> {
+    let threads = copying
+        .into
+        .options
+        .worker_threads()
+        .clamp(1, packs.len().max(1));
     let mut order: Vec<(u64, &Rewrite)> = packs
         .iter()
         .map(|item| (rewrite_cost(item), item))
@@ -387,7 +395,7 @@ fn rewrite_packs(
     order.sort_by_key(|(cost, pack)| std::cmp::Reverse((*cost, pack.id)));
     if threads == 1 {
         let all: Vec<&Rewrite> = order.into_iter().map(|(_, item)| item).collect();
-        return rewrite_some(repo, &all, options);
+        return rewrite_some(copying, &all);
     }
     let mut shares: Vec<(u64, Vec<&Rewrite>)> = vec![(0, Vec::new()); threads];
     for (cost, item) in order {
@@ -399,7 +407,7 @@ fn rewrite_packs(
     std::thread::scope(|scope| {
         let workers: Vec<_> = shares
             .iter()
-            .map(|(_, part)| scope.spawn(move || rewrite_some(repo, part, options)))
+            .map(|(_, part)| scope.spawn(move || rewrite_some(copying, part)))
             .collect();
         let mut written = Vec::new();
         let mut failure = None;
@@ -439,22 +447,27 @@ fn rewrite_cost(pack: &Rewrite) -> u64 {
     pack.size + 8 * reframed
 }
 
-fn rewrite_some(
-    repo: &Repository,
-    packs: &[&Rewrite],
-    options: &GcOptions,
-) -> Result<Vec<IndexPack>> {
-    let mut out = Repacker::new(repo);
+/// Where [`rewrite_packs`] reads and writes: gc rewrites packs within one repository, `copy`
+/// copies them into another that shares its key (so a unit sealed for one is sealed for both).
+pub(crate) struct Copying<'a> {
+    pub(crate) from: &'a Repository,
+    pub(crate) into: &'a Repository,
+    /// Told of each pack read (`file`) and of its bytes as they are read.
+    pub(crate) progress: &'a dyn crate::progress::Progress,
+    pub(crate) cancel: &'a crate::CancelToken,
+    /// The error when `cancel` stops it: what was left, and who cleans it up.
+    pub(crate) cancelled: &'static str,
+}
+
+fn rewrite_some(copying: &Copying<'_>, packs: &[&Rewrite]) -> Result<Vec<IndexPack>> {
+    let repo = copying.from;
+    let mut out = Repacker::new(copying.into);
     for pack in packs.iter().copied() {
-        let mut old = PackStream::new(repo, pack.id, pack.size, options.progress.as_ref());
+        let mut old = PackStream::new(repo, pack.id, pack.size, copying.progress);
         for unit in &pack.units {
-            if options.cancel.is_cancelled() {
+            if copying.cancel.is_cancelled() {
                 // Nothing lists the packs written so far: the next gc deletes them.
-                return Err(Error::msg(
-                    ErrorKind::Cancelled,
-                    "the gc was cancelled while it rewrote packs; it changed no index, and the \
-                     next gc deletes the packs it wrote",
-                ));
+                return Err(Error::msg(ErrorKind::Cancelled, copying.cancelled));
             }
             let first = unit.entries[0];
             let stored = old.unit(first.offset, first.length)?;

@@ -237,6 +237,24 @@ pub struct RestoreInfo {
     pub fixups: Vec<String>,
 }
 
+/// The outcome of `copy`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyReport {
+    /// The backups copied: their id in the source and the id they got in the destination.
+    pub copied: Vec<(BackupId, BackupId)>,
+    /// Backups of the source the destination already had (copied before), by their ids there
+    /// and here.
+    pub already_there: Vec<(BackupId, BackupId)>,
+    /// Blobs copied (the others the destination had already).
+    pub blobs_copied: u64,
+    /// Bytes of the packs written into the destination.
+    pub bytes_written: u64,
+    /// Packs written into the destination.
+    pub packs_written: u64,
+    /// Archive objects copied.
+    pub archive_objects_copied: u64,
+}
+
 /// The outcome of gc.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {

@@ -43,6 +43,7 @@ mod backup;
 mod blob_set;
 mod chunk;
 mod compress;
+mod copy;
 mod crypto;
 mod diff;
 mod engine;
@@ -77,12 +78,13 @@ pub use backstop_store::{
 pub use engine::{BackupEngine, ReadOnlyEngine, RepairEngine};
 pub use error::{Error, ErrorKind, Result};
 pub use info::{
-    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, Change, ChangeKind, DamagedFiles,
-    FileInfo, GcReport, KeyInfo, RepairReport, RepositoryInfo, RestoreInfo, VerifyReport,
+    ArchivePut, BackupDiff, BackupId, BackupInfo, BackupSelector, Change, ChangeKind, CopyReport,
+    DamagedFiles, FileInfo, GcReport, KeyInfo, RepairReport, RepositoryInfo, RestoreInfo,
+    VerifyReport,
 };
 pub use options::{
-    BackupOptions, Cipher, EngineOptions, ExistingTarget, GcOptions, InitOptions, RepairOptions,
-    RestoreOptions, VerifyLevel, VerifyOptions,
+    BackupOptions, Cipher, CopyOptions, EngineOptions, ExistingTarget, GcOptions, InitOptions,
+    RepairOptions, RestoreOptions, VerifyLevel, VerifyOptions,
 };
 pub use progress::{NoProgress, Progress};
 pub use retention::{GroupPlan, RetentionPlan, RetentionPolicy, SourceGroup};

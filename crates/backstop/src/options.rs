@@ -534,6 +534,58 @@ impl GcOptions {
     }
 }
 
+/// What `copy` copies ([`crate::BackupEngine::copy_from`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct CopyOptions {
+    /// The source's backups to copy; empty copies them all. A backup the destination already
+    /// has (copied before: the same time, host, source and file list) is skipped.
+    pub backups: Vec<crate::BackupSelector>,
+    /// Also copy the source's archives (a PostgreSQL WAL archive, for point-in-time recovery
+    /// from the copies): every archive object the destination lacks.
+    pub archives: bool,
+    /// Progress of the copy: a phase `copy` with the source's packs and bytes to read, each
+    /// pack as a `file`, then `bytes` as they are read.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation, honoured until the index of the copied packs is written: what was
+    /// written by then is left for the destination's next gc.
+    pub cancel: CancelToken,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            backups: Vec::new(),
+            archives: true,
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CopyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("backups", &self.backups)
+            .field("archives", &self.archives)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CopyOptions {
+    /// Copy these backups (by default all).
+    pub fn backups(mut self, backups: impl IntoIterator<Item = crate::BackupSelector>) -> Self {
+        self.backups = backups.into_iter().collect();
+        self
+    }
+
+    /// See [`CopyOptions::archives`].
+    pub fn with_archives(mut self, archives: bool) -> Self {
+        self.archives = archives;
+        self
+    }
+}
+
 /// How `repair index` works ([`crate::RepairEngine::repair_index`]).
 #[derive(Clone)]
 #[non_exhaustive]
@@ -617,5 +669,6 @@ progress_and_cancel!(
     RestoreOptions,
     VerifyOptions,
     GcOptions,
-    RepairOptions
+    RepairOptions,
+    CopyOptions
 );

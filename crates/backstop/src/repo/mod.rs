@@ -613,9 +613,74 @@ impl Repository {
             created_unix: now_unix(),
             cipher: cipher.unwrap_or_default(),
         };
-        let (key, key_id) = match &init.password {
-            Some(password) => {
-                let master = repository_key(MasterKey::random(), &config)?;
+        let master = init.password.as_ref().map(|_| MasterKey::random());
+        Self::create(store, config, master, init, options)
+    }
+
+    /// Creates a repository that shares `from`'s master key, format version, cipher and chunk
+    /// sizes, so that a blob has the same id in both and a stored unit of one is a stored unit
+    /// of the other: what `copy` needs to move backups between them without decoding and
+    /// encoding every blob again (blob ids are keyed hashes). The new repository's key file
+    /// wraps that key with `init.password` (which an encrypted `from` requires); pack size and
+    /// key derivation cost come from `init`.
+    pub(crate) fn init_sharing(
+        store: Arc<dyn Store>,
+        from: &Repository,
+        init: &InitOptions,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        if Self::exists(&*store)? {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                RepoError::Exists {
+                    location: store.describe(),
+                },
+            ));
+        }
+        match (from.key.is_some(), init.password.is_some()) {
+            (true, false) => {
+                return Err(Error::msg(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "`{}` is encrypted, and a repository that shares its key needs a \
+                         password of its own for it; give one",
+                        from.store.describe()
+                    ),
+                ));
+            }
+            (false, true) => {
+                return Err(Error::msg(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "`{}` is not encrypted, so neither is a repository that shares its \
+                         key; create it without a password",
+                        from.store.describe()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let config = Config {
+            id: random_hex(16),
+            pack_size: init.pack_size.max(1024 * 1024),
+            created_unix: now_unix(),
+            ..from.config.clone()
+        };
+        Self::create(store, config, from.key.clone(), init, options)
+    }
+
+    /// Writes a new repository's key file (when it has a master key: wrapped with
+    /// `init.password` and `init`'s derivation cost), then its config.
+    fn create(
+        store: Arc<dyn Store>,
+        config: Config,
+        master: Option<MasterKey>,
+        init: &InitOptions,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        let (key, key_id) = match (master, &init.password) {
+            (Some(master), Some(password)) => {
+                let master = repository_key(master, &config)?;
                 let file = KeyFile::wrap(
                     &master,
                     password,
@@ -627,7 +692,13 @@ impl Repository {
                 let id = write_key_file(&*store, &file)?;
                 (Some(master), Some(id))
             }
-            None => (None, None),
+            (Some(_), None) => {
+                return Err(Error::msg(
+                    ErrorKind::InvalidInput,
+                    "an encrypted repository needs a password to wrap its key",
+                ));
+            }
+            (None, _) => (None, None),
         };
         // The config goes last: until it exists, the store holds no repository.
         let bytes = format::seal_object(ObjectType::Config, &config, None);
