@@ -24,6 +24,7 @@ Exit codes:
   130  interrupted (Ctrl-C); the repository stays valid, `backstop gc` removes leftovers
 
 Environment: BACKSTOP_REPO, BACKSTOP_PASSWORD, BACKSTOP_PASSWORD_FILE, BACKSTOP_PASSWORD_COMMAND,
+BACKSTOP_FROM_PASSWORD,
 BACKSTOP_CONFIG, BACKSTOP_COMPRESSION, BACKSTOP_THREADS, NO_COLOR, RUST_LOG";
 
 /// Hot, consistent, incremental, verified backups of live databases.
@@ -146,6 +147,9 @@ pub(crate) enum Command {
     Delete(DeleteArgs),
     /// Remove data no backup references, and leftovers of interrupted backups
     Gc(GcArgs),
+    /// Copy backups from another repository into this one (an offsite copy; create this one
+    /// with `init --from-repo` first)
+    Copy(CopyArgs),
     /// Manage the passwords of an encrypted repository
     #[command(subcommand)]
     Key(KeyCommand),
@@ -188,6 +192,7 @@ impl Command {
             Self::Purge(_) => "purge",
             Self::Delete(_) => "delete",
             Self::Gc(_) => "gc",
+            Self::Copy(_) => "copy",
             Self::Key(KeyCommand::Add(_)) => "key add",
             Self::Key(KeyCommand::List) => "key list",
             Self::Key(KeyCommand::Remove(_)) => "key remove",
@@ -211,6 +216,42 @@ pub(crate) struct InitArgs {
     /// xchacha20-poly1305]
     #[arg(long, value_enum, value_name = "CIPHER")]
     pub(crate) cipher: Option<CipherArg>,
+
+    /// Share the key, cipher and chunking of the repository at LOCATION, so that `copy` can
+    /// copy its backups here (encrypted if it is, under this repository's own password)
+    #[arg(long, value_name = "LOCATION", conflicts_with_all = ["no_encryption", "cipher"])]
+    pub(crate) from_repo: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) from_password: FromPasswordArgs,
+}
+
+/// The password of the repository `--from-repo` names.
+#[derive(Debug, Args)]
+pub(crate) struct FromPasswordArgs {
+    /// Read the password of the --from-repo repository from the first line of FILE (else
+    /// BACKSTOP_FROM_PASSWORD, else a prompt)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) from_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The repository to copy from
+    #[arg(long, value_name = "LOCATION")]
+    pub(crate) from_repo: String,
+
+    #[command(flatten)]
+    pub(crate) from_password: FromPasswordArgs,
+
+    /// Backups of the source to copy: numbers, or `latest` [default: all; those copied
+    /// before are skipped]
+    #[arg(value_name = "ID")]
+    pub(crate) backups: Vec<BackupSelector>,
+
+    /// Leave the source's archives (WAL segments) behind
+    #[arg(long)]
+    pub(crate) no_archives: bool,
 }
 
 /// The AEAD of a new encrypted repository.

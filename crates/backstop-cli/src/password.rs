@@ -18,6 +18,9 @@ pub(crate) enum PasswordSource {
     Env,
     /// The value of `BACKSTOP_NEW_PASSWORD` (the new password of `key add` and `key passwd`).
     NewEnv,
+    /// The value of `BACKSTOP_FROM_PASSWORD` (the password of the repository `--from-repo`
+    /// names).
+    FromEnv,
 }
 
 /// Chooses the password source, first match wins: `--password-command`, `--password-file`,
@@ -81,6 +84,8 @@ impl PasswordSource {
                 .context("reading BACKSTOP_PASSWORD (it must be UTF-8)"),
             Self::NewEnv => std::env::var("BACKSTOP_NEW_PASSWORD")
                 .context("reading BACKSTOP_NEW_PASSWORD (it must be UTF-8)"),
+            Self::FromEnv => std::env::var("BACKSTOP_FROM_PASSWORD")
+                .context("reading BACKSTOP_FROM_PASSWORD (it must be UTF-8)"),
         }
     }
 }
@@ -143,6 +148,17 @@ pub(crate) fn new_key_source(file: Option<&Path>) -> Option<PasswordSource> {
     std::env::var_os("BACKSTOP_NEW_PASSWORD")
         .filter(|value| !value.is_empty())
         .map(|_| PasswordSource::NewEnv)
+}
+
+/// The source of the password of the repository `--from-repo` names: `--from-password-file`,
+/// else `BACKSTOP_FROM_PASSWORD`.
+pub(crate) fn from_repo_source(file: Option<&Path>) -> Option<PasswordSource> {
+    if let Some(file) = file {
+        return Some(PasswordSource::File(file.to_path_buf()));
+    }
+    std::env::var_os("BACKSTOP_FROM_PASSWORD")
+        .filter(|value| !value.is_empty())
+        .map(|_| PasswordSource::FromEnv)
 }
 
 #[cfg(test)]

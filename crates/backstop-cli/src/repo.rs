@@ -110,7 +110,11 @@ impl Settings {
     }
 
     fn store(&self, must_exist: bool) -> Result<Arc<dyn Store>> {
-        let store = self.raw_store(must_exist)?;
+        self.store_at(self.repo()?, must_exist)
+    }
+
+    fn store_at(&self, repo: &str, must_exist: bool) -> Result<Arc<dyn Store>> {
+        let store = raw_store(repo, must_exist)?;
         // Every request is counted for the `--json` envelope and the verbose summary, then
         // throttled if asked.
         let counting = Arc::new(backstop_store::CountingStore::new(store));
@@ -124,24 +128,6 @@ impl Settings {
             return Ok(Arc::new(backstop_store::ThrottleStore::new(store, limits)));
         }
         Ok(store)
-    }
-
-    fn raw_store(&self, must_exist: bool) -> Result<Arc<dyn Store>> {
-        let repo = self.repo()?;
-        // A plain path that does not exist is no repository; saying so here gives a clearer
-        // message than the engine's missing config object. URLs are left to the engine.
-        if must_exist && !repo.contains("://") && !Path::new(repo).exists() {
-            return Err(Exit::new(
-                Code::NotFound,
-                format!(
-                    "no repository at `{repo}`: the directory does not exist (create a \
-                     repository with `backstop init`)"
-                ),
-            )
-            .into());
-        }
-        crate::orphans::opening_store(repo);
-        backstop::store::open_url(repo).with_context(|| format!("opening repository `{repo}`"))
     }
 
     /// Opens the repository for writing.
@@ -165,29 +151,45 @@ impl Settings {
         &self,
         open: impl Fn(Arc<dyn Store>, EngineOptions) -> backstop::Result<E>,
     ) -> Result<E> {
-        let repo = self.repo()?;
-        let given = self
-            .password
-            .as_ref()
-            .map(PasswordSource::read)
-            .transpose()?;
+        let hint = "set BACKSTOP_PASSWORD, or pass --password-file or --password-command";
+        self.open_at(self.repo()?, self.password.as_ref(), hint, open)
+    }
+
+    /// Opens another repository (what `--from-repo` names) for reading only, with these
+    /// settings and `password`: its password, not this repository's.
+    pub(crate) fn open_other(
+        &self,
+        repo: &str,
+        password: Option<&PasswordSource>,
+    ) -> Result<ReadOnlyEngine> {
+        let hint = "set BACKSTOP_FROM_PASSWORD, or pass --from-password-file";
+        self.open_at(repo, password, hint, ReadOnlyEngine::open)
+    }
+
+    fn open_at<E>(
+        &self,
+        repo: &str,
+        password: Option<&PasswordSource>,
+        hint: &str,
+        open: impl Fn(Arc<dyn Store>, EngineOptions) -> backstop::Result<E>,
+    ) -> Result<E> {
+        let given = password.map(PasswordSource::read).transpose()?;
         let mut options = self.engine.clone();
         if let Some(password) = &given {
             options = options.with_password(password.clone());
         }
         let context = || format!("opening repository `{repo}`");
-        match open(self.store(true)?, options) {
+        match open(self.store_at(repo, true)?, options) {
             Ok(engine) => Ok(engine),
             Err(err) if given.is_none() && wants_password(&err) => {
                 if !password::can_prompt() {
                     return Err(anyhow::Error::new(err).context(format!(
-                        "repository `{repo}` is encrypted and no password was given: set \
-                         BACKSTOP_PASSWORD, or pass --password-file or --password-command"
+                        "repository `{repo}` is encrypted and no password was given: {hint}"
                     )));
                 }
                 let password = password::prompt_existing(repo)?;
                 let options = self.engine.clone().with_password(password);
-                open(self.store(true)?, options).with_context(context)
+                open(self.store_at(repo, true)?, options).with_context(context)
             }
             Err(err) => Err(err).with_context(context),
         }
@@ -199,6 +201,22 @@ impl Settings {
         &self,
         encrypted: bool,
         cipher: Option<backstop::Cipher>,
+    ) -> Result<BackupEngine> {
+        self.init_with(encrypted, cipher, None)
+    }
+
+    /// Creates a repository that shares `from`'s key (`init --from-repo`), encrypted (under a
+    /// password of its own) when `from` is.
+    pub(crate) fn init_from(&self, from: &ReadOnlyEngine) -> Result<BackupEngine> {
+        let encrypted = from.repository_info().cipher.is_some();
+        self.init_with(encrypted, None, Some(from))
+    }
+
+    fn init_with(
+        &self,
+        encrypted: bool,
+        cipher: Option<backstop::Cipher>,
+        from: Option<&ReadOnlyEngine>,
     ) -> Result<BackupEngine> {
         let repo = self.repo()?;
         let mut init = InitOptions::default();
@@ -221,9 +239,31 @@ impl Settings {
             std::fs::create_dir_all(repo)
                 .with_context(|| format!("creating repository directory `{repo}`"))?;
         }
-        BackupEngine::init(self.store(false)?, init, self.engine.clone())
-            .with_context(|| format!("creating repository `{repo}`"))
+        let store = self.store(false)?;
+        match from {
+            Some(from) => BackupEngine::init_from(store, from, init, self.engine.clone()),
+            None => BackupEngine::init(store, init, self.engine.clone()),
+        }
+        .with_context(|| format!("creating repository `{repo}`"))
     }
+}
+
+/// The store at `repo` (a path or a URL); `must_exist` refuses a path that does not exist.
+fn raw_store(repo: &str, must_exist: bool) -> Result<Arc<dyn Store>> {
+    // A plain path that does not exist is no repository; saying so here gives a clearer
+    // message than the engine's missing config object. URLs are left to the engine.
+    if must_exist && !repo.contains("://") && !Path::new(repo).exists() {
+        return Err(Exit::new(
+            Code::NotFound,
+            format!(
+                "no repository at `{repo}`: the directory does not exist (create a \
+                 repository with `backstop init`)"
+            ),
+        )
+        .into());
+    }
+    crate::orphans::opening_store(repo);
+    backstop::store::open_url(repo).with_context(|| format!("opening repository `{repo}`"))
 }
 
 /// Whether opening failed because the repository needs a password we did not give.

@@ -32,6 +32,7 @@ const BACKSTOP_VARS: &[&str] = &[
     "BACKSTOP_PASSWORD_FILE",
     "BACKSTOP_PASSWORD_COMMAND",
     "BACKSTOP_NEW_PASSWORD",
+    "BACKSTOP_FROM_PASSWORD",
     "BACKSTOP_CONFIG",
     "BACKSTOP_COMPRESSION",
     "BACKSTOP_THREADS",
@@ -877,6 +878,85 @@ fn wal_push_and_fetch_round_trip() {
     // Different bytes under an archived name are refused, so PostgreSQL sees the failure.
     std::fs::write(&segment, pseudo_random(64 * 1024, 43)).unwrap();
     world.cmd().arg("wal-push").arg(&segment).assert().failure();
+}
+
+/// An offsite copy: `init --from-repo` makes a repository with its own password that can take
+/// the first one's backups, `copy` brings them over (again: only new ones), and they restore
+/// from there byte for byte. A repository made without `--from-repo` is refused.
+#[test]
+fn copy_brings_backups_into_a_repository_made_from_the_first() {
+    let world = World::new();
+    world.init();
+    world.backup();
+    std::fs::write(world.data().join("hello.txt"), b"changed\n").unwrap();
+    world.backup();
+    let offsite = world.path("offsite");
+    let offsite = offsite.to_str().unwrap();
+    let as_offsite = || {
+        let mut cmd = world.cmd();
+        cmd.env("BACKSTOP_REPO", offsite)
+            .env("BACKSTOP_PASSWORD", "offsite password");
+        cmd
+    };
+
+    // The source's password is its own: without it, `init --from-repo` says how to give it.
+    as_offsite()
+        .args(["init", "--from-repo", world.repo().to_str().unwrap()])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("BACKSTOP_FROM_PASSWORD"));
+    let source = world.repo();
+    let source = source.to_str().unwrap();
+    let init = world.json_with(
+        as_offsite().env("BACKSTOP_FROM_PASSWORD", PASSWORD),
+        &["init", "--from-repo", source],
+    );
+    assert_eq!(init["encrypted"], true);
+
+    let copy = world.json_with(
+        as_offsite().env("BACKSTOP_FROM_PASSWORD", PASSWORD),
+        &["copy", "--from-repo", source],
+    );
+    assert_eq!(copy["copied"], serde_json::json!([[1, 1], [2, 2]]));
+    assert!(copy["blobs_copied"].as_u64().unwrap() > 0);
+    let again = world.json_with(
+        as_offsite().env("BACKSTOP_FROM_PASSWORD", PASSWORD),
+        &["copy", "--from-repo", source],
+    );
+    assert_eq!(again["copied"], serde_json::json!([]));
+    assert_eq!(again["blobs_copied"], 0);
+
+    let target = world.path("restored");
+    as_offsite()
+        .args(["restore", "latest", target.to_str().unwrap()])
+        .assert()
+        .success();
+    for file in ["hello.txt", "blob.bin", "sub/notes.md"] {
+        assert_eq!(
+            std::fs::read(target.join(file)).unwrap(),
+            std::fs::read(world.data().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    as_offsite().args(["verify", "--all"]).assert().success();
+
+    // A repository of its own key cannot take them, and is left as it was.
+    let other = world.path("other");
+    let mut cmd = world.cmd();
+    cmd.env("BACKSTOP_REPO", &other)
+        .arg("init")
+        .assert()
+        .success();
+    world
+        .cmd()
+        .env("BACKSTOP_REPO", &other)
+        .env("BACKSTOP_FROM_PASSWORD", PASSWORD)
+        .args(["copy", "--from-repo", source])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("init --from-repo"));
+    let listed = world.json_with(world.cmd().env("BACKSTOP_REPO", &other), &["list"]);
+    assert_eq!(listed, serde_json::json!([]));
 }
 
 #[test]

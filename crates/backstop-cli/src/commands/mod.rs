@@ -3,6 +3,7 @@
 
 mod backup;
 mod bdb;
+mod copy;
 mod demo;
 mod docs;
 pub(crate) mod group;
@@ -48,6 +49,7 @@ pub(crate) fn run(cli: &Cli) -> Result<()> {
         Command::Purge(args) => retention::purge(settings, args),
         Command::Delete(args) => retention::delete(settings, args),
         Command::Gc(args) => retention::gc(settings, args),
+        Command::Copy(args) => copy::run(settings, args),
         Command::Key(command) => key::run(settings, command),
         Command::Repair(crate::cli::RepairCommand::Index(args)) => repair::index(settings, args),
         Command::Standby(args) => bdb::standby(settings, args),

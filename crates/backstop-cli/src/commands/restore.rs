@@ -199,7 +199,7 @@ fn restore_command_line(
             words.push("--password-command".to_owned());
             words.push(command.clone());
         }
-        Some(PasswordSource::Env | PasswordSource::NewEnv) | None => {}
+        Some(PasswordSource::Env | PasswordSource::NewEnv | PasswordSource::FromEnv) | None => {}
     }
     let mut line = Vec::with_capacity(words.len() + 3);
     for word in &words {
