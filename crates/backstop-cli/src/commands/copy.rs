@@ -32,7 +32,7 @@ pub(super) fn run(settings: &Settings, args: &CopyArgs) -> Result<()> {
         return printer.json("copy", &report);
     }
     for (from, to) in &report.copied {
-        printer.line(format!("copied backup {from} as {to}"))?;
+        printer.status(format!("copied backup {from} as {to}"))?;
     }
     if !report.already_there.is_empty() {
         let ids: Vec<String> = report
@@ -40,7 +40,7 @@ pub(super) fn run(settings: &Settings, args: &CopyArgs) -> Result<()> {
             .iter()
             .map(|(from, to)| format!("{from} (as {to})"))
             .collect();
-        printer.line(format!("already here: {}", ids.join(", ")))?;
+        printer.status(format!("already here: {}", ids.join(", ")))?;
     }
     let mut summary = format!(
         "{} backups copied: {} blobs the destination lacked, {} in {} packs",
