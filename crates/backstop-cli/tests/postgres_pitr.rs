@@ -2,8 +2,8 @@
 //! WAL with `backstop wal-push %p`, a base backup is taken through the engine, and a restore
 //! whose `restore_command` is `backstop wal-fetch %f %p` recovers to a moment between two known
 //! commits and lands exactly there (the first commit present, the second absent), by time and
-//! by restore point name. Fetching a segment the archive lacks fails clearly, as
-//! `restore_command` must.
+//! by restore point name, and from an offsite copy (`init --from-repo`, `copy`) of the
+//! repository. Fetching a segment the archive lacks fails clearly, as `restore_command` must.
 //!
 //! Needs the PostgreSQL 15 server (scripts/install/postgres.sh); skipped loudly without it, and
 //! failing under `CI=true`.
@@ -145,6 +145,40 @@ fn point_in_time_recovery_lands_between_two_commits() {
     assert_eq!(
         recover(&engine, base.id, &tmp.path().join("to-end"), to_end),
         "1,2"
+    );
+
+    // An offsite copy, made while the server runs on, recovers to the same moment from its own
+    // copy of the base backup and of the WAL archive.
+    let offsite = tmp.path().join("offsite");
+    backstop(&offsite)
+        .args(["init", "--from-repo"])
+        .arg(&repo)
+        .assert()
+        .success();
+    backstop(&offsite)
+        .args(["copy", "--from-repo"])
+        .arg(&repo)
+        .assert()
+        .success();
+    pg_cluster::give_to_server_user(&offsite);
+    let copy = BackupEngine::open(LocalStore::new(&offsite), EngineOptions::default()).unwrap();
+    let copied = copy.list_backups().unwrap();
+    assert_eq!(copied.len(), 1);
+    let from_offsite = RestoreOptions::default()
+        .with_fixup_option(
+            "restore-command",
+            server_command(&offsite, "wal-fetch %f %p"),
+        )
+        .with_fixup_option("target-time", &target_time)
+        .with_fixup_option("target-action", "promote");
+    assert_eq!(
+        recover(
+            &copy,
+            copied[0].id,
+            &tmp.path().join("from-offsite"),
+            from_offsite
+        ),
+        "1"
     );
 }
 
