@@ -90,6 +90,30 @@ fn write_version(root: &Path, version: u64) {
     }
 }
 
+/// A new repository in `store`, encrypted under `password` if there is one.
+fn repository(store: MemoryStore, password: Option<&str>) -> BackupEngine {
+    BackupEngine::init(store, init_options(password), engine_options(password)).unwrap()
+}
+
+/// A new repository in `store` made from `source` (`init_from`), under `password`.
+fn copy_of(store: MemoryStore, source: &BackupEngine, password: Option<&str>) -> BackupEngine {
+    BackupEngine::init_from(
+        store,
+        source,
+        init_options(password),
+        engine_options(password),
+    )
+    .unwrap()
+}
+
+/// Backs up versions 1 and 2 of the data tree in `root`.
+fn two_backups(source: &BackupEngine, root: &Path) {
+    for version in [1, 2] {
+        write_version(root, version);
+        backup(source, root);
+    }
+}
+
 fn backup(engine: &BackupEngine, root: &Path) -> u64 {
     engine
         .create_backup(&mut DirSource::new(root), &BackupOptions::default())
@@ -111,27 +135,13 @@ fn backups_copied_into_a_repository_made_from_the_source_restore_the_same_and_on
  {
     for password in [Some("secret"), None] {
         let data = tempfile::tempdir().unwrap();
-        let source = BackupEngine::init(
-            MemoryStore::new(),
-            init_options(password),
-            engine_options(password),
-        )
-        .unwrap();
-        write_version(data.path(), 1);
-        backup(&source, data.path());
-        write_version(data.path(), 2);
-        backup(&source, data.path());
+        let source = repository(MemoryStore::new(), password);
+        two_backups(&source, data.path());
 
         // The copy has a password of its own; the source's does not open it.
         let dest_password = password.map(|_| "offsite");
         let dest_store = MemoryStore::new();
-        let dest = BackupEngine::init_from(
-            dest_store.clone(),
-            &source,
-            init_options(dest_password),
-            engine_options(dest_password),
-        )
-        .unwrap();
+        let dest = copy_of(dest_store.clone(), &source, dest_password);
         let report = dest.copy_from(&source, &CopyOptions::default()).unwrap();
         assert_eq!(report.copied, [(1, 1), (2, 2)], "{password:?}");
         assert!(report.already_there.is_empty());
@@ -194,25 +204,11 @@ fn backups_copied_into_a_repository_made_from_the_source_restore_the_same_and_on
 #[test]
 fn copying_one_backup_takes_only_its_blobs() {
     let data = tempfile::tempdir().unwrap();
-    let source = BackupEngine::init(
-        MemoryStore::new(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
-    write_version(data.path(), 1);
-    backup(&source, data.path());
-    write_version(data.path(), 2);
-    backup(&source, data.path());
+    let source = repository(MemoryStore::new(), Some("s"));
+    two_backups(&source, data.path());
 
     let dest_store = MemoryStore::new();
-    let dest = BackupEngine::init_from(
-        dest_store.clone(),
-        &source,
-        init_options(Some("d")),
-        engine_options(Some("d")),
-    )
-    .unwrap();
+    let dest = copy_of(dest_store.clone(), &source, Some("d"));
     let report = dest
         .copy_from(
             &source,
@@ -224,15 +220,9 @@ fn copying_one_backup_takes_only_its_blobs() {
     assert!(dest.verify_all(VerifyLevel::Full).unwrap().is_ok());
     // Version 1's ten changed small files and its text stay behind (the frames they shared with
     // version 2's files are built anew without them).
-    let full = BackupEngine::init_from(
-        MemoryStore::new(),
-        &source,
-        init_options(Some("d")),
-        engine_options(Some("d")),
-    )
-    .unwrap()
-    .copy_from(&source, &CopyOptions::default())
-    .unwrap();
+    let full = copy_of(MemoryStore::new(), &source, Some("d"))
+        .copy_from(&source, &CopyOptions::default())
+        .unwrap();
     assert!(full.blobs_copied > report.blobs_copied + 10);
     assert!(pack_bytes(&dest_store) < full.bytes_written as usize);
 }
@@ -241,22 +231,12 @@ fn copying_one_backup_takes_only_its_blobs() {
 fn a_repository_that_does_not_share_the_key_is_refused_and_left_as_it_was() {
     let data = tempfile::tempdir().unwrap();
     write_version(data.path(), 1);
-    let source = BackupEngine::init(
-        MemoryStore::new(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
+    let source = repository(MemoryStore::new(), Some("s"));
     backup(&source, data.path());
 
     // Same password, own key: the same bytes have other ids there.
     let other_store = MemoryStore::new();
-    let other = BackupEngine::init(
-        other_store.clone(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
+    let other = repository(other_store.clone(), Some("s"));
     let keys_before = other_store.keys();
     let err = other
         .copy_from(&source, &CopyOptions::default())
@@ -279,8 +259,7 @@ fn a_repository_that_does_not_share_the_key_is_refused_and_left_as_it_was() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    let plain =
-        BackupEngine::init(MemoryStore::new(), init_options(None), engine_options(None)).unwrap();
+    let plain = repository(MemoryStore::new(), None);
     let err = BackupEngine::init_from(
         MemoryStore::new(),
         &plain,
@@ -296,20 +275,9 @@ fn a_damaged_source_pack_stops_the_copy_before_any_backup_is_visible() {
     let data = tempfile::tempdir().unwrap();
     write_version(data.path(), 1);
     let source_store = MemoryStore::new();
-    let source = BackupEngine::init(
-        source_store.clone(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
+    let source = repository(source_store.clone(), Some("s"));
     backup(&source, data.path());
-    let dest = BackupEngine::init_from(
-        MemoryStore::new(),
-        &source,
-        init_options(Some("d")),
-        engine_options(Some("d")),
-    )
-    .unwrap();
+    let dest = copy_of(MemoryStore::new(), &source, Some("d"));
 
     let packs: Vec<String> = source_store
         .keys()
@@ -335,23 +303,12 @@ fn a_damaged_source_pack_stops_the_copy_before_any_backup_is_visible() {
 
 #[test]
 fn archives_are_copied_unless_left_out() {
-    let source = BackupEngine::init(
-        MemoryStore::new(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
+    let source = repository(MemoryStore::new(), Some("s"));
     let segment = incompressible(100_000, 5);
     source
         .archive_put("wal", "000000010000000000000001", &segment)
         .unwrap();
-    let dest = BackupEngine::init_from(
-        MemoryStore::new(),
-        &source,
-        init_options(Some("d")),
-        engine_options(Some("d")),
-    )
-    .unwrap();
+    let dest = copy_of(MemoryStore::new(), &source, Some("d"));
     let report = dest.copy_from(&source, &CopyOptions::default()).unwrap();
     assert_eq!(report.archive_objects_copied, 1);
     assert_eq!(
@@ -361,13 +318,7 @@ fn archives_are_copied_unless_left_out() {
     let again = dest.copy_from(&source, &CopyOptions::default()).unwrap();
     assert_eq!(again.archive_objects_copied, 0);
 
-    let without = BackupEngine::init_from(
-        MemoryStore::new(),
-        &source,
-        init_options(Some("d")),
-        engine_options(Some("d")),
-    )
-    .unwrap();
+    let without = copy_of(MemoryStore::new(), &source, Some("d"));
     without
         .copy_from(&source, &CopyOptions::default().with_archives(false))
         .unwrap();
@@ -381,12 +332,7 @@ fn archives_are_copied_unless_left_out() {
 #[test]
 fn a_failure_at_any_put_of_a_copy_leaves_the_destination_valid() {
     let data = tempfile::tempdir().unwrap();
-    let source = BackupEngine::init(
-        MemoryStore::new(),
-        init_options(Some("s")),
-        engine_options(Some("s")),
-    )
-    .unwrap();
+    let source = repository(MemoryStore::new(), Some("s"));
     write_version(data.path(), 1);
     backup(&source, data.path());
     let base = MemoryStore::new();

@@ -568,12 +568,9 @@ impl Repository {
         }
     }
 
-    pub(crate) fn init(
-        store: Arc<dyn Store>,
-        init: &InitOptions,
-        options: EngineOptions,
-    ) -> Result<Self> {
-        if Self::exists(&*store)? {
+    /// `AlreadyExists` when the store holds a repository: `init` never overwrites one.
+    fn refuse_existing(store: &dyn Store) -> Result<()> {
+        if Self::exists(store)? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 RepoError::Exists {
@@ -581,6 +578,15 @@ impl Repository {
                 },
             ));
         }
+        Ok(())
+    }
+
+    pub(crate) fn init(
+        store: Arc<dyn Store>,
+        init: &InitOptions,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        Self::refuse_existing(&*store)?;
         // FastCDC's own bounds: 64 B..1 MiB, 256 B..4 MiB, 1 KiB..16 MiB.
         let sizes_ok = (64..=1 << 20).contains(&init.chunk_min)
             && (256..=4 << 20).contains(&init.chunk_avg)
@@ -629,14 +635,7 @@ impl Repository {
         init: &InitOptions,
         options: EngineOptions,
     ) -> Result<Self> {
-        if Self::exists(&*store)? {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                RepoError::Exists {
-                    location: store.describe(),
-                },
-            ));
-        }
+        Self::refuse_existing(&*store)?;
         match (from.key.is_some(), init.password.is_some()) {
             (true, false) => {
                 return Err(Error::msg(
