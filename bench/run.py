@@ -721,6 +721,23 @@ class Tool:
         """Where the tool's restore puts the tree under `target` (see `restored_root`)."""
         return target / "data"
 
+    @property
+    def copy_repo(self):
+        """The second repository the `copy` step copies into."""
+        return self.work / "copies" / self.name
+
+    def copy_setup_cmds(self):
+        """Untimed commands that create `copy_repo` ready to take this repository's backups."""
+        return []
+
+    def copy_cmd(self):
+        """Copies every backup of the repository into `copy_repo`; None where the tool cannot."""
+        return None
+
+    def copy_list_cmd(self):
+        """Lists the backups of `copy_repo` as JSON (see `count_backups`)."""
+        return None
+
     def env(self):
         return {}
 
@@ -757,6 +774,7 @@ class Backstop(Tool):
     def env(self):
         return {
             "BACKSTOP_PASSWORD": PASSWORD,
+            "BACKSTOP_FROM_PASSWORD": PASSWORD,
             "XDG_CACHE_HOME": str(self.cache),
             "XDG_CONFIG_HOME": str(self.cache),
         }
@@ -787,6 +805,18 @@ class Backstop(Tool):
     def restore_over_cmd(self, target):
         return self.base() + ["-q", "restore", "--delta", "latest", str(target)]
 
+    def copy_base(self):
+        return [self.binary, "--repo", str(self.copy_repo)] + self.extra
+
+    def copy_setup_cmds(self):
+        return [self.copy_base() + ["-q", "init", "--from-repo", str(self.repo)]]
+
+    def copy_cmd(self):
+        return self.copy_base() + ["-q", "copy", "--from-repo", str(self.repo)]
+
+    def copy_list_cmd(self):
+        return self.copy_base() + ["--json", "list"]
+
     def over_root(self, target):
         return target
 
@@ -806,7 +836,7 @@ class Restic(Tool):
         return first_line(["restic", "version"])
 
     def env(self):
-        return {"RESTIC_PASSWORD": PASSWORD}
+        return {"RESTIC_PASSWORD": PASSWORD, "RESTIC_FROM_PASSWORD": PASSWORD}
 
     def base(self):
         return ["restic", "--repo", str(self.repo), "--cache-dir", str(self.cache), "-q"]
@@ -826,6 +856,19 @@ class Restic(Tool):
 
     def check_cmd(self):
         return self.base() + ["check", "--read-data"]
+
+    def copy_base(self):
+        return ["restic", "--repo", str(self.copy_repo), "--cache-dir", str(self.cache), "-q"]
+
+    def copy_setup_cmds(self):
+        # The same chunker parameters, or the copy could not share chunks with later backups.
+        return [self.copy_base() + ["init", "--from-repo", str(self.repo), "--copy-chunker-params"]]
+
+    def copy_cmd(self):
+        return self.copy_base() + ["copy", "--from-repo", str(self.repo)]
+
+    def copy_list_cmd(self):
+        return self.copy_base() + ["snapshots", "--json"]
 
 
 class Rustic(Tool):
@@ -860,6 +903,28 @@ class Rustic(Tool):
     def restore_over_cmd(self, target):
         # Without --verify-existing rustic trusts a file whose size and mtime match.
         return self.base() + ["restore", "--delete", "--verify-existing", "latest", str(target)]
+
+    # rustic names its copy targets by configuration profile: `rustic-copy.toml` in its working
+    # directory (the work directory).
+    COPY_PROFILE = "rustic-copy"
+
+    def copy_setup_cmds(self):
+        profile = self.work / f"{self.COPY_PROFILE}.toml"
+        profile.write_text(
+            f'[repository]\nrepository = "{self.copy_repo}"\npassword = "{PASSWORD}"\n'
+        )
+        # `--init` creates the target with this repository's chunker parameters (rustic refuses
+        # to copy into one with others); a filter that matches nothing keeps it untimed and empty.
+        return [
+            self.base()
+            + ["copy", "--init", "--target", self.COPY_PROFILE, "--filter-host", "no-such-host"]
+        ]
+
+    def copy_cmd(self):
+        return self.base() + ["copy", "--target", self.COPY_PROFILE]
+
+    def copy_list_cmd(self):
+        return ["rustic", "--repository", str(self.copy_repo), "snapshots", "--json"]
 
 
 class Borg(Tool):
@@ -986,6 +1051,17 @@ def find_backstop(args):
     if not target.is_absolute():
         target = ROOT / target
     return target / "release" / "backstop"
+
+
+def count_backups(listing):
+    """The number of backups in a JSON listing: Backstop's `{"result": [...]}`, restic's list,
+    or rustic's list of groups, each with its `snapshots`."""
+    value = json.loads(listing)
+    if isinstance(value, dict):
+        value = value.get("result", [])
+    if value and isinstance(value[0], dict) and "snapshots" in value[0]:
+        return sum(len(group["snapshots"]) for group in value)
+    return len(value)
 
 
 def restored_root(target):
@@ -1123,13 +1199,19 @@ class Bench:
                 source = f"{self.v1}/." if root == target else str(self.v1)
                 subprocess.run(["cp", "-a", source, str(root)], check=True)
                 argv = tool.restore_over_cmd(target)
+        elif step == "copy":
+            shutil.rmtree(tool.copy_repo, ignore_errors=True)
+            tool.copy_repo.parent.mkdir(parents=True, exist_ok=True)
+            for i, setup in enumerate(tool.copy_setup_cmds()):
+                self.runner.run(f"{tool.name}-copy-setup{i}", setup, cwd=tool.cwd(), env=tool.env())
+            argv = tool.copy_cmd()
         elif step == "prune":
             argv = tool.prune_cmd()
         elif step == "check":
             argv = tool.check_cmd()
         else:
             argv = tool.backup_cmd(step, self.data)
-        on_repo = restore or step in ("prune", "check")
+        on_repo = restore or step in ("prune", "check", "copy")
         self.caches_dropped = self.prepare(tool.repo if on_repo else self.data)
         before = tree_bytes(tool.repo) if tool.repo.exists() else 0
         progress(f"  {tool.name:<22} {step:<12}", end="")
@@ -1146,6 +1228,17 @@ class Bench:
             sync_s = time.monotonic() - started
             m.wall += sync_s
         after = tree_bytes(tool.repo)
+        copied_backups = None
+        if step == "copy":
+            # What the copy holds, beside the repository it copied from: both backups.
+            before, after = 0, tree_bytes(tool.copy_repo)
+            listed = self.runner.run(
+                f"{tool.name}-copy-list", tool.copy_list_cmd(), cwd=tool.cwd(), env=tool.env()
+            )
+            copied_backups = count_backups(listed.stdout)
+            if copied_backups != 2:
+                self.failures.append(f"{tool.name}: the copy holds {copied_backups} backups, not 2")
+            shutil.rmtree(tool.copy_repo)
         row = {
             "tool": tool.name,
             "step": step,
@@ -1158,7 +1251,7 @@ class Bench:
             "bytes_added": after - before if not restore else None,
             "sync_s": None if sync_s is None else round(sync_s, 3),
             "data_bytes": data_bytes,
-            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step not in ("prune", "check") else None,
+            "mib_per_s": round(data_bytes / MIB / m.wall, 1) if m.wall > 0 and step not in ("prune", "check", "copy") else None,
         }
         if counters_before and counters_after:
             # The machine's busy time beyond the tool's own: other processes, and kernel threads
@@ -1166,6 +1259,8 @@ class Bench:
             busy = counters_after[0] - counters_before[0]
             row["other_cpu_s"] = round(max(0.0, busy - m.cpu), 2)
             row["steal_s"] = round(counters_after[1] - counters_before[1], 2)
+        if copied_backups is not None:
+            row["copied_backups"] = copied_backups
         row.update({f"reported_{k}": v for k, v in tool.reported(m).items()})
         if restore:
             problems = compare_trees(self.data, restored_root(target))
@@ -1288,6 +1383,10 @@ class Bench:
         progress("reading back and checking every byte of the repository")
         checkers = [t for t in order if t.check_cmd() is not None]
         self.phase(checkers, "check", v2_bytes)
+
+        progress("copying both backups into a second repository")
+        copiers = [t for t in order if t.copy_cmd() is not None]
+        self.phase(copiers, "copy", v2_bytes)
 
         progress("deleting the full backup and giving back its space")
         pruners = [t for t in order if t.prune_cmd() is not None]
@@ -1823,6 +1922,30 @@ def write_report(bench, chart_name):
             w(
                 f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
                 f"{mib(r['repo_bytes'])} | {speed} | {versus} |"
+                + runs_cell(r)
+            )
+        w("")
+    copied = [t for t in tools if get.get((t, "copy"))]
+    if copied:
+        w("## Copying to a second repository\n")
+        w(
+            "After the restores, each tool copies both backups (full and incremental) into a second, "
+            "empty repository on the same disk, made from the first so that the two share what they "
+            "must (untimed): Backstop `init --from-repo` then `copy --from-repo` (stored units copied "
+            "as they are, each source pack checked against its id), restic `init --from-repo "
+            "--copy-chunker-params` then `copy --from-repo`, rustic `copy --init` with a filter that "
+            "matches nothing, then `copy --target` (both decrypt every blob and encrypt it again for "
+            "the other repository's key).\n"
+        )
+        w(f"| tool | wall s | CPU s | peak RSS MiB | copy MiB | Backstop / tool{runs_head} |")
+        w("| --- | ---: | ---: | ---: | ---: | ---:" + runs_sep + " |")
+        bs_copy = get.get(("backstop", "copy"))
+        for tool in copied:
+            r = get[(tool, "copy")]
+            versus = ratio(bs_copy["wall_s"], r["wall_s"]) if bs_copy and tool != "backstop" else ""
+            w(
+                f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
+                f"{mib(r['repo_bytes'])} | {versus} |"
                 + runs_cell(r)
             )
         w("")

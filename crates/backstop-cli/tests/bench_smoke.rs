@@ -113,6 +113,15 @@ fn bench_harness_smoke_mode_runs_every_tool_and_verifies_every_restore() {
             let r = row(tool, "over").expect("no over row for backstop");
             assert_eq!(r["verified"], true, "backstop over: restore differs: {r}");
         }
+        // Backstop and restic copy both backups into a second repository made from the first.
+        if ["backstop", "restic"].contains(tool) {
+            let r = row(tool, "copy").unwrap_or_else(|| panic!("no copy row for {tool}"));
+            assert_eq!(r["copied_backups"], 2, "{tool} copy: {r}");
+            assert!(
+                r["repo_bytes"].as_u64().is_some_and(|b| b > 0),
+                "{tool} copy: an empty copy: {r}"
+            );
+        }
         // Every tool but `cp -a` reads its repository back and checks it, changing nothing.
         if *tool != "cp-a" {
             let r = row(tool, "check").unwrap_or_else(|| panic!("no check row for {tool}"));
