@@ -31,12 +31,14 @@ fn key(archive: &str, name: &str) -> Result<String> {
     Ok(format!("archive/{archive}/{name}"))
 }
 
-/// The object archived as `name` under `key`, if there is one. The name it holds must be
-/// `name`: sealing proves only that the repository's key holder wrote the object, and whoever
-/// can write to the store could otherwise copy one segment's object over another's key, so
-/// that `wal-fetch` of the second returned the first's bytes (PostgreSQL would then end its
-/// recovery early, without the transactions of the segment it asked for).
-fn read(repo: &Repository, key: &str, name: &str) -> Result<Option<ArchiveObject>> {
+/// The object archived as `name` in `archive` under `key`, if there is one. The name it holds
+/// must be `name`, and the archive it names (objects written before 2026-12-06 name none) must
+/// be `archive`: sealing proves only that the repository's key holder wrote the object, and
+/// whoever can write to the store could otherwise copy one segment's object over another's
+/// key, so that `wal-fetch` of the second returned the first's bytes (PostgreSQL would then end
+/// its recovery early, without the transactions of the segment it asked for), or one cluster's
+/// segment into another cluster's archive under the same name.
+fn read(repo: &Repository, key: &str, archive: &str, name: &str) -> Result<Option<ArchiveObject>> {
     let object: ArchiveObject = match repo.store.get(key) {
         Ok(bytes) => format::open_object("archive object", ObjectType::Archive, &bytes, repo.key())
             .map_err(|e| damaged(key, e))?,
@@ -52,6 +54,15 @@ fn read(repo: &Repository, key: &str, name: &str) -> Result<Option<ArchiveObject
             },
         ));
     }
+    if let Some(found) = object.archive.as_ref().filter(|a| *a != archive) {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            ArchiveError::WrongArchive {
+                key: key.to_owned(),
+                found: found.clone(),
+            },
+        ));
+    }
     Ok(Some(object))
 }
 
@@ -61,12 +72,16 @@ enum ArchiveError {
         "object `{key}` is damaged in the repository: it holds `{found}`, another archived object (copied over this one's key)"
     )]
     WrongName { key: String, found: String },
+    #[error(
+        "object `{key}` is damaged in the repository: it belongs to the archive `{found}` (copied over this one's key)"
+    )]
+    WrongArchive { key: String, found: String },
 }
 
 pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> Result<ArchivePut> {
     let key = key(archive, name)?;
     let hash = ContentId::hash(data);
-    if let Some(existing) = read(repo, &key, name)? {
+    if let Some(existing) = read(repo, &key, archive, name)? {
         if existing.hash == hash {
             return Ok(ArchivePut::AlreadyPresent);
         }
@@ -81,6 +96,7 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
         .map_err(|e| Error::msg(ErrorKind::Io, format!("compressing `{name}`: {e}")))?;
     let object = ArchiveObject {
         name: name.to_owned(),
+        archive: Some(archive.to_owned()),
         data: compressed,
         hash,
     };
@@ -88,17 +104,19 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
     match repo.store.put(&key, &bytes, PutMode::Create) {
         Ok(()) => Ok(ArchivePut::Stored),
         // Someone stored it between our check and our put: same rules as above.
-        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => match read(repo, &key, name)? {
-            Some(existing) if existing.hash == hash => Ok(ArchivePut::AlreadyPresent),
-            _ => Err(e.into()),
-        },
+        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => {
+            match read(repo, &key, archive, name)? {
+                Some(existing) if existing.hash == hash => Ok(ArchivePut::AlreadyPresent),
+                _ => Err(e.into()),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8>> {
     let key = key(archive, name)?;
-    let object = read(repo, &key, name)?.ok_or_else(|| {
+    let object = read(repo, &key, archive, name)?.ok_or_else(|| {
         Error::msg(
             ErrorKind::NotFound,
             format!(

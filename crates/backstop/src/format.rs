@@ -946,6 +946,9 @@ pub(crate) struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ArchiveObject {
     pub(crate) name: String,
+    /// The archive it was put in; absent in objects written before 2026-12-06.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) archive: Option<String>,
     #[serde(with = "serde_bytes_vec")]
     pub(crate) data: Vec<u8>,
     /// BLAKE3 of the data, for the "same bytes again" check without decompressing twice.

@@ -2185,6 +2185,27 @@ fn an_archive_object_copied_to_another_name_is_refused() {
     assert_eq!(engine.archive_get("wal", first).unwrap(), first_bytes);
 }
 
+/// One cluster's WAL segment copied into another cluster's archive under the same name is
+/// refused there: the object names its archive.
+#[test]
+fn an_archive_object_copied_to_another_archive_is_refused() {
+    let store = MemoryStore::new();
+    let engine = BackupEngine::init(store.clone(), encrypted(), opts()).unwrap();
+    let segment = "000000010000000000000001";
+    let ours = pseudo_random(64 << 10, 21);
+    engine.archive_put("wal-1", segment, &ours).unwrap();
+    let copied = store.raw_get(&format!("archive/wal-1/{segment}")).unwrap();
+    store.raw_put(&format!("archive/wal-2/{segment}"), copied);
+    let err = engine.archive_get("wal-2", segment).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("archive/wal-2/{segment}")) && message.contains("`wal-1`"),
+        "{message}"
+    );
+    assert_eq!(engine.archive_get("wal-1", segment).unwrap(), ours);
+}
+
 /// An old snapshot copied to a key with a larger id would pass for the latest backup (its
 /// seal is sound: the key holder wrote it); the id it holds must be its key's.
 #[test]
