@@ -18,8 +18,8 @@
 //! backup of the mix took 2.40 s against 2.04 s now (means of four alternating runs).
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use backstop_source::{
@@ -48,6 +48,71 @@ const PENDING_PRUNE_MIN: usize = 65_536;
 const TREE_NODES_PER_BLOB: usize = 2048;
 /// A file modified this close before it was read may change again within the same timestamp.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// The most bytes of blobs between the readers and the packer: queued for a seal worker, being
+/// sealed, sealed and waiting for the packer. The queues' lengths bound them by count only, and
+/// a unit may be a chunk of up to 4 MiB, so by count alone this could reach about 44 MiB (the
+/// queues full of the largest chunks); at the average chunk of 1 MiB it is 10-12 MiB.
+const IN_FLIGHT_BYTES: u64 = 16 << 20;
+
+/// The bytes of blobs in the pipeline ([`IN_FLIGHT_BYTES`]): a reader takes its blob's size
+/// before it queues the blob, and the packer gives it back once the sealed unit is in a pack.
+/// One unit larger than the limit still passes when nothing else is in flight.
+struct InFlight {
+    limit: u64,
+    /// The bytes taken, and whether the packer has stopped (then nothing waits any more: the
+    /// queues are closed, and a reader's send fails).
+    state: Mutex<(u64, bool)>,
+    given_back: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            state: Mutex::new((0, false)),
+            given_back: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `bytes` more fit (or nothing else is in flight, or the packer stopped).
+    fn take(&self, bytes: u64) {
+        let mut state = self.lock();
+        while !state.1 && state.0 > 0 && state.0 + bytes > self.limit {
+            state = self
+                .given_back
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.0 += bytes;
+    }
+
+    fn give_back(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_sub(bytes);
+        self.given_back.notify_all();
+    }
+
+    /// The packer stopped: nobody waits any more.
+    fn close(&self) {
+        self.lock().1 = true;
+        self.given_back.notify_all();
+    }
+}
+
+/// Closes [`InFlight`] when the packer's thread ends, however it ends.
+struct CloseOnDrop<'a>(&'a InFlight);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// Work for a seal worker: one blob, or a frame of small blobs compressed and sealed together.
 struct Job {
@@ -58,6 +123,8 @@ struct Job {
     /// The reader lane that made it: a frame is compressed the way [`LevelChoice`] picks for
     /// its lane.
     lane: usize,
+    /// What it took of [`InFlight`]: given back by the packer.
+    charged: u64,
 }
 
 impl Job {
@@ -72,6 +139,7 @@ struct Sealed {
     compressed: bool,
     blobs: Vec<(BlobId, u32)>,
     framed: bool,
+    charged: u64,
 }
 
 /// Hands new blobs to the seal workers, gathering small data blobs into frames. Shared by the
@@ -83,6 +151,7 @@ struct Sealed {
 struct Dispatch {
     job_tx: Sender<Job>,
     state: Mutex<DispatchState>,
+    in_flight: Arc<InFlight>,
 }
 
 struct DispatchState {
@@ -95,9 +164,10 @@ struct DispatchState {
 }
 
 impl Dispatch {
-    fn new(job_tx: Sender<Job>, lanes: usize) -> Self {
+    fn new(job_tx: Sender<Job>, lanes: usize, in_flight: Arc<InFlight>) -> Self {
         Self {
             job_tx,
+            in_flight,
             state: Mutex::new(DispatchState {
                 pending: HashSet::new(),
                 prune_at: PENDING_PRUNE_MIN,
@@ -142,6 +212,7 @@ impl Dispatch {
                     blobs: vec![(id, data.len() as u32)],
                     data,
                     lane,
+                    charged: 0,
                 })
             } else {
                 let lane = lane % state.frames.len();
@@ -170,7 +241,9 @@ impl Dispatch {
         frames.into_iter().all(|frame| self.send(frame))
     }
 
-    fn send(&self, job: Job) -> bool {
+    fn send(&self, mut job: Job) -> bool {
+        job.charged = job.data.len() as u64;
+        self.in_flight.take(job.charged);
         self.job_tx.send(job).is_ok()
     }
 }
@@ -181,6 +254,7 @@ fn empty_frame(lane: usize) -> Job {
         data: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
         blobs: Vec::new(),
         lane,
+        charged: 0,
     }
 }
 
@@ -235,6 +309,7 @@ pub(crate) fn create_backup(
     // backup of the benchmark mix, the same peak RSS; 4 and 8 were no faster).
     let (job_tx, job_rx) = bounded::<Job>(threads);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(2 * threads);
+    let in_flight = Arc::new(InFlight::new(IN_FLIGHT_BYTES));
     let failed = AtomicBool::new(false);
     let store_error: Mutex<Option<Error>> = Mutex::new(None);
 
@@ -247,13 +322,13 @@ pub(crate) fn create_backup(
         }
         drop(job_rx);
         drop(sealed_tx);
-        let packer = scope.spawn(|| packer(repo, sealed_rx, &failed, &store_error));
+        let packer = scope.spawn(|| packer(repo, sealed_rx, &in_flight, &failed, &store_error));
 
         let mut walker = Walker {
             files: FileStorer {
                 repo,
                 options,
-                dispatch: Dispatch::new(job_tx, threads),
+                dispatch: Dispatch::new(job_tx, threads, Arc::clone(&in_flight)),
                 parent_map: None,
                 failed: &failed,
                 threads,
@@ -391,6 +466,7 @@ fn seal_worker(
             compressed,
             framed,
             blobs: job.blobs,
+            charged: job.charged,
         };
         if tx.send(sealed).is_err() {
             return;
@@ -404,9 +480,11 @@ fn seal_worker(
 fn packer<'r>(
     repo: &'r Repository,
     rx: Receiver<Sealed>,
+    in_flight: &InFlight,
     failed: &AtomicBool,
     store_error: &Mutex<Option<Error>>,
 ) -> Result<PackerStats> {
+    let _close = CloseOnDrop(in_flight);
     let fail = |e: Error| {
         failed.store(true, Ordering::SeqCst);
         let mut slot = store_error
@@ -453,6 +531,7 @@ fn packer<'r>(
             }
         };
         for sealed in rx {
+            in_flight.give_back(sealed.charged);
             if failed.load(Ordering::SeqCst) {
                 continue; // drain so the senders never block
             }
@@ -1132,7 +1211,7 @@ mod tests {
     fn queued_ids_are_pruned_once_the_index_has_them() {
         let repo = crate::repo::memory_repository();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let dispatch = Dispatch::new(tx, 1);
+        let dispatch = Dispatch::new(tx, 1, Arc::new(InFlight::new(u64::MAX)));
         let data = |n: usize| format!("tree blob {n}").into_bytes();
         let offer = |n: usize| {
             let raw = data(n);
@@ -1172,7 +1251,7 @@ mod tests {
     fn each_reader_fills_frames_of_its_own() {
         let repo = crate::repo::memory_repository();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let dispatch = Dispatch::new(tx, 2);
+        let dispatch = Dispatch::new(tx, 2, Arc::new(InFlight::new(u64::MAX)));
         let page = |lane: usize, n: usize| {
             let mut data = vec![0u8; 4096];
             data[..16].copy_from_slice(&(lane as u128 * 1_000_000 + n as u128).to_le_bytes());
