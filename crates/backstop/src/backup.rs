@@ -1202,8 +1202,34 @@ pub(crate) use backstop_source::is_safe_path;
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::time::Duration;
 
     use super::*;
+
+    /// A reader waits while its blob does not fit beside what is in flight, goes on when the
+    /// packer gives bytes back, passes alone however large, and never waits for a packer that
+    /// stopped.
+    #[test]
+    fn in_flight_bytes_wait_for_room_and_not_for_a_stopped_packer() {
+        let in_flight = InFlight::new(10);
+        in_flight.take(25); // alone: larger than the limit, and passes
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                in_flight.take(5);
+                tx.send("took 5").unwrap();
+                in_flight.take(9); // 14 > 10 with the 5 still in flight
+                tx.send("took 9").unwrap();
+            });
+            // Still waiting: 25 + 5 do not fit. (Waiting longer could only miss a bug.)
+            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+            in_flight.give_back(25);
+            assert_eq!(rx.recv().unwrap(), "took 5");
+            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+            in_flight.close();
+            assert_eq!(rx.recv().unwrap(), "took 9");
+        });
+    }
 
     /// The ids a backup queued are forgotten once the index has them (their packs are stored),
     /// and a blob offered again is still stored once, before and after.
