@@ -39,12 +39,25 @@ fn key(archive: &str, name: &str) -> Result<String> {
 /// its recovery early, without the transactions of the segment it asked for), or one cluster's
 /// segment into another cluster's archive under the same name.
 fn read(repo: &Repository, key: &str, archive: &str, name: &str) -> Result<Option<ArchiveObject>> {
-    let object: ArchiveObject = match repo.store.get(key) {
-        Ok(bytes) => format::open_object("archive object", ObjectType::Archive, &bytes, repo.key())
-            .map_err(|e| damaged(key, e))?,
-        Err(e) if e.kind() == StoreErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+    match repo.store.get(key) {
+        Ok(bytes) => open(repo, key, archive, name, &bytes).map(Some),
+        Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the stored bytes of the object `name` of `archive` (under `key`), checking that they
+/// are what they should be there ([`read`]).
+fn open(
+    repo: &Repository,
+    key: &str,
+    archive: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<ArchiveObject> {
+    let object: ArchiveObject =
+        format::open_object("archive object", ObjectType::Archive, bytes, repo.key())
+            .map_err(|e| damaged(key, e))?;
     if object.name != name {
         return Err(Error::new(
             ErrorKind::Corrupt,
@@ -63,7 +76,7 @@ fn read(repo: &Repository, key: &str, archive: &str, name: &str) -> Result<Optio
             },
         ));
     }
-    Ok(Some(object))
+    Ok(object)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,18 +129,64 @@ pub(crate) fn put(repo: &Repository, archive: &str, name: &str, data: &[u8]) -> 
 
 pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8>> {
     let key = key(archive, name)?;
-    let object = read(repo, &key, archive, name)?.ok_or_else(|| {
-        Error::msg(
-            ErrorKind::NotFound,
-            format!(
-                "`{name}` is not in the `{archive}` archive of {}",
-                repo.store.describe()
-            ),
-        )
-    })?;
+    let object =
+        read(repo, &key, archive, name)?.ok_or_else(|| not_archived(repo, archive, name))?;
+    decode(&key, &object)
+}
+
+fn not_archived(repo: &Repository, archive: &str, name: &str) -> Error {
+    Error::msg(
+        ErrorKind::NotFound,
+        format!(
+            "`{name}` is not in the `{archive}` archive of {}",
+            repo.store.describe()
+        ),
+    )
+}
+
+/// Copies the object `name` of `archive` into `into`, a repository that shares `from`'s key
+/// (`copy`): its stored bytes as they are, once checked as [`get`] checks them. Returns
+/// whether it was copied: not when `into` has it already, with the same content.
+pub(crate) fn copy(
+    from: &Repository,
+    into: &Repository,
+    archive: &str,
+    name: &str,
+) -> Result<bool> {
+    let key = key(archive, name)?;
+    let bytes = match from.store.get(&key) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == StoreErrorKind::NotFound => {
+            return Err(not_archived(from, archive, name));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let object = open(from, &key, archive, name, &bytes)?;
+    decode(&key, &object)?;
+    match into.store.put(&key, &bytes, PutMode::Create) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == StoreErrorKind::AlreadyExists => {
+            match read(into, &key, archive, name)? {
+                Some(existing) if existing.hash == object.hash => Ok(false),
+                _ => Err(Error::msg(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "`{name}` is already archived in `{archive}` of {} with different \
+                         content; it was not copied over",
+                        into.store.describe()
+                    ),
+                )),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An archive object's data, decompressed and checked against its hash.
+fn decode(key: &str, object: &ArchiveObject) -> Result<Vec<u8>> {
     let data = zstd::stream::decode_all(object.data.as_slice()).map_err(|e| {
         damaged(
-            &key,
+            key,
             format::FormatError::Decode {
                 what: "archive object",
                 detail: e.to_string(),
@@ -136,7 +195,7 @@ pub(crate) fn get(repo: &Repository, archive: &str, name: &str) -> Result<Vec<u8
     })?;
     if ContentId::hash(&data) != object.hash {
         return Err(damaged(
-            &key,
+            key,
             format::FormatError::Checksum {
                 what: "archive object",
             },

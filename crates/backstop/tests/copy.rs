@@ -303,7 +303,8 @@ fn a_damaged_source_pack_stops_the_copy_before_any_backup_is_visible() {
 
 #[test]
 fn archives_are_copied_unless_left_out() {
-    let source = repository(MemoryStore::new(), Some("s"));
+    let source_store = MemoryStore::new();
+    let source = repository(source_store.clone(), Some("s"));
     let segment = incompressible(100_000, 5);
     source
         .archive_put("wal", "000000010000000000000001", &segment)
@@ -323,6 +324,16 @@ fn archives_are_copied_unless_left_out() {
         .copy_from(&source, &CopyOptions::default().with_archives(false))
         .unwrap();
     assert!(without.archive_list("wal").unwrap().is_empty());
+
+    // A damaged object in the source is not copied: the copy stops, saying which.
+    let key = "archive/wal/000000010000000000000001";
+    let middle = source_store.raw_get(key).unwrap().len() / 2;
+    source_store.corrupt(key, |b| b[middle] ^= 1);
+    let err = copy_of(MemoryStore::new(), &source, Some("d"))
+        .copy_from(&source, &CopyOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains(key), "{err}");
 }
 
 /// A copy that fails at any put (a full disk, a lost connection) leaves the destination valid:
