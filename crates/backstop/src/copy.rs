@@ -186,24 +186,33 @@ fn same_backup(a: &Snapshot, b: &Snapshot) -> bool {
 }
 
 /// The source's packs that hold blobs `used` names and the destination lacks, with those
-/// units marked. A blob in several source packs is copied from the first.
+/// units marked. Only those packs' entries are gathered (all of them: a frame's units are
+/// grouped by offset), so that an incremental copy's plan is the size of what it copies, not
+/// of the source's index. (The index lists each blob once, where it was listed first.)
 fn plan(into: &Repository, from: &Repository, used: &BlobSet) -> Vec<Rewrite> {
     let have = into.index_read();
     let index = from.index_read();
-    let mut planned: HashSet<BlobId> = HashSet::new();
+    let needed = |at: usize, id: &BlobId| used.contains(at, id) && !have.contains(id);
+    let mut wanted = vec![false; index.packs.len()];
+    for (at, (id, loc)) in index.iter().enumerate() {
+        if needed(at, &id)
+            && let Some(pack) = wanted.get_mut(loc.pack as usize)
+        {
+            *pack = true;
+        }
+    }
     let mut by_pack: BTreeMap<usize, Vec<(PackEntry, bool)>> = BTreeMap::new();
     for (at, (id, loc)) in index.iter().enumerate() {
-        let needed = used.contains(at, &id) && !have.contains(&id) && planned.insert(id);
-        by_pack
-            .entry(loc.pack as usize)
-            .or_default()
-            .push((loc.entry(id), needed));
+        let pos = loc.pack as usize;
+        if wanted.get(pos).copied().unwrap_or(false) {
+            by_pack
+                .entry(pos)
+                .or_default()
+                .push((loc.entry(id), needed(at, &id)));
+        }
     }
     let mut rewrites = Vec::new();
     for (pos, mut entries) in by_pack {
-        if !entries.iter().any(|(_, needed)| *needed) {
-            continue;
-        }
         let Some((id, size)) = index.packs.get(pos).copied() else {
             continue;
         };
