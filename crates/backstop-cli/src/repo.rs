@@ -115,10 +115,13 @@ impl Settings {
 
     fn store_at(&self, repo: &str, must_exist: bool) -> Result<Arc<dyn Store>> {
         let store = raw_store(repo, must_exist)?;
-        // Every request is counted for the `--json` envelope and the verbose summary, then
-        // throttled if asked.
+        // Every request is counted for the `--json` envelope and the verbose summary (those of
+        // the command's own repository, not of the one `--from-repo` names), then throttled if
+        // asked.
         let counting = Arc::new(backstop_store::CountingStore::new(store));
-        crate::output::record_request_counter(counting.counter());
+        if self.repo.as_deref() == Some(repo) {
+            crate::output::record_request_counter(counting.counter());
+        }
         let store: Arc<dyn Store> = counting;
         if self.limit_upload.is_some() || self.limit_download.is_some() {
             let limits = backstop_store::ThrottleLimits::new(

@@ -2,8 +2,9 @@
 //! port; it checks signatures, keeps objects as files and survives a restart): an encrypted
 //! round trip byte for byte, two backup processes and a `gc` process at once for ten rounds,
 //! the request budget of an unchanged incremental backup, the server killed in the middle of a
-//! backup, and a gc that rewrites a partly used pack. Plus, without any server, the engine's metadata cache: a second open reads no
-//! index or snapshot object from the store.
+//! backup, a gc that rewrites a partly used pack, and an offsite copy of a local repository.
+//! Plus, without any server, the engine's metadata cache: a second open reads no index or
+//! snapshot object from the store.
 //!
 //! The S3 tests need the `s3` feature (`cargo test -p backstop-cli --features s3 --test s3`);
 //! without `s3s-fs` on the PATH they fail under `CI=true` and skip loudly otherwise
@@ -532,6 +533,68 @@ mod s3 {
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(5), "{output:?}");
+    }
+
+    /// An offsite copy on S3 of a local repository: `init --from-repo` and `copy --from-repo`
+    /// into the bucket, then the copy verifies fully and restores byte for byte from there;
+    /// the same copy again uploads nothing but its lock.
+    #[test]
+    fn a_local_repository_is_copied_to_s3_and_restores_from_there() {
+        let Some(world) = World::new("offsite") else {
+            return;
+        };
+        let data = world.path("data");
+        write_tree(&data, "offsite");
+        let local = world.path("local-repo");
+        let local = local.to_str().unwrap();
+        let as_local = |args: &[&str]| {
+            let output = world.cmd_for(local).args(args).output().unwrap();
+            assert!(
+                output.status.success(),
+                "`backstop {}` on the local repository failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        as_local(&["init"]);
+        as_local(&["backup", data.to_str().unwrap()]);
+        std::fs::write(data.join("later.bin"), pseudo_random(300_000, 9)).unwrap();
+        as_local(&["backup", data.to_str().unwrap()]);
+
+        let from = |args: &[&str]| {
+            let mut cmd = world.cmd();
+            cmd.env("BACKSTOP_FROM_PASSWORD", PASSWORD)
+                .arg("--json")
+                .args(args)
+                .arg("--from-repo")
+                .arg(local);
+            let output = cmd.output().unwrap();
+            assert!(
+                output.status.success(),
+                "`backstop {}` into S3 failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            parse_envelope(&output)
+        };
+        from(&["init"]);
+        let copy = from(&["copy"]);
+        assert_eq!(
+            copy["result"]["copied"],
+            serde_json::json!([[1, 1], [2, 2]])
+        );
+        // The envelope counts the requests to this repository, the bucket, not the source's.
+        assert!(copy["requests"]["puts"].as_u64().unwrap() > 2, "{copy}");
+        world.verify_full();
+        world.restore_and_compare(2, &tree(&data));
+
+        let again = from(&["copy"]);
+        assert_eq!(again["result"]["blobs_copied"], 0);
+        let puts = again["requests"]["puts"].as_u64().unwrap();
+        assert!(
+            puts <= 1,
+            "a copy with nothing to copy put {puts} objects: {again}"
+        );
     }
 
     /// gc on a real S3 server: after the first of two backups is deleted, the frames of small
