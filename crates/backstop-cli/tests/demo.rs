@@ -35,9 +35,21 @@ fn demo_passes_all_its_checks_at_a_small_size() {
     assert_eq!(result["backups"].as_array().unwrap().len(), 3);
     let checks = result["checks"].as_array().unwrap();
     assert!(
-        checks.len() >= 6 && checks.iter().all(|c| c["passed"] == true),
+        checks.len() >= 7 && checks.iter().all(|c| c["passed"] == true),
         "{checks:#?}"
     );
+    // The three backups were copied to a second repository, which verified.
+    let offsite = checks
+        .iter()
+        .find(|c| c["name"] == "offsite copy, verify --full")
+        .expect("an offsite copy check");
+    assert!(
+        offsite["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("3 backups copied")),
+        "{offsite}"
+    );
+    assert!(dir.path().join("offsite/config").exists());
     // The second and third backups are incremental: they add less than the first.
     let added: Vec<u64> = result["backups"]
         .as_array()

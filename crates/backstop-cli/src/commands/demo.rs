@@ -1,6 +1,7 @@
 //! `demo`: Backstop's main job end to end on a built-in example: a live SQLite bank database
 //! under a concurrent writer, three hot backups (the second and third incremental), full
-//! verification, a restore of the latest, and the database's own checks on the restored copy.
+//! verification, an offsite copy (a second repository made from the first, verified), a
+//! restore of the latest, and the database's own checks on the restored copy.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use backstop::source::sqlite::{SqliteSource, bank};
 use backstop::{
-    BackupEngine, BackupInfo, BackupOptions, EngineOptions, InitOptions, RestoreOptions,
-    VerifyLevel,
+    BackupEngine, BackupInfo, BackupOptions, CopyOptions, EngineOptions, InitOptions, LocalStore,
+    RestoreOptions, VerifyLevel,
 };
 use serde::Serialize;
 
@@ -146,10 +147,12 @@ pub(super) fn run(printer: &Printer, args: &DemoArgs) -> Result<()> {
     };
     let db = work.join("bank.db");
     let restored = work.join("restored");
+    let offsite = work.join("offsite");
     for stale in [&db, &work.join("bank.db-wal"), &work.join("bank.db-shm")] {
         let _ = std::fs::remove_file(stale);
     }
     let _ = std::fs::remove_dir_all(&restored);
+    let _ = std::fs::remove_dir_all(&offsite);
 
     note(
         printer,
@@ -170,14 +173,14 @@ pub(super) fn run(printer: &Printer, args: &DemoArgs) -> Result<()> {
     };
     let store = open_store(&repo_location)?;
     let password = std::env::var("BACKSTOP_PASSWORD").unwrap_or_else(|_| "backstop-demo".into());
-    let engine = BackupEngine::init(
-        store,
+    let init = || {
         InitOptions::default()
             .with_password(password.clone())
-            .with_kdf(16 * 1024, 2),
-        EngineOptions::default().with_password(password),
-    )
-    .with_context(|| format!("creating the demo repository at `{repo_location}`"))?;
+            .with_kdf(16 * 1024, 2)
+    };
+    let engine_options = EngineOptions::default().with_password(password.clone());
+    let engine = BackupEngine::init(store, init(), engine_options.clone())
+        .with_context(|| format!("creating the demo repository at `{repo_location}`"))?;
 
     let writer = Writer::start(&db, args.accounts)?;
     writer.wait_for(0, 100)?;
@@ -218,6 +221,34 @@ pub(super) fn run(printer: &Printer, args: &DemoArgs) -> Result<()> {
             },
         });
     }
+    // The offsite copy: a second repository made from the first, which takes its backups.
+    note(
+        printer,
+        format!("copying the backups to `{}`", offsite.display()),
+    )?;
+    let copy = BackupEngine::init_from(
+        LocalStore::new(&offsite),
+        &engine,
+        init(),
+        engine_options.clone(),
+    )?;
+    let copied = copy.copy_from(&engine, &CopyOptions::default())?;
+    let report = copy.verify_all(VerifyLevel::Full)?;
+    checks.push(Check {
+        name: "offsite copy, verify --full".into(),
+        passed: copied.copied.len() == backups.len() && report.is_ok(),
+        detail: format!(
+            "{} backups copied ({} in {} packs), {}",
+            copied.copied.len(),
+            output::size(copied.bytes_written),
+            copied.packs_written,
+            if report.is_ok() {
+                format!("{} blobs read and hashed", report.blobs)
+            } else {
+                report.problems.join("; ")
+            }
+        ),
+    });
     let latest = backups
         .last()
         .map(|b| b.id)
