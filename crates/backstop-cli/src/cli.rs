@@ -166,7 +166,7 @@ pub(crate) enum Command {
     /// needs (the safe `db_archive -d`)
     ArchiveLogs(ArchiveLogsArgs),
     /// Run the main job on a built-in example: a live SQLite database under a writer, backed
-    /// up three times, verified, restored and checked
+    /// up three times, verified, copied to a second repository, restored and checked
     Demo(DemoArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
