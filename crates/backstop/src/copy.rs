@@ -223,16 +223,61 @@ fn plan(into: &Repository, from: &Repository, used: &BlobSet) -> Vec<Rewrite> {
 }
 
 /// Copies every archive object the destination lacks, as stored, each checked on the way
-/// (decoded and compared with its hash), and returns how many it copied.
+/// (decoded and compared with its hash), and returns how many it copied. The objects are
+/// shared out among the worker threads: a WAL archive holds thousands of 16 MiB segments, and
+/// on an object store each is a request there and one here.
 fn copy_archives(into: &Repository, from: &Repository) -> Result<u64> {
-    let mut copied = 0;
+    let mut missing: Vec<(String, String)> = Vec::new();
     for archive in crate::archive::archives(from)? {
         let there: HashSet<String> = crate::archive::list(into, &archive)?.into_iter().collect();
-        for name in crate::archive::list(from, &archive)? {
-            if !there.contains(&name) && crate::archive::copy(from, into, &archive, &name)? {
-                copied += 1;
+        missing.extend(
+            crate::archive::list(from, &archive)?
+                .into_iter()
+                .filter(|name| !there.contains(name))
+                .map(|name| (archive.clone(), name)),
+        );
+    }
+    let threads = into.options.worker_threads().clamp(1, missing.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let copied = std::sync::atomic::AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while !failed.load(Relaxed) {
+                        let Some((archive, name)) = missing.get(next.fetch_add(1, Relaxed)) else {
+                            break;
+                        };
+                        match crate::archive::copy(from, into, archive, name) {
+                            Ok(true) => {
+                                copied.fetch_add(1, Relaxed);
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                failed.store(true, Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut failure = None;
+        for worker in workers {
+            let outcome = worker.join().unwrap_or_else(|_| {
+                Err(Error::msg(
+                    ErrorKind::Io,
+                    "a thread copying archive objects panicked",
+                ))
+            });
+            if let Err(e) = outcome {
+                failure.get_or_insert(e);
             }
         }
-    }
-    Ok(copied)
+        failure.map_or(Ok(()), Err)
+    });
+    outcome.map(|()| copied.into_inner())
 }

@@ -305,17 +305,30 @@ fn a_damaged_source_pack_stops_the_copy_before_any_backup_is_visible() {
 fn archives_are_copied_unless_left_out() {
     let source_store = MemoryStore::new();
     let source = repository(source_store.clone(), Some("s"));
-    let segment = incompressible(100_000, 5);
-    source
-        .archive_put("wal", "000000010000000000000001", &segment)
-        .unwrap();
+    // Two clusters' archives, several segments each (the copy shares them among its threads).
+    let segment = |archive: usize, n: usize| incompressible(50_000 + n, (archive * 100 + n) as u64);
+    let name = |n: usize| format!("0000000100000000000000{n:02}");
+    for archive in [1, 2] {
+        for n in 0..5 {
+            source
+                .archive_put(&format!("wal-{archive}"), &name(n), &segment(archive, n))
+                .unwrap();
+        }
+    }
     let dest = copy_of(MemoryStore::new(), &source, Some("d"));
+    // One segment is there already: it is not copied again.
+    dest.archive_put("wal-1", &name(0), &segment(1, 0)).unwrap();
     let report = dest.copy_from(&source, &CopyOptions::default()).unwrap();
-    assert_eq!(report.archive_objects_copied, 1);
-    assert_eq!(
-        dest.archive_get("wal", "000000010000000000000001").unwrap(),
-        segment
-    );
+    assert_eq!(report.archive_objects_copied, 9);
+    for archive in [1, 2] {
+        for n in 0..5 {
+            assert_eq!(
+                dest.archive_get(&format!("wal-{archive}"), &name(n))
+                    .unwrap(),
+                segment(archive, n)
+            );
+        }
+    }
     let again = dest.copy_from(&source, &CopyOptions::default()).unwrap();
     assert_eq!(again.archive_objects_copied, 0);
 
@@ -323,17 +336,17 @@ fn archives_are_copied_unless_left_out() {
     without
         .copy_from(&source, &CopyOptions::default().with_archives(false))
         .unwrap();
-    assert!(without.archive_list("wal").unwrap().is_empty());
+    assert!(without.archive_list("wal-1").unwrap().is_empty());
 
     // A damaged object in the source is not copied: the copy stops, saying which.
-    let key = "archive/wal/000000010000000000000001";
-    let middle = source_store.raw_get(key).unwrap().len() / 2;
-    source_store.corrupt(key, |b| b[middle] ^= 1);
+    let key = format!("archive/wal-2/{}", name(3));
+    let middle = source_store.raw_get(&key).unwrap().len() / 2;
+    source_store.corrupt(&key, |b| b[middle] ^= 1);
     let err = copy_of(MemoryStore::new(), &source, Some("d"))
         .copy_from(&source, &CopyOptions::default())
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert!(err.to_string().contains(key), "{err}");
+    assert!(err.to_string().contains(&key), "{err}");
 }
 
 /// A copy that fails at any put (a full disk, a lost connection) leaves the destination valid:
