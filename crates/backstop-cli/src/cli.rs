@@ -249,6 +249,11 @@ pub(crate) struct CopyArgs {
     #[arg(value_name = "ID")]
     pub(crate) backups: Vec<BackupSelector>,
 
+    /// Only backups of this source (its path, URL or group name as `list` shows it;
+    /// repeatable): with IDs, refuse one of another source, and `latest` is the newest of these
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub(crate) source_path: Vec<String>,
+
     /// Leave the source's archives (WAL segments) behind
     #[arg(long)]
     pub(crate) no_archives: bool,

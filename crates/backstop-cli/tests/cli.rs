@@ -959,6 +959,67 @@ fn copy_brings_backups_into_a_repository_made_from_the_first() {
     assert_eq!(listed, serde_json::json!([]));
 }
 
+/// `copy --source-path` copies the backups of those sources only; a source with none is
+/// "not found".
+#[test]
+fn copy_of_one_source_leaves_the_others_behind() {
+    let world = World::new();
+    world.init();
+    let other = world.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x"), b"another source").unwrap();
+    let source = world.repo();
+    let source = source.to_str().unwrap();
+    let first = world.backup();
+    let theirs = world.json(&["backup", other.to_str().unwrap()])["id"]
+        .as_u64()
+        .unwrap();
+    let second = world.backup();
+    let offsite = world.path("offsite");
+    let as_offsite = || {
+        let mut cmd = world.cmd();
+        cmd.env("BACKSTOP_REPO", &offsite)
+            .env("BACKSTOP_FROM_PASSWORD", PASSWORD);
+        cmd
+    };
+    as_offsite()
+        .args(["init", "--from-repo", source])
+        .assert()
+        .success();
+    let data = world.data();
+    let copy = world.json_with(
+        &mut as_offsite(),
+        &[
+            "copy",
+            "--from-repo",
+            source,
+            "--source-path",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(copy["copied"], serde_json::json!([[first, 1], [second, 2]]));
+    // With an id, it must be of that source.
+    as_offsite()
+        .args(["copy", "--from-repo", source, "--source-path"])
+        .arg(&data)
+        .arg(theirs.to_string())
+        .assert()
+        .code(6);
+    as_offsite()
+        .args([
+            "copy",
+            "--from-repo",
+            source,
+            "--source-path",
+            "/no/such/source",
+        ])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("no backups of"));
+    let listed = world.json_with(&mut as_offsite(), &["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn wrong_password_exits_5() {
     let world = World::new();
