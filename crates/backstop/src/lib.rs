@@ -40,6 +40,7 @@
 
 mod archive;
 mod backup;
+mod beneath;
 mod blob_set;
 mod chunk;
 mod compress;

@@ -7,9 +7,14 @@
 //! `.backstop-restore-incomplete`, exists in the target from the first byte written until the
 //! restore and its fix-ups have succeeded, so a failed restore never looks complete. Files and
 //! directories are created private (0600, 0700) and get their recorded modes, and when root
-//! restores their owners, once written (`apply_metadata`). Not defended: another local user
-//! who can write in the target while the restore runs (a checked directory swapped for a
-//! symlink); restore as root only into a directory nobody else can write to.
+//! restores their owners, once written (`apply_metadata`). Every file, directory, link and
+//! mode is created or changed through [`Beneath`]: the directory that holds it is opened
+//! relative to the target with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a
+//! directory that another local user who can write in the target swaps for a symlink while
+//! the restore runs stops the restore instead of sending it outside. Not covered that way: the
+//! deletions of a delta restore (`remove_unwanted`, which checks each entry, never follows a
+//! symlink, but works by path), and kernels without `openat2` (before 5.6), where directories
+//! are opened with `openat` after the same checks.
 //!
 //! A delta restore ([`ExistingTarget::Delta`]) makes a non-empty target the backup: it first
 //! deletes whatever the backup does not have (never following a symlink), then reads each
@@ -36,7 +41,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt as _, FileExt, OpenOptionsExt as _};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -45,6 +50,7 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::backup::is_safe_path;
+use crate::beneath::Beneath;
 use crate::error::io_error;
 use crate::format::{NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, Snapshot};
 use crate::info::RestoreInfo;
@@ -168,6 +174,7 @@ fn restore_tuned(
         },
     )?;
     prepare_target(target, options.existing)?;
+    let beneath = Beneath::open(target).map_err(|e| io_error("opening", target, e))?;
     let marker = target.join(INCOMPLETE_MARKER);
     write_marker(&marker, snapshot.id, options.sync)?;
 
@@ -194,7 +201,7 @@ fn restore_tuned(
         .map_err(procedure_failed)?;
         info.removed = remove_unwanted(target, wanted)?;
     }
-    let mut dirs = SafeDirs::new(target);
+    let mut dirs = SafeDirs::new(&beneath);
     // Directories first, then files (in parallel), then symlinks, then directory metadata.
     for node in nodes.iter().filter(|n| n.kind == NODE_DIR) {
         dirs.create(&node.path)?;
@@ -207,7 +214,7 @@ fn restore_tuned(
     }
     // Direct writes go to blocks allocated up front, which would fill a sparse file's holes.
     let direct = writes_directly(snapshot, options, &params) && !options.sparse;
-    let written = restore_files(repo, snapshot, target, &nodes, options, tuning, direct)?;
+    let written = restore_files(repo, snapshot, &beneath, &nodes, options, tuning, direct)?;
     info.bytes = written.bytes;
     info.bytes_direct = written.direct;
     info.bytes_kept = written.kept;
@@ -218,12 +225,12 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
         let path = target.join(&node.path);
-        remove_existing(&path)?;
+        remove_existing(&beneath, &path)?;
         let original = target.join(first);
-        if let Err(e) = std::fs::hard_link(&original, &path) {
+        if let Err(e) = beneath.hard_link(&original, &path) {
             // A filesystem without hard links (or at its link limit) gets a copy instead.
             tracing::debug!(path = %path.display(), error = %e, "no hard link; copying");
-            std::fs::copy(&original, &path).map_err(|e| io_error("copying", &path, e))?;
+            copy_file(&beneath, &original, &path).map_err(|e| io_error("copying", &path, e))?;
         } else {
             info.hard_links += 1;
         }
@@ -234,24 +241,21 @@ fn restore_tuned(
             dirs.create(parent)?;
         }
         let path = target.join(&node.path);
-        remove_existing(&path)?;
+        remove_existing(&beneath, &path)?;
         let link_target = node.target.clone().unwrap_or_default();
-        std::os::unix::fs::symlink(&link_target, &path)
+        beneath
+            .symlink(Path::new(&link_target), &path)
             .map_err(|e| io_error("creating symlink", &path, e))?;
         // A symlink's own mode means nothing; its owner matters to sticky directories.
-        let _ = set_id_bits_to_drop(&path, node);
-        let mtime = filetime::FileTime::from_unix_time(
-            node.mtime_ns.div_euclid(1_000_000_000),
-            node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-        );
-        let _ = filetime::set_symlink_file_times(&path, mtime, mtime);
+        let _ = set_id_bits_to_drop(&beneath, &path, node);
+        let _ = beneath.set_symlink_mtime(&path, node.mtime_ns);
         info.symlinks += 1;
     }
     // Deepest first, so setting a child's mtime does not disturb its parent's afterwards.
     let mut dir_nodes: Vec<&Node> = nodes.iter().filter(|n| n.kind == NODE_DIR).collect();
     dir_nodes.sort_by_key(|n| std::cmp::Reverse(n.path.matches('/').count()));
     for node in dir_nodes {
-        apply_metadata(&target.join(&node.path), node)?;
+        apply_metadata(&beneath, &target.join(&node.path), node)?;
     }
 
     let applied =
@@ -594,14 +598,14 @@ fn same_file(a: &Node, b: &Node) -> bool {
 
 /// Creates directories below the target one component at a time, refusing symlinks.
 struct SafeDirs<'a> {
-    target: &'a Path,
+    beneath: &'a Beneath,
     known: HashSet<String>,
 }
 
 impl<'a> SafeDirs<'a> {
-    fn new(target: &'a Path) -> Self {
+    fn new(beneath: &'a Beneath) -> Self {
         Self {
-            target,
+            beneath,
             known: HashSet::new(),
         }
     }
@@ -619,9 +623,11 @@ impl<'a> SafeDirs<'a> {
             if self.known.contains(&current) {
                 continue;
             }
-            let path = self.target.join(&current);
-            match std::fs::symlink_metadata(&path) {
-                Ok(md) if md.file_type().is_dir() => {}
+            let path = self.beneath.root().join(&current);
+            match self.beneath.lstat(&path) {
+                Ok(stat)
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::Directory => {}
                 Ok(_) => {
                     return Err(Error::new(
                         ErrorKind::Unsafe,
@@ -631,9 +637,8 @@ impl<'a> SafeDirs<'a> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Private until the end, when directories get their recorded modes: a
                     // 0600 file in a 0700 directory must not be open to others meanwhile.
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&path)
+                    self.beneath
+                        .mkdir(&path, 0o700)
                         .map_err(|e| io_error("creating", &path, e))?;
                 }
                 Err(e) => return Err(io_error("inspecting", &path, e)),
@@ -644,15 +649,30 @@ impl<'a> SafeDirs<'a> {
     }
 }
 
-fn remove_existing(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => Err(Error::new(
-            ErrorKind::AlreadyExists,
-            RestoreError::NotADirectory(path.to_path_buf()),
-        )),
-        Ok(_) => std::fs::remove_file(path).map_err(|e| io_error("replacing", path, e)),
+fn remove_existing(beneath: &Beneath, path: &Path) -> Result<()> {
+    match beneath.lstat(path) {
+        Ok(stat)
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                == rustix::fs::FileType::Directory =>
+        {
+            Err(Error::new(
+                ErrorKind::AlreadyExists,
+                RestoreError::NotADirectory(path.to_path_buf()),
+            ))
+        }
+        Ok(_) => beneath
+            .unlink(path)
+            .map_err(|e| io_error("replacing", path, e)),
         Err(_) => Ok(()),
     }
+}
+
+/// Copies the file `original` to the new file `path`, both below the target (where a hard
+/// link cannot be made).
+fn copy_file(beneath: &Beneath, original: &Path, path: &Path) -> std::io::Result<u64> {
+    let mut from = beneath.open_file(original, rustix::fs::OFlags::RDONLY)?;
+    let mut to = beneath.create_file(path, 0o600, false)?;
+    std::io::copy(&mut from, &mut to)
 }
 
 /// Gives a restored file or directory its owner, mode and mtime. Run as root, a restore gives
@@ -660,28 +680,23 @@ fn remove_existing(path: &Path) -> Result<()> {
 /// Otherwise the files are the restoring user's, and a set-user-id or set-group-id bit is
 /// kept only when the recorded owner or group is that user's: a restore must never make a
 /// program run as someone who did not mark it so.
-fn apply_metadata(path: &Path, node: &Node) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = node.mode & 0o7777 & !set_id_bits_to_drop(path, node);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_error("setting permissions of", path, e))?;
-    let mtime = filetime::FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_file_mtime(path, mtime).map_err(|e| io_error("setting the mtime of", path, e))
+fn apply_metadata(beneath: &Beneath, path: &Path, node: &Node) -> Result<()> {
+    let mode = node.mode & 0o7777 & !set_id_bits_to_drop(beneath, path, node);
+    beneath
+        .set_mode_and_mtime(path, mode, node.mtime_ns)
+        .map_err(|e| io_error("setting the mode and mtime of", path, e))
 }
 
 /// Gives `path` its recorded owner when this process is root (without following a symlink),
 /// and returns the set-id bits of the node's mode that must not be applied: those of an owner
 /// or group the file did not get.
-fn set_id_bits_to_drop(path: &Path, node: &Node) -> u32 {
-    use rustix::fs::{AtFlags, CWD, Gid, Uid, chownat};
+fn set_id_bits_to_drop(beneath: &Beneath, path: &Path, node: &Node) -> u32 {
+    use rustix::fs::{Gid, Uid};
     let (euid, egid) = (rustix::process::geteuid(), rustix::process::getegid());
     let owned = if euid.is_root() {
         // Ids not mapped in this user namespace fail, and are then reported below.
         let (uid, gid) = (Uid::from_raw(node.uid), Gid::from_raw(node.gid));
-        match chownat(CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+        match beneath.chown(path, Some(uid), Some(gid)) {
             Ok(()) => return 0,
             Err(e) => {
                 tracing::warn!(
@@ -813,6 +828,8 @@ impl Drop for BudgetGuard<'_> {
 struct FileJob<'a> {
     node: &'a Node,
     path: PathBuf,
+    /// The target, where the file is created and opened.
+    beneath: &'a Beneath,
     /// Created by whichever worker gets to the file first.
     file: Mutex<Option<Arc<OpenFile>>>,
     how: Writes,
@@ -840,7 +857,7 @@ impl FileJob<'_> {
             return Ok(Arc::clone(file));
         }
         if self.how.in_place {
-            let file = match open_in_place(&self.path) {
+            let file = match open_in_place(self.beneath, &self.path) {
                 Ok(Some(file)) => file,
                 Ok(None) => {
                     return Err(Error::new(
@@ -856,13 +873,9 @@ impl FileJob<'_> {
                         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
                     ) =>
                 {
-                    remove_existing(&self.path)?;
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&self.path)
+                    remove_existing(self.beneath, &self.path)?;
+                    self.beneath
+                        .create_file(&self.path, 0o600, true)
                         .map_err(|e| io_error("creating", &self.path, e))?
                 }
                 Err(e) => return Err(io_error("opening", &self.path, e)),
@@ -879,16 +892,14 @@ impl FileJob<'_> {
             *slot = Some(Arc::clone(&file));
             return Ok(file);
         }
-        remove_existing(&self.path)?;
+        remove_existing(self.beneath, &self.path)?;
         // Private until written: the recorded mode, which may let others read, comes last.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.path)
+        let file = self
+            .beneath
+            .create_file(&self.path, 0o600, false)
             .map_err(|e| io_error("creating", &self.path, e))?;
         let direct = if self.how.direct {
-            open_direct(&self.path, &file, self.node.size)
+            open_direct(self.beneath, &self.path, &file, self.node.size)
         } else {
             None
         };
@@ -920,12 +931,8 @@ impl FileJob<'_> {
 /// Opens the file a delta restore rewrites in place, for reading and writing: the regular file
 /// it checked when planning, never one a symlink put there since (`None` when it is no regular
 /// file any more).
-fn open_in_place(path: &Path) -> std::io::Result<Option<File>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+fn open_in_place(beneath: &Beneath, path: &Path) -> std::io::Result<Option<File>> {
+    let file = beneath.open_file(path, rustix::fs::OFlags::RDWR)?;
     Ok(file.metadata()?.file_type().is_file().then_some(file))
 }
 
@@ -1032,7 +1039,7 @@ struct Written {
 fn restore_files<'n>(
     repo: &Repository,
     snapshot: &Snapshot,
-    target: &Path,
+    beneath: &'n Beneath,
     nodes: &'n [Node],
     options: &RestoreOptions,
     tuning: Tuning,
@@ -1114,13 +1121,13 @@ fn restore_files<'n>(
         ];
         let delta = options.existing == ExistingTarget::Delta;
         let plan = |node: &'n Node| {
-            let in_place = delta && rewritable_in_place(&target.join(&node.path));
+            let in_place = delta && rewritable_in_place(&beneath.root().join(&node.path));
             let how = Writes {
                 direct: direct && !in_place && node.size >= tuning.direct_from,
                 in_place,
                 sparse: options.sparse,
             };
-            let segments = plan_file(repo, snapshot, target, node, tuning, how)?;
+            let segments = plan_file(repo, snapshot, beneath, node, tuning, how)?;
             options.progress.file(&node.path);
             Ok(segments)
         };
@@ -1208,7 +1215,7 @@ fn damaged_file(snapshot: &Snapshot, node: &Node, source: Error) -> Error {
 fn plan_file<'a>(
     repo: &Repository,
     snapshot: &Snapshot,
-    target: &Path,
+    beneath: &'a Beneath,
     node: &'a Node,
     tuning: Tuning,
     how: Writes,
@@ -1247,7 +1254,8 @@ fn plan_file<'a>(
     }
     let job = Arc::new(FileJob {
         node,
-        path: target.join(&node.path),
+        path: beneath.root().join(&node.path),
+        beneath,
         file: Mutex::new(None),
         remaining: AtomicUsize::new(parts.len()),
         how,
@@ -1573,7 +1581,7 @@ fn part_done(job: &FileJob<'_>, file: Arc<OpenFile>) -> Result<()> {
     if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         // Durability comes from one syncfs at the end of the restore, not an fsync per file.
         job.close();
-        apply_metadata(&job.path, job.node)?;
+        apply_metadata(job.beneath, &job.path, job.node)?;
     }
     Ok(())
 }
@@ -1707,8 +1715,8 @@ struct OpenFile {
 
 /// Opens `path` again with `O_DIRECT` and allocates `size` bytes, or `None` where the
 /// filesystem does not support direct I/O (then the file is written through the page cache).
-fn open_direct(path: &Path, file: &File, size: u64) -> Option<(File, usize)> {
-    use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, StatxFlags};
+fn open_direct(beneath: &Beneath, path: &Path, file: &File, size: u64) -> Option<(File, usize)> {
+    use rustix::fs::{AtFlags, FallocateFlags, OFlags, StatxFlags};
     let stat = rustix::fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
     if !StatxFlags::from_bits_retain(stat.stx_mask).contains(StatxFlags::DIOALIGN)
         || stat.stx_dio_offset_align == 0
@@ -1723,17 +1731,14 @@ fn open_direct(path: &Path, file: &File, size: u64) -> Option<(File, usize)> {
     if !align.is_power_of_two() || align > MAX_DIRECT_ALIGN {
         return None;
     }
-    let direct = rustix::fs::open(
-        path,
-        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    let direct = beneath
+        .open_file(path, OFlags::WRONLY | OFlags::DIRECT)
+        .ok()?;
     // Allocated blocks let the workers write one file's segments at once: ext4 takes the
     // file's lock exclusively for a direct write into a hole, and holds it until the write is
     // done.
     rustix::fs::fallocate(file, FallocateFlags::empty(), 0, size).ok()?;
-    Some((File::from(direct), align))
+    Some((direct, align))
 }
 
 /// Alignments above this are not worth a buffer's slack.
@@ -2473,10 +2478,11 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
+        let beneath = Beneath::open(outer.path()).unwrap();
         let segments = plan_file(
             repo,
             &snapshot,
-            outer.path(),
+            &beneath,
             &node,
             small_tuning(),
             Writes::default(),
@@ -2504,7 +2510,8 @@ mod tests {
     fn supports_direct_io(dir: &Path) -> bool {
         let probe = dir.join("probe");
         let file = File::create(&probe).unwrap();
-        let supported = open_direct(&probe, &file, 4096).is_some();
+        let beneath = Beneath::open(dir).unwrap();
+        let supported = open_direct(&beneath, &probe, &file, 4096).is_some();
         std::fs::remove_file(&probe).unwrap();
         supported
     }
@@ -2515,11 +2522,12 @@ mod tests {
         let repo = &engine.repo;
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let outer = tempfile::tempdir().unwrap();
+        let beneath = Beneath::open(outer.path()).unwrap();
         let node = big_node(repo, &snapshot);
         let segments = plan_file(
             repo,
             &snapshot,
-            outer.path(),
+            &beneath,
             &node,
             small_tuning(),
             Writes {
@@ -2623,10 +2631,11 @@ mod tests {
         let snapshot = repo.load_snapshot(crate::BackupSelector::Latest).unwrap();
         let node = big_node(repo, &snapshot);
         let outer = tempfile::tempdir().unwrap();
+        let beneath = Beneath::open(outer.path()).unwrap();
         let segments = plan_file(
             repo,
             &snapshot,
-            outer.path(),
+            &beneath,
             &node,
             small_tuning(),
             Writes::default(),

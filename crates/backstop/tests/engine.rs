@@ -1490,6 +1490,55 @@ impl Source for Entries {
     }
 }
 
+/// A directory of the target swapped for a symlink to a directory outside while the restore
+/// runs (what another user who can write in the target could do, between the restore's check
+/// of the directory and its use) stops the restore: nothing is written outside. The swap is
+/// made when the restore reports the file as planned, before any worker opens it.
+#[test]
+fn a_directory_swapped_for_a_symlink_during_the_restore_is_not_written_through() {
+    struct Swapper {
+        target: PathBuf,
+        outside: PathBuf,
+    }
+    impl backstop::Progress for Swapper {
+        fn file(&self, path: &str) {
+            if path == "sub/secret" {
+                let sub = self.target.join("sub");
+                std::fs::rename(&sub, self.target.join("sub.moved")).unwrap();
+                std::os::unix::fs::symlink(&self.outside, &sub).unwrap();
+            }
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("sub")).unwrap();
+    std::fs::write(data.path().join("sub/secret"), pseudo_random(50_000, 8)).unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("target");
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let swapper = Arc::new(Swapper {
+        target: target.clone(),
+        outside: outside.clone(),
+    });
+    let err = engine
+        .restore(
+            backstop::BackupSelector::Latest,
+            &target,
+            &RestoreOptions::default().with_progress(swapper),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("sub/secret"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written outside"
+    );
+}
+
 #[test]
 fn a_symlink_pointing_out_cannot_carry_a_file_beneath_it() {
     let outside = tempfile::tempdir().unwrap();
