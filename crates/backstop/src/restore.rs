@@ -691,12 +691,23 @@ fn apply_metadata(beneath: &Beneath, path: &Path, node: &Node) -> Result<()> {
 /// and returns the set-id bits of the node's mode that must not be applied: those of an owner
 /// or group the file did not get.
 fn set_id_bits_to_drop(beneath: &Beneath, path: &Path, node: &Node) -> u32 {
+    set_id_bits_to_drop_with(path, node, |uid, gid| {
+        beneath.chown(path, Some(uid), Some(gid))
+    })
+}
+
+/// [`set_id_bits_to_drop`], giving the owner with `chown`.
+fn set_id_bits_to_drop_with(
+    path: &Path,
+    node: &Node,
+    chown: impl FnOnce(rustix::fs::Uid, rustix::fs::Gid) -> std::io::Result<()>,
+) -> u32 {
     use rustix::fs::{Gid, Uid};
     let (euid, egid) = (rustix::process::geteuid(), rustix::process::getegid());
     let owned = if euid.is_root() {
         // Ids not mapped in this user namespace fail, and are then reported below.
         let (uid, gid) = (Uid::from_raw(node.uid), Gid::from_raw(node.gid));
-        match beneath.chown(path, Some(uid), Some(gid)) {
+        match chown(uid, gid) {
             Ok(()) => return 0,
             Err(e) => {
                 tracing::warn!(
@@ -1577,13 +1588,39 @@ fn finish_segment(
 /// Lets go of a finished segment's file; the last segment of a file closes it and sets its
 /// metadata.
 fn part_done(job: &FileJob<'_>, file: Arc<OpenFile>) -> Result<()> {
-    drop(file);
     if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        // Durability comes from one syncfs at the end of the restore, not an fsync per file.
+        // Every segment is written: the file gets its owner, mode and mtime through the
+        // descriptor it was written with (no second lookup of its path). Durability comes from
+        // one syncfs at the end of the restore, not an fsync per file.
+        let applied = apply_file_metadata(&file.file, &job.path, job.node);
+        drop(file);
         job.close();
-        apply_metadata(job.beneath, &job.path, job.node)?;
+        applied?;
     }
     Ok(())
+}
+
+/// [`apply_metadata`] for a restored file, through a descriptor open on it (for writing is
+/// enough: changing owner, mode and times needs ownership, not access).
+fn apply_file_metadata(file: &File, path: &Path, node: &Node) -> Result<()> {
+    use rustix::fs::{Mode, Timespec, Timestamps};
+    let drop = set_id_bits_to_drop_with(path, node, |uid, gid| {
+        Ok(rustix::fs::fchown(file, Some(uid), Some(gid))?)
+    });
+    let mode = node.mode & 0o7777 & !drop;
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode))
+        .map_err(|e| io_error("setting the mode of", path, e.into()))?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+        },
+    };
+    rustix::fs::futimens(file, &times).map_err(|e| io_error("setting the mtime of", path, e.into()))
 }
 
 /// A delta restore's segment of a file the target holds: each chunk of the segment is read
