@@ -192,16 +192,7 @@ impl Beneath {
         mode: u32,
         mtime_ns: i64,
     ) -> std::io::Result<()> {
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: Timespec {
-                tv_sec: mtime_ns.div_euclid(1_000_000_000),
-                tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
-            },
-        };
+        let times = mtime_only(mtime_ns);
         let (dir, name) = self.parent(path)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
@@ -228,10 +219,7 @@ impl Beneath {
     /// portably).
     pub(crate) fn set_symlink_mtime(&self, path: &Path, mtime_ns: i64) -> std::io::Result<()> {
         let (dir, name) = self.parent(path)?;
-        let ts = Timespec {
-            tv_sec: mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
-        };
+        let ts = timespec(mtime_ns);
         let times = Timestamps {
             last_access: ts,
             last_modification: ts,
@@ -242,6 +230,24 @@ impl Beneath {
             &times,
             AtFlags::SYMLINK_NOFOLLOW,
         )?)
+    }
+}
+
+fn timespec(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    }
+}
+
+/// Times that set the mtime to `mtime_ns` (nanoseconds since the epoch) and leave the atime.
+pub(crate) fn mtime_only(mtime_ns: i64) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: timespec(mtime_ns),
     }
 }
 

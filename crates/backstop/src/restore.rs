@@ -1603,24 +1603,15 @@ fn part_done(job: &FileJob<'_>, file: Arc<OpenFile>) -> Result<()> {
 /// [`apply_metadata`] for a restored file, through a descriptor open on it (for writing is
 /// enough: changing owner, mode and times needs ownership, not access).
 fn apply_file_metadata(file: &File, path: &Path, node: &Node) -> Result<()> {
-    use rustix::fs::{Mode, Timespec, Timestamps};
+    use rustix::fs::Mode;
     let drop = set_id_bits_to_drop_with(path, node, |uid, gid| {
         Ok(rustix::fs::fchown(file, Some(uid), Some(gid))?)
     });
     let mode = node.mode & 0o7777 & !drop;
     rustix::fs::fchmod(file, Mode::from_raw_mode(mode))
         .map_err(|e| io_error("setting the mode of", path, e.into()))?;
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
-        },
-    };
-    rustix::fs::futimens(file, &times).map_err(|e| io_error("setting the mtime of", path, e.into()))
+    rustix::fs::futimens(file, &crate::beneath::mtime_only(node.mtime_ns))
+        .map_err(|e| io_error("setting the mtime of", path, e.into()))
 }
 
 /// A delta restore's segment of a file the target holds: each chunk of the segment is read
