@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 /// The restore target, open, and the operations on paths below it.
@@ -233,6 +233,62 @@ impl Beneath {
     }
 }
 
+/// An entry of a directory listed by [`Beneath::list`]: its name and kind (never followed).
+pub(crate) struct Entry {
+    pub(crate) name: std::ffi::CString,
+    pub(crate) kind: FileType,
+}
+
+impl Beneath {
+    /// Opens the directory `path` (below the target, or the target itself) and lists it.
+    pub(crate) fn list(&self, path: &Path) -> std::io::Result<(OwnedFd, Vec<Entry>)> {
+        let (parent, name) = self.parent(path)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = rustix::fs::openat(&parent, name, flags, Mode::empty())?;
+        let entries = entries(&dir)?;
+        Ok((dir, entries))
+    }
+}
+
+/// The entries of the open directory `dir`, without `.` and `..`.
+fn entries(dir: &OwnedFd) -> std::io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            // Some filesystems do not say in the listing.
+            FileType::Unknown => {
+                let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(stat.st_mode)
+            }
+            kind => kind,
+        };
+        out.push(Entry {
+            name: name.to_owned(),
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes the entry `name` of the open directory `dir`: a file or a symlink (not followed),
+/// or a directory with everything in it, each reached through its parent's descriptor.
+pub(crate) fn remove_entry(dir: &OwnedFd, entry: &Entry) -> std::io::Result<()> {
+    if entry.kind != FileType::Directory {
+        return Ok(rustix::fs::unlinkat(dir, &entry.name, AtFlags::empty())?);
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let child = rustix::fs::openat(dir, &entry.name, flags, Mode::empty())?;
+    for inner in entries(&child)? {
+        remove_entry(&child, &inner)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, &entry.name, AtFlags::REMOVEDIR)?)
+}
+
 fn timespec(ns: i64) -> Timespec {
     Timespec {
         tv_sec: ns.div_euclid(1_000_000_000),
@@ -300,6 +356,36 @@ mod tests {
         names.sort();
         assert_eq!(names, ["dir", "victim"]);
         assert!(!target.path().join("stolen").exists());
+    }
+
+    /// Listing and deleting never follow a symlink: a directory deleted with what is in it
+    /// loses the symlinks inside, not what they point at, and a symlink on the way to the
+    /// directory to list is refused.
+    #[test]
+    fn listing_and_deleting_do_not_follow_symlinks() {
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"outside").unwrap();
+        let doomed = target.path().join("doomed");
+        std::fs::create_dir_all(doomed.join("deeper")).unwrap();
+        std::fs::write(doomed.join("deeper/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), doomed.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), target.path().join("via")).unwrap();
+        let beneath = Beneath::open(target.path()).unwrap();
+
+        assert!(beneath.list(&target.path().join("via")).is_err());
+        let (dir, entries) = beneath.list(target.path()).unwrap();
+        let mut names: Vec<_> = entries.iter().map(|e| e.name.to_str().unwrap()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["doomed", "via"]);
+        for entry in &entries {
+            remove_entry(&dir, entry).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read(outside.path().join("keep")).unwrap(),
+            b"outside"
+        );
     }
 
     /// The last component is never followed either: a symlink there is not written through,

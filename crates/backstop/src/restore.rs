@@ -11,10 +11,10 @@
 //! mode is created or changed through [`Beneath`]: the directory that holds it is opened
 //! relative to the target with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a
 //! directory that another local user who can write in the target swaps for a symlink while
-//! the restore runs stops the restore instead of sending it outside. Not covered that way: the
-//! deletions of a delta restore (`remove_unwanted`, which checks each entry, never follows a
-//! symlink, but works by path), and kernels without `openat2` (before 5.6), where directories
-//! are opened with `openat` after the same checks.
+//! the restore runs stops the restore instead of sending it outside; a delta restore lists and
+//! deletes what the backup lacks through directory descriptors the same way. Not covered:
+//! kernels without `openat2` (before 5.6), where directories are opened with `openat` after the
+//! same checks.
 //!
 //! A delta restore ([`ExistingTarget::Delta`]) makes a non-empty target the backup: it first
 //! deletes whatever the backup does not have (never following a symlink), then reads each
@@ -41,6 +41,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -199,7 +200,7 @@ fn restore_tuned(
             &params,
         )
         .map_err(procedure_failed)?;
-        info.removed = remove_unwanted(target, wanted)?;
+        info.removed = remove_unwanted(&beneath, wanted)?;
     }
     let mut dirs = SafeDirs::new(&beneath);
     // Directories first, then files (in parallel), then symlinks, then directory metadata.
@@ -487,49 +488,48 @@ fn wanted_paths<'n>(
 /// once. Symlinks are never followed: a symlink where the backup has a directory is deleted,
 /// not walked. The marker of an unfinished restore stays, as does a `lost+found` directory at
 /// the top.
-fn remove_unwanted(target: &Path, wanted: &std::collections::HashMap<&str, u8>) -> Result<u64> {
+fn remove_unwanted(beneath: &Beneath, wanted: &std::collections::HashMap<&str, u8>) -> Result<u64> {
+    use rustix::fs::FileType;
     let mut removed = 0;
-    let mut dirs = vec![(target.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| io_error("reading", &dir, e))?;
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir_path = beneath.root().join(&rel);
+        let (dir, entries) = beneath
+            .list(&dir_path)
+            .map_err(|e| io_error("reading", &dir_path, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io_error("reading", &dir, e))?;
-            let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(|e| io_error("reading the type of", &path, e))?;
             // A name that is not UTF-8 cannot be a path of the backup (its paths are strings).
-            let name = entry.file_name().to_str().map(str::to_owned);
+            let name = entry.name.to_str().ok();
             let rel_path = name.map(|name| match rel.as_str() {
-                "" => name,
+                "" => name.to_owned(),
                 _ => format!("{rel}/{name}"),
             });
+            let is_dir = entry.kind == FileType::Directory;
             // The marker stays, and so does a filesystem's `lost+found` at the top of a target
             // that is a mount point (fsck's, not the application's).
             if rel_path.as_deref() == Some(INCOMPLETE_MARKER)
-                || (rel_path.as_deref() == Some("lost+found") && kind.is_dir())
+                || (rel_path.as_deref() == Some("lost+found") && is_dir)
             {
                 continue;
             }
             let keep = match rel_path.as_deref().and_then(|p| wanted.get(p)) {
-                Some(&NODE_DIR) => kind.is_dir(),
-                Some(&NODE_FILE) => kind.is_file(),
-                Some(&NODE_SYMLINK) => kind.is_symlink(),
+                Some(&NODE_DIR) => is_dir,
+                Some(&NODE_FILE) => entry.kind == FileType::RegularFile,
+                Some(&NODE_SYMLINK) => entry.kind == FileType::Symlink,
                 _ => false,
             };
             match rel_path {
                 Some(rel_path) if keep => {
-                    if kind.is_dir() {
-                        dirs.push((path, rel_path));
+                    if is_dir {
+                        dirs.push(rel_path);
                     }
                 }
                 _ => {
-                    if kind.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    }
-                    .map_err(|e| io_error("deleting (the backup does not have it)", &path, e))?;
+                    crate::beneath::remove_entry(&dir, &entry).map_err(|e| {
+                        let path =
+                            dir_path.join(std::ffi::OsStr::from_bytes(entry.name.as_bytes()));
+                        io_error("deleting (the backup does not have it)", &path, e)
+                    })?;
                     removed += 1;
                 }
             }
