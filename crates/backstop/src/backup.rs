@@ -18,8 +18,8 @@
 //! backup of the mix took 2.40 s against 2.04 s now (means of four alternating runs).
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use backstop_source::{
@@ -27,6 +27,7 @@ use backstop_source::{
 };
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::budget::{Budget, BudgetGuard};
 use crate::chunk::{self, Chunking};
 use crate::compress::LevelChoice;
 use crate::format::{
@@ -51,71 +52,14 @@ const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// The most bytes of blobs between the readers and the packer: queued for a seal worker, being
 /// sealed, sealed and waiting for the packer. The queues' lengths bound them by count only, and
 /// a unit may be a chunk of up to 4 MiB, so by count alone this could reach about 44 MiB (the
-/// queues full of the largest chunks); at the average chunk of 1 MiB it is 10-12 MiB.
+/// queues full of the largest chunks); at the average chunk of 1 MiB it is 10-12 MiB. A reader
+/// takes a blob's size from this [`Budget`] before it queues the blob; the guard travels with
+/// the job and its sealed unit and gives the bytes back when the packer is done with it, or
+/// wherever the unit is dropped (a stopped pipeline drops its queues).
 const IN_FLIGHT_BYTES: u64 = 16 << 20;
 
-/// The bytes of blobs in the pipeline ([`IN_FLIGHT_BYTES`]): a reader takes its blob's size
-/// before it queues the blob, and the packer gives it back once the sealed unit is in a pack.
-/// One unit larger than the limit still passes when nothing else is in flight.
-struct InFlight {
-    limit: u64,
-    /// The bytes taken, and whether the packer has stopped (then nothing waits any more: the
-    /// queues are closed, and a reader's send fails).
-    state: Mutex<(u64, bool)>,
-    given_back: std::sync::Condvar,
-}
-
-impl InFlight {
-    fn new(limit: u64) -> Self {
-        Self {
-            limit,
-            state: Mutex::new((0, false)),
-            given_back: std::sync::Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits until `bytes` more fit (or nothing else is in flight, or the packer stopped).
-    fn take(&self, bytes: u64) {
-        let mut state = self.lock();
-        while !state.1 && state.0 > 0 && state.0 + bytes > self.limit {
-            state = self
-                .given_back
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        state.0 += bytes;
-    }
-
-    fn give_back(&self, bytes: u64) {
-        let mut state = self.lock();
-        state.0 = state.0.saturating_sub(bytes);
-        self.given_back.notify_all();
-    }
-
-    /// The packer stopped: nobody waits any more.
-    fn close(&self) {
-        self.lock().1 = true;
-        self.given_back.notify_all();
-    }
-}
-
-/// Closes [`InFlight`] when the packer's thread ends, however it ends.
-struct CloseOnDrop<'a>(&'a InFlight);
-
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
 /// Work for a seal worker: one blob, or a frame of small blobs compressed and sealed together.
-struct Job {
+struct Job<'b> {
     kind: BlobKind,
     data: Vec<u8>,
     /// The blobs in `data`, in order: id and raw length.
@@ -123,23 +67,24 @@ struct Job {
     /// The reader lane that made it: a frame is compressed the way [`LevelChoice`] picks for
     /// its lane.
     lane: usize,
-    /// What it took of [`InFlight`]: given back by the packer.
-    charged: u64,
+    /// Its bytes taken from the in-flight budget ([`IN_FLIGHT_BYTES`]), once queued.
+    held: Option<BudgetGuard<'b>>,
 }
 
-impl Job {
+impl Job<'_> {
     fn framed(&self) -> bool {
         self.blobs.len() > 1
     }
 }
 
-struct Sealed {
+struct Sealed<'b> {
     kind: BlobKind,
     stored: Vec<u8>,
     compressed: bool,
     blobs: Vec<(BlobId, u32)>,
     framed: bool,
-    charged: u64,
+    /// The job's bytes of the in-flight budget, given back when the unit is dropped.
+    _held: Option<BudgetGuard<'b>>,
 }
 
 /// Hands new blobs to the seal workers, gathering small data blobs into frames. Shared by the
@@ -148,23 +93,23 @@ struct Sealed {
 /// thread fills a frame of its own (its lane): with one shared frame, the pages of two files
 /// read at once alternated within frames, and a restore, which writes one file at a time,
 /// fetched and decoded such a frame once for each file.
-struct Dispatch {
-    job_tx: Sender<Job>,
-    state: Mutex<DispatchState>,
-    in_flight: Arc<InFlight>,
+struct Dispatch<'b> {
+    job_tx: Sender<Job<'b>>,
+    state: Mutex<DispatchState<'b>>,
+    in_flight: &'b Budget,
 }
 
-struct DispatchState {
+struct DispatchState<'b> {
     /// Blobs queued in this backup and, since the last prune, not yet found in the index.
     pending: HashSet<BlobId>,
     /// `pending` is pruned of the blobs the index has when it reaches this many.
     prune_at: usize,
     /// The open frame of each lane (at least one).
-    frames: Vec<Job>,
+    frames: Vec<Job<'b>>,
 }
 
-impl Dispatch {
-    fn new(job_tx: Sender<Job>, lanes: usize, in_flight: Arc<InFlight>) -> Self {
+impl<'b> Dispatch<'b> {
+    fn new(job_tx: Sender<Job<'b>>, lanes: usize, in_flight: &'b Budget) -> Self {
         Self {
             job_tx,
             in_flight,
@@ -176,7 +121,7 @@ impl Dispatch {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, DispatchState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, DispatchState<'b>> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -212,7 +157,7 @@ impl Dispatch {
                     blobs: vec![(id, data.len() as u32)],
                     data,
                     lane,
-                    charged: 0,
+                    held: None,
                 })
             } else {
                 let lane = lane % state.frames.len();
@@ -228,7 +173,7 @@ impl Dispatch {
 
     /// Sends every lane's open frame.
     fn flush_frames(&self) -> bool {
-        let frames: Vec<Job> = {
+        let frames: Vec<Job<'b>> = {
             let mut state = self.state();
             state
                 .frames
@@ -241,20 +186,19 @@ impl Dispatch {
         frames.into_iter().all(|frame| self.send(frame))
     }
 
-    fn send(&self, mut job: Job) -> bool {
-        job.charged = job.data.len() as u64;
-        self.in_flight.take(job.charged);
+    fn send(&self, mut job: Job<'b>) -> bool {
+        job.held = Some(self.in_flight.acquire(job.data.len() as u64));
         self.job_tx.send(job).is_ok()
     }
 }
 
-fn empty_frame(lane: usize) -> Job {
+fn empty_frame<'b>(lane: usize) -> Job<'b> {
     Job {
         kind: BlobKind::Data,
         data: Vec::with_capacity(format::FRAME_TARGET + format::SMALL_BLOB),
         blobs: Vec::new(),
         lane,
-        charged: 0,
+        held: None,
     }
 }
 
@@ -309,7 +253,7 @@ pub(crate) fn create_backup(
     // backup of the benchmark mix, the same peak RSS; 4 and 8 were no faster).
     let (job_tx, job_rx) = bounded::<Job>(threads);
     let (sealed_tx, sealed_rx) = bounded::<Sealed>(2 * threads);
-    let in_flight = Arc::new(InFlight::new(IN_FLIGHT_BYTES));
+    let in_flight = Budget::new(IN_FLIGHT_BYTES);
     let failed = AtomicBool::new(false);
     let store_error: Mutex<Option<Error>> = Mutex::new(None);
 
@@ -322,13 +266,13 @@ pub(crate) fn create_backup(
         }
         drop(job_rx);
         drop(sealed_tx);
-        let packer = scope.spawn(|| packer(repo, sealed_rx, &in_flight, &failed, &store_error));
+        let packer = scope.spawn(|| packer(repo, sealed_rx, &failed, &store_error));
 
         let mut walker = Walker {
             files: FileStorer {
                 repo,
                 options,
-                dispatch: Dispatch::new(job_tx, threads, Arc::clone(&in_flight)),
+                dispatch: Dispatch::new(job_tx, threads, &in_flight),
                 parent_map: None,
                 failed: &failed,
                 threads,
@@ -446,9 +390,9 @@ fn find_parent(repo: &Repository, kind: &str, identity: &str) -> Result<Option<S
     Ok(None)
 }
 
-fn seal_worker(
-    rx: Receiver<Job>,
-    tx: Sender<Sealed>,
+fn seal_worker<'b>(
+    rx: Receiver<Job<'b>>,
+    tx: Sender<Sealed<'b>>,
     level: i32,
     frame_levels: &LevelChoice,
     key: Option<&crate::crypto::MasterKey>,
@@ -466,7 +410,7 @@ fn seal_worker(
             compressed,
             framed,
             blobs: job.blobs,
-            charged: job.charged,
+            _held: job.held,
         };
         if tx.send(sealed).is_err() {
             return;
@@ -479,12 +423,10 @@ fn seal_worker(
 /// is durable. Both stop at the first store error (kept in `store_error`) and drain the rest.
 fn packer<'r>(
     repo: &'r Repository,
-    rx: Receiver<Sealed>,
-    in_flight: &InFlight,
+    rx: Receiver<Sealed<'_>>,
     failed: &AtomicBool,
     store_error: &Mutex<Option<Error>>,
 ) -> Result<PackerStats> {
-    let _close = CloseOnDrop(in_flight);
     let fail = |e: Error| {
         failed.store(true, Ordering::SeqCst);
         let mut slot = store_error
@@ -530,8 +472,9 @@ fn packer<'r>(
                 writer.give_buffer(buffer);
             }
         };
+        // Each unit's bytes go back to the in-flight budget when it is dropped at the end of
+        // its turn: written into the pack, or drained.
         for sealed in rx {
-            in_flight.give_back(sealed.charged);
             if failed.load(Ordering::SeqCst) {
                 continue; // drain so the senders never block
             }
@@ -609,7 +552,7 @@ struct TreeBuilder {
 struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
-    dispatch: Dispatch,
+    dispatch: Dispatch<'a>,
     /// The parent's nodes, once a listed phase needed them (empty if there is no parent).
     parent_map: Option<ParentNodes>,
     failed: &'a AtomicBool,
@@ -1202,42 +1145,17 @@ pub(crate) use backstop_source::is_safe_path;
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::time::Duration;
 
     use super::*;
-
-    /// A reader waits while its blob does not fit beside what is in flight, goes on when the
-    /// packer gives bytes back, passes alone however large, and never waits for a packer that
-    /// stopped.
-    #[test]
-    fn in_flight_bytes_wait_for_room_and_not_for_a_stopped_packer() {
-        let in_flight = InFlight::new(10);
-        in_flight.take(25); // alone: larger than the limit, and passes
-        let (tx, rx) = crossbeam_channel::unbounded();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                in_flight.take(5);
-                tx.send("took 5").unwrap();
-                in_flight.take(9); // 14 > 10 with the 5 still in flight
-                tx.send("took 9").unwrap();
-            });
-            // Still waiting: 25 + 5 do not fit. (Waiting longer could only miss a bug.)
-            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
-            in_flight.give_back(25);
-            assert_eq!(rx.recv().unwrap(), "took 5");
-            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
-            in_flight.close();
-            assert_eq!(rx.recv().unwrap(), "took 9");
-        });
-    }
 
     /// The ids a backup queued are forgotten once the index has them (their packs are stored),
     /// and a blob offered again is still stored once, before and after.
     #[test]
     fn queued_ids_are_pruned_once_the_index_has_them() {
         let repo = crate::repo::memory_repository();
+        let unbounded = Budget::new(u64::MAX);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let dispatch = Dispatch::new(tx, 1, Arc::new(InFlight::new(u64::MAX)));
+        let dispatch = Dispatch::new(tx, 1, &unbounded);
         let data = |n: usize| format!("tree blob {n}").into_bytes();
         let offer = |n: usize| {
             let raw = data(n);
@@ -1276,8 +1194,9 @@ mod tests {
     #[test]
     fn each_reader_fills_frames_of_its_own() {
         let repo = crate::repo::memory_repository();
+        let unbounded = Budget::new(u64::MAX);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let dispatch = Dispatch::new(tx, 2, Arc::new(InFlight::new(u64::MAX)));
+        let dispatch = Dispatch::new(tx, 2, &unbounded);
         let page = |lane: usize, n: usize| {
             let mut data = vec![0u8; 4096];
             data[..16].copy_from_slice(&(lane as u128 * 1_000_000 + n as u128).to_le_bytes());

@@ -42,6 +42,7 @@ mod archive;
 mod backup;
 mod beneath;
 mod blob_set;
+mod budget;
 mod chunk;
 mod compress;
 mod copy;

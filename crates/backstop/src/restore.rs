@@ -45,13 +45,14 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
 use crate::backup::is_safe_path;
 use crate::beneath::Beneath;
+use crate::budget::Budget;
 use crate::error::io_error;
 use crate::format::{NODE_DIR, NODE_FILE, NODE_SYMLINK, Node, Snapshot};
 use crate::info::RestoreInfo;
@@ -769,68 +770,6 @@ impl Default for Tuning {
             memory_budget: 32 << 20,
             write_buffer: 1 << 20,
             direct_from: 1 << 20,
-        }
-    }
-}
-
-/// A byte budget shared by the workers: a read waits until its bytes fit.
-struct Budget {
-    limit: u64,
-    state: Mutex<BudgetState>,
-    freed: Condvar,
-}
-
-#[derive(Default)]
-struct BudgetState {
-    used: u64,
-    /// Reads waiting for bytes to be freed. std's `Condvar::notify_all` makes a system call
-    /// even when nobody waits, and the budget is released once per read run: 29,000 of a
-    /// restore's 34,000 `futex` calls were such wake-ups, with nobody to wake.
-    waiting: u32,
-}
-
-impl Budget {
-    fn new(limit: u64) -> Self {
-        Self {
-            limit,
-            state: Mutex::new(BudgetState::default()),
-            freed: Condvar::new(),
-        }
-    }
-
-    fn acquire(&self, bytes: u64) -> BudgetGuard<'_> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.used > 0 && state.used + bytes > self.limit {
-            state.waiting += 1;
-            state = self
-                .freed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-            state.waiting -= 1;
-        }
-        state.used += bytes;
-        BudgetGuard {
-            budget: self,
-            bytes,
-        }
-    }
-}
-
-struct BudgetGuard<'a> {
-    budget: &'a Budget,
-    bytes: u64,
-}
-
-impl Drop for BudgetGuard<'_> {
-    fn drop(&mut self) {
-        let mut state = self
-            .budget
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        state.used -= self.bytes;
-        if state.waiting > 0 {
-            self.budget.freed.notify_all();
         }
     }
 }
@@ -2239,45 +2178,6 @@ mod tests {
         assert_eq!(next_group(&mine, &other), Some(21));
         late.join().unwrap();
         assert_eq!(next_group(&mine, &other), None);
-    }
-
-    /// Readers that wait for the budget are woken when bytes are freed (a release wakes only
-    /// when someone waits), and the budget is never exceeded except by one read alone.
-    #[test]
-    fn the_budget_bounds_what_readers_hold_and_wakes_every_waiter() {
-        let budget = Arc::new(Budget::new(10));
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let shared = Arc::clone(&budget);
-        // A lost wake-up would leave a reader waiting for good: the test fails on a timeout
-        // instead of hanging.
-        std::thread::spawn(move || {
-            let held = AtomicU64::new(0);
-            std::thread::scope(|scope| {
-                for t in 0..4u64 {
-                    let (budget, held) = (&*shared, &held);
-                    scope.spawn(move || {
-                        for i in 0..2_000u64 {
-                            let bytes = if (i + t) % 97 == 0 {
-                                25
-                            } else {
-                                3 + (i + t) % 5
-                            };
-                            let _guard = budget.acquire(bytes);
-                            let now = held.fetch_add(bytes, Ordering::SeqCst) + bytes;
-                            assert!(now <= 10 || now == bytes, "{now} bytes held");
-                            std::thread::yield_now();
-                            held.fetch_sub(bytes, Ordering::SeqCst);
-                        }
-                    });
-                }
-            });
-            let _ = done_tx.send(());
-        });
-        done_rx
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .expect("a reader waited for the budget and was never woken (or a reader panicked)");
-        let state = budget.state.lock().unwrap();
-        assert_eq!((state.used, state.waiting), (0, 0));
     }
 
     /// Writes a snapshot whose file list is `nodes`, bypassing the backup's own path checks,
