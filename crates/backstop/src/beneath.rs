@@ -196,10 +196,7 @@ impl Beneath {
         let (dir, name) = self.parent(path)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
-            Ok(fd) => {
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-                rustix::fs::futimens(&fd, &times)?;
-            }
+            Ok(fd) => set_mode_and_mtime_of(&fd, mode, mtime_ns)?,
             Err(Errno::ACCESS) => {
                 let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
                 if rustix::fs::FileType::from_raw_mode(stat.st_mode)
@@ -296,8 +293,18 @@ fn timespec(ns: i64) -> Timespec {
     }
 }
 
+/// Gives the open file or directory `fd` a mode and an mtime (its atime stays).
+pub(crate) fn set_mode_and_mtime_of(
+    fd: impl AsFd,
+    mode: u32,
+    mtime_ns: i64,
+) -> std::io::Result<()> {
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    Ok(rustix::fs::futimens(&fd, &mtime_only(mtime_ns))?)
+}
+
 /// Times that set the mtime to `mtime_ns` (nanoseconds since the epoch) and leave the atime.
-pub(crate) fn mtime_only(mtime_ns: i64) -> Timestamps {
+fn mtime_only(mtime_ns: i64) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: 0,

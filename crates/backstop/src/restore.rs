@@ -1542,15 +1542,12 @@ fn part_done(job: &FileJob<'_>, file: Arc<OpenFile>) -> Result<()> {
 /// [`apply_metadata`] for a restored file, through a descriptor open on it (for writing is
 /// enough: changing owner, mode and times needs ownership, not access).
 fn apply_file_metadata(file: &File, path: &Path, node: &Node) -> Result<()> {
-    use rustix::fs::Mode;
     let drop = set_id_bits_to_drop_with(path, node, |uid, gid| {
         Ok(rustix::fs::fchown(file, Some(uid), Some(gid))?)
     });
     let mode = node.mode & 0o7777 & !drop;
-    rustix::fs::fchmod(file, Mode::from_raw_mode(mode))
-        .map_err(|e| io_error("setting the mode of", path, e.into()))?;
-    rustix::fs::futimens(file, &crate::beneath::mtime_only(node.mtime_ns))
-        .map_err(|e| io_error("setting the mtime of", path, e.into()))
+    crate::beneath::set_mode_and_mtime_of(file, mode, node.mtime_ns)
+        .map_err(|e| io_error("setting the mode and mtime of", path, e))
 }
 
 /// A delta restore's segment of a file the target holds: each chunk of the segment is read
