@@ -49,7 +49,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1451,14 +1451,15 @@ fn member_profile(profile: &RestoreProfile, member: &str) -> Option<RestoreProfi
 }
 
 /// The lock file of a database running on a member's files (see
-/// [`crate::restore_profile::running_server_lock`]), each member checked by its own kind.
-pub(crate) fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<PathBuf> {
+/// [`crate::restore_profile::running_server`]), each member checked by its own kind.
+pub(crate) fn lock_file(
+    profile: &RestoreProfile,
+    target: &Path,
+) -> Option<crate::restore_profile::Running> {
     members_of(profile).into_iter().find_map(|member| {
         let member_profile = member_profile(profile, member)?;
         crate::restored::is_safe_path(member)
-            .then(|| {
-                crate::restore_profile::running_server_lock(&member_profile, &target.join(member))
-            })
+            .then(|| crate::restore_profile::lock_file(&member_profile, &target.join(member)))
             .flatten()
     })
 }

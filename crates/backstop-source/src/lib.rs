@@ -23,6 +23,7 @@ mod error;
 pub mod eventstore;
 pub mod group;
 pub mod hold;
+pub mod in_use;
 pub mod recognise;
 pub mod restore_profile;
 mod restored;

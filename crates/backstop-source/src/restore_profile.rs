@@ -5,7 +5,7 @@
 //! kind lives in that source's module; this file only dispatches.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::SourceError;
 
@@ -67,32 +67,109 @@ pub fn reads_restored_files(profile: &RestoreProfile, params: &RestoreParams) ->
     !params.raw && !profile.is_plain_files()
 }
 
-/// The lock file of a database that may be running on the files in `target`, which a restore
-/// over them (`--force`, `--delta`) would corrupt under it: PostgreSQL's `postmaster.pid` in the
-/// data directory (as pgBackRest checks before a delta restore; a stale one, left by a server
-/// that crashed, is found too: only who knows no server runs there may delete it), or a RocksDB
-/// `LOCK` file another process holds locked (RocksDB locks it while the database is open), or
-/// an SQLite database in WAL mode that a connection has open (each holds a lock on its `-shm`
-/// file; in rollback-journal mode an idle connection holds none, and is not found). In a
-/// group's backup, in each member's directory.
-pub fn running_server_lock(profile: &RestoreProfile, target: &Path) -> Option<std::path::PathBuf> {
+/// What shows that a database may be running on the files a restore would overwrite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Running {
+    /// A database's pid file exists (PostgreSQL's `postmaster.pid`). A server that crashed
+    /// leaves it behind, so it may be stale; only who knows no server runs there may delete it.
+    PidFile(PathBuf),
+    /// A process holds a lock on a database's lock file (RocksDB's `LOCK`, an SQLite database's
+    /// `-shm` in WAL mode): the database is open.
+    Locked(PathBuf),
+    /// A process has a file of the target open or mapped.
+    Process(crate::in_use::Holder),
+}
+
+impl std::fmt::Display for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PidFile(path) => {
+                write!(
+                    f,
+                    "`{}` exists: a database server may be running on the files in the restore \
+                     target",
+                    path.display()
+                )?;
+                if let Some(pid) = stale_pid(path) {
+                    write!(
+                        f,
+                        " (it names process {pid}, which does not run on this machine: the \
+                         server may have crashed, or run in another container or on another host)"
+                    )?;
+                }
+                write!(
+                    f,
+                    "; stop the server first, or delete that file if you know none runs there"
+                )
+            }
+            Self::Locked(path) => write!(
+                f,
+                "a process holds the lock on `{}`: a database is open on the files in the restore \
+                 target; close it first",
+                path.display()
+            ),
+            Self::Process(holder) => write!(
+                f,
+                "process {} (`{}`) has `{}` open: a database may be running on the files in the \
+                 restore target; stop that process first",
+                holder.pid,
+                holder.name,
+                holder.path.display()
+            ),
+        }
+    }
+}
+
+/// The process id a pid file names when no such process runs here (a crashed server's file,
+/// or one from another PID namespace).
+fn stale_pid(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    (!Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// Whether a database may be running on the files in `target`, which a restore over them
+/// (`--force`, `--delta`) would corrupt under it. First the kind's own lock files: PostgreSQL's
+/// `postmaster.pid` in the data directory (as pgBackRest checks before a delta restore), a
+/// RocksDB `LOCK` file another process holds locked (RocksDB locks it while the database is
+/// open), an SQLite database in WAL mode that a connection has open (each holds a lock on its
+/// `-shm` file); in a group's backup, in each member's directory. Then, for every kind but
+/// plain files, any other process that has a file of the target open or mapped
+/// ([`crate::in_use::holders`]): what finds a Berkeley DB environment in use (its processes
+/// map its regions), an SQLite database in rollback-journal mode (an idle connection holds no
+/// lock but has the file open), a running EventStore (its chunks are open).
+pub fn running_server(profile: &RestoreProfile, target: &Path) -> Option<Running> {
+    if profile.is_plain_files() {
+        return None;
+    }
+    lock_file(profile, target).or_else(|| {
+        crate::in_use::holders(target)
+            .into_iter()
+            .next()
+            .map(Running::Process)
+    })
+}
+
+/// The kind's own lock files that show its database running on `target` (see
+/// [`running_server`]).
+pub(crate) fn lock_file(profile: &RestoreProfile, target: &Path) -> Option<Running> {
     match profile.kind.as_str() {
-        "postgres" => postmaster_pid(target),
-        "rocksdb" => held_rocksdb_lock(target),
-        "sqlite" => open_sqlite_wal(profile, target),
-        "group" => crate::group::running_server_lock(profile, target),
+        "postgres" => postmaster_pid(target).map(Running::PidFile),
+        "rocksdb" => held_rocksdb_lock(target).map(Running::Locked),
+        "sqlite" => open_sqlite_wal(profile, target).map(Running::Locked),
+        "group" => crate::group::lock_file(profile, target),
         _ => None,
     }
 }
 
-fn postmaster_pid(dir: &Path) -> Option<std::path::PathBuf> {
+fn postmaster_pid(dir: &Path) -> Option<PathBuf> {
     Some(dir.join("postmaster.pid")).filter(|p| p.exists())
 }
 
 /// The `-shm` file of the profile's SQLite database in `dir` when a connection holds the lock
 /// every connection in WAL mode holds while open (a shared lock on byte 128 of the `-shm`
 /// file, SQLite's "DMS" byte of its unix VFS: `(22 + 8) * 4 + 8`).
-fn open_sqlite_wal(profile: &RestoreProfile, dir: &Path) -> Option<std::path::PathBuf> {
+fn open_sqlite_wal(profile: &RestoreProfile, dir: &Path) -> Option<PathBuf> {
     let file = profile.params.get("file")?;
     if !crate::restored::is_safe_path(file) {
         return None;
@@ -104,7 +181,7 @@ fn open_sqlite_wal(profile: &RestoreProfile, dir: &Path) -> Option<std::path::Pa
 /// `dir/LOCK` when some process holds a lock on it. The query (`F_OFD_GETLK`) takes no lock:
 /// taking one and letting it go could drop the lock of a database open in this very process
 /// (a traditional `fcntl` lock belongs to the process, and any close releases it).
-fn held_rocksdb_lock(dir: &Path) -> Option<std::path::PathBuf> {
+fn held_rocksdb_lock(dir: &Path) -> Option<PathBuf> {
     let lock = dir.join("LOCK");
     held(&lock, 0, 0).then_some(lock)
 }
@@ -267,7 +344,7 @@ mod tests {
             kind: "rocksdb".into(),
             params: BTreeMap::new(),
         };
-        assert_eq!(running_server_lock(&profile, dir.path()), None);
+        assert_eq!(running_server(&profile, dir.path()), None);
     }
 
     #[test]
@@ -282,26 +359,90 @@ mod tests {
             .with_param("member.pg", r#"{"kind": "postgres", "params": {}}"#);
         std::fs::create_dir(dir.path().join("pg")).unwrap();
         for kind in ["postgres", "sqlite", "none"] {
+            assert_eq!(running_server(&profile(kind), dir.path()), None, "{kind}");
+        }
+        assert_eq!(running_server(&group, dir.path()), None);
+        let member_lock = dir.path().join("pg/postmaster.pid");
+        std::fs::write(&member_lock, "4242\n").unwrap();
+        assert_eq!(
+            running_server(&group, dir.path()),
+            Some(Running::PidFile(member_lock))
+        );
+        // A group profile that lists no members names no directory to look in.
+        assert_eq!(running_server(&profile("group"), dir.path()), None);
+        assert_eq!(running_server(&profile("postgres"), dir.path()), None);
+        let lock = dir.path().join("postmaster.pid");
+        std::fs::write(&lock, "4242\n").unwrap();
+        assert_eq!(
+            running_server(&profile("postgres"), dir.path()),
+            Some(Running::PidFile(lock.clone()))
+        );
+        assert_eq!(running_server(&profile("sqlite"), dir.path()), None);
+    }
+
+    #[test]
+    fn a_pid_file_naming_no_process_here_is_called_so_and_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("postmaster.pid");
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let postgres = RestoreProfile::new("postgres");
+        std::fs::write(&lock, format!("{}\n/data\n", pid_max + 1)).unwrap();
+        let stale = running_server(&postgres, dir.path()).unwrap().to_string();
+        assert!(
+            stale.contains(&format!(
+                "names process {}, which does not run",
+                pid_max + 1
+            )),
+            "{stale}"
+        );
+        std::fs::write(&lock, format!("{}\n/data\n", std::process::id())).unwrap();
+        let live = running_server(&postgres, dir.path()).unwrap().to_string();
+        assert!(live.contains("postmaster.pid` exists"), "{live}");
+        assert!(!live.contains("does not run"), "{live}");
+    }
+
+    #[test]
+    fn a_process_holding_a_file_of_a_database_kind_is_found_but_not_of_plain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = dir.path().join("chunk-000000.000000");
+        std::fs::write(&chunk, b"data").unwrap();
+        let (child, _out) = crate::in_use::tests::holding_open(&chunk);
+        let pid = i32::try_from(child.id()).unwrap();
+        for kind in [
+            "eventstore",
+            "bdb",
+            "sqlite",
+            "postgres",
+            "rocksdb",
+            "group",
+        ] {
+            let found = running_server(&RestoreProfile::new(kind), dir.path());
+            let Some(Running::Process(holder)) = &found else {
+                panic!("{kind}: {found:?}");
+            };
+            assert_eq!(holder.pid, pid, "{kind}");
+            let message = found.as_ref().unwrap().to_string();
+            assert!(
+                message.contains(&format!("process {pid} (`sh`) has `")),
+                "{message}"
+            );
+        }
+        for kind in ["", "none", "dir"] {
             assert_eq!(
-                running_server_lock(&profile(kind), dir.path()),
+                running_server(&RestoreProfile::new(kind), dir.path()),
                 None,
                 "{kind}"
             );
         }
-        assert_eq!(running_server_lock(&group, dir.path()), None);
-        let member_lock = dir.path().join("pg/postmaster.pid");
-        std::fs::write(&member_lock, "4242\n").unwrap();
-        assert_eq!(running_server_lock(&group, dir.path()), Some(member_lock));
-        // A group profile that lists no members names no directory to look in.
-        assert_eq!(running_server_lock(&profile("group"), dir.path()), None);
-        assert_eq!(running_server_lock(&profile("postgres"), dir.path()), None);
-        let lock = dir.path().join("postmaster.pid");
-        std::fs::write(&lock, "4242\n").unwrap();
+        crate::in_use::tests::release(child);
         assert_eq!(
-            running_server_lock(&profile("postgres"), dir.path()),
-            Some(lock)
+            running_server(&RestoreProfile::new("eventstore"), dir.path()),
+            None
         );
-        assert_eq!(running_server_lock(&profile("sqlite"), dir.path()), None);
     }
 
     #[test]

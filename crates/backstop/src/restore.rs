@@ -76,8 +76,10 @@ enum RestoreError {
     NotADirectory(PathBuf),
     #[error("`{}` inside the restore target stopped being a regular file during the restore; refusing to write through it", .0.display())]
     NotAFile(PathBuf),
-    #[error("`{}` exists: a database server may be running on the files in the restore target, and restoring over them would corrupt it under the server; stop the server first, or delete that file if you know none runs there; nothing was restored", .0.display())]
-    ServerRunning(PathBuf),
+    #[error(
+        "{0} (restoring over a running database's files corrupts it under it); nothing was restored"
+    )]
+    ServerRunning(backstop_source::restore_profile::Running),
     #[error(
         "file `{path}` of backup {backup} is damaged in the repository; the restore stopped and the target is incomplete"
     )]
@@ -448,10 +450,10 @@ fn refuse_non_empty(target: &Path, existing: ExistingTarget) -> Result<bool> {
 
 /// Refuses to restore over the files of a database server that may be running on them.
 fn refuse_a_running_server(snapshot: &Snapshot, target: &Path) -> Result<()> {
-    match backstop_source::restore_profile::running_server_lock(&snapshot.restore_profile, target) {
-        Some(lock) => Err(Error::new(
+    match backstop_source::restore_profile::running_server(&snapshot.restore_profile, target) {
+        Some(running) => Err(Error::new(
             ErrorKind::Unsafe,
-            RestoreError::ServerRunning(lock),
+            RestoreError::ServerRunning(running),
         )),
         None => Ok(()),
     }

@@ -134,6 +134,25 @@ fn twenty_hot_backups_under_load_restore_consistent() {
                 info.size
             );
         }
+        if round == 0 {
+            // Over the environment the writer has open: refused before anything is written.
+            // Berkeley DB leaves no lock file to query, but the writer maps its regions and
+            // has its files open.
+            let err = engine
+                .restore(
+                    info.id,
+                    &writer.home,
+                    &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
+                )
+                .unwrap_err();
+            assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
+            let home = std::fs::canonicalize(&writer.home).unwrap();
+            assert!(
+                err.to_string()
+                    .contains(&format!("has `{}/", home.display())),
+                "{err}"
+            );
+        }
         let dir = root.path().join(format!("restore{round}"));
         let state = restore_and_check(&engine, info.id, &dir);
         assert!(

@@ -64,6 +64,22 @@ fn twenty_backups_under_load_each_restore_consistent() {
         seen = info.source_meta["eventstore.writer"].parse().unwrap();
         ids.push(info.id);
     }
+    // Over the database the writer has open: refused before anything is written (EventStore
+    // keeps no lock file to query, but the writer has its chunk and checkpoints open).
+    let err = engine
+        .restore(
+            ids[19],
+            &db,
+            &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
+    let home = std::fs::canonicalize(&db).unwrap();
+    assert!(
+        err.to_string()
+            .contains(&format!("has `{}/", home.display())),
+        "{err}"
+    );
     let last = writer.stop();
     assert!(last.starts_with("stopped"), "{last}");
 

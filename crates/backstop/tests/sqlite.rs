@@ -94,6 +94,28 @@ fn hot_backups(
         restore_and_check(&engine, &info, &target, ACCOUNTS, committed);
         infos.push(info);
     }
+    // Restoring over the live database is refused before anything is written: in WAL mode by
+    // the lock every connection holds on the `-shm` file; in rollback-journal mode, where an
+    // idle connection holds no lock, by the writer process having the database open.
+    if let Some(last) = infos.last() {
+        let err = engine
+            .restore(
+                last.id,
+                dir.path(),
+                &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
+        let held = std::fs::canonicalize(&db).unwrap();
+        let evidence = if journal_mode == "wal" {
+            "bank.db-shm".to_owned()
+        } else {
+            format!("has `{}", held.display())
+        };
+        let message = err.to_string();
+        assert!(message.contains(&evidence), "{message}");
+        assert!(message.contains("nothing was restored"), "{message}");
+    }
     let stats = writer.stop();
     assert!(stats.transactions > 0);
     assert!(state(&db).invariant_holds());
