@@ -77,7 +77,7 @@ enum RestoreError {
     #[error("`{}` inside the restore target stopped being a regular file during the restore; refusing to write through it", .0.display())]
     NotAFile(PathBuf),
     #[error(
-        "{0} (restoring over a running database's files corrupts it under it); nothing was restored"
+        "{0} (restoring over the files of a running database corrupts it); nothing was restored"
     )]
     ServerRunning(backstop_source::restore_profile::Running),
     #[error(
