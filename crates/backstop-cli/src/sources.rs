@@ -78,7 +78,9 @@ pub(crate) fn build(spec: SourceSpec) -> Result<Box<dyn Source>> {
             backstop::DirSource::new(path)
                 .with_excludes(spec.excludes)
                 .with_one_file_system(spec.one_file_system)
-                .with_exclude_caches(spec.exclude_caches),
+                .with_exclude_caches(spec.exclude_caches)
+                // Writers paused by the hooks leave a consistent copy, open database or not.
+                .with_live_database_warnings(spec.hold.is_empty()),
         ),
         SourceKind::Sqlite => {
             let mut source = sqlite::SqliteSource::new(path);

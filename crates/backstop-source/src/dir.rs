@@ -19,6 +19,7 @@ pub struct DirSource {
     recognise_pages: bool,
     one_file_system: bool,
     exclude_caches: bool,
+    warn_of_live_databases: bool,
 }
 
 impl DirSource {
@@ -30,7 +31,18 @@ impl DirSource {
             recognise_pages: true,
             one_file_system: false,
             exclude_caches: false,
+            warn_of_live_databases: true,
         }
+    }
+
+    /// Whether the backup warns of each directory that a database is running on (on by
+    /// default; see [`crate::in_use::live_database`]): a plain copy of its files is not a
+    /// consistent backup of it. Turn it off when the backup pauses the database's writers
+    /// ([`crate::hold`]), which makes the copy consistent while the database stays open.
+    #[must_use]
+    pub fn with_live_database_warnings(mut self, on: bool) -> Self {
+        self.warn_of_live_databases = on;
+        self
     }
 
     /// Leaves out the contents of cache directories, those holding a `CACHEDIR.TAG` with the
@@ -99,6 +111,9 @@ impl Source for DirSource {
         let excludes = build_globset(&self.excludes)?;
         let mut counting = TreeWalk::new(&self.root, excludes.clone(), ctx);
         let mut walk = TreeWalk::new(&self.root, excludes, ctx);
+        if self.warn_of_live_databases {
+            walk = walk.warning_of_live_databases();
+        }
         if self.recognise_pages {
             walk = walk.recognising_pages();
         }
@@ -171,6 +186,8 @@ pub struct TreeWalk {
     device: Option<u64>,
     /// Whether a tagged cache directory's contents are left out.
     exclude_caches: bool,
+    /// Whether a directory with a running database in it gets a warning.
+    warn_of_live_databases: bool,
 }
 
 /// The name of a cache directory's tag file, and how the file must begin.
@@ -190,7 +207,16 @@ impl TreeWalk {
             warnings: Arc::default(),
             device: None,
             exclude_caches: false,
+            warn_of_live_databases: false,
         }
+    }
+
+    /// Warns of each directory that a database is running on ([`crate::in_use::live_database`]):
+    /// a plain copy of its files is not a consistent backup of it.
+    #[must_use]
+    pub fn warning_of_live_databases(mut self) -> Self {
+        self.warn_of_live_databases = true;
+        self
     }
 
     /// Lists only the tag of a directory tagged as a cache ([`DirSource::with_exclude_caches`]).
@@ -290,6 +316,18 @@ impl TreeWalk {
             names.push(name.to_owned());
         }
         names.sort();
+        if self.warn_of_live_databases {
+            if let Some(live) = crate::in_use::live_database(&dir, &names) {
+                let at = if rel_dir.is_empty() { "." } else { rel_dir };
+                self.warn(format!(
+                    "`{at}` holds a running {} database ({}): a copy of its files taken while \
+                     it writes is not consistent, and may not open or may lose commits when \
+                     restored; back it up with `--source {}`, or pause its writers during the backup \
+                     (`--pause-command`, `--hold-command`)",
+                    live.name, live.evidence, live.kind
+                ));
+            }
+        }
         if self.exclude_caches && names.iter().any(|n| n == CACHEDIR_TAG) && Self::is_cache(&dir) {
             names.retain(|n| n == CACHEDIR_TAG);
         }

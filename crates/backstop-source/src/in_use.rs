@@ -69,6 +69,117 @@ fn held_under(process: &procfs::process::Process, dir: &Path) -> Option<PathBuf>
     })
 }
 
+/// Whether a connection has the SQLite database whose `-shm` file is `shm` open in WAL mode:
+/// every such connection holds a shared lock on byte 128 of the `-shm` file while open
+/// (SQLite's "DMS" byte of its unix VFS: `(22 + 8) * 4 + 8`).
+pub(crate) fn sqlite_wal_open(shm: &Path) -> bool {
+    locked(shm, 128, 1)
+}
+
+/// Whether RocksDB has the database in `dir` open: it locks `dir/LOCK` while it is.
+pub(crate) fn rocksdb_open(dir: &Path) -> bool {
+    locked(&dir.join("LOCK"), 0, 0)
+}
+
+/// Whether some process holds an `fcntl` lock on `len` bytes of `path` from `start` (0: to the
+/// end). The query (`F_OFD_GETLK`, for a write lock, which any lock conflicts with) takes no
+/// lock itself: taking one and letting it go could drop the lock of a database open in this
+/// very process (a traditional `fcntl` lock belongs to the process, and any close releases it).
+fn locked(path: &Path, start: i64, len: i64) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut query = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut query)).is_ok()
+        && query.l_type != nix::libc::F_UNLCK as nix::libc::c_short
+}
+
+/// A database running on the files of one directory that a plain directory backup lists: the
+/// copy it takes of them is not consistent (pages torn mid-write, commits half there), and the
+/// database's own source is what backs it up. Judged from the directory's names, and only where
+/// they say which database it is, from that database's evidence: PostgreSQL's `postmaster.pid`
+/// beside `PG_VERSION`, a held RocksDB `LOCK` beside `CURRENT`, a held SQLite `-shm` (WAL mode)
+/// or a `-journal` beside its database (rollback mode, a write in progress), a process with a
+/// Berkeley DB environment's (`__db.001`) or an EventStore database's (`writer.chk`) files
+/// open. An SQLite database in rollback-journal mode between writes shows nothing by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveDatabase {
+    /// The source kind that backs it up (`--source`).
+    pub kind: &'static str,
+    /// The database's name, for people.
+    pub name: &'static str,
+    /// What shows it running.
+    pub evidence: String,
+}
+
+/// [`LiveDatabase`] of the directory `dir`, whose entries are `names` (sorted).
+pub fn live_database(dir: &Path, names: &[String]) -> Option<LiveDatabase> {
+    let has = |name: &str| names.binary_search_by(|n| n.as_str().cmp(name)).is_ok();
+    let live = |kind, name, evidence: String| {
+        Some(LiveDatabase {
+            kind,
+            name,
+            evidence,
+        })
+    };
+    if has("PG_VERSION") && has("postmaster.pid") {
+        return live(
+            "postgres",
+            "PostgreSQL",
+            "`postmaster.pid` exists".to_owned(),
+        );
+    }
+    if has("CURRENT") && has("LOCK") && rocksdb_open(dir) {
+        return live(
+            "rocksdb",
+            "RocksDB",
+            "a process holds its `LOCK`".to_owned(),
+        );
+    }
+    for name in names {
+        if let Some(db) = name.strip_suffix("-shm").filter(|db| has(db)) {
+            if sqlite_wal_open(&dir.join(name)) {
+                return live(
+                    "sqlite",
+                    "SQLite",
+                    format!("a connection has `{db}` open: its `{name}` is locked"),
+                );
+            }
+        }
+        if let Some(db) = name.strip_suffix("-journal").filter(|db| has(db)) {
+            return live(
+                "sqlite",
+                "SQLite",
+                format!("`{db}` is being written: its `{name}` exists"),
+            );
+        }
+    }
+    let (kind, name) = if has("__db.001") {
+        ("bdb", "Berkeley DB")
+    } else if has("writer.chk") && has("chaser.chk") {
+        ("eventstore", "EventStore")
+    } else {
+        return None;
+    };
+    let holder = holders(dir).into_iter().next()?;
+    live(
+        kind,
+        name,
+        format!(
+            "process {} (`{}`) has `{}` open",
+            holder.pid,
+            holder.name,
+            holder.path.display()
+        ),
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
 
@@ -187,6 +298,81 @@ sys.stdin.readline()
         assert_eq!(found[0].path, std::fs::canonicalize(&file).unwrap());
         release(child);
         assert_eq!(holders(dir.path()), Vec::new());
+    }
+
+    /// The sorted names of `dir`, as the directory walk hands them to [`live_database`].
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn files(dir: &Path, names: &[&str]) {
+        for name in names {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn stopped_databases_are_not_live() {
+        let root = tempfile::tempdir().unwrap();
+        let layouts: [&[&str]; 5] = [
+            &["PG_VERSION", "postgresql.conf"],
+            &["CURRENT", "LOCK", "MANIFEST-000001", "000004.log"],
+            &["app.db", "app.db-shm", "app.db-wal"],
+            &["__db.001", "__db.002", "log.0000000001", "bank.db"],
+            &["writer.chk", "chaser.chk", "chunk-000000.000000"],
+        ];
+        for (i, layout) in layouts.iter().enumerate() {
+            let dir = root.path().join(i.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            files(&dir, layout);
+            assert_eq!(live_database(&dir, &names(&dir)), None, "{layout:?}");
+        }
+        // A `postmaster.pid` without `PG_VERSION` beside it is some other program's.
+        files(root.path(), &["postmaster.pid"]);
+        assert_eq!(live_database(root.path(), &names(root.path())), None);
+    }
+
+    #[test]
+    fn running_databases_are_named_with_their_evidence() {
+        let root = tempfile::tempdir().unwrap();
+        let pg = root.path().join("pg");
+        std::fs::create_dir(&pg).unwrap();
+        files(&pg, &["PG_VERSION", "postmaster.pid"]);
+        assert_eq!(live_database(&pg, &names(&pg)).unwrap().kind, "postgres");
+
+        let sqlite = root.path().join("sqlite");
+        std::fs::create_dir(&sqlite).unwrap();
+        files(&sqlite, &["app.db", "app.db-journal"]);
+        let live = live_database(&sqlite, &names(&sqlite)).unwrap();
+        assert_eq!(live.kind, "sqlite");
+        assert!(
+            live.evidence.contains("`app.db-journal` exists"),
+            "{live:?}"
+        );
+
+        for (kind, layout) in [
+            ("bdb", ["__db.001", "log.0000000001"]),
+            ("eventstore", ["writer.chk", "chaser.chk"]),
+        ] {
+            let dir = root.path().join(kind);
+            std::fs::create_dir(&dir).unwrap();
+            files(&dir, &layout);
+            let (child, _out) = holding_open(&dir.join(layout[1]));
+            let live = live_database(&dir, &names(&dir)).unwrap();
+            assert_eq!(live.kind, kind);
+            assert!(
+                live.evidence
+                    .starts_with(&format!("process {} (`sh`) has `", child.id())),
+                "{live:?}"
+            );
+            release(child);
+            assert_eq!(live_database(&dir, &names(&dir)), None, "{kind}");
+        }
     }
 
     #[test]

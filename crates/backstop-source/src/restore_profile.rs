@@ -166,42 +166,20 @@ fn postmaster_pid(dir: &Path) -> Option<PathBuf> {
     Some(dir.join("postmaster.pid")).filter(|p| p.exists())
 }
 
-/// The `-shm` file of the profile's SQLite database in `dir` when a connection holds the lock
-/// every connection in WAL mode holds while open (a shared lock on byte 128 of the `-shm`
-/// file, SQLite's "DMS" byte of its unix VFS: `(22 + 8) * 4 + 8`).
+/// The `-shm` file of the profile's SQLite database in `dir` when a connection has it open in
+/// WAL mode ([`crate::in_use::sqlite_wal_open`]).
 fn open_sqlite_wal(profile: &RestoreProfile, dir: &Path) -> Option<PathBuf> {
     let file = profile.params.get("file")?;
     if !crate::restored::is_safe_path(file) {
         return None;
     }
     let shm = dir.join(format!("{file}-shm"));
-    held(&shm, 128, 1).then_some(shm)
+    crate::in_use::sqlite_wal_open(&shm).then_some(shm)
 }
 
-/// `dir/LOCK` when some process holds a lock on it. The query (`F_OFD_GETLK`) takes no lock:
-/// taking one and letting it go could drop the lock of a database open in this very process
-/// (a traditional `fcntl` lock belongs to the process, and any close releases it).
+/// `dir/LOCK` when RocksDB has the database in `dir` open ([`crate::in_use::rocksdb_open`]).
 fn held_rocksdb_lock(dir: &Path) -> Option<PathBuf> {
-    let lock = dir.join("LOCK");
-    held(&lock, 0, 0).then_some(lock)
-}
-
-/// Whether some process holds an `fcntl` lock on `len` bytes of `path` from `start` (0: to the
-/// end). The query (`F_OFD_GETLK`, for a write lock, which any lock conflicts with) takes no
-/// lock itself.
-fn held(path: &Path, start: i64, len: i64) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut query = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as nix::libc::c_short,
-        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
-        l_start: start,
-        l_len: len,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut query)).is_ok()
-        && query.l_type != nix::libc::F_UNLCK as nix::libc::c_short
+    crate::in_use::rocksdb_open(dir).then(|| dir.join("LOCK"))
 }
 
 /// The options each kind's restore procedure takes, besides `restore-command` (which every

@@ -152,6 +152,22 @@ fn twenty_hot_backups_under_load_restore_consistent() {
                     .contains(&format!("has `{}/", home.display())),
                 "{err}"
             );
+            // A plain directory backup of it says a process has it open, and which source
+            // backs it up.
+            let warnings = engine
+                .create_backup(
+                    &mut backstop::DirSource::new(&writer.home),
+                    &BackupOptions::default(),
+                )
+                .unwrap()
+                .warnings;
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains("running Berkeley DB database")
+                        && w.contains("--source bdb")),
+                "{warnings:?}"
+            );
         }
         let dir = root.path().join(format!("restore{round}"));
         let state = restore_and_check(&engine, info.id, &dir);

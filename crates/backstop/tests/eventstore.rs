@@ -80,6 +80,20 @@ fn twenty_backups_under_load_each_restore_consistent() {
             .contains(&format!("has `{}/", home.display())),
         "{err}"
     );
+    // A plain directory backup of it says the writer has it open, and which source backs it up.
+    let warnings = engine
+        .create_backup(
+            &mut backstop::DirSource::new(&db),
+            &BackupOptions::default(),
+        )
+        .unwrap()
+        .warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("running EventStore database") && w.contains("--source eventstore")),
+        "{warnings:?}"
+    );
     let last = writer.stop();
     assert!(last.starts_with("stopped"), "{last}");
 

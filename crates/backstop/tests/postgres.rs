@@ -248,6 +248,31 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
         sums.iter().all(|s| *s == sums[0]),
         "pgbench invariant broken: {sums:?}"
     );
+
+    // A plain directory backup of the data directory says that the server runs on it, and
+    // which source backs it up; once the server has stopped, it says nothing of the kind.
+    let plain = |dir: &Path| {
+        engine
+            .create_backup(
+                &mut backstop::DirSource::new(dir),
+                &BackupOptions::default(),
+            )
+            .unwrap()
+            .warnings
+    };
+    let warnings = plain(restored.data_dir());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("running PostgreSQL database") && w.contains("--source postgres")),
+        "{warnings:?}"
+    );
+    restored.stop();
+    let warnings = plain(restored.data_dir());
+    assert!(
+        !warnings.iter().any(|w| w.contains("running")),
+        "{warnings:?}"
+    );
 }
 
 /// A delta restore brings a restored cluster that went its own way (promoted, more pgbench

@@ -65,6 +65,21 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
         assert_eq!(err.kind(), ErrorKind::Unsafe, "{existing:?}: {err}");
         assert!(err.to_string().contains("LOCK"), "{err}");
     }
+    // A plain directory backup of it says that RocksDB has it open, and which source backs it
+    // up.
+    let warnings = engine
+        .create_backup(
+            &mut backstop::DirSource::new(&db),
+            &BackupOptions::default(),
+        )
+        .unwrap()
+        .warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("running RocksDB database") && w.contains("--source rocksdb")),
+        "{warnings:?}"
+    );
     let written = writer.wait_committed(committed + 10);
     drop(writer);
 
