@@ -111,7 +111,7 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
-    /// Print only results and errors: no progress bars, no summaries
+    /// Print only results, errors and warnings (on stderr): no progress bars, no summaries
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub(crate) quiet: bool,
 

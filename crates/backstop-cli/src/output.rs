@@ -124,6 +124,17 @@ impl Printer {
         if self.quiet { Ok(()) } else { self.line(text) }
     }
 
+    /// Prints a warning of a command's result: with its summary, or with `-q` (no summary) on
+    /// stderr, since a warning may mean the result is not what the user thinks it is (a file
+    /// that vanished, a running database copied as plain files).
+    pub(crate) fn warning(&self, text: impl std::fmt::Display) -> Result<()> {
+        if self.quiet {
+            writeln!(std::io::stderr().lock(), "warning: {text}").context("writing to stderr")
+        } else {
+            self.line(format_args!("  warning: {text}"))
+        }
+    }
+
     /// `text` in bold, when colour is on.
     pub(crate) fn bold(&self, text: &str) -> String {
         self.styled(anstyle::Style::new().bold(), text)

@@ -1707,6 +1707,66 @@ impl Drop for MountedTmpfs {
 
 /// `--one-file-system` stores a mount point below the tree as an empty directory, with a
 /// warning, and not what is mounted there; without it, the mounted files are backed up too.
+/// A plain directory backup of a directory with an SQLite database open in WAL mode (by this
+/// test's own connection, which holds the lock every WAL connection holds) warns that the copy
+/// is not consistent and names `--source sqlite`: in the summary, on stderr with `-q`, in the
+/// JSON result; with pause hooks, which make the copy consistent, it does not.
+#[test]
+fn a_directory_backup_warns_of_a_database_open_in_it() {
+    let world = World::new();
+    world.init();
+    let db = world.data().join("app.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let data = world.data();
+    let data = data.to_str().unwrap();
+    let warning = "holds a running SQLite database";
+    world
+        .cmd()
+        .args(["backup", data])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("warning: `.` {warning}")))
+        .stdout(predicate::str::contains("--source sqlite"));
+    world
+        .cmd()
+        .args(["-q", "backup", data])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains(format!("warning: `.` {warning}")));
+    let json = world.json(&["backup", data]);
+    assert!(
+        json["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(warning)),
+        "{json}"
+    );
+    world
+        .cmd()
+        .args([
+            "backup",
+            "--pause-command",
+            "true",
+            "--resume-command",
+            "true",
+            data,
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(warning).not());
+    drop(conn);
+    world
+        .cmd()
+        .args(["-q", "backup", data])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(warning).not());
+}
+
 #[test]
 fn one_file_system_stores_a_mount_point_as_an_empty_directory() {
     let world = World::new();

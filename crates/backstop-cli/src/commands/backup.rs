@@ -97,7 +97,7 @@ fn summary(printer: Printer, info: &BackupInfo) -> Result<()> {
         printer.status(format!("  parent  backup {}", quoted(parent)))?;
     }
     for warning in &info.warnings {
-        printer.status(format!("  warning: {warning}"))?;
+        printer.warning(warning)?;
     }
     Ok(())
 }

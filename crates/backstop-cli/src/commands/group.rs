@@ -258,7 +258,7 @@ pub(super) fn backup(settings: &Settings, global: &GlobalArgs, args: &BackupArgs
         output::size(info.bytes_read)
     ))?;
     for warning in &info.warnings {
-        printer.status(format!("  warning: {warning}"))?;
+        printer.warning(warning)?;
     }
     Ok(())
 }
