@@ -1,6 +1,6 @@
-//! Which processes have files under a directory open or mapped: the evidence, besides a
-//! database's own lock files, that a database is running on the files a restore would
-//! overwrite.
+//! Whether a database is running on the files of a directory: the processes that have them open
+//! or mapped, and the locks databases hold. A restore refuses to overwrite such files, and a
+//! plain directory backup warns that its copy of them is not consistent.
 //!
 //! Not every database leaves a lock that can be queried: a Berkeley DB environment keeps its
 //! state in shared-memory regions (`__db.001`…) mapped by every process that opens it, an
@@ -82,11 +82,46 @@ pub(crate) fn rocksdb_open(dir: &Path) -> bool {
 }
 
 /// Whether some process holds an `fcntl` lock on `len` bytes of `path` from `start` (0: to the
-/// end). The query (`F_OFD_GETLK`, for a write lock, which any lock conflicts with) takes no
-/// lock itself: taking one and letting it go could drop the lock of a database open in this
-/// very process (a traditional `fcntl` lock belongs to the process, and any close releases it).
-fn locked(path: &Path, start: i64, len: i64) -> bool {
+/// end), as `/proc/locks` lists them. Read there, not queried through a descriptor of the file:
+/// closing any descriptor of a file drops every traditional (POSIX) lock this very process
+/// holds on it, so a query through one would take the locks of a database open in this process
+/// from under it. Where `/proc/locks` cannot be read, the query (`F_OFD_GETLK`) is the way.
+fn locked(path: &Path, start: u64, len: u64) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(md) = std::fs::metadata(path) else {
+        return false;
+    };
+    let Ok(locks) = procfs::locks() else {
+        return locked_by_query(path, start, len);
+    };
+    let (major, minor) = (
+        nix::sys::stat::major(md.dev()),
+        nix::sys::stat::minor(md.dev()),
+    );
+    let last = if len == 0 {
+        u64::MAX
+    } else {
+        start.saturating_add(len - 1)
+    };
+    locks.iter().any(|lock| {
+        // `/proc/locks` names the file system's device, which for a btrfs subvolume (an
+        // anonymous device, major 0) is not the one `stat` gives: the inode decides there.
+        let same_device =
+            (u64::from(lock.devmaj), u64::from(lock.devmin)) == (major, minor) || major == 0;
+        lock.inode == md.ino()
+            && same_device
+            && lock.offset_first <= last
+            && lock.offset_last.is_none_or(|end| end >= start)
+    })
+}
+
+/// [`locked`] by asking the kernel through a descriptor of `path` (`F_OFD_GETLK`, for a write
+/// lock, which any lock conflicts with), for systems without `/proc/locks`.
+fn locked_by_query(path: &Path, start: u64, len: u64) -> bool {
     let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
         return false;
     };
     let mut query = nix::libc::flock {
@@ -373,6 +408,37 @@ sys.stdin.readline()
             release(child);
             assert_eq!(live_database(&dir, &names(&dir)), None, "{kind}");
         }
+    }
+
+    /// The lock query reads `/proc/locks`: asking through a descriptor of the file and closing
+    /// it would drop the locks this process holds on it, here an SQLite connection's.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_lock_held_by_this_process_is_seen_and_kept() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let shm = dir.path().join("app.db-shm");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        let ours = || {
+            let inode = std::fs::metadata(&shm).unwrap().ino();
+            let pid = i32::try_from(std::process::id()).unwrap();
+            procfs::locks()
+                .unwrap()
+                .iter()
+                .filter(|l| l.inode == inode && l.pid == Some(pid))
+                .count()
+        };
+        let before = ours();
+        assert!(before > 0, "the connection holds no lock on its -shm");
+        assert!(sqlite_wal_open(&shm));
+        assert_eq!(ours(), before, "asking dropped this process's locks");
+        drop(conn);
+        assert!(!sqlite_wal_open(&shm));
     }
 
     #[test]
