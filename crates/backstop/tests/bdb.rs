@@ -21,6 +21,9 @@
     reason = "test helpers fail the test on any error"
 )]
 
+#[path = "support/running.rs"]
+mod running;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -137,36 +140,16 @@ fn twenty_hot_backups_under_load_restore_consistent() {
         if round == 0 {
             // Over the environment the writer has open: refused before anything is written.
             // Berkeley DB leaves no lock file to query, but the writer maps its regions and
-            // has its files open.
-            let err = engine
-                .restore(
-                    info.id,
-                    &writer.home,
-                    &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
-                )
-                .unwrap_err();
-            assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
+            // has its files open; a plain directory backup of it says so.
             let home = std::fs::canonicalize(&writer.home).unwrap();
-            assert!(
-                err.to_string()
-                    .contains(&format!("has `{}/", home.display())),
-                "{err}"
-            );
-            // A plain directory backup of it says a process has it open, and which source
-            // backs it up.
-            let warnings = engine
-                .create_backup(
-                    &mut backstop::DirSource::new(&writer.home),
-                    &BackupOptions::default(),
-                )
-                .unwrap()
-                .warnings;
-            assert!(
-                warnings
-                    .iter()
-                    .any(|w| w.contains("running Berkeley DB database")
-                        && w.contains("--source bdb")),
-                "{warnings:?}"
+            let evidence = format!("has `{}/", home.display());
+            running::assert_restore_over_is_refused(&engine, info.id, &writer.home, &evidence);
+            running::assert_a_plain_backup_warns(
+                &engine,
+                &writer.home,
+                "Berkeley DB",
+                "bdb",
+                &evidence,
             );
         }
         let dir = root.path().join(format!("restore{round}"));

@@ -10,6 +10,8 @@
 mod eventstore_check;
 #[path = "../../backstop-source/tests/support/eventstore_writer.rs"]
 mod eventstore_writer;
+#[path = "support/running.rs"]
+mod running;
 
 use backstop::source::eventstore::EventStoreSource;
 use backstop::{
@@ -65,35 +67,11 @@ fn twenty_backups_under_load_each_restore_consistent() {
         ids.push(info.id);
     }
     // Over the database the writer has open: refused before anything is written (EventStore
-    // keeps no lock file to query, but the writer has its chunk and checkpoints open).
-    let err = engine
-        .restore(
-            ids[19],
-            &db,
-            &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
-        )
-        .unwrap_err();
-    assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
-    let home = std::fs::canonicalize(&db).unwrap();
-    assert!(
-        err.to_string()
-            .contains(&format!("has `{}/", home.display())),
-        "{err}"
-    );
-    // A plain directory backup of it says the writer has it open, and which source backs it up.
-    let warnings = engine
-        .create_backup(
-            &mut backstop::DirSource::new(&db),
-            &BackupOptions::default(),
-        )
-        .unwrap()
-        .warnings;
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("running EventStore database") && w.contains("--source eventstore")),
-        "{warnings:?}"
-    );
+    // keeps no lock file to query, but the writer has its chunk and checkpoints open); a plain
+    // directory backup of it says so.
+    let evidence = format!("has `{}/", std::fs::canonicalize(&db).unwrap().display());
+    running::assert_restore_over_is_refused(&engine, ids[19], &db, &evidence);
+    running::assert_a_plain_backup_warns(&engine, &db, "EventStore", "eventstore", &evidence);
     let last = writer.stop();
     assert!(last.starts_with("stopped"), "{last}");
 

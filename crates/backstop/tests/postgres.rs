@@ -13,6 +13,9 @@
     reason = "test helpers: a failed step fails the test"
 )]
 
+#[path = "support/running.rs"]
+mod running;
+
 #[path = "support/pg_cluster.rs"]
 mod pg_cluster;
 
@@ -251,24 +254,15 @@ fn incremental_backup_after_a_little_load_stores_much_less() {
 
     // A plain directory backup of the data directory says that the server runs on it, and
     // which source backs it up; once the server has stopped, it says nothing of the kind.
-    let plain = |dir: &Path| {
-        engine
-            .create_backup(
-                &mut backstop::DirSource::new(dir),
-                &BackupOptions::default(),
-            )
-            .unwrap()
-            .warnings
-    };
-    let warnings = plain(restored.data_dir());
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("running PostgreSQL database") && w.contains("--source postgres")),
-        "{warnings:?}"
+    running::assert_a_plain_backup_warns(
+        &engine,
+        restored.data_dir(),
+        "PostgreSQL",
+        "postgres",
+        "`postmaster.pid` exists",
     );
     restored.stop();
-    let warnings = plain(restored.data_dir());
+    let warnings = running::plain_backup_warnings(&engine, restored.data_dir());
     assert!(
         !warnings.iter().any(|w| w.contains("running")),
         "{warnings:?}"

@@ -9,6 +9,9 @@
 // Helpers outside `#[test]` functions panic on purpose: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/running.rs"]
+mod running;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
@@ -67,19 +70,7 @@ fn twenty_live_backups_each_restore_to_a_prefix_of_the_committed_batches() {
     }
     // A plain directory backup of it says that RocksDB has it open, and which source backs it
     // up.
-    let warnings = engine
-        .create_backup(
-            &mut backstop::DirSource::new(&db),
-            &BackupOptions::default(),
-        )
-        .unwrap()
-        .warnings;
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("running RocksDB database") && w.contains("--source rocksdb")),
-        "{warnings:?}"
-    );
+    running::assert_a_plain_backup_warns(&engine, &db, "RocksDB", "rocksdb", "holds its `LOCK`");
     let written = writer.wait_committed(committed + 10);
     drop(writer);
 

@@ -8,6 +8,9 @@
 // Helpers outside `#[test]` functions are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/running.rs"]
+mod running;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -81,18 +84,12 @@ fn hot_backups(
     if journal_mode == "wal" {
         // A plain directory backup says that a connection has the database open, and which
         // source backs it up. (In rollback-journal mode an idle connection shows nothing.)
-        let warnings = engine
-            .create_backup(
-                &mut backstop::DirSource::new(dir.path()),
-                &BackupOptions::default(),
-            )
-            .unwrap()
-            .warnings;
-        assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("`bank.db-shm` is locked") && w.contains("--source sqlite")),
-            "{warnings:?}"
+        running::assert_a_plain_backup_warns(
+            &engine,
+            dir.path(),
+            "SQLite",
+            "sqlite",
+            "`bank.db-shm` is locked",
         );
     }
     let mut infos = Vec::new();
@@ -115,23 +112,12 @@ fn hot_backups(
     // the lock every connection holds on the `-shm` file; in rollback-journal mode, where an
     // idle connection holds no lock, by the writer process having the database open.
     if let Some(last) = infos.last() {
-        let err = engine
-            .restore(
-                last.id,
-                dir.path(),
-                &RestoreOptions::default().with_existing(backstop::ExistingTarget::Overwrite),
-            )
-            .unwrap_err();
-        assert_eq!(err.kind(), backstop::ErrorKind::Unsafe, "{err}");
-        let held = std::fs::canonicalize(&db).unwrap();
         let evidence = if journal_mode == "wal" {
             "bank.db-shm".to_owned()
         } else {
-            format!("has `{}", held.display())
+            format!("has `{}", std::fs::canonicalize(&db).unwrap().display())
         };
-        let message = err.to_string();
-        assert!(message.contains(&evidence), "{message}");
-        assert!(message.contains("nothing was restored"), "{message}");
+        running::assert_restore_over_is_refused(&engine, last.id, dir.path(), &evidence);
     }
     let stats = writer.stop();
     assert!(stats.transactions > 0);
