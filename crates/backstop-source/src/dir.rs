@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::recognise::PageRecogniser;
+use crate::recognise::{PageFormat, PageRecogniser};
 use crate::{
     ChangeModel, Entry, EntryKind, EntryStream, Phase, RestoreProfile, Session, SessionContext,
     SessionOutcome, Source, SourceError,
@@ -188,6 +188,12 @@ pub struct TreeWalk {
     exclude_caches: bool,
     /// Whether a directory with a running database in it gets a warning.
     warn_of_live_databases: bool,
+    /// The canonical root, and the files under it that other processes have open
+    /// ([`crate::in_use::held_files`]), once a database file needed them.
+    held: Option<(
+        PathBuf,
+        std::collections::HashMap<PathBuf, crate::in_use::Holder>,
+    )>,
 }
 
 /// The name of a cache directory's tag file, and how the file must begin.
@@ -208,11 +214,14 @@ impl TreeWalk {
             device: None,
             exclude_caches: false,
             warn_of_live_databases: false,
+            held: None,
         }
     }
 
-    /// Warns of each directory that a database is running on ([`crate::in_use::live_database`]):
-    /// a plain copy of its files is not a consistent backup of it.
+    /// Warns of each directory that a database is running on ([`crate::in_use::live_database`],
+    /// and, with [`Self::recognising_pages`], an SQLite or Berkeley DB database file, known by
+    /// its header, that another process has open): a plain copy of its files is not a
+    /// consistent backup of it.
     #[must_use]
     pub fn warning_of_live_databases(mut self) -> Self {
         self.warn_of_live_databases = true;
@@ -316,16 +325,11 @@ impl TreeWalk {
             names.push(name.to_owned());
         }
         names.sort();
+        let mut warned = false;
         if self.warn_of_live_databases {
             if let Some(live) = crate::in_use::live_database(&dir, &names) {
-                let at = if rel_dir.is_empty() { "." } else { rel_dir };
-                self.warn(format!(
-                    "`{at}` holds a running {} database ({}): a copy of its files taken while \
-                     it writes is not consistent, and may not open or may lose commits when \
-                     restored; back it up with `--source {}`, or pause its writers during the backup \
-                     (`--pause-command`, `--hold-command`)",
-                    live.name, live.evidence, live.kind
-                ));
+                self.warn_of_live(rel_dir, &live);
+                warned = true;
             }
         }
         if self.exclude_caches && names.iter().any(|n| n == CACHEDIR_TAG) && Self::is_cache(&dir) {
@@ -365,9 +369,64 @@ impl TreeWalk {
         self.stack.extend(subdirs.into_iter().rev());
         if let Some(recogniser) = &mut self.recogniser {
             recogniser.observe(&entries);
-            entries.iter_mut().for_each(|e| recogniser.mark(e));
+            let mut databases = Vec::new();
+            for entry in &mut entries {
+                if let Some(format @ (PageFormat::Sqlite | PageFormat::BerkeleyDb)) =
+                    recogniser.mark(entry)
+                {
+                    databases.push((format, entry.path.clone()));
+                }
+            }
+            if self.warn_of_live_databases && !warned {
+                self.warn_of_open_databases(rel_dir, &databases);
+            }
         }
         Ok(entries)
+    }
+
+    /// Warns of a database that [`crate::in_use::live_database`] found running in `rel_dir`.
+    fn warn_of_live(&self, rel_dir: &str, live: &crate::in_use::LiveDatabase) {
+        let at = if rel_dir.is_empty() { "." } else { rel_dir };
+        self.warn(format!(
+            "`{at}` holds a running {} database ({}): a copy of its files taken while it \
+             writes is not consistent, and may not open or may lose commits when restored; back \
+             it up with `--source {}`, or pause its writers during the backup \
+             (`--pause-command`, `--hold-command`)",
+            live.name, live.evidence, live.kind
+        ));
+    }
+
+    /// Warns of the first of a directory's SQLite and Berkeley DB database files (by header)
+    /// that another process has open: what shows an SQLite database in rollback-journal mode
+    /// in use between writes, which its names do not. The open files are found with one pass
+    /// over `/proc` for the whole walk, made when the first database file turns up.
+    fn warn_of_open_databases(&mut self, rel_dir: &str, databases: &[(PageFormat, String)]) {
+        if databases.is_empty() {
+            return;
+        }
+        let (root, held) = self.held.get_or_insert_with(|| {
+            let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+            let held = crate::in_use::held_files(&root);
+            (root, held)
+        });
+        let found = databases.iter().find_map(|(format, rel)| {
+            let holder = held.get(&root.join(rel))?;
+            let (kind, name) = match format {
+                PageFormat::Sqlite => ("sqlite", "SQLite"),
+                _ => ("bdb", "Berkeley DB"),
+            };
+            Some(crate::in_use::LiveDatabase {
+                kind,
+                name,
+                evidence: format!(
+                    "process {} (`{}`) has `{rel}` open",
+                    holder.pid, holder.name
+                ),
+            })
+        });
+        if let Some(live) = found {
+            self.warn_of_live(rel_dir, &live);
+        }
     }
 }
 
@@ -510,6 +569,54 @@ mod tests {
             ]
         );
         assert_eq!(paths_of(dir.path()).len(), 8);
+    }
+
+    /// The warnings of a whole walk of `root` with live-database warnings on.
+    fn live_warnings(root: &Path) -> Vec<String> {
+        let walk = TreeWalk::new(root, globset::GlobSet::empty(), &SessionContext::default())
+            .recognising_pages()
+            .warning_of_live_databases();
+        let warnings = walk.warnings();
+        for entry in walk {
+            entry.unwrap();
+        }
+        warnings.lock().unwrap().clone()
+    }
+
+    /// An SQLite database in rollback-journal mode between writes has no companion file to
+    /// show it in use; a process that has it open does. Its header is what says it is one.
+    #[test]
+    fn a_database_file_another_process_has_open_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        let mut sqlite = vec![0u8; 128 * 1024];
+        sqlite[..16].copy_from_slice(b"SQLite format 3\0");
+        // Page size 4096, big-endian.
+        sqlite[16..18].copy_from_slice(&[0x10, 0x00]);
+        let db = dir.path().join("app/app.db");
+        std::fs::write(&db, &sqlite).unwrap();
+        // The same bytes under another name, and a large file that is no database, both open
+        // too: only the database is named.
+        std::fs::write(dir.path().join("app/other.db"), &sqlite).unwrap();
+        std::fs::write(dir.path().join("app/log.txt"), vec![b'x'; 128 * 1024]).unwrap();
+        assert_eq!(live_warnings(dir.path()), Vec::<String>::new());
+
+        let (log, _log_out) = crate::in_use::tests::holding_open(&dir.path().join("app/log.txt"));
+        assert_eq!(live_warnings(dir.path()), Vec::<String>::new());
+        let (child, _out) = crate::in_use::tests::holding_open(&db);
+        let warnings = live_warnings(dir.path());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "`app` holds a running SQLite database (process {} (`sh`) has `app/app.db` open)",
+                child.id()
+            )),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("--source sqlite"), "{warnings:?}");
+        crate::in_use::tests::release(child);
+        crate::in_use::tests::release(log);
+        assert_eq!(live_warnings(dir.path()), Vec::<String>::new());
     }
 
     fn paths_of(root: &Path) -> Vec<String> {

@@ -10,6 +10,7 @@
 //! them for root, one's own otherwise; a database run by another user, or in another PID
 //! namespace, is found only by its lock files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A process that has a file under the directory open or mapped.
@@ -40,33 +41,81 @@ pub fn holders(dir: &Path) -> Vec<Holder> {
         .flatten()
         .filter(|process| u32::try_from(process.pid()).ok() != Some(own))
         .filter_map(|process| {
-            let path = held_under(&process, &dir)?;
-            let name = process.stat().map(|s| s.comm).unwrap_or_default();
-            Some(Holder {
-                pid: process.pid(),
-                name,
-                path,
-            })
+            let path = paths_under(&process, &dir).next()?;
+            Some(holder(&process, path))
         })
         .collect()
 }
 
-/// The first file under `dir` that `process` has open or mapped.
-fn held_under(process: &procfs::process::Process, dir: &Path) -> Option<PathBuf> {
-    let open = process.fd().ok().and_then(|fds| {
-        fds.flatten().find_map(|fd| match fd.target {
+/// Every file under `dir` that a process other than this one has open, each with the first such
+/// process found: [`holders`] turned around, for looking up many files with one pass over
+/// `/proc`. Keys are canonical paths. Descriptors only, not mappings (reading every process's
+/// `maps` is the costly part of a pass): the database files this is for are kept open by
+/// whoever uses them, and the Berkeley DB regions that are only mapped are [`holders`]' job.
+pub fn held_files(dir: &Path) -> HashMap<PathBuf, Holder> {
+    let mut held = HashMap::new();
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return held;
+    };
+    let Ok(processes) = procfs::process::all_processes() else {
+        return held;
+    };
+    let own = std::process::id();
+    for process in processes.flatten() {
+        if u32::try_from(process.pid()).ok() == Some(own) {
+            continue;
+        }
+        for path in open_under(&process, &dir) {
+            if !held.contains_key(&path) {
+                held.insert(path.clone(), holder(&process, path));
+            }
+        }
+    }
+    held
+}
+
+fn holder(process: &procfs::process::Process, path: PathBuf) -> Holder {
+    Holder {
+        pid: process.pid(),
+        name: process.stat().map(|s| s.comm).unwrap_or_default(),
+        path,
+    }
+}
+
+/// The files under `dir` that `process` has open.
+fn open_under<'a>(
+    process: &'a procfs::process::Process,
+    dir: &'a Path,
+) -> impl Iterator<Item = PathBuf> + 'a {
+    process
+        .fd()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |fd| match fd.target {
             procfs::process::FDTarget::Path(path) if path.starts_with(dir) => Some(path),
             _ => None,
         })
-    });
-    open.or_else(|| {
-        process.maps().ok().and_then(|maps| {
-            maps.into_iter().find_map(|map| match map.pathname {
+}
+
+/// The files under `dir` that `process` has open, then those it has mapped (`maps` read only
+/// when asked for beyond the open ones).
+fn paths_under<'a>(
+    process: &'a procfs::process::Process,
+    dir: &'a Path,
+) -> impl Iterator<Item = PathBuf> + 'a {
+    let open = open_under(process, dir);
+    let mapped = std::iter::once(()).flat_map(move |()| {
+        process
+            .maps()
+            .into_iter()
+            .flatten()
+            .filter_map(move |map| match map.pathname {
                 procfs::process::MMapPath::Path(path) if path.starts_with(dir) => Some(path),
                 _ => None,
             })
-        })
-    })
+    });
+    open.chain(mapped)
 }
 
 /// Whether a connection has the SQLite database whose `-shm` file is `shm` open in WAL mode:
@@ -142,7 +191,9 @@ fn locked_by_query(path: &Path, start: u64, len: u64) -> bool {
 /// beside `PG_VERSION`, a held RocksDB `LOCK` beside `CURRENT`, a held SQLite `-shm` (WAL mode)
 /// or a `-journal` beside its database (rollback mode, a write in progress), a process with a
 /// Berkeley DB environment's (`__db.001`) or an EventStore database's (`writer.chk`) files
-/// open. An SQLite database in rollback-journal mode between writes shows nothing by name.
+/// open. An SQLite database in rollback-journal mode between writes shows nothing by name; the
+/// directory walk finds it by its header and a process that has it open
+/// ([`held_files`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveDatabase {
     /// The source kind that backs it up (`--source`).

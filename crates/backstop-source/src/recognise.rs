@@ -31,7 +31,9 @@ const BDB_MAGICS: [u32; 4] = [0x0005_3162, 0x0006_1561, 0x0004_2253, 0x0007_4582
 pub fn mark_page_files(entries: &mut [Entry]) {
     let mut recogniser = PageRecogniser::default();
     recogniser.observe(entries);
-    entries.iter_mut().for_each(|e| recogniser.mark(e));
+    for entry in entries {
+        recogniser.mark(entry);
+    }
 }
 
 /// Recognises page files in a tree listed a directory at a time, parents before children: the
@@ -57,25 +59,36 @@ impl PageRecogniser {
         self.clusters.extend(found);
     }
 
-    /// Gives `entry` [`ChangeModel::Pages`] if it is a recognised page file.
-    pub fn mark(&self, entry: &mut Entry) {
+    /// Gives `entry` [`ChangeModel::Pages`] if it is a recognised page file, and says which
+    /// format it is in.
+    pub fn mark(&self, entry: &mut Entry) -> Option<PageFormat> {
         if entry.kind != EntryKind::File || entry.change != ChangeModel::Any {
-            return;
+            return None;
         }
-        let page_size = if is_pg_relation(&entry.path, &self.clusters) {
-            Some(PG_PAGE)
+        let (format, page_size) = if is_pg_relation(&entry.path, &self.clusters) {
+            (PageFormat::Postgres, PG_PAGE)
         } else if entry.size >= SNIFF_FROM {
             match &entry.content {
-                Content::File(path) => sniff_page_size(path),
-                _ => None,
+                Content::File(path) => sniff(path)?,
+                _ => return None,
             }
         } else {
-            None
+            return None;
         };
-        if let Some(page_size) = page_size {
-            entry.change = ChangeModel::Pages { page_size };
-        }
+        entry.change = ChangeModel::Pages { page_size };
+        Some(format)
     }
+}
+
+/// The formats of the page files recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageFormat {
+    /// An SQLite database.
+    Sqlite,
+    /// A Berkeley DB database file.
+    BerkeleyDb,
+    /// A PostgreSQL relation file.
+    Postgres,
 }
 
 fn is_pg_relation(path: &str, clusters: &HashSet<String>) -> bool {
@@ -113,28 +126,33 @@ fn is_number(s: &str) -> bool {
 
 /// The page size a file's header declares, for the page-based formats recognised here.
 pub fn sniff_page_size(path: &Path) -> Option<u32> {
+    sniff(path).map(|(_, page_size)| page_size)
+}
+
+/// The format and page size a file's header declares.
+fn sniff(path: &Path) -> Option<(PageFormat, u32)> {
     let mut header = [0u8; 32];
     let mut file = std::fs::File::open(path).ok()?;
     file.read_exact(&mut header).ok()?;
-    page_size_from_header(&header)
+    format_from_header(&header)
 }
 
 #[allow(
     clippy::big_endian_bytes,
     reason = "SQLite's header is big-endian; a Berkeley DB file has its creator's byte order"
 )]
-fn page_size_from_header(header: &[u8; 32]) -> Option<u32> {
+fn format_from_header(header: &[u8; 32]) -> Option<(PageFormat, u32)> {
     let valid = |n: u32| (512..=65_536).contains(&n) && n.is_power_of_two();
     if header.starts_with(b"SQLite format 3\0") {
         let raw = u16::from_be_bytes([header[16], header[17]]);
         let size = if raw == 1 { 65_536 } else { u32::from(raw) };
-        return valid(size).then_some(size);
+        return valid(size).then_some((PageFormat::Sqlite, size));
     }
     let word = |at: usize| [header[at], header[at + 1], header[at + 2], header[at + 3]];
     for read in [u32::from_le_bytes, u32::from_be_bytes] {
         if BDB_MAGICS.contains(&read(word(12))) {
             let size = read(word(20));
-            return valid(size).then_some(size);
+            return valid(size).then_some((PageFormat::BerkeleyDb, size));
         }
     }
     None
@@ -196,20 +214,32 @@ mod tests {
         let mut sqlite = [0u8; 32];
         sqlite[..16].copy_from_slice(b"SQLite format 3\0");
         sqlite[16..18].copy_from_slice(&4096u16.to_be_bytes());
-        assert_eq!(page_size_from_header(&sqlite), Some(4096));
+        assert_eq!(
+            format_from_header(&sqlite),
+            Some((PageFormat::Sqlite, 4096))
+        );
         sqlite[16..18].copy_from_slice(&1u16.to_be_bytes());
-        assert_eq!(page_size_from_header(&sqlite), Some(65_536));
+        assert_eq!(
+            format_from_header(&sqlite),
+            Some((PageFormat::Sqlite, 65_536))
+        );
         sqlite[16..18].copy_from_slice(&1000u16.to_be_bytes());
-        assert_eq!(page_size_from_header(&sqlite), None);
+        assert_eq!(format_from_header(&sqlite), None);
 
         let mut bdb = [0u8; 32];
         bdb[12..16].copy_from_slice(&0x0005_3162u32.to_le_bytes());
         bdb[20..24].copy_from_slice(&16_384u32.to_le_bytes());
-        assert_eq!(page_size_from_header(&bdb), Some(16_384));
+        assert_eq!(
+            format_from_header(&bdb),
+            Some((PageFormat::BerkeleyDb, 16_384))
+        );
         bdb[12..16].copy_from_slice(&0x0006_1561u32.to_be_bytes());
         bdb[20..24].copy_from_slice(&4096u32.to_be_bytes());
-        assert_eq!(page_size_from_header(&bdb), Some(4096));
-        assert_eq!(page_size_from_header(&[7u8; 32]), None);
+        assert_eq!(
+            format_from_header(&bdb),
+            Some((PageFormat::BerkeleyDb, 4096))
+        );
+        assert_eq!(format_from_header(&[7u8; 32]), None);
     }
 
     #[cfg(feature = "sqlite")]

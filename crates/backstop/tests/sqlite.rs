@@ -81,17 +81,15 @@ fn hot_backups(
     create_bank(&db, journal_mode, ACCOUNTS, 200);
     let engine = engine(store);
     let writer = Writer::start(&db)?;
-    if journal_mode == "wal" {
-        // A plain directory backup says that a connection has the database open, and which
-        // source backs it up. (In rollback-journal mode an idle connection shows nothing.)
-        running::assert_a_plain_backup_warns(
-            &engine,
-            dir.path(),
-            "SQLite",
-            "sqlite",
-            "`bank.db-shm` is locked",
-        );
-    }
+    // A plain directory backup says that the database is in use, and which source backs it up:
+    // in WAL mode by the lock on its `-shm`, in rollback-journal mode by its `-journal` (a
+    // write under way) or by the writer process having it open.
+    let evidence = if journal_mode == "wal" {
+        "`bank.db-shm` is locked"
+    } else {
+        "bank.db"
+    };
+    running::assert_a_plain_backup_warns(&engine, dir.path(), "SQLite", "sqlite", evidence);
     let mut infos = Vec::new();
     let mut seq = 0;
     for round in 0..rounds {
