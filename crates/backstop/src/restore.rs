@@ -180,7 +180,7 @@ fn restore_tuned(
     prepare_target(target, options.existing)?;
     let beneath = Beneath::open(target).map_err(|e| io_error("opening", target, e))?;
     let marker = target.join(INCOMPLETE_MARKER);
-    write_marker(&marker, snapshot.id, options.sync)?;
+    write_marker(&beneath, &marker, snapshot.id, options.sync)?;
 
     let mut info = RestoreInfo {
         id: snapshot.id,
@@ -382,10 +382,21 @@ fn writes_directly(
 }
 
 /// Writes the incomplete-restore marker, durably when the restore syncs: direct writes of
-/// file data may reach the disk before a marker left in the page cache would.
-fn write_marker(marker: &Path, id: u64, sync: bool) -> Result<()> {
+/// file data may reach the disk before a marker left in the page cache would. Like every file
+/// the restore writes, never through a symlink: one planted under the marker's name in a
+/// target restored over (`--force`) would otherwise have a file outside truncated.
+fn write_marker(beneath: &Beneath, marker: &Path, id: u64, sync: bool) -> Result<()> {
     use std::io::Write as _;
-    let mut file = File::create(marker).map_err(|e| io_error("writing", marker, e))?;
+    let opened = match beneath.open_file(
+        marker,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TRUNC,
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            beneath.create_file(marker, 0o600, false)
+        }
+        opened => opened,
+    };
+    let mut file = opened.map_err(|e| io_error("writing", marker, e))?;
     file.write_all(format!("backup {id}\n").as_bytes())
         .map_err(|e| io_error("writing", marker, e))?;
     if sync {

@@ -1539,6 +1539,38 @@ fn a_directory_swapped_for_a_symlink_during_the_restore_is_not_written_through()
     );
 }
 
+/// A symlink planted in a target under the name of the incomplete-restore marker, pointing at
+/// a file outside, stops a restore over the target (`--force`) before anything is written, and
+/// the file outside keeps its bytes: the marker is never written through a symlink.
+#[test]
+fn a_symlink_under_the_markers_name_is_not_written_through() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), b"restored").unwrap();
+    let engine = BackupEngine::init(MemoryStore::new(), encrypted(), opts()).unwrap();
+    let info = engine
+        .create_backup(&mut DirSource::new(data.path()), &BackupOptions::default())
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let outside = root.path().join("precious");
+    std::fs::write(&outside, b"must stay").unwrap();
+    std::os::unix::fs::symlink(&outside, target.join(".backstop-restore-incomplete")).unwrap();
+    let err = engine
+        .restore(
+            info.id,
+            &target,
+            &RestoreOptions::default().with_existing(ExistingTarget::Overwrite),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(".backstop-restore-incomplete"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"must stay");
+    assert!(!target.join("file").exists());
+}
+
 #[test]
 fn a_symlink_pointing_out_cannot_carry_a_file_beneath_it() {
     let outside = tempfile::tempdir().unwrap();
