@@ -39,7 +39,7 @@
 //! # Storage and restore
 //! Member entries are stored under `<member>/…`; member `source_meta` under `<member>/<key>`, and
 //! given back to each member as its own `parent_meta`. The restore profile (kind `group`) holds
-//! each member's profile as JSON; [`restore_fixup`] applies each to `<target>/<member>`. With a
+//! each member's profile as JSON; `restore_fixup` applies each to `<target>/<member>`. With a
 //! `target-time` option, every member is restored to that moment, which must lie inside this
 //! backup's paused window or inside one of the later windows listed in `group-windows`
 //! (`start-end` pairs in Unix milliseconds, comma-separated, as the CLI passes them). Inside its
