@@ -1301,6 +1301,7 @@ class Bench:
             row = dict(by_wall[(len(by_wall) - 1) // 2])
             row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
             row["wall_runs"] = [r["wall_s"] for r in runs]
+            row["peak_rss_runs"] = [r["peak_rss_mib"] for r in runs]
             self.results.append(row)
         return order
 
@@ -2094,8 +2095,17 @@ def target_table(get, tools, history=None):
                 f"{b[step]['wall_s']:.2f} s vs {cp['wall_s']:.2f} s = {b[step]['wall_s'] / cp['wall_s']:.2f}×",
                 b[step]["wall_s"] <= 2 * cp["wall_s"],
             )
-    peak = max(b[s]["peak_rss_mib"] for s in b)
-    row("peak RSS ≤ 64 MiB for backup and restore", f"{peak:.1f} MiB", peak <= 64)
+    peak_step = max(b, key=lambda s: b[s]["peak_rss_mib"])
+    peak = b[peak_step]["peak_rss_mib"]
+    # Every run of the step that peaked, so that one run's outlier shows as one.
+    peak_runs = b[peak_step].get("peak_rss_runs", [])
+    row(
+        "peak RSS ≤ 64 MiB for backup and restore",
+        f"{peak:.1f} MiB ({peak_step}"
+        + (f"; its runs {', '.join(f'{x:.1f}' for x in peak_runs)}" if len(peak_runs) > 1 else "")
+        + ")",
+        peak <= 64,
+    )
     if history:
         a = history["fresh"]["peak_rss_mib"]
         h = history["with_history"]["peak_rss_mib"]
