@@ -7,13 +7,20 @@
 //! fix-ups must not either, or a restore (often run as root) would read, write, truncate or
 //! remove whatever such a link points to. Every path a fix-up touches therefore goes through
 //! these functions: each checks that no directory above the path inside the target, and not the
-//! path itself, is a symlink (or anything but a directory or regular file), and opens files with
-//! `O_NOFOLLOW`, so a link is refused even if it appears after the check.
+//! path itself, is a symlink (or anything but a directory or regular file), and then does what
+//! it does relative to the directory that holds the path, opened one component at a time from
+//! the target with `O_NOFOLLOW` ([`parent_dir`]), and opens files with `O_NOFOLLOW`: a
+//! directory or file swapped for a link after the check is refused by the kernel, not followed.
+//! (Paths handed to a database's own tools, such as `db_recover`, are opened by the tool.)
 
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use crate::SourceError;
 
@@ -127,12 +134,34 @@ pub(crate) fn existing(target: &Path, rel: &str, need: Need) -> Result<PathBuf, 
     }
 }
 
-fn open_options(write: bool) -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.read(!write).write(write);
-    // A link swapped in after the check is refused by the kernel; a FIFO never blocks the open.
-    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    options
+/// The directory that holds `target/rel` (a path [`lookup`] accepted), opened one component at
+/// a time from `target`, each with `O_NOFOLLOW | O_DIRECTORY`, and the last component's name.
+fn parent_dir<'r>(target: &Path, rel: &'r str) -> Result<(OwnedFd, &'r str), SourceError> {
+    let (parents, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = nix::fcntl::open(target, flags, Mode::empty())
+        .map_err(|e| SourceError::io("opening", target, e.into()))?;
+    let mut path = target.to_path_buf();
+    for segment in parents.split('/').filter(|s| !s.is_empty()) {
+        path.push(segment);
+        dir = nix::fcntl::openat(&dir, segment, flags, Mode::empty())
+            .map_err(|e| SourceError::io("opening the directory", &path, e.into()))?;
+    }
+    Ok((dir, name))
+}
+
+/// Opens `name` in `dir` with `flags`, never through a symlink, and never blocking on a FIFO.
+fn open_in(
+    dir: &OwnedFd,
+    name: &str,
+    flags: OFlag,
+    mode: u32,
+    path: &Path,
+) -> Result<File, SourceError> {
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(mode))
+        .map_err(|e| SourceError::io("opening", path, e.into()))?;
+    Ok(File::from(fd))
 }
 
 /// The contents of the regular file `target/rel`, `None` when it does not exist.
@@ -141,9 +170,8 @@ pub(crate) fn read(target: &Path, rel: &str) -> Result<Option<Vec<u8>>, SourceEr
     if md.is_none() {
         return Ok(None);
     }
-    let mut file = open_options(false)
-        .open(&path)
-        .map_err(|e| SourceError::io("opening", &path, e))?;
+    let (dir, name) = parent_dir(target, rel)?;
+    let mut file = open_in(&dir, name, OFlag::O_RDONLY, 0, &path)?;
     check_opened(&file, &path)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
@@ -171,11 +199,9 @@ pub(crate) fn write(
     mode: u32,
 ) -> Result<PathBuf, SourceError> {
     let (path, _) = lookup(target, rel, Need::File)?;
-    let mut options = open_options(true);
-    options.create(true).truncate(true).mode(mode);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| SourceError::io("opening", &path, e))?;
+    let (dir, name) = parent_dir(target, rel)?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+    let mut file = open_in(&dir, name, flags, mode, &path)?;
     check_opened(&file, &path)?;
     // `mode` applies to a new file only; an existing one gets it too.
     file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -193,20 +219,25 @@ pub(crate) fn remove_file(target: &Path, rel: &str) -> Result<bool, SourceError>
     if md.is_none() {
         return Ok(false);
     }
-    match std::fs::remove_file(&path) {
+    let (dir, name) = parent_dir(target, rel)?;
+    // Never follows a link in the name's place, and refuses a directory there.
+    match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(SourceError::io("removing", &path, e)),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(SourceError::io("removing", &path, e.into())),
     }
 }
 
 /// Renames the regular file `target/from` over `target/to` (which, if it exists, must be a
 /// regular file too).
 pub(crate) fn rename(target: &Path, from: &str, to: &str) -> Result<PathBuf, SourceError> {
-    let from = existing(target, from, Need::File)?;
-    let (to, _) = lookup(target, to, Need::File)?;
-    std::fs::rename(&from, &to).map_err(|e| SourceError::io("renaming into place", &to, e))?;
-    Ok(to)
+    existing(target, from, Need::File)?;
+    let (to_path, _) = lookup(target, to, Need::File)?;
+    let (from_dir, from_name) = parent_dir(target, from)?;
+    let (to_dir, to_name) = parent_dir(target, to)?;
+    nix::fcntl::renameat(&from_dir, from_name, &to_dir, to_name)
+        .map_err(|e| SourceError::io("renaming into place", &to_path, e.into()))?;
+    Ok(to_path)
 }
 
 /// Creates the directory `target/rel` and any missing directory above it inside `target`, each
@@ -221,8 +252,13 @@ pub(crate) fn create_dir_all(target: &Path, rel: &str, mode: u32) -> Result<bool
         prefix.push_str(segment);
         let (path, md) = lookup(target, &prefix, Need::Dir)?;
         if md.is_none() {
-            std::fs::create_dir(&path).map_err(|e| SourceError::io("creating", &path, e))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            let (dir, name) = parent_dir(target, &prefix)?;
+            nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(mode))
+                .map_err(|e| SourceError::io("creating", &path, e.into()))?;
+            // `mode` as given, not as the umask left it.
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            open_in(&dir, name, flags, 0, &path)?
+                .set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(|e| SourceError::io("setting permissions of", &path, e))?;
             created = true;
         }
@@ -301,6 +337,26 @@ mod tests {
         refused(rename(&target, "a", "dir/victim"));
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
         assert!(!outside.join("new").exists() && !outside.join("sub").exists());
+    }
+
+    /// What a fix-up does once [`lookup`] accepted a path goes through the directories as
+    /// opened one by one with `O_NOFOLLOW`: a directory swapped for a link to the outside after
+    /// the check (by someone who can write in the target) is refused, not followed.
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_check_is_not_followed() {
+        let (_outer, target, outside) = hostile_tree();
+        std::fs::create_dir(target.join("real")).unwrap();
+        lookup(&target, "real/victim", Need::File).unwrap();
+        let (dir, name) = parent_dir(&target, "real/victim").unwrap();
+        assert_eq!(name, "victim");
+        drop(dir);
+        std::fs::rename(target.join("real"), target.join("moved")).unwrap();
+        symlink(&outside, target.join("real")).unwrap();
+        let err = parent_dir(&target, "real/victim").unwrap_err().to_string();
+        assert!(err.contains("real"), "{err}");
+        // The path-based calls the fix-ups made before would have gone through the link.
+        assert!(target.join("real/victim").exists());
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
     }
 
     #[test]
