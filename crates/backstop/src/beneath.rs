@@ -8,8 +8,9 @@
 //! descriptor, so the kernel refuses any symlink and any `..` on the way, atomically; the last
 //! component is then created, opened or changed relative to that directory, never through a
 //! symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, or an open descriptor). Where `openat2` is
-//! missing (Linux before 5.6, or a seccomp filter that refuses it), directories are opened
-//! with `openat` instead, which is as safe as the component checks it stands in for.
+//! missing (Linux before 5.6, or a seccomp filter that refuses it), directories are opened one
+//! component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`, each relative to the one
+//! before, which refuses a symlink anywhere on the way just as well (the paths hold no `..`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -105,12 +106,27 @@ impl Beneath {
                 other => return Ok(other?),
             }
         }
-        Ok(rustix::fs::openat(
+        // Without openat2, one component at a time, each refused if it is a symlink: what
+        // RESOLVE_NO_SYMLINKS does, given paths without `..` (the restore checks every path).
+        let mut components = rel.components();
+        let Some(first) = components.next() else {
+            return Ok(rustix::fs::openat(&self.dir, ".", flags, Mode::empty())?);
+        };
+        let mut dir = rustix::fs::openat(
             &self.dir,
-            rel,
+            first.as_os_str(),
             flags | OFlags::NOFOLLOW,
             Mode::empty(),
-        )?)
+        )?;
+        for component in components {
+            dir = rustix::fs::openat(
+                &dir,
+                component.as_os_str(),
+                flags | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )?;
+        }
+        Ok(dir)
     }
 
     /// Creates a new file at `path` (never through a symlink; an existing entry is an error),
@@ -363,6 +379,36 @@ mod tests {
         names.sort();
         assert_eq!(names, ["dir", "victim"]);
         assert!(!target.path().join("stolen").exists());
+    }
+
+    /// Without `openat2` (kernels before 5.6), a symlink deeper on the way is refused too: the
+    /// directories are then opened one component at a time, each with `O_NOFOLLOW`.
+    #[test]
+    fn without_openat2_a_symlink_deeper_on_the_way_is_refused() {
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("dir")).unwrap();
+        std::fs::write(outside.path().join("dir/victim"), b"outside").unwrap();
+        std::fs::create_dir_all(target.path().join("a/b")).unwrap();
+        // `sub` is above the directory that holds the file: a single `openat` of `a/sub/dir`
+        // with `O_NOFOLLOW` would check only `dir`, and go through the link.
+        std::os::unix::fs::symlink(outside.path(), target.path().join("a/sub")).unwrap();
+        let beneath = Beneath::open(target.path()).unwrap();
+        beneath.no_openat2.store(true, Ordering::Relaxed);
+        let via = |name: &str| target.path().join("a/sub/dir").join(name);
+        assert!(beneath.open_file(&via("victim"), OFlags::RDWR).is_err());
+        assert!(beneath.create_file(&via("new"), 0o600, false).is_err());
+        assert!(beneath.unlink(&via("victim")).is_err());
+        assert_eq!(
+            std::fs::read(outside.path().join("dir/victim")).unwrap(),
+            b"outside"
+        );
+        assert!(!outside.path().join("dir/new").exists());
+        // Real directories below the target still work.
+        beneath
+            .create_file(&target.path().join("a/b/new"), 0o600, false)
+            .unwrap();
+        assert!(target.path().join("a/b/new").exists());
     }
 
     /// Listing and deleting never follow a symlink: a directory deleted with what is in it

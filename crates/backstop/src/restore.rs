@@ -13,8 +13,8 @@
 //! directory that another local user who can write in the target swaps for a symlink while
 //! the restore runs stops the restore instead of sending it outside; a delta restore lists and
 //! deletes what the backup lacks through directory descriptors the same way, and the marker is
-//! written through the target's. Not covered: kernels without `openat2` (before 5.6), where
-//! directories are opened with `openat` after the same checks. The sources' fix-ups do their own
+//! written through the target's. On kernels without `openat2` (before 5.6) the directories are
+//! opened one component at a time with `O_NOFOLLOW`, to the same effect. The sources' fix-ups do their own
 //! file operations through directories opened one component at a time from the target with
 //! `O_NOFOLLOW` (`backstop_source`'s `restored` module); the paths they hand to a database's
 //! tools (`db_recover`, PostgreSQL itself) are the tools' to open.
