@@ -63,7 +63,7 @@ pub use fault::{FaultPlan, FaultStore};
 #[cfg(feature = "gcs")]
 pub use gcs::GcsStore;
 pub use local::{LocalStore, LocalStoreOptions};
-pub use memory::MemoryStore;
+pub use memory::{MemorySnapshot, MemoryStore};
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure", feature = "webdav"))]
 pub use object::CloudStoreOptions;
 #[cfg(feature = "s3")]

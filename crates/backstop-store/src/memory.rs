@@ -16,6 +16,17 @@ pub struct MemoryStore {
     objects: Arc<RwLock<BTreeMap<String, Object>>>,
 }
 
+/// What a [`MemoryStore`] held at one moment ([`MemoryStore::snapshot`]).
+#[derive(Clone)]
+pub struct MemorySnapshot(BTreeMap<String, Object>);
+
+impl MemorySnapshot {
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
 #[derive(Clone)]
 struct Object {
     bytes: Arc<Vec<u8>>,
@@ -100,6 +111,19 @@ impl MemoryStore {
     /// The bytes under `key`, if any, without any checks.
     pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
         self.read().get(key).map(|o| o.bytes.as_ref().clone())
+    }
+
+    /// Everything the store holds now (the objects are shared, not copied), to put back with
+    /// [`MemoryStore::restore`]: a test that injects a failure at each step of an operation
+    /// starts every attempt from the same state.
+    pub fn snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot(self.read().clone())
+    }
+
+    /// Makes the store hold exactly what `snapshot` held: objects added since go, changed or
+    /// removed ones come back.
+    pub fn restore(&self, snapshot: &MemorySnapshot) {
+        self.write().clone_from(&snapshot.0);
     }
 
     fn object(&self, key: &str) -> Result<Object, StoreError> {
@@ -207,6 +231,22 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restoring_a_snapshot_undoes_puts_removals_and_damage() {
+        let store = MemoryStore::new();
+        store.put("a", b"one", PutMode::Create).unwrap();
+        store.put("b", b"two", PutMode::Create).unwrap();
+        let saved = store.snapshot();
+        store.put("c", b"new", PutMode::Create).unwrap();
+        store.raw_remove("b");
+        store.corrupt("a", |bytes| bytes[0] ^= 1);
+        store.restore(&saved);
+        assert_eq!(store.keys(), ["a", "b"]);
+        assert_eq!(saved.keys(), ["a", "b"]);
+        assert_eq!(store.raw_get("a").unwrap(), b"one");
+        assert_eq!(store.raw_get("b").unwrap(), b"two");
+    }
 
     #[test]
     fn clones_share_objects_and_corrupt_changes_them() {

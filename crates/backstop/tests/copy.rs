@@ -377,19 +377,8 @@ fn a_failure_at_any_put_of_a_copy_leaves_the_destination_valid() {
             &incompressible(50_000, 9),
         )
         .unwrap();
-    let pristine: Vec<(String, Vec<u8>)> = base
-        .keys()
-        .into_iter()
-        .map(|k| (k.clone(), base.raw_get(&k).unwrap()))
-        .collect();
-    let reset = || {
-        for k in base.keys() {
-            base.raw_remove(&k);
-        }
-        for (k, v) in &pristine {
-            base.raw_put(k, v.clone());
-        }
-    };
+    let pristine = base.snapshot();
+    let reset = || base.restore(&pristine);
 
     let counting = Arc::new(FaultStore::new(base.clone()));
     BackupEngine::open(Arc::clone(&counting), engine_options(Some("d")))

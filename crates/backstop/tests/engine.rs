@@ -1893,11 +1893,7 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
     engine
         .create_backup(&mut DirSource::new(more.path()), &BackupOptions::default())
         .unwrap();
-    let pristine: Vec<(String, Vec<u8>)> = base
-        .keys()
-        .into_iter()
-        .map(|k| (k.clone(), base.raw_get(&k).unwrap()))
-        .collect();
+    let pristine = base.snapshot();
 
     // Count the puts of a successful third backup.
     let counting = Arc::new(FaultStore::new(base.clone()));
@@ -1921,12 +1917,7 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
         // failures are injected here.
         for torn in [false] {
             // Back to the state with two backups.
-            for k in base.keys() {
-                base.raw_remove(&k);
-            }
-            for (k, v) in &pristine {
-                base.raw_put(k, v.clone());
-            }
+            base.restore(&pristine);
             let mut plan = FaultPlan::new().fail_put(fail_at);
             if torn {
                 plan = plan.leave_torn_object();
@@ -1966,7 +1957,7 @@ fn a_failure_at_any_put_of_a_backup_leaves_the_repository_valid() {
                         .filter(|k| k.starts_with("packs/"))
                         .collect()
                 };
-                let before: Vec<String> = packs(pristine.iter().map(|(k, _)| k.clone()).collect());
+                let before: Vec<String> = packs(pristine.keys());
                 assert_eq!(
                     packs(base.keys()),
                     before,
@@ -3151,19 +3142,8 @@ fn a_gc_cancelled_while_it_reads_the_file_lists_changes_nothing() {
 fn a_failure_at_any_step_of_a_rewriting_gc_leaves_the_repository_valid() {
     use backstop::GcOptions;
     let (base, kept) = repository_with_mostly_unused_packs();
-    let pristine: Vec<(String, Vec<u8>)> = base
-        .keys()
-        .into_iter()
-        .map(|k| (k.clone(), base.raw_get(&k).unwrap()))
-        .collect();
-    let reset = || {
-        for k in base.keys() {
-            base.raw_remove(&k);
-        }
-        for (k, v) in &pristine {
-            base.raw_put(k, v.clone());
-        }
-    };
+    let pristine = base.snapshot();
+    let reset = || base.restore(&pristine);
     let no_grace = GcOptions::default().with_superseded_grace(std::time::Duration::ZERO);
     let counting = Arc::new(FaultStore::new(base.clone()));
     let clean = BackupEngine::open(Arc::clone(&counting), opts())
