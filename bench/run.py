@@ -1904,76 +1904,68 @@ def write_report(bench, chart_name):
         )
         w("## Targets of issue 9\n")
         w(target_table(get, tools, bench.history))
-    checked = [t for t in tools if get.get((t, "check"))]
-    if checked:
-        w("## Reading back every byte\n")
-        w(
-            "After the restores, each tool reads its whole repository (both backups) and checks it: "
-            "Backstop `verify --full` (every pack against its BLAKE3 name, every blob decrypted, decompressed "
-            "and hashed), restic and rustic `check --read-data`, borg `check --verify-data`, and for "
-            "tar+zstd `zstd -t` (the frames' xxh64 checksums). MiB/s is of the repository's bytes.\n"
-        )
-        w(f"| tool | wall s | CPU s | peak RSS MiB | repository MiB | MiB/s | Backstop / tool{runs_head} |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---:" + runs_sep + " |")
-        bs_check = get.get(("backstop", "check"))
-        for tool in checked:
-            r = get[(tool, "check")]
-            speed = round(r["repo_bytes"] / MIB / r["wall_s"], 1) if r["wall_s"] > 0 else None
-            versus = ratio(bs_check["wall_s"], r["wall_s"]) if bs_check and tool != "backstop" else ""
+    def step_table(step, title, method, columns, cells, align):
+        """A section for one step after the restores: each tool's wall and CPU time, peak RSS,
+        the step's own `columns` (`cells` gives a row's), and Backstop's wall time over each
+        tool's."""
+        done = [t for t in tools if get.get((t, step))]
+        if not done:
+            return
+        w(f"## {title}\n")
+        w(method)
+        w(f"| tool | wall s | CPU s | peak RSS MiB | {columns} | Backstop / tool{runs_head} |")
+        w(f"| --- | ---: | ---: | ---: | {align} | ---:" + runs_sep + " |")
+        ours = get.get(("backstop", step))
+        for tool in done:
+            r = get[(tool, step)]
+            versus = ratio(ours["wall_s"], r["wall_s"]) if ours and tool != "backstop" else ""
             w(
                 f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
-                f"{mib(r['repo_bytes'])} | {speed} | {versus} |"
+                f"{cells(r)} | {versus} |"
                 + runs_cell(r)
             )
         w("")
-    copied = [t for t in tools if get.get((t, "copy"))]
-    if copied:
-        w("## Copying to a second repository\n")
-        w(
-            "After the restores, each tool copies both backups (full and incremental) into a second, "
-            "empty repository on the same disk, made from the first so that the two share what they "
-            "must (untimed): Backstop `init --from-repo` then `copy --from-repo` (stored units copied "
-            "as they are, each source pack checked against its id), restic `init --from-repo "
-            "--copy-chunker-params` then `copy --from-repo`, rustic `copy --init` with a filter that "
-            "matches nothing, then `copy --target` (both decrypt every blob and encrypt it again for "
-            "the other repository's key).\n"
-        )
-        w(f"| tool | wall s | CPU s | peak RSS MiB | copy MiB | Backstop / tool{runs_head} |")
-        w("| --- | ---: | ---: | ---: | ---: | ---:" + runs_sep + " |")
-        bs_copy = get.get(("backstop", "copy"))
-        for tool in copied:
-            r = get[(tool, "copy")]
-            versus = ratio(bs_copy["wall_s"], r["wall_s"]) if bs_copy and tool != "backstop" else ""
-            w(
-                f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
-                f"{mib(r['repo_bytes'])} | {versus} |"
-                + runs_cell(r)
-            )
-        w("")
-    overs = [t for t in tools if get.get((t, "over"))]
-    if overs:
-        w("## Restoring over an earlier copy\n")
-        w(
-            "The target holds version 1 (as backed up) and each tool makes it the latest backup "
-            "(version 2): Backstop `restore --delta` (every file there read and hashed chunk by chunk, "
-            "only the chunks that differ fetched and written, what the backup lacks deleted), rustic "
-            "`restore --delete --verify-existing` (the same promise: without `--verify-existing` it "
-            "trusts a file whose size and mtime match). Timed until on disk (with `sync`), compared "
-            "byte for byte with version 2. A full restore into an empty directory is in the results "
-            "above.\n"
-        )
-        w(f"| tool | wall s | CPU s | peak RSS MiB | restore | Backstop / tool{runs_head} |")
-        w("| --- | ---: | ---: | ---: | --- | ---:" + runs_sep + " |")
-        bs_over = get.get(("backstop", "over"))
-        for tool in overs:
-            r = get[(tool, "over")]
-            versus = ratio(bs_over["wall_s"], r["wall_s"]) if bs_over and tool != "backstop" else ""
-            w(
-                f"| {tool} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mib']:.1f} | "
-                f"{'identical' if r.get('verified') else '**DIFFERS**'} | {versus} |"
-                + runs_cell(r)
-            )
-        w("")
+
+    step_table(
+        "check",
+        "Reading back every byte",
+        "After the restores, each tool reads its whole repository (both backups) and checks it: "
+        "Backstop `verify --full` (every pack against its BLAKE3 name, every blob decrypted, decompressed "
+        "and hashed), restic and rustic `check --read-data`, borg `check --verify-data`, and for "
+        "tar+zstd `zstd -t` (the frames' xxh64 checksums). MiB/s is of the repository's bytes.\n",
+        "repository MiB | MiB/s",
+        lambda r: f"{mib(r['repo_bytes'])} | "
+        f"{round(r['repo_bytes'] / MIB / r['wall_s'], 1) if r['wall_s'] > 0 else None}",
+        "---: | ---:",
+    )
+    step_table(
+        "copy",
+        "Copying to a second repository",
+        "After the restores, each tool copies both backups (full and incremental) into a second, "
+        "empty repository on the same disk, made from the first so that the two share what they "
+        "must (untimed): Backstop `init --from-repo` then `copy --from-repo` (stored units copied "
+        "as they are, each source pack checked against its id), restic `init --from-repo "
+        "--copy-chunker-params` then `copy --from-repo`, rustic `copy --init` with a filter that "
+        "matches nothing, then `copy --target` (both decrypt every blob and encrypt it again for "
+        "the other repository's key).\n",
+        "copy MiB",
+        lambda r: mib(r["repo_bytes"]),
+        "---:",
+    )
+    step_table(
+        "over",
+        "Restoring over an earlier copy",
+        "The target holds version 1 (as backed up) and each tool makes it the latest backup "
+        "(version 2): Backstop `restore --delta` (every file there read and hashed chunk by chunk, "
+        "only the chunks that differ fetched and written, what the backup lacks deleted), rustic "
+        "`restore --delete --verify-existing` (the same promise: without `--verify-existing` it "
+        "trusts a file whose size and mtime match). Timed until on disk (with `sync`), compared "
+        "byte for byte with version 2. A full restore into an empty directory is in the results "
+        "above.\n",
+        "restore",
+        lambda r: "identical" if r.get("verified") else "**DIFFERS**",
+        "---",
+    )
     pruned = [t for t in tools if get.get((t, "prune"))]
     if pruned:
         w("## Deleting the full backup\n")
