@@ -38,16 +38,19 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Options every subcommand accepts.
+/// Options every subcommand accepts. Their own heading keeps a subcommand's help readable:
+/// its options first, then these.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
-    /// Repository location (a directory)
+    /// Repository location: a directory, or a URL (`s3://BUCKET/PREFIX?endpoint=…`, `gs://`,
+    /// `az://`, `webdav+https://`, `sftp://`; see `docs/object-storage.md`)
     #[arg(
         short = 'r',
         long,
         env = "BACKSTOP_REPO",
         global = true,
-        value_name = "PATH"
+        value_name = "PATH_OR_URL"
     )]
     pub(crate) repo: Option<String>,
 
