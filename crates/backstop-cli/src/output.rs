@@ -302,6 +302,14 @@ pub(crate) fn time(unix: i64) -> String {
     format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
+/// `n` of a thing, in the singular for one: `1 file`, `3 files` (`noun` takes an `s`).
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    match n.into() {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// An identifier or path as human output shows it: in backticks.
 pub(crate) fn quoted(text: impl std::fmt::Display) -> String {
     format!("`{text}`")
@@ -327,6 +335,13 @@ mod tests {
         assert_eq!(duration_ms(12_345), "12.3 s");
         assert_eq!(duration_ms(245_000), "4 min 05 s");
         assert_eq!(duration_ms(7_380_000), "2 h 03 min");
+    }
+
+    #[test]
+    fn counts_of_one_are_singular() {
+        assert_eq!(count(0u64, "file"), "0 files");
+        assert_eq!(count(1u64, "file"), "1 file");
+        assert_eq!(count(2u32, "backup"), "2 backups");
     }
 
     #[test]

@@ -77,9 +77,9 @@ fn summary(printer: Printer, info: &BackupInfo) -> Result<()> {
         output::duration_ms(info.duration_ms)
     ))?;
     printer.status(format!(
-        "  files   {} files, {} dirs, {}",
-        info.files,
-        info.dirs,
+        "  files   {}, {}, {}",
+        output::count(info.files, "file"),
+        output::count(info.dirs, "dir"),
         output::size(info.size)
     ))?;
     printer.status(format!(
@@ -88,10 +88,10 @@ fn summary(printer: Printer, info: &BackupInfo) -> Result<()> {
         output::rate(info.bytes_read, info.duration_ms)
     ))?;
     printer.status(format!(
-        "  added   {} ({} before compression, {} blobs)",
+        "  added   {} ({} before compression, {})",
         output::size(info.bytes_added),
         output::size(info.bytes_added_raw),
-        info.blobs_added
+        output::count(info.blobs_added, "blob")
     ))?;
     if let Some(parent) = info.parent {
         printer.status(format!("  parent  backup {}", quoted(parent)))?;

@@ -8,7 +8,7 @@ use backstop::{BackupSelector, CopyOptions, ReadOnlyEngine};
 use crate::cli::CopyArgs;
 use crate::exit::{Code, Exit};
 use crate::interrupt;
-use crate::output::{quoted, size};
+use crate::output::{count, quoted, size};
 use crate::password;
 use crate::progress::CliProgress;
 use crate::repo::Settings;
@@ -47,11 +47,11 @@ pub(super) fn run(settings: &Settings, args: &CopyArgs) -> Result<()> {
         printer.status(format!("already here: {}", ids.join(", ")))?;
     }
     let mut summary = format!(
-        "{} backups copied: {} blobs the destination lacked, {} in {} packs",
-        report.copied.len(),
-        report.blobs_copied,
+        "{} copied: {} the destination lacked, {} in {}",
+        count(report.copied.len() as u64, "backup"),
+        count(report.blobs_copied, "blob"),
         size(report.bytes_written),
-        report.packs_written
+        count(report.packs_written, "pack")
     );
     if report.archive_objects_copied > 0 {
         summary.push_str(&format!(

@@ -151,9 +151,9 @@ fn describe(printer: Printer, backup: &BackupInfo) -> Result<()> {
         (
             "files",
             format!(
-                "{} files, {} dirs, {}",
-                backup.files,
-                backup.dirs,
+                "{}, {}, {}",
+                output::count(backup.files, "file"),
+                output::count(backup.dirs, "dir"),
                 output::size(backup.size)
             ),
         ),
@@ -161,10 +161,10 @@ fn describe(printer: Printer, backup: &BackupInfo) -> Result<()> {
         (
             "added",
             format!(
-                "{} ({} before compression, {} blobs)",
+                "{} ({} before compression, {})",
                 output::size(backup.bytes_added),
                 output::size(backup.bytes_added_raw),
-                backup.blobs_added
+                output::count(backup.blobs_added, "blob")
             ),
         ),
         ("restore", backup.restore_kind.clone()),

@@ -129,17 +129,17 @@ pub(super) fn run(settings: &Settings, args: &RestoreArgs) -> Result<()> {
     // A delta restore's files are all there at the end, most of them found in place.
     let restored = info.bytes + info.bytes_kept;
     printer.status(format!(
-        "restored backup {} into {}: {} files{}, {} dirs, {} symlinks, {} in {} ({})",
+        "restored backup {} into {}: {}{}, {}, {}, {} in {} ({})",
         printer.good(&quoted(info.id)),
         quoted(target.display()),
-        info.files,
+        output::count(info.files, "file"),
         if info.hard_links > 0 {
             format!(" ({} of them hard links)", info.hard_links)
         } else {
             String::new()
         },
-        info.dirs,
-        info.symlinks,
+        output::count(info.dirs, "dir"),
+        output::count(info.symlinks, "symlink"),
         output::size(restored),
         output::duration_ms(info.duration_ms),
         output::rate(restored, info.duration_ms)

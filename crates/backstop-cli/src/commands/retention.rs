@@ -173,8 +173,8 @@ fn report_purged(
         // The plan is what a dry run exists to show: printed even with `-q`.
         printer.line(plan)?;
         return printer.status(format!(
-            "would delete {} backups{}; nothing changed (dry run)",
-            deleted.len(),
+            "would delete {}{}; nothing changed (dry run)",
+            output::count(deleted.len() as u64, "backup"),
             if wal_deleted.is_empty() {
                 String::new()
             } else {
@@ -307,10 +307,14 @@ pub(super) fn gc(settings: &Settings, args: &GcArgs) -> Result<()> {
         ));
     }
     printer.status(format!(
-        "{delete} {} packs ({}), kept {} packs, {} indexes rewritten{extra}",
-        report.packs_deleted,
+        "{delete} {} ({}), kept {}, {} rewritten{extra}",
+        output::count(report.packs_deleted, "pack"),
         output::size(report.bytes_freed),
-        report.packs_kept,
-        report.indexes_rewritten
+        output::count(report.packs_kept, "pack"),
+        if report.indexes_rewritten == 1 {
+            "1 index".to_owned()
+        } else {
+            format!("{} indexes", report.indexes_rewritten)
+        }
     ))
 }

@@ -62,10 +62,15 @@ fn print_report(settings: &Settings, report: &VerifyReport, level: VerifyLevel) 
         backups.join(", ")
     };
     printer.status(format!(
-        "verified ({level}) backups {backups}: {} blobs in {} packs, {} packs read ({})",
-        report.blobs,
-        report.packs,
-        report.packs_read,
+        "verified ({level}) {} {backups}: {} in {}, {} read ({})",
+        if report.backups.len() == 1 {
+            "backup"
+        } else {
+            "backups"
+        },
+        output::count(report.blobs, "blob"),
+        output::count(report.packs, "pack"),
+        output::count(report.packs_read, "pack"),
         output::size(report.bytes_read)
     ))?;
     if report.is_ok() {
