@@ -289,10 +289,20 @@ fn dump_writes_one_file_to_stdout() {
     assert!(out.stdout == std::fs::read(world.data().join("blob.bin")).unwrap());
     world
         .cmd()
-        .args(["dump", "latest", "sub"])
+        .args(["dump", "latest", "no-such-file"])
         .assert()
         .code(6)
-        .stderr(predicate::str::contains("has no file `sub`"));
+        .stderr(predicate::str::contains("has no file `no-such-file`"));
+    // A directory is there, but is not a file to write out: say so, and how to get it.
+    world
+        .cmd()
+        .args(["dump", "latest", "sub"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "`sub` of backup 1 is a directory, not a file",
+        ))
+        .stderr(predicate::str::contains("--include 'sub'"));
     world
         .cmd()
         .args(["--json", "dump", "latest", "blob.bin"])

@@ -158,8 +158,9 @@ impl ReadOnlyEngine {
     }
 
     /// Writes one file of a backup to `out` (restic's `dump`), a few MiB at a time, every
-    /// chunk checked; returns the bytes written. A missing path, or one that is not a file, is
-    /// [`crate::ErrorKind::NotFound`].
+    /// chunk checked; returns the bytes written. A missing path is
+    /// [`crate::ErrorKind::NotFound`]; a directory or symlink is
+    /// [`crate::ErrorKind::InvalidInput`], its message naming what it is.
     pub fn dump(
         &self,
         which: impl Into<BackupSelector>,

@@ -95,6 +95,14 @@ enum RestoreError {
     #[error("backup {backup} has no file `{path}`")]
     NoSuchFile { backup: u64, path: String },
     #[error(
+        "`{path}` of backup {backup} is a {kind}, not a file; restore it with `restore {backup} DIR --include '{path}'`"
+    )]
+    NotARegularFile {
+        backup: u64,
+        path: String,
+        kind: &'static str,
+    },
+    #[error(
         "no path of backup {backup} matches `{patterns}`; `backstop info {backup} --files` lists them"
     )]
     NoMatch { backup: u64, patterns: String },
@@ -2117,20 +2125,37 @@ pub(crate) fn write_file(
 ) -> Result<u64> {
     let mut found = None;
     repo.for_each_node(snapshot, |n| {
-        if n.path == path && n.kind == NODE_FILE {
+        if n.path == path {
             found = Some(n);
         }
         Ok(())
     })?;
-    let node = found.ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            RestoreError::NoSuchFile {
-                backup: snapshot.id,
-                path: path.to_owned(),
-            },
-        )
-    })?;
+    let node = match found {
+        Some(node) if node.kind == NODE_FILE => node,
+        Some(other) => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                RestoreError::NotARegularFile {
+                    backup: snapshot.id,
+                    path: path.to_owned(),
+                    kind: if other.kind == NODE_DIR {
+                        "directory"
+                    } else {
+                        "symlink"
+                    },
+                },
+            ));
+        }
+        None => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                RestoreError::NoSuchFile {
+                    backup: snapshot.id,
+                    path: path.to_owned(),
+                },
+            ));
+        }
+    };
     let context = format!("`{path}` of backup {}", snapshot.id);
     let mut written = 0u64;
     let mut rest = node.chunks.as_slice();

@@ -1162,7 +1162,7 @@ fn a_sparse_restore_leaves_chunks_of_zeros_as_holes() {
 }
 
 /// `dump` writes one file, several batches of chunks long, byte for byte, and `read_file` the
-/// same into memory; a directory or a missing path is not found.
+/// same into memory; a missing path is not found, and a directory is refused as one.
 #[test]
 fn dump_writes_one_file_of_a_backup() {
     let data = tempfile::tempdir().unwrap();
@@ -1180,10 +1180,14 @@ fn dump_writes_one_file_of_a_backup() {
     );
     assert!(out == big, "the dumped bytes differ");
     assert!(engine.read_file(info.id, "big").unwrap() == big);
-    for path in ["dir", "nope"] {
-        let err = engine.dump(info.id, path, &mut Vec::new()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotFound, "{path}: {err}");
-    }
+    let err = engine.dump(info.id, "nope", &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = engine.dump(info.id, "dir", &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().contains("is a directory, not a file"),
+        "{err}"
+    );
 }
 
 /// `diff` names each path added, removed, changed in content or type, or only in metadata,
