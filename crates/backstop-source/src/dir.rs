@@ -277,7 +277,7 @@ impl TreeWalk {
     /// Also recognises database page files as they are listed ([`crate::recognise`]).
     #[must_use]
     pub fn recognising_pages(mut self) -> Self {
-        self.recogniser = Some(PageRecogniser::default());
+        self.recogniser = Some(PageRecogniser::keeping_locks());
         self
     }
 

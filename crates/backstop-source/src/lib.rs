@@ -24,6 +24,7 @@ pub mod eventstore;
 pub mod group;
 pub mod hold;
 pub mod in_use;
+pub mod own_locks;
 pub mod recognise;
 pub mod restore_profile;
 mod restored;

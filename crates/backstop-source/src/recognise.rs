@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
+use crate::own_locks::{Inode, OpenElsewhere};
 use crate::{ChangeModel, Content, Entry, EntryKind};
 
 /// Smaller files are one blob however they are cut; reading their headers would cost an open
@@ -43,9 +44,21 @@ pub fn mark_page_files(entries: &mut [Entry]) {
 pub struct PageRecogniser {
     /// Directories holding `PG_VERSION`, each with a trailing `/` (the root as "").
     clusters: HashSet<String>,
+    /// Files this process has open: their headers are read without dropping its locks on them.
+    open_elsewhere: OpenElsewhere,
 }
 
 impl PageRecogniser {
+    /// A recogniser that reads a header of a file this process has open (an application's
+    /// own database, when it embeds the engine) through [`OpenElsewhere`], so that closing it
+    /// drops none of the process's locks; `default()` notes nothing and simply closes.
+    pub fn keeping_locks() -> Self {
+        Self {
+            clusters: HashSet::new(),
+            open_elsewhere: OpenElsewhere::now(),
+        }
+    }
+
     /// Notes the cluster directories among `entries` (a directory's listing, or a whole tree).
     pub fn observe(&mut self, entries: &[Entry]) {
         let found = entries
@@ -69,7 +82,10 @@ impl PageRecogniser {
             (PageFormat::Postgres, PG_PAGE)
         } else if entry.size >= SNIFF_FROM {
             match &entry.content {
-                Content::File(path) => sniff(path)?,
+                Content::File(path) => {
+                    let inode = entry.fs_identity.map(|f| (f.dev, f.ino));
+                    sniff_through(&self.open_elsewhere, path, inode)?
+                }
                 _ => return None,
             }
         } else {
@@ -131,8 +147,16 @@ pub fn sniff_page_size(path: &Path) -> Option<u32> {
 
 /// The format and page size a file's header declares.
 fn sniff(path: &Path) -> Option<(PageFormat, u32)> {
+    sniff_through(&OpenElsewhere::default(), path, None)
+}
+
+fn sniff_through(
+    open: &OpenElsewhere,
+    path: &Path,
+    inode: Option<Inode>,
+) -> Option<(PageFormat, u32)> {
     let mut header = [0u8; 32];
-    let mut file = std::fs::File::open(path).ok()?;
+    let mut file = open.open(path, inode).ok()?;
     file.read_exact(&mut header).ok()?;
     format_from_header(&header)
 }

@@ -41,6 +41,7 @@ use crate::page_list;
 use crate::parent::{ParentCursor, ParentNodes};
 use crate::repo::{Repository, lock};
 use crate::{Error, ErrorKind, Result};
+use backstop_source::own_locks::OpenElsewhere;
 
 /// The fewest queued blob ids the dispatcher prunes (of those the index has since got):
 /// 2 MiB of ids.
@@ -243,6 +244,8 @@ pub(crate) fn create_backup(
         full_read: options.full_read,
     };
     let session = source.begin(&ctx)?;
+    // After `begin`, so that what the session itself opened counts too.
+    let open_elsewhere = OpenElsewhere::now();
 
     let threads = repo.options.worker_threads();
     let level = repo.options.compression_level;
@@ -272,6 +275,7 @@ pub(crate) fn create_backup(
             files: FileStorer {
                 repo,
                 options,
+                open_elsewhere: &open_elsewhere,
                 dispatch: Dispatch::new(job_tx, threads, &in_flight),
                 parent_map: None,
                 failed: &failed,
@@ -552,6 +556,9 @@ struct TreeBuilder {
 struct FileStorer<'a> {
     repo: &'a Repository,
     options: &'a BackupOptions,
+    /// What this process had open when the session began: files to read without dropping its
+    /// locks on them (see `own_locks`).
+    open_elsewhere: &'a OpenElsewhere,
     dispatch: Dispatch<'a>,
     /// The parent's nodes, once a listed phase needed them (empty if there is no parent).
     parent_map: Option<ParentNodes>,
@@ -1017,7 +1024,10 @@ impl FileStorer<'_> {
                     ));
                 }
             },
-            Content::File(path) => match std::fs::File::open(path) {
+            Content::File(path) => match self
+                .open_elsewhere
+                .open(path, entry.fs_identity.map(|f| (f.dev, f.ino)))
+            {
                 Ok(f) => Box::new(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let msg = format!("`{}` vanished before it was read; not stored", entry.path);

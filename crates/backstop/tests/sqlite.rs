@@ -394,3 +394,69 @@ fn backup_of_a_connection_the_application_holds() {
     let meta: &BTreeMap<String, String> = &info.source_meta;
     assert_eq!(meta["sqlite.method"], "dbpage");
 }
+
+/// What another process gets when it asks for the write lock of `db` at once: `acquired` or
+/// `locked`.
+fn write_lock_from_another_process(db: &Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n\
+             try:\n    c.execute('BEGIN IMMEDIATE'); print('acquired')\n\
+             except sqlite3.OperationalError as e:\n    print('locked' if 'locked' in str(e) else e)",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// An application that embeds the engine backs up a directory holding its own database while
+/// it writes (a plain copy, warned of). Reading and closing the database's files must not drop
+/// the application's locks: POSIX locks go with any close of the file in the process, and
+/// another process could then write beside the application's transaction.
+#[test]
+fn a_directory_backup_in_the_process_that_writes_the_database_keeps_its_locks() {
+    for mode in ["delete", "wal"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("bank.db");
+        create_bank(&db, mode, ACCOUNTS, 50);
+        let app = open(&db);
+        app.execute_batch(
+            "BEGIN IMMEDIATE; UPDATE accounts SET balance = balance + 1 WHERE id = 1;",
+        )
+        .unwrap();
+        assert_eq!(write_lock_from_another_process(&db), "locked", "{mode}");
+
+        let engine = engine(MemoryStore::new());
+        for _ in 0..2 {
+            let info = engine
+                .create_backup(
+                    &mut backstop::DirSource::new(dir.path()),
+                    &BackupOptions::default(),
+                )
+                .unwrap();
+            assert!(
+                info.warnings
+                    .iter()
+                    .any(|w| w.contains("running SQLite database")),
+                "{mode}: {:?}",
+                info.warnings
+            );
+            assert_eq!(
+                write_lock_from_another_process(&db),
+                "locked",
+                "{mode}: the backup dropped the application's lock"
+            );
+        }
+        app.execute_batch("COMMIT").unwrap();
+        drop(app);
+        assert_eq!(write_lock_from_another_process(&db), "acquired", "{mode}");
+    }
+}
