@@ -44,6 +44,8 @@ mod operator;
 mod s3;
 #[cfg(feature = "sftp")]
 mod sftp;
+#[cfg(feature = "sftp")]
+mod sftp_fsync;
 mod throttle;
 mod url;
 #[cfg(feature = "webdav")]

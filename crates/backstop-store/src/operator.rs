@@ -81,6 +81,12 @@ impl Client {
         })
     }
 
+    /// The runtime's handle, for what must end on it (a connection's close), if it still runs.
+    #[cfg(feature = "sftp")]
+    pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
+    }
+
     /// Runs one operation on the runtime, trying again while `classify` calls its failure
     /// [`StoreErrorKind::Transient`] and the limits allow: backing off from 0.5 s, doubling up
     /// to 15 s. `report` turns the last failure, its kind and the number of tries into the

@@ -10,7 +10,9 @@ use std::time::Duration;
 use opendal::{EntryMode, Operator};
 
 use crate::operator::{Client, RetryLimits, checked_range_read, error_chain};
+use crate::sftp_fsync::{Endpoint, Fsyncer};
 use crate::{ObjectMeta, PutMode, Store, StoreError, StoreErrorKind, split_prefix, validate_key};
+use openssh_sftp_client::openssh::KnownHosts;
 
 const SERVICE: &str = "SFTP";
 
@@ -44,6 +46,15 @@ pub enum HostKeyCheck {
 }
 
 impl HostKeyCheck {
+    /// The same for the openssh crate, which the fsync connection uses.
+    fn known_hosts(self) -> KnownHosts {
+        match self {
+            HostKeyCheck::Strict => KnownHosts::Strict,
+            HostKeyCheck::AcceptNew => KnownHosts::Add,
+            HostKeyCheck::AcceptAny => KnownHosts::Accept,
+        }
+    }
+
     /// The value OpenDAL's `known_hosts_strategy` takes.
     fn strategy(self) -> &'static str {
         match self {
@@ -127,16 +138,21 @@ impl SftpStoreOptions {
 ///   writer can race: best effort, as the [`Store`] contract allows and the repository
 ///   tolerates. OpenSSH's exclusive open would make the create atomic but not the write, and a
 ///   reader must never see a half object.
-/// - **Durability is the server's.** SFTP has no fsync in OpenDAL's client: a put that returned
-///   is on the server's file system, and survives a server crash only once the server's
-///   kernel wrote it out.
+/// - **Flushed before it is named.** OpenDAL's client sends no fsync, so the store keeps an
+///   SFTP connection of its own and asks the server to flush each temp file
+///   (`fsync@openssh.com`) before the rename: a put that returned has its data on the server's
+///   disk (see `sftp_fsync.rs`; [`SftpStore::server_flushes`] counts the confirmations). The
+///   rename itself cannot be flushed over SFTP; a journaling file system on the server commits
+///   renames in order. A server without the extension is warned of once, and its puts are as
+///   durable as its page cache.
 /// - **Listing walks the directories**, one `readdir` per directory under the listed one.
 /// - A key cannot be both an object and a directory of other objects (`a` and `a/b`), as on
 ///   a local disk.
 ///
 /// Authentication is ssh's: a key file (`?key=` or `BACKSTOP_SFTP_KEY`), else ssh's own
 /// configuration (`~/.ssh/config`, the agent, `~/.ssh/id_*`); never a password. Each pooled
-/// connection runs one `ssh` master process on this machine (up to 64).
+/// connection runs one `ssh` master process on this machine (up to 64), and the flushing
+/// connection one more.
 ///
 /// The methods block the calling thread; calling them from inside an async task is refused.
 #[derive(Clone)]
@@ -144,8 +160,12 @@ pub struct SftpStore {
     /// A clone of the client's operator (clones share one connection pool); declared before
     /// `client` so that it is gone when the last store drops the client.
     operator: Operator,
+    /// Declared before `client` too: its connection is closed on the client's runtime.
+    fsyncer: Arc<Fsyncer>,
     client: Arc<Client>,
     options: SftpStoreOptions,
+    /// The repository's directory on the server, absolute (`/srv/backups`; `/` for the root).
+    root: String,
     /// `sftp://[user@]host[:port]/path`, without parameters.
     base: String,
 }
@@ -313,6 +333,12 @@ impl SftpStore {
             Some(port) => format!("ssh://{host}:{port}"),
             None => host.to_owned(),
         };
+        let fsync_endpoint = Endpoint {
+            destination: endpoint.clone(),
+            user: user.to_owned(),
+            key_file: options.key_file.clone(),
+            known_hosts: options.host_key_check.known_hosts(),
+        };
         let mut builder = opendal::services::Sftp::default()
             .endpoint(&endpoint)
             .root(&format!("/{prefix}"))
@@ -350,12 +376,21 @@ impl SftpStore {
         }
         base.push('/');
         base.push_str(prefix);
+        let client = Client::new(SERVICE, operator.clone())?;
         Ok(Self {
-            operator: operator.clone(),
-            client: Arc::new(Client::new(SERVICE, operator)?),
+            operator,
+            fsyncer: Arc::new(Fsyncer::new(fsync_endpoint, client.handle())),
+            client: Arc::new(client),
             options,
+            root: format!("/{prefix}"),
             base: base.trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// How many uploads the server has confirmed on its disk (`fsync@openssh.com`) before
+    /// they were renamed into place; stays 0 on a server without that extension.
+    pub fn server_flushes(&self) -> u64 {
+        self.fsyncer.flushed()
     }
 
     /// The options in force (URL parameters applied).
@@ -546,8 +581,14 @@ impl Store for SftpStore {
         let written = self.run(key, "upload", || {
             self.operator.write(&temp, payload.clone())
         });
+        let on_server = format!("{}/{temp}", self.root.trim_end_matches('/'));
+        let flushed = written.and_then(|_| {
+            self.run(key, "fsync of the uploaded temp file", || {
+                self.fsyncer.fsync(&on_server)
+            })
+        });
         let renamed =
-            written.and_then(|_| self.run(key, RENAME, || self.operator.rename(&temp, path)));
+            flushed.and_then(|()| self.run(key, RENAME, || self.operator.rename(&temp, path)));
         if renamed.is_err() {
             // Best effort and tried once, so a server that is down does not double the wait:
             // listings never show the temp file either way.

@@ -242,6 +242,32 @@ fn sftp_store_conforms_on_sshd() {
     }
 }
 
+/// Each put's data is on the server's disk before its name appears: the store has the server
+/// flush the temp file (`fsync@openssh.com`, which OpenSSH's server answers only once its
+/// `fsync(2)` returned) and only then renames it. The count is of the server's confirmations.
+#[test]
+fn sftp_puts_are_flushed_on_the_server_before_they_are_renamed() {
+    let Some(server) = SshServer::start() else {
+        return;
+    };
+    let store = backstop_store::SftpStore::from_url(&server.url_with_key("repo")).unwrap();
+    assert_eq!(store.server_flushes(), 0);
+    for i in 0..3 {
+        store
+            .put(&format!("packs/0{i}/p{i}"), b"pack bytes", PutMode::Create)
+            .unwrap();
+        assert_eq!(store.server_flushes(), i + 1, "put {i}");
+    }
+    for i in 0..3 {
+        assert_eq!(
+            store.get(&format!("packs/0{i}/p{i}")).unwrap(),
+            b"pack bytes"
+        );
+    }
+    let repo = server.data_dir().join("repo");
+    assert_eq!(temp_files_under(&repo), Vec::<std::path::PathBuf>::new());
+}
+
 #[test]
 fn sftp_readers_never_see_a_half_written_object() {
     let Some(server) = SshServer::start() else {
