@@ -30,6 +30,27 @@ pub(crate) fn copy_backups(
 ) -> Result<CopyReport> {
     check_shared_key(into, from)?;
     let lock = lock::acquire_waiting(&into.store, false, "a copy", into.options.lock_wait)?;
+    // A shared lock on the source too, as a backup takes: its gc (exclusive) then waits for
+    // the copy instead of deleting packs the copy is about to read, and the copy waits for a
+    // running gc. A source this process may not write to (read-only credentials, a read-only
+    // mount) is copied without one: a gc there can make the copy fail, never copy wrong data.
+    let source_lock = match lock::acquire_waiting(
+        &from.store,
+        false,
+        "a copy from this repository",
+        into.options.lock_wait,
+    ) {
+        Ok(held) => Some(held),
+        Err(e) if e.kind() == ErrorKind::Locked => return Err(e),
+        Err(e) => {
+            tracing::warn!(
+                source = from.store.describe(),
+                error = %e,
+                "cannot lock the source repository; copying without"
+            );
+            None
+        }
+    };
     into.reload_index()?;
     from.reload_index()?;
 
@@ -76,6 +97,9 @@ pub(crate) fn copy_backups(
                     the destination's next gc deletes the packs it wrote",
     };
     let packs = rewrite_packs(&copying, &rewrites)?;
+    if let Some(held) = &source_lock {
+        held.check_held()?;
+    }
     report.packs_written = packs.len() as u64;
     report.bytes_written = packs.iter().map(|p| p.size).sum();
     lock.check_held()?;
@@ -103,6 +127,7 @@ pub(crate) fn copy_backups(
         ids.insert(source_id, id);
         report.copied.push((source_id, id));
     }
+    drop(source_lock);
     drop(lock);
     Ok(report)
 }

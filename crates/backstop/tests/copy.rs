@@ -454,3 +454,67 @@ fn a_failure_at_any_put_of_a_copy_leaves_the_destination_valid() {
         assert_eq!(restored(&dest, BackupSelector::Id(1)).len(), expected.len());
     }
 }
+
+/// A copy takes a shared lock on its source, as a backup does: while a gc runs there (its
+/// exclusive lock) the copy is refused before anything is written, instead of reading packs
+/// the gc deletes; afterwards it copies and leaves no lock behind. A source it may not write
+/// to (read-only credentials) is copied without a lock.
+#[test]
+fn a_copy_locks_its_source_against_gc_and_copies_a_read_only_one_without() {
+    use backstop::Store as _;
+    let data = tempfile::tempdir().unwrap();
+    let source_store = MemoryStore::new();
+    let source = repository(source_store.clone(), Some("secret"));
+    two_backups(&source, data.path());
+    let dest = copy_of(MemoryStore::new(), &source, Some("secret"));
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let gc_lock = "locks/00000000000000000000000000000000";
+    let info = format!(
+        r#"{{"exclusive":true,"host":"other-host","pid":1,"time_unix":{now},"purpose":"gc"}}"#
+    );
+    source_store
+        .put(gc_lock, info.as_bytes(), backstop::PutMode::Overwrite)
+        .unwrap();
+    let err = dest
+        .copy_from(&source, &CopyOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(dest.list_backups().unwrap().is_empty());
+
+    source_store.delete(gc_lock).unwrap();
+    let report = dest.copy_from(&source, &CopyOptions::default()).unwrap();
+    assert_eq!(report.copied, [(1, 1), (2, 2)]);
+    let locks = |store: &MemoryStore| {
+        store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("locks/"))
+            .count()
+    };
+    assert_eq!(
+        locks(&source_store),
+        0,
+        "the copy left its lock in the source"
+    );
+
+    // Read-only: every put to the source is refused.
+    let read_only = FaultStore::with_plan(
+        source_store.clone(),
+        FaultPlan::new()
+            .fail_puts_from(0)
+            .with_error_kind(backstop::store::StoreErrorKind::PermissionDenied),
+    );
+    let source = ReadOnlyEngine::open(read_only.clone(), engine_options(Some("secret"))).unwrap();
+    let third = copy_of(MemoryStore::new(), &dest, Some("secret"));
+    let report = third.copy_from(&source, &CopyOptions::default()).unwrap();
+    assert_eq!(report.copied, [(1, 1), (2, 2)]);
+    assert!(
+        read_only.faults_injected() > 0,
+        "the copy never tried to lock"
+    );
+    assert_eq!(locks(&source_store), 0);
+}
