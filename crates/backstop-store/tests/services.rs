@@ -175,6 +175,19 @@ fn temp_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// This machine's `ssh` processes with their ages and arguments, for a failure's message.
+fn ssh_processes() -> String {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,etimes,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|line| line.contains("ssh "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn sftp_store_conforms_on_sshd() {
     let Some(server) = SshServer::start() else {
@@ -235,8 +248,11 @@ fn sftp_store_conforms_on_sshd() {
     while server.open_connections() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} SSH connections still open after the store was dropped",
-            server.open_connections()
+            "{} SSH connections still open after the store was dropped; ssh processes here:\n{}\n\
+             the server's log:\n{}",
+            server.open_connections(),
+            ssh_processes(),
+            server.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
