@@ -666,20 +666,21 @@ pub(crate) struct PurgeArgs {
     #[arg(long, value_name = "N")]
     pub(crate) keep_hourly: Option<usize>,
 
-    /// Keep the newest backup of each of the N most recent days (UTC) that have backups
+    /// Keep the newest backup of each of the N most recent days (the backup host's local days)
+    /// that have backups
     #[arg(long, value_name = "N")]
     pub(crate) keep_daily: Option<usize>,
 
-    /// Keep the newest backup of each of the N most recent weeks (UTC, from Monday) that have
-    /// backups
+    /// Keep the newest backup of each of the N most recent weeks (local, from Monday) that
+    /// have backups
     #[arg(long, value_name = "N")]
     pub(crate) keep_weekly: Option<usize>,
 
-    /// Keep the newest backup of each of the N most recent months (UTC) that have backups
+    /// Keep the newest backup of each of the N most recent months (local) that have backups
     #[arg(long, value_name = "N")]
     pub(crate) keep_monthly: Option<usize>,
 
-    /// Keep the newest backup of each of the N most recent years (UTC) that have backups
+    /// Keep the newest backup of each of the N most recent years (local) that have backups
     #[arg(long, value_name = "N")]
     pub(crate) keep_yearly: Option<usize>,
 

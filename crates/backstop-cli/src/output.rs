@@ -310,6 +310,24 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// A backup's time as its host's clock showed it: `2024-05-01 14:00:00 +02:00`, or
+/// [`time`]'s UTC form for an offset of 0 or none recorded.
+pub(crate) fn local_time(unix: i64, utc_offset_secs: Option<i32>) -> String {
+    let offset = utc_offset_secs.unwrap_or(0);
+    if offset == 0 {
+        return time(unix);
+    }
+    let shown = time(unix.saturating_add(i64::from(offset)));
+    let sign = if offset < 0 { '-' } else { '+' };
+    let minutes = offset.unsigned_abs() / 60;
+    format!(
+        "{} {sign}{:02}:{:02}",
+        shown.trim_end_matches(" UTC"),
+        minutes / 60,
+        minutes % 60
+    )
+}
+
 /// An identifier or path as human output shows it: in backticks.
 pub(crate) fn quoted(text: impl std::fmt::Display) -> String {
     format!("`{text}`")
@@ -348,6 +366,17 @@ mod tests {
     fn rate_divides_by_seconds() {
         assert_eq!(rate(10 * 1024 * 1024, 2000), "5.00 MiB/s");
         assert_eq!(rate(5, 0), "4.88 KiB/s");
+    }
+
+    #[test]
+    fn a_backups_time_is_its_hosts_local_time() {
+        assert_eq!(local_time(0, None), "1970-01-01 00:00:00 UTC");
+        assert_eq!(local_time(0, Some(0)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(local_time(0, Some(3600)), "1970-01-01 01:00:00 +01:00");
+        assert_eq!(
+            local_time(86_400, Some(-(5 * 3600 + 30 * 60))),
+            "1970-01-01 18:30:00 -05:30"
+        );
     }
 
     #[test]

@@ -1896,3 +1896,34 @@ fn running_out_of_space_says_so_and_what_to_do() {
     let listed = world.json_with(world.cmd().env("BACKSTOP_REPO", &repo), &["list"]);
     assert_eq!(listed, serde_json::json!([]), "a backup was recorded");
 }
+
+/// A backup records its host's UTC offset, and `list` and `info` show its time as that host's
+/// clock did; `TZ` is the host's time zone (a POSIX rule here: no time zone database needed).
+#[test]
+fn a_backup_shows_the_local_time_of_the_host_that_took_it() {
+    let world = World::new();
+    world.init();
+    let data = world.data();
+    let json = world.json_with(
+        world.cmd().env("TZ", "XYZ-2"),
+        &["backup", data.to_str().unwrap()],
+    );
+    assert_eq!(json["utc_offset_secs"], 7200, "{json}");
+    let utc = json["time_unix"].as_i64().unwrap();
+    let listed = world.cmd().env("TZ", "UTC").arg("list").output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    // Shown as recorded, whatever the zone of the host that lists it.
+    let local = std::time::UNIX_EPOCH + Duration::from_secs((utc + 7200) as u64);
+    let local = humantime::format_rfc3339_seconds(local).to_string();
+    let expected = format!(
+        "{} +02:00",
+        local.trim_end_matches('Z').replacen('T', " ", 1)
+    );
+    assert!(listed.contains(&expected), "{expected:?} not in:\n{listed}");
+    world
+        .cmd()
+        .args(["info", "1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(expected));
+}

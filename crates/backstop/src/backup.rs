@@ -345,6 +345,7 @@ pub(crate) fn create_backup(
         version: repo.write_version(),
         id: 0,
         time_unix,
+        utc_offset_secs: crate::repo::utc_offset_at(time_unix),
         duration_ms: started.elapsed().as_millis() as u64,
         host: options.host.clone().unwrap_or_else(crate::repo::hostname),
         source_kind,

@@ -926,6 +926,10 @@ pub(crate) struct Snapshot {
     pub(crate) version: u32,
     pub(crate) id: u64,
     pub(crate) time_unix: i64,
+    /// The backup host's offset from UTC at `time_unix`, in seconds (east positive); absent
+    /// in snapshots written before 2026-12-06, and where the host's time zone is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) utc_offset_secs: Option<i32>,
     pub(crate) duration_ms: u64,
     pub(crate) host: String,
     pub(crate) source_kind: String,

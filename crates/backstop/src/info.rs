@@ -50,6 +50,12 @@ pub struct BackupInfo {
     pub id: BackupId,
     /// When the backup started, seconds since the Unix epoch.
     pub time_unix: i64,
+    /// The offset from UTC of the local time of the host that took the backup, at
+    /// `time_unix`, in seconds east of Greenwich; `None` for backups of builds before
+    /// 2026-12-06 and hosts whose time zone is unknown, which count as UTC. Retention's days,
+    /// weeks, months and years are the host's local ones.
+    #[serde(default)]
+    pub utc_offset_secs: Option<i32>,
     /// How long the backup took, in milliseconds.
     pub duration_ms: u64,
     /// Host that took it.

@@ -2254,6 +2254,7 @@ mod tests {
             version: repo.write_version(),
             id: 0,
             time_unix: 0,
+            utc_offset_secs: None,
             duration_ms: 0,
             host: "h".into(),
             source_kind: "dir".into(),

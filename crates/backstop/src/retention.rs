@@ -27,7 +27,9 @@ use crate::{Error, ErrorKind, Result};
 /// `keep_weekly`, `keep_monthly` and `keep_yearly` keep, for each of the N most recent hours
 /// (days, weeks from Monday, months, years) that have backups, the newest backup of that
 /// period; `keep_within` keeps every backup taken within that long before the group's newest.
-/// Periods are in UTC, so every host reading the same repository plans the same. Newest means
+/// Periods are the local ones of the host that took each backup (the UTC offset it recorded;
+/// UTC for backups that recorded none), so every host reading the same repository plans the
+/// same, and a nightly backup at 00:30 counts for the day it ran on. Newest means
 /// the highest backup id (the order in which backups committed); the periods go by the time
 /// each backup started.
 ///
@@ -42,16 +44,16 @@ pub struct RetentionPolicy {
     /// Keep the newest backup of each of this many most recent hours that have backups.
     #[serde(default)]
     pub keep_hourly: usize,
-    /// The same for days (UTC).
+    /// The same for days (the backup host's local days).
     #[serde(default)]
     pub keep_daily: usize,
-    /// The same for weeks (UTC, from Monday).
+    /// The same for weeks (local, from Monday).
     #[serde(default)]
     pub keep_weekly: usize,
-    /// The same for calendar months (UTC).
+    /// The same for calendar months (local).
     #[serde(default)]
     pub keep_monthly: usize,
-    /// The same for calendar years (UTC).
+    /// The same for calendar years (local).
     #[serde(default)]
     pub keep_yearly: usize,
     /// Keep every backup taken at most this long before the newest backup of its group.
@@ -232,7 +234,7 @@ impl RetentionPolicy {
                 if left == 0 {
                     break;
                 }
-                let period = (rule.period)(backup.time_unix);
+                let period = (rule.period)(local_time(backup));
                 if last_period != Some(period) {
                     keep(backup.id, rule.name);
                     last_period = Some(period);
@@ -266,6 +268,14 @@ impl RetentionPolicy {
             reasons,
         }
     }
+}
+
+/// A backup's start as seconds since 1970-01-01 00:00 of its host's local time: what its
+/// days, weeks, months and years go by (UTC for a backup that recorded no offset).
+fn local_time(backup: &BackupInfo) -> i64 {
+    backup
+        .time_unix
+        .saturating_add(i64::from(backup.utc_offset_secs.unwrap_or(0)))
 }
 
 /// The civil (proleptic Gregorian) year and month (1–12) of a day counted from 1970-01-01.
@@ -421,6 +431,7 @@ mod tests {
         BackupInfo {
             id,
             time_unix: 0,
+            utc_offset_secs: None,
             duration_ms: 0,
             host: "h".into(),
             source_kind: kind.into(),
@@ -551,6 +562,42 @@ mod tests {
 
     /// 2026-12-06 23:00 UTC, a Sunday.
     const SUNDAY_NIGHT: i64 = 20_793 * 86_400 + 23 * 3600;
+
+    /// Days are the backup host's local days: at UTC+2, backups at 23:30 and at 00:30 the
+    /// next night are on two days, though both fall on one UTC day.
+    #[test]
+    fn days_are_the_local_days_of_the_host_that_took_the_backup() {
+        let day = 20_793 * 86_400; // 2026-12-06 00:00 UTC
+        let at = |id, utc: i64, offset| {
+            let mut b = backup(id, "dir", "/files");
+            b.time_unix = utc;
+            b.utc_offset_secs = offset;
+            b
+        };
+        let plus_two = Some(2 * 3600);
+        let backups = [
+            // 12-05 23:30 local, 21:30 UTC.
+            at(1, day - 2 * 3600 - 1800, plus_two),
+            // 12-06 00:30 local, still 12-05 in UTC (22:30).
+            at(2, day - 3600 - 1800, plus_two),
+            // 12-06 23:30 local.
+            at(3, day + 21 * 3600 + 1800, plus_two),
+        ];
+        let plan = RetentionPolicy::default()
+            .keep_daily(2)
+            .plan(&backups)
+            .unwrap();
+        // Local: 12-06 keeps 3 (the newest of 2 and 3), 12-05 keeps 1.
+        assert_eq!(plan.keep_ids(), [1, 3]);
+        assert_eq!(plan.delete_ids(), [2]);
+        // Without a recorded offset the days are UTC's: 12-05 holds 1 and 2, and keeps 2.
+        let utc: Vec<BackupInfo> = backups
+            .iter()
+            .map(|b| at(b.id, b.time_unix, None))
+            .collect();
+        let plan = RetentionPolicy::default().keep_daily(2).plan(&utc).unwrap();
+        assert_eq!(plan.keep_ids(), [2, 3]);
+    }
 
     #[test]
     fn civil_months_and_years_are_those_of_the_calendar() {

@@ -35,7 +35,7 @@ pub(super) fn list(settings: &Settings) -> Result<()> {
     for backup in &backups {
         table.row(vec![
             backup.id.to_string(),
-            output::time(backup.time_unix),
+            output::local_time(backup.time_unix, backup.utc_offset_secs),
             backup.host.clone(),
             backup.source_kind.clone(),
             backup.files.to_string(),
@@ -141,7 +141,10 @@ pub(super) fn diff(settings: &Settings, args: &DiffArgs) -> Result<()> {
 fn describe(printer: Printer, backup: &BackupInfo) -> Result<()> {
     let mut rows: Vec<(&str, String)> = vec![
         ("backup", quoted(backup.id)),
-        ("time", output::time(backup.time_unix)),
+        (
+            "time",
+            output::local_time(backup.time_unix, backup.utc_offset_secs),
+        ),
         ("duration", output::duration_ms(backup.duration_ms)),
         ("host", backup.host.clone()),
         (

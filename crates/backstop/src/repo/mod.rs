@@ -487,6 +487,14 @@ pub(crate) fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// This host's offset from UTC at `unix`, in seconds east: its system time zone (`TZ`, else
+/// `/etc/localtime`), daylight saving included; `None` when that cannot be found.
+pub(crate) fn utc_offset_at(unix: i64) -> Option<i32> {
+    let zone = jiff::tz::TimeZone::try_system().ok()?;
+    let at = jiff::Timestamp::from_second(unix).ok()?;
+    Some(zone.to_offset(at).seconds())
+}
+
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -1704,6 +1712,7 @@ impl Snapshot {
         BackupInfo {
             id: self.id,
             time_unix: self.time_unix,
+            utc_offset_secs: self.utc_offset_secs,
             duration_ms: self.duration_ms,
             host: self.host.clone(),
             source_kind: self.source_kind.clone(),
