@@ -12,10 +12,11 @@
 //! At the start of a backup, [`OpenElsewhere::now`] notes the inodes of every regular file
 //! this process has open (through `/proc/self/fd`). A file the backup reads that is one of them
 //! is not closed when read but kept in a process-wide list, and read through that same
-//! descriptor by later backups. The next [`OpenElsewhere::now`] closes the kept descriptors
-//! whose inode no other descriptor of the process has open any more: the application has
-//! closed its own, so it holds no lock there that closing could drop. Without `/proc` nothing
-//! is noted and files are closed as before.
+//! descriptor by later backups. The end of each backup ([`OpenElsewhere::close_unneeded`])
+//! and the next [`OpenElsewhere::now`] close the kept descriptors whose inode no other
+//! descriptor of the process has open any more: the application has closed its own, so it
+//! holds no lock there that closing could drop. Without `/proc` nothing is noted and files are
+//! closed as before.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -68,6 +69,12 @@ impl OpenElsewhere {
         }
         kept.retain(|(inode, _)| inodes.contains(inode));
         Self { inodes }
+    }
+
+    /// Closes the kept descriptors that no longer protect anything (what [`OpenElsewhere::now`]
+    /// does first): for the end of a backup, whose source session held files of its own.
+    pub fn close_unneeded() {
+        let _ = Self::now();
     }
 
     /// Whether nothing is open here that a close could hurt.
@@ -212,9 +219,9 @@ mod tests {
         };
         assert_eq!(kept((meta.dev(), meta.ino())), 1);
 
-        // Once the application has closed the file, the next backup closes the kept one.
+        // Once the application has closed the file, the end of a backup closes the kept one.
         drop(app);
-        let _ = OpenElsewhere::now();
+        OpenElsewhere::close_unneeded();
         assert_eq!(kept((meta.dev(), meta.ino())), 0);
     }
 

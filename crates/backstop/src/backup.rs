@@ -313,6 +313,9 @@ pub(crate) fn create_backup(
         (walked, packed, tree_ids, stats, warnings)
     });
     let (walked, packed, tree_ids, mut stats, mut warnings) = outcome;
+    // The session has ended, and closed what it held: descriptors kept only for its files
+    // close now rather than at the next backup.
+    OpenElsewhere::close_unneeded();
     if let Some(err) = store_error
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
