@@ -339,9 +339,10 @@ impl SftpStore {
             key_file: options.key_file.clone(),
             known_hosts: options.host_key_check.known_hosts(),
         };
+        let root = format!("/{prefix}");
         let mut builder = opendal::services::Sftp::default()
             .endpoint(&endpoint)
-            .root(&format!("/{prefix}"))
+            .root(&root)
             .known_hosts_strategy(options.host_key_check.strategy());
         if !user.is_empty() {
             builder = builder.user(user);
@@ -382,7 +383,7 @@ impl SftpStore {
             fsyncer: Arc::new(Fsyncer::new(fsync_endpoint, client.handle())),
             client: Arc::new(client),
             options,
-            root: format!("/{prefix}"),
+            root,
             base: base.trim_end_matches('/').to_owned(),
         })
     }
